@@ -1,0 +1,172 @@
+"""Benchmark the selective-scan backends at the VMamba-T stage shapes.
+
+    python scripts/bench_scan.py                  # CPU: batch 2; every backend that runs here
+    python scripts/bench_scan.py --device cuda    # GPU: batch 64, also mamba_ssm when importable
+
+For each stage (K = 4 directions, N = 1): forward and forward+backward time of every backend, the
+speed-up over the naive loop, and the bytes the op must move against a plain copy of as many bytes.
+On CPU the torch backend is timed in two memory layouts: channel-major (batch, K*D, L) contiguous, and
+time-major views (what SS2D passes, so no transposes are needed). A backend whose results differ from
+the naive loop on a small check is reported as failed and not timed.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from vssm.ops import selective_scan
+from vssm.ops.selective_scan import available_backends
+from vssm.runtime import retain_freed_memory
+
+STAGES = [(96, 3136), (192, 784), (384, 196), (768, 49)]  # (D, L) of VMamba-T at 224
+
+
+def make(batch, K, D, N, L, device, dtype, time_major, requires_grad=True):
+    channels = K * D
+
+    def seq(scale=1.0):
+        if time_major:
+            t = torch.randn(L, batch, channels, device=device, dtype=dtype).permute(1, 2, 0)
+        else:
+            t = torch.randn(batch, channels, L, device=device, dtype=dtype)
+        return (t * scale).requires_grad_(requires_grad)
+
+    def param(t):
+        return t.requires_grad_(requires_grad)
+
+    return dict(u=seq(), delta=seq(0.5), A=param(-torch.rand(channels, N, device=device) - 0.5),
+                B=param(torch.randn(batch, K, N, L, device=device, dtype=dtype)),
+                C=param(torch.randn(batch, K, N, L, device=device, dtype=dtype)),
+                D=param(torch.randn(channels, device=device)),
+                delta_bias=param(torch.rand(channels, device=device) * 0.5))
+
+
+def timer(fn, device, repeat, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times) if device.type == "cpu" else statistics.median(times)
+
+
+def scan_call(backend, inputs, grad_out):
+    def forward():
+        return selective_scan(**inputs, delta_softplus=True, backend=backend)
+
+    def forward_backward():
+        forward().backward(grad_out)
+    return forward, forward_backward
+
+
+def mamba_call(inputs, grad_out):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    def forward():
+        i = inputs
+        return selective_scan_fn(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], None,
+                                 i["delta_bias"], True)
+
+    def forward_backward():
+        forward().backward(grad_out)
+    return forward, forward_backward
+
+
+def check(backend, device):
+    """True when the backend matches the naive loop (fp32 upstream tolerances) on a small case."""
+    inputs = make(2, 4, 8, 1, 49, device, torch.float32, time_major=False)
+    out = {}
+    for name in ("naive", backend):
+        for t in inputs.values():
+            t.grad = None
+        y = selective_scan(**inputs, delta_softplus=True, backend=name)
+        y.backward(torch.ones_like(y))
+        out[name] = [y.detach()] + [t.grad.clone() for t in inputs.values()]
+    return all(torch.allclose(a, b, rtol=3e-3, atol=1e-2) for a, b in zip(out[backend], out["naive"]))
+
+
+def copy_time(nbytes, device, repeat):
+    """Time to copy nbytes/2 bytes (read + write = nbytes moved)."""
+    src = torch.empty(max(1, nbytes // 8), dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    return timer(lambda: dst.copy_(src), device, repeat)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="default: 2 on CPU, 64 on GPU")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--repeat", type=int, default=None, help="timed repetitions (default 7 CPU, 30 GPU)")
+    parser.add_argument("--skip-naive", action="store_true", help="do not time the naive loop (slow)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    retain_freed_memory()
+    batch = args.batch or (64 if device.type == "cuda" else 2)
+    repeat = args.repeat or (30 if device.type == "cuda" else 7)
+    dtype = getattr(torch, args.dtype)
+    elt = torch.finfo(dtype).bits // 8
+    K, N = 4, 1
+
+    backends = [b for b in available_backends(device) if b != "naive"]
+    status = {b: check(b, device) for b in backends}
+    try:
+        import mamba_ssm  # noqa: F401
+        has_mamba = device.type == "cuda"
+    except ImportError:
+        has_mamba = False
+    checked = ", ".join(f"{b} ({'ok' if ok else 'FAILED check'})" for b, ok in status.items())
+    print(f"device {device} ({torch.get_num_threads()} threads), batch {batch}, {args.dtype}, K={K}, N={N}; "
+          f"backends {checked}" + (", mamba_ssm" if has_mamba else ""))
+    header = (f"{'D':>4} {'L':>5}  {'backend':<18} {'fwd ms':>9} {'fwd+bwd ms':>11} {'x naive':>8} {'x naive':>8}"
+              f" {'GB/s':>7} {'x copy':>7}" + (f" {'x mamba':>8}" if has_mamba else ""))
+    print(header + "\n" + " " * 31 + "fwd     fwd+bwd   (fwd+bwd: bytes moved / time, and time / copy time)")
+    for D, L in STAGES:
+        channels = K * D
+        seq_bytes = batch * channels * L * elt
+        bc_bytes = batch * K * N * L * elt
+        # fwd reads u, delta, B, C and writes y; bwd also reads dy and writes du, ddelta, dB, dC
+        moved = (3 * seq_bytes + 2 * bc_bytes) + (5 * seq_bytes + 4 * bc_bytes)
+        t_copy = copy_time(moved, device, repeat)
+        rows = []
+        layouts = [("naive", False)] if not args.skip_naive else []
+        for b in backends:
+            if not status[b]:
+                continue
+            rows.append((b, False))
+            if b == "torch" and device.type == "cpu":
+                rows.append((b, True))
+        results = {}
+        for name, time_major in layouts + rows:
+            inputs = make(batch, K, D, N, L, device, dtype, time_major)
+            grad = torch.randn_like(inputs["u"])
+            fwd, fwd_bwd = scan_call(name, inputs, grad)
+            reps = 1 if name == "naive" else repeat
+            with torch.no_grad():
+                t_f = timer(fwd, device, reps, warmup=0 if name == "naive" else 1)
+            t_fb = timer(fwd_bwd, device, reps, warmup=0 if name == "naive" else 1)
+            label = name + (" (time-major)" if time_major else "")
+            results[label] = (t_f, t_fb)
+            naive = results.get("naive")
+            ratio = (f"{naive[0] / t_f:8.1f} {naive[1] / t_fb:8.1f}" if naive else f"{'-':>8} {'-':>8}")
+            line = (f"{D:>4} {L:>5}  {label:<18} {t_f * 1e3:9.2f} {t_fb * 1e3:11.2f} {ratio}"
+                    f" {moved / t_fb / 1e9:7.1f} {t_fb / t_copy:7.1f}")
+            if has_mamba and name != "naive":
+                m_f, m_fb = mamba_call(inputs, grad)
+                with torch.no_grad():
+                    mt_f = timer(m_f, device, repeat)
+                mt_fb = timer(m_fb, device, repeat)
+                line += f" {mt_fb / t_fb:8.2f} (mamba_ssm fwd {mt_f * 1e3:.2f} ms, fwd+bwd {mt_fb * 1e3:.2f} ms)"
+            print(line, flush=True)
+        print(f"{D:>4} {L:>5}  {'copy of same bytes':<18} {'':>9} {t_copy * 1e3:11.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv and install vssm into it.
+#   bash scripts/setup_env.sh          # core stack: torch, timm, triton, training and test tools
+# Idempotent: it installs only when requirements or the package metadata changed since the last run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${VSSM_VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating virtual environment $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+"$PY" -c 'import sys; assert sys.version_info >= (3, 10), "vssm needs Python >= 3.10"' || exit 1
+
+stamp_of() { cat requirements.txt pyproject.toml "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+STAMP="$VENV/.vssm-core-$(stamp_of)"
+if [ ! -f "$STAMP" ]; then
+    echo "[setup] installing the pinned stack (requirements.txt) into $VENV"
+    start=$(date +%s)
+    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip "setuptools>=70,<81" wheel
+    "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+    rm -f "$VENV"/.vssm-core-*
+    touch "$STAMP"
+    echo "[setup] core stack installed in $(( $(date +%s) - start )) s"
+else
+    echo "[setup] core stack up to date ($VENV)"
+fi

@@ -1,0 +1,4 @@
+"""Operators shared by the backbones."""
+from .selective_scan import selective_scan
+
+__all__ = ["selective_scan"]

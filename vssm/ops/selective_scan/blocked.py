@@ -1,0 +1,266 @@
+"""Selective scan in pure PyTorch: a two-level blocked recurrence with an analytic backward.
+
+Every quantity is handled time-major, ``(L, batch, channels[, N])``, so one time step is one contiguous
+row. Inputs may have any strides; outputs and gradients take the memory layout of the tensor they
+belong to (``torch.empty_like``), so a caller that passes time-major views (``u.permute(1, 2, 0)`` of a
+contiguous ``(L, batch, channels)`` tensor) never pays for a transpose.
+
+The recurrence ``h_t = a_t * h_{t-1} + x_t`` over ``Lp = n_blocks * block`` rows (``block ~ sqrt(L)``,
+zero padded) runs in three sweeps:
+
+1. the end state of every block from a zero start, all blocks at once (``block`` steps);
+2. the true state entering each block, one block after another (``n_blocks`` steps);
+3. the block contents from their true start states, all blocks at once, in place (``block`` steps).
+
+That is about ``3 * sqrt(L)`` tensor operations, each on ``1/sqrt(L)`` of the data, using only fp32
+products and sums of the decays: no cumulative sum of log-decays and no division, so nothing overflows
+at L = 3136 with trained decay values.
+
+The backward of a linear recurrence is the reverse recurrence
+``lambda_t = g_t + a_{t+1} * lambda_{t+1}`` (``g`` the gradient reaching ``h_t``), run by the same
+routine; the gradients of the inputs are then elementwise products and reductions. The forward saves
+only its inputs and the backward recomputes the states, as the CUDA kernels do.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def block_size(length: int) -> int:
+    """Block length of the two-level recurrence for a sequence of ``length`` steps: ceil(sqrt(length))."""
+    return max(1, math.isqrt(max(length - 1, 0)) + 1)
+
+
+def linear_recurrence_(a: torch.Tensor, x: torch.Tensor, block: int, reverse: bool = False) -> torch.Tensor:
+    """In place ``x[t] <- a[t] * x[t-1] + x[t]`` along dim 0 (``x[t+1]`` when ``reverse``), from a zero state.
+
+    a, x: (n_blocks * block, M) contiguous fp32. Returns x, which then holds every state.
+    """
+    xv = x.view(-1, block, x.shape[-1])
+    av = a.view(-1, block, a.shape[-1])
+    n_blocks = xv.shape[0]
+    steps = list(range(block - 1, -1, -1)) if reverse else list(range(block))
+    if n_blocks > 1:
+        end = xv[:, steps[0]].clone()  # 1. block end states from zero
+        for t in steps[1:]:
+            end = torch.addcmul(xv[:, t], av[:, t], end)
+        decay = av.prod(dim=1)  # 2. states entering each block
+        start = torch.zeros_like(end)
+        order = list(range(n_blocks - 1, -1, -1)) if reverse else list(range(n_blocks))
+        for prev, cur in zip(order[:-1], order[1:]):
+            torch.addcmul(end[prev], decay[prev], start[prev], out=start[cur])
+        xv[:, steps[0]].addcmul_(av[:, steps[0]], start)
+    for prev, t in zip(steps[:-1], steps[1:]):  # 3. block contents
+        xv[:, t].addcmul_(av[:, t], xv[:, prev])
+    return x
+
+
+def _tm(x: torch.Tensor) -> torch.Tensor:
+    """(batch, channels, L) -> (L, batch, channels) view."""
+    return x.permute(2, 0, 1)
+
+
+def _tm_float(x: torch.Tensor) -> torch.Tensor:
+    """(batch, channels, L) -> contiguous (L, batch, channels) fp32: a view when it already is one."""
+    x = _tm(x)
+    if x.dtype == torch.float32 and x.is_contiguous():
+        return x
+    return torch.empty(x.shape, dtype=torch.float32, device=x.device).copy_(x)
+
+
+def _groups_tm(BC: torch.Tensor) -> torch.Tensor:
+    """B or C, (batch, K, N, L) grouped or (batch, N, L) shared -> (L, batch, K, 1, N) fp32 (K = 1 if shared)."""
+    if BC.dim() == 3:
+        BC = BC[:, None]
+    return BC.permute(3, 0, 1, 2)[:, :, :, None, :].float()
+
+
+def _grouped(x: torch.Tensor, BC_tm: torch.Tensor) -> torch.Tensor:
+    """View (L, batch, channels[, N]) as (L, batch, K, channels/K[, N]) for a B or C of K groups."""
+    return x.unflatten(2, (BC_tm.shape[2], -1))
+
+
+def _contract_states(h5: torch.Tensor, BC_tm: torch.Tensor) -> torch.Tensor:
+    """sum_n h[..., n] * BC[..., n]: (L, batch, K, Dg, N) x (L, batch, K, 1, N) -> (L, batch, channels)."""
+    if h5.shape[-1] == 1:
+        out = h5[..., 0] * BC_tm[..., 0]
+    else:
+        out = torch.matmul(h5, BC_tm.transpose(-1, -2))[..., 0]
+    return out.flatten(2)
+
+
+def _contract_channels(h5: torch.Tensor, w4: torch.Tensor) -> torch.Tensor:
+    """sum over a group's channels of h * w: (L, batch, K, Dg, N) x (L, batch, K, Dg) -> (L, batch, K, N)."""
+    if h5.shape[-1] == 1:
+        return (h5[..., 0] * w4).sum(dim=-1, keepdim=True)
+    return torch.matmul(w4[..., None, :], h5)[..., 0, :]
+
+
+def _like_groups(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(L, batch, K, N) -> the shape and dtype of ``like`` (B or C), in ``like``'s memory layout."""
+    g = g.permute(1, 2, 3, 0)  # (batch, K, N, L)
+    if like.dim() == 3:
+        g = g[:, 0]
+    return torch.empty_like(like).copy_(g)
+
+
+def _softplus_(x: torch.Tensor) -> torch.Tensor:
+    """In-place softplus (threshold 20, as torch.nn.functional.softplus)."""
+    return torch.ops.aten.softplus.out(x, 1, 20, out=x)
+
+
+class _States:
+    """Step sizes and every state of the scan, time-major fp32: what the backward reuses.
+
+    dt: (L, batch, channels); h: (Lp, batch, channels, N) zero padded to whole blocks.
+    """
+
+    def __init__(self, u, delta, A, B, delta_bias, delta_softplus):
+        batch, channels, L = u.shape
+        N = A.shape[1]
+        self._shape(L, batch, channels, N)
+        Lp = self.Lp
+        self.dt = torch.empty((L, batch, channels), dtype=torch.float32, device=u.device)
+        if delta_bias is not None:
+            torch.add(_tm(delta), delta_bias.float(), out=self.dt)
+        else:
+            self.dt.copy_(_tm(delta))
+        if delta_softplus:
+            _softplus_(self.dt)
+        self.B_tm = _groups_tm(B)
+        self.h = self.dt.new_empty((Lp, batch, channels, N))
+        h5 = _grouped(self.h[:L], self.B_tm)
+        torch.mul(_grouped(self.dt, self.B_tm)[..., None], self.B_tm, out=h5)
+        h5.mul_(_grouped(_tm(u), self.B_tm)[..., None])
+        self.h[L:].zero_()
+        linear_recurrence_(self.decays(A)[:Lp].view(Lp, self.M), self.h.view(Lp, self.M), self.block)
+
+    def _shape(self, L, batch, channels, N):
+        self.block = block_size(L)
+        self.L, self.Lp, self.M = L, self.block * (-(-L // self.block)), batch * channels * N
+
+    @classmethod
+    def restore(cls, dt, h, B):
+        """The states of a forward from its saved dt and h."""
+        st = cls.__new__(cls)
+        st.dt, st.h, st.B_tm = dt, h, _groups_tm(B)
+        st._shape(*dt.shape, h.shape[-1])
+        return st
+
+    def decays(self, A):
+        """exp(dt * A), (Lp + 1, batch, channels, N): zero padded, so that [1:] is the decay of the next step."""
+        a = self.dt.new_empty((self.Lp + 1, *self.h.shape[1:]))
+        torch.mul(self.dt[..., None], A.float(), out=a[:self.L])
+        a[:self.L].exp_()
+        a[self.L:].zero_()
+        return a
+
+    def output(self, u, C, D):
+        """y = sum_n C h + D u before the gate, fp32 in u's layout and shape (batch, channels, L)."""
+        y = torch.empty_like(u, dtype=torch.float32)
+        C_tm = _groups_tm(C)
+        _tm(y).copy_(_contract_states(_grouped(self.h[:self.L], C_tm), C_tm))
+        return y if D is None else y.addcmul_(u, D.float()[:, None])
+
+
+class SelectiveScanTorchFn(torch.autograd.Function):
+    """Autograd wrapper of the blocked scan. Absent optional tensors arrive as empty tensors.
+
+    Returns the requested outputs among (y, last_state, states), in that order. Saves the inputs plus
+    the time-major step sizes and states (2 fp32 copies of the sequence, times N for the states).
+    Work on (batch, channels, L) tensors stays in their layout; each transpose to or from time-major
+    is fused into an elementwise product that is needed anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states):
+        C, D, z, delta_bias = (t if t.numel() else None for t in (C, D, z, delta_bias))
+        ctx.set_materialize_grads(False)
+        st = _States(u, delta, A, B, delta_bias, delta_softplus)
+        ctx.flags = (C is not None, return_last_state, return_states, delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, st.dt, st.h)
+        outputs = []
+        if C is not None:
+            y = st.output(u, C, D)
+            if z is not None:
+                y.mul_(F.silu(z.float()))
+            outputs.append(y.to(u.dtype))
+        if return_last_state:
+            outputs.append(st.h[st.L - 1].clone())
+        if return_states:
+            states = st.h[:st.L].permute(1, 2, 3, 0)
+            outputs.append(states if u.dtype == torch.float32 else states.to(u.dtype))
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        u, delta, A, B, C, D, z, delta_bias, dt, h = ctx.saved_tensors
+        has_y, return_last_state, return_states, delta_softplus = ctx.flags
+        st = _States.restore(dt, h, B)
+        grads = list(grads)
+        dy = grads.pop(0) if has_y else None
+        dlast = grads.pop(0) if return_last_state else None
+        dstates = grads.pop(0) if return_states else None
+        L, Lp, M, N = st.L, st.Lp, st.M, A.shape[1]
+        du = dC = dD = dz = None
+
+        g = st.h.new_zeros(st.h.shape)  # the gradient reaching every state h_t
+        if dy is not None:
+            dy = dy.float()
+            if z is not None:  # y = y_pre * silu(z)
+                zf = z.float()
+                sz = torch.sigmoid(zf)
+                dz = (st.output(u, C, D).mul_(dy).mul_(sz).mul_(zf.mul(1 - sz).add_(1))).to(z.dtype)
+                dy = sz.mul_(zf).mul_(dy)
+            if D is not None:
+                dD = (dy * u).sum(dim=(0, 2))
+                du = dy * D.float()[:, None]
+            C_tm = _groups_tm(C)
+            dy_tm = _tm_float(dy)
+            dy_g = _grouped(dy_tm, C_tm)
+            torch.mul(dy_g[..., None], C_tm, out=_grouped(g[:L], C_tm))
+            dC = _like_groups(_contract_channels(_grouped(st.h[:L], C_tm), dy_g), C)
+        if dstates is not None:
+            g[:L] += dstates.permute(3, 0, 1, 2)
+        if dlast is not None:
+            g[L - 1] += dlast
+        a = st.decays(A)
+        linear_recurrence_(a[1:].view(Lp, M), g.view(Lp, M), st.block, reverse=True)
+        lam = g[:L]
+
+        # w_t = lambda_t * a_t * h_{t-1}: the gradient of the decay times the decay (in place over a)
+        w = a[:L]
+        w[0].zero_()
+        w[1:].mul_(st.h[:L - 1])
+        w.mul_(lam)
+        dA = (w * st.dt[..., None]).sum(dim=(0, 1))
+        ddt = (w * A.float()).sum(dim=-1) if N > 1 else w[..., 0].mul_(A.float()[:, 0])
+
+        # x_t = dt_t B_t u_t: with p = lambda u, ddt += sum_n p B, dB = sum_group p dt, du += dt sum_n lambda B
+        p = lam * _tm(u)[..., None]
+        p5 = _grouped(p, st.B_tm)
+        ddt.add_(_contract_states(p5, st.B_tm))
+        dB = _like_groups(_contract_channels(p5, _grouped(st.dt, st.B_tm)), B)
+        du_tm = _contract_states(_grouped(lam, st.B_tm), st.B_tm).mul_(st.dt)
+        if du is None:
+            du = torch.empty_like(u, dtype=torch.float32)
+            _tm(du).copy_(du_tm)
+        else:
+            du.add_(du_tm.permute(1, 2, 0))
+
+        if delta_softplus:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
+            ddt.mul_(torch.neg(st.dt).expm1_().neg_())
+        ddelta = torch.empty_like(delta)
+        _tm(ddelta).copy_(ddt)
+        ddelta_bias = ddt.sum(dim=(0, 1)) if delta_bias is not None else None
+        need = ctx.needs_input_grad
+        return (du.to(u.dtype) if need[0] else None,
+                ddelta if need[1] else None,
+                dA.to(A.dtype) if need[2] else None,
+                dB if need[3] else None,
+                dC if need[4] else None,
+                dD.to(D.dtype) if need[5] and dD is not None else None,
+                dz if need[6] else None,
+                ddelta_bias.to(delta_bias.dtype) if need[7] else None,
+                None, None, None)

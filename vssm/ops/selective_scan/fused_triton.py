@@ -1,0 +1,361 @@
+"""Selective scan as fused Triton kernels (GPU; CPU under ``TRITON_INTERPRET=1``).
+
+One program owns one batch element and ``BLOCK_D`` channels of one B/C group, and walks the sequence
+in tiles of ``BLOCK_L`` steps. Within a tile the recurrence is a parallel associative scan of
+``(decay, drive)`` pairs; across tiles it carries the state. Inputs are read in any of fp32, fp16 and
+bf16 and every arithmetic operation is fp32.
+
+Forward: y (and optionally every state and the last state). When gradients are needed it also writes
+the state entering each tile, so the backward can recompute a tile's states without a second pass
+over the whole sequence.
+
+Backward: walks the tiles in reverse, recomputes the tile's states from the saved tile-entry state,
+runs the adjoint recurrence ``lambda_t = g_t + a_{t+1} lambda_{t+1}`` as a reverse associative scan,
+and writes du, ddelta, dz; the per-channel reductions (dA, dD, d delta_bias) are summed in registers
+and added once per program, the per-group reductions (dB, dC) with atomic adds into fp32 buffers.
+
+Layers: kernels -> host ``_forward`` / ``_backward`` (allocate, launch) -> ``SelectiveScanTritonFn``.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _combine(a_prev, x_prev, a_next, x_next):
+    """Compose two steps of h -> a*h + x: first (a_prev, x_prev), then (a_next, x_next)."""
+    return a_prev * a_next, a_next * x_prev + x_next
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+
+
+@triton.jit
+def _tile_inputs(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_l,
+                 s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l,
+                 L, N, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Load one tile and form its decays a and drives x, (BLOCK_D, BLOCK_N, BLOCK_L) fp32.
+
+    Positions past L get a = 1, x = 0, so they carry the state through unchanged.
+    """
+    mask_l = offs_l < L
+    mask_n = offs_n < N
+    m_dl = mask_l[None, :]
+    u = tl.load(u_ptr + offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l, mask=m_dl, other=0.0).to(tl.float32)
+    dt_raw = tl.load(delta_ptr + offs_d[:, None] * s_dt_d + offs_l[None, :] * s_dt_l,
+                     mask=m_dl, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt_raw += tl.load(bias_ptr + offs_d).to(tl.float32)[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt_raw)
+    else:
+        dt = dt_raw
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + offs_n[:, None] * s_B_n + offs_l[None, :] * s_B_l,
+                 mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
+    a = tl.exp(dt[:, None, :] * A[:, :, None])
+    a = tl.where(mask_l[None, None, :], a, 1.0)
+    x = (dt * u)[:, None, :] * Bt[None, :, :]
+    return u, dt_raw, dt, A, Bt, a, x
+
+
+@triton.jit
+def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+                y_ptr, states_ptr, last_ptr, chunk_ptr,
+                L, N, n_tiles, group_B, group_C,
+                s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l,
+                s_A_d, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+                s_y_b, s_y_d, s_y_l,
+                HAS_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    channels = tl.num_programs(0) * BLOCK_D
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    u_ptr += pid_b * s_u_b
+    delta_ptr += pid_b * s_dt_b
+    B_ptr += pid_b * s_B_b + (pid_d * BLOCK_D // group_B) * s_B_g
+    C_ptr += pid_b * s_C_b + (pid_d * BLOCK_D // group_C) * s_C_g
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d).to(tl.float32)
+    h_carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dn_off = (pid_b * channels + offs_d)[:, None] * N + offs_n[None, :]  # into (batch, channels, N)
+    for tile in range(n_tiles):
+        offs_l = tile * BLOCK_L + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < L
+        u, dt_raw, dt, A, Bt, a, x = _tile_inputs(
+            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_l,
+            s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l, L, N, HAS_BIAS, SOFTPLUS)
+        if SAVE_CHUNKS:
+            tl.store(chunk_ptr + dn_off * n_tiles + tile, h_carry, mask=mask_n[None, :])
+        a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
+        h = a_cum * h_carry[:, :, None] + x_cum
+        h_carry = tl.sum(tl.where((tl.arange(0, BLOCK_L) == BLOCK_L - 1)[None, None, :], h, 0.0), axis=2)
+        if STORE_STATES:
+            st_off = dn_off[:, :, None] * L + offs_l[None, None, :]
+            tl.store(states_ptr + st_off, h.to(states_ptr.dtype.element_ty),
+                     mask=mask_n[None, :, None] & mask_l[None, None, :])
+        if HAS_C:
+            Ct = tl.load(C_ptr + offs_n[:, None] * s_C_n + offs_l[None, :] * s_C_l,
+                         mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
+            y = tl.sum(h * Ct[None, :, :], axis=1)
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                zt = tl.load(z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
+                             mask=mask_l[None, :], other=0.0).to(tl.float32)
+                y *= zt * tl.sigmoid(zt)
+            tl.store(y_ptr + pid_b * s_y_b + offs_d[:, None] * s_y_d + offs_l[None, :] * s_y_l,
+                     y.to(y_ptr.dtype.element_ty), mask=mask_l[None, :])
+    tl.store(last_ptr + dn_off, h_carry, mask=mask_n[None, :])
+
+
+@triton.jit
+def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, chunk_ptr,
+                dy_ptr, dlast_ptr, dstates_ptr,
+                du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                L, N, n_tiles, group_B, group_C,
+                s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l,
+                s_A_d, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+                s_dy_b, s_dy_d, s_dy_l, s_g_b, s_g_d, s_g_l, G_B, G_C,
+                HAS_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr, HAS_DY: tl.constexpr, HAS_DLAST: tl.constexpr,
+                HAS_DSTATES: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    channels = tl.num_programs(0) * BLOCK_D
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    g_B = pid_d * BLOCK_D // group_B
+    g_C = pid_d * BLOCK_D // group_C
+    u_ptr += pid_b * s_u_b
+    delta_ptr += pid_b * s_dt_b
+    B_ptr += pid_b * s_B_b + g_B * s_B_g
+    C_ptr += pid_b * s_C_b + g_C * s_C_g
+    dB_ptr += ((pid_b * G_B + g_B) * N) * L  # fp32 (batch, G_B, N, L) buffer
+    dC_ptr += ((pid_b * G_C + g_C) * N) * L
+    dn_off = (pid_b * channels + offs_d)[:, None] * N + offs_n[None, :]
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d).to(tl.float32)
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    lam_carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    ar = tl.arange(0, BLOCK_L)
+    for i in range(n_tiles):
+        tile = n_tiles - 1 - i
+        offs_l = tile * BLOCK_L + ar
+        mask_l = offs_l < L
+        m_nl = mask_n[:, None] & mask_l[None, :]
+        u, dt_raw, dt, A, Bt, a, x = _tile_inputs(
+            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_l,
+            s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l, L, N, HAS_BIAS, SOFTPLUS)
+        h0 = tl.load(chunk_ptr + dn_off * n_tiles + tile, mask=mask_n[None, :], other=0.0)
+        a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
+        h = a_cum * h0[:, :, None] + x_cum
+
+        # gradient reaching every state of the tile
+        g = tl.zeros((BLOCK_D, BLOCK_N, BLOCK_L), dtype=tl.float32)
+        dy = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        if HAS_C:
+            if HAS_DY:
+                dy = tl.load(dy_ptr + pid_b * s_dy_b + offs_d[:, None] * s_dy_d + offs_l[None, :] * s_dy_l,
+                             mask=mask_l[None, :], other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + offs_n[:, None] * s_C_n + offs_l[None, :] * s_C_l,
+                         mask=m_nl, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zt = tl.load(z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
+                             mask=mask_l[None, :], other=0.0).to(tl.float32)
+                sz = tl.sigmoid(zt)
+                y_pre = tl.sum(h * Ct[None, :, :], axis=1)
+                if HAS_D:
+                    y_pre += Dv[:, None] * u
+                dz = dy * y_pre * sz * (1.0 + zt * (1.0 - sz))
+                tl.store(dz_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_l[None, :] * s_g_l,
+                         dz.to(dz_ptr.dtype.element_ty), mask=mask_l[None, :])
+                dy = dy * zt * sz
+            g += dy[:, None, :] * Ct[None, :, :]
+            dC_tile = tl.sum(dy[:, None, :] * h, axis=0)
+            tl.atomic_add(dC_ptr + offs_n[:, None] * L + offs_l[None, :], dC_tile, mask=m_nl)
+            if HAS_D:
+                dD_acc += tl.sum(dy * u, axis=1)
+        if HAS_DSTATES:
+            st_off = dn_off[:, :, None] * L + offs_l[None, None, :]
+            g += tl.load(dstates_ptr + st_off, mask=mask_n[None, :, None] & mask_l[None, None, :],
+                         other=0.0).to(tl.float32)
+        if HAS_DLAST:
+            dlast = tl.load(dlast_ptr + dn_off, mask=mask_n[None, :], other=0.0)
+            g += tl.where((offs_l == L - 1)[None, None, :], dlast[:, :, None], 0.0)
+
+        # adjoint recurrence lambda_t = g_t + a_{t+1} lambda_{t+1}, with a_L = 0
+        offs_next = offs_l + 1
+        _u, _r, dt_next, _A, _B, a_next, _x = _tile_inputs(
+            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_next,
+            s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l, L, N, HAS_BIAS, SOFTPLUS)
+        a_next = tl.where((offs_next < L)[None, None, :], a_next, 0.0)
+        alpha_cum, lam = tl.associative_scan((a_next, g), axis=2, combine_fn=_combine, reverse=True)
+        lam += alpha_cum * lam_carry[:, :, None]
+        lam_carry = tl.sum(tl.where((ar == 0)[None, None, :], lam, 0.0), axis=2)
+
+        # w = lambda * a * h_{t-1} = lambda * (h - x)
+        w = lam * (h - x)
+        dA_acc += tl.sum(w * dt[:, None, :], axis=2)
+        lamB = tl.sum(lam * Bt[None, :, :], axis=1)
+        ddt = tl.sum(w * A[:, :, None], axis=1) + lamB * u
+        du = lamB * dt
+        if HAS_C:
+            if HAS_D:
+                du += dy * Dv[:, None]
+        dB_tile = tl.sum(lam * (dt * u)[:, None, :], axis=0)
+        tl.atomic_add(dB_ptr + offs_n[:, None] * L + offs_l[None, :], dB_tile, mask=m_nl)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mask_l[None, :], ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        g_off = pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_l[None, :] * s_g_l
+        tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=mask_l[None, :])
+        tl.store(ddelta_ptr + g_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_l[None, :])
+    # atomics get full-shape masks: the interpreter does not broadcast an atomic's mask
+    tl.atomic_add(dA_ptr + offs_d[:, None] * N + offs_n[None, :], dA_acc,
+                  mask=(offs_d[:, None] >= 0) & mask_n[None, :])
+    if HAS_D:
+        tl.atomic_add(dD_ptr + offs_d, dD_acc)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + offs_d, dbias_acc)
+
+
+def _block_sizes(group, N, L):
+    """BLOCK_D divides ``group``, the channels every B/C group shares (a program never straddles groups)."""
+    block_n = triton.next_power_of_2(N)
+    cap = max(1, 32 // block_n)
+    block_d = 1
+    while block_d * 2 <= cap and group % (block_d * 2) == 0:
+        block_d *= 2
+    block_l = min(triton.next_power_of_2(L), max(16, 4096 // (block_d * block_n)))
+    return block_d, block_n, block_l
+
+
+def _grouped_strides(BC):
+    """(groups, strides (b, g, n, l)) of a grouped (batch, K, N, L) or shared (batch, N, L) tensor."""
+    if BC.dim() == 3:
+        return 1, (BC.stride(0), 0, BC.stride(1), BC.stride(2))
+    return BC.shape[1], BC.stride()
+
+
+def _launch_config(u, A, B, C):
+    batch, channels, L = u.shape
+    N = A.shape[1]
+    group = channels // _grouped_strides(B)[0]
+    if C is not None:
+        group = math.gcd(group, channels // _grouped_strides(C)[0])
+    block_d, block_n, block_l = _block_sizes(group, N, L)
+    return batch, channels, L, N, block_d, block_n, block_l, triton.cdiv(L, block_l)
+
+
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save_chunks):
+    batch, channels, L, N, block_d, block_n, block_l, n_tiles = _launch_config(u, A, B, C)
+    G_B, sB = _grouped_strides(B)
+    G_C, sC = _grouped_strides(C) if C is not None else (1, (0, 0, 0, 0))
+    y = torch.empty_like(u) if C is not None else None
+    states = u.new_empty((batch, channels, N, L)) if return_states else None
+    last = u.new_empty((batch, channels, N), dtype=torch.float32)
+    chunks = u.new_empty((batch, channels, N, n_tiles), dtype=torch.float32) if save_chunks else None
+    zz = z if z is not None else u
+    yy = y if y is not None else u
+    _fwd_kernel[(channels // block_d, batch)](
+        u, delta, A, B, C if C is not None else B, D if D is not None else A, zz,
+        delta_bias if delta_bias is not None else A,
+        yy, states if states is not None else last, last, chunks if chunks is not None else last,
+        L, N, n_tiles, channels // G_B, channels // G_C,
+        *u.stride(), *delta.stride(), *zz.stride(), A.stride(0), *sB, *sC, *yy.stride(),
+        HAS_C=C is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus, STORE_STATES=return_states, SAVE_CHUNKS=save_chunks,
+        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l)
+    return y, last, states, chunks
+
+
+def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, dlast, dstates):
+    batch, channels, L, N, block_d, block_n, block_l, n_tiles = _launch_config(u, A, B, C)
+    G_B, sB = _grouped_strides(B)
+    G_C, sC = _grouped_strides(C) if C is not None else (1, (0, 0, 0, 0))
+    f32 = dict(dtype=torch.float32, device=u.device)
+    du = torch.empty_like(u)  # du, ddelta and dz share u's strides
+    ddelta = torch.empty_like(u, dtype=delta.dtype)
+    dz = torch.empty_like(u, dtype=z.dtype) if z is not None else None
+    dA = torch.zeros(A.shape, **f32)
+    dB = torch.zeros((batch, G_B, N, L), **f32)
+    dC = torch.zeros((batch, G_C, N, L), **f32) if C is not None else None
+    dD = torch.zeros((channels,), **f32) if D is not None else None
+    dbias = torch.zeros((channels,), **f32) if delta_bias is not None else None
+    zz = z if z is not None else u
+    dyy = dy if dy is not None else u
+    dst = dstates.contiguous() if dstates is not None else None
+    dl = dlast.float().contiguous() if dlast is not None else None
+    _bwd_kernel[(channels // block_d, batch)](
+        u, delta, A, B, C if C is not None else B, D if D is not None else A, zz,
+        delta_bias if delta_bias is not None else A, chunks,
+        dyy, dl if dl is not None else dA, dst if dst is not None else dA,
+        du, ddelta, dz if dz is not None else du, dA, dB, dC if dC is not None else dB,
+        dD if dD is not None else dA, dbias if dbias is not None else dA,
+        L, N, n_tiles, channels // G_B, channels // G_C,
+        *u.stride(), *delta.stride(), *zz.stride(), A.stride(0), *sB, *sC, *dyy.stride(), *du.stride(),
+        G_B, G_C,
+        HAS_C=C is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus, HAS_DY=dy is not None, HAS_DLAST=dlast is not None,
+        HAS_DSTATES=dstates is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l)
+    dB = (dB[:, 0] if B.dim() == 3 else dB).to(B.dtype)
+    dC = (dC[:, 0] if C.dim() == 3 else dC).to(C.dtype) if dC is not None else None
+    return du, ddelta, dz, dA, dB, dC, dD, dbias
+
+
+class SelectiveScanTritonFn(torch.autograd.Function):
+    """Autograd wrapper of the Triton kernels. Absent optional tensors arrive as empty tensors."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states):
+        C, D, z, delta_bias = (t if t.numel() else None for t in (C, D, z, delta_bias))
+        ctx.set_materialize_grads(False)
+        u, delta = _unit_stride_l(u), _unit_stride_l(delta)
+        z = _unit_stride_l(z) if z is not None else None
+        A = A.contiguous()
+        save = any(ctx.needs_input_grad[:8])
+        y, last, states, chunks = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                           return_states, save)
+        ctx.flags = (C is not None, return_last_state, return_states, delta_softplus)
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunks)
+        outputs = [y] if C is not None else []
+        if return_last_state:
+            outputs.append(last)
+        if return_states:
+            outputs.append(states)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        u, delta, A, B, C, D, z, delta_bias, chunks = ctx.saved_tensors
+        has_y, return_last_state, return_states, delta_softplus = ctx.flags
+        grads = list(grads)
+        dy = grads.pop(0) if has_y else None
+        dlast = grads.pop(0) if return_last_state else None
+        dstates = grads.pop(0) if return_states else None
+        dy = _unit_stride_l(dy) if dy is not None else None
+        du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, dlast, dstates)
+        return (du, ddelta, dA.to(A.dtype), dB, dC,
+                dD.to(D.dtype) if dD is not None else None, dz,
+                dbias.to(delta_bias.dtype) if dbias is not None else None, None, None, None)
+
+
+def _unit_stride_l(x):
+    """Kernels read along L in tiles: keep any layout whose L stride is 1, copy otherwise."""
+    return x if x.stride(-1) == 1 else x.contiguous()
