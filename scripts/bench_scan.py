@@ -27,7 +27,7 @@ def make(batch, K, D, N, L, device, dtype, time_major, requires_grad=True):
 
     def seq(scale=1.0):
         if time_major:
-            t = torch.randn(L, batch, channels, device=device, dtype=dtype).permute(1, 2, 0)
+            t = torch.randn(batch, L, channels, device=device, dtype=dtype).transpose(1, 2)
         else:
             t = torch.randn(batch, channels, L, device=device, dtype=dtype)
         return (t * scale).requires_grad_(requires_grad)

@@ -20,7 +20,7 @@ STAMP="$VENV/.vssm-core-$(stamp_of)"
 if [ ! -f "$STAMP" ]; then
     echo "[setup] installing the pinned stack (requirements.txt) into $VENV"
     start=$(date +%s)
-    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip "setuptools>=70,<81" wheel
+    "$PY" -m pip install --quiet --disable-pip-version-check --upgrade pip "setuptools>=77,<81" wheel
     "$PY" -m pip install --quiet --disable-pip-version-check -r requirements.txt
     "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
     rm -f "$VENV"/.vssm-core-*

@@ -1,0 +1,78 @@
+"""Throughput and peak-memory measurement shared by the benchmark scripts and analysis tools."""
+import contextlib
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device, amp):
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu", amp: bool = False,
+            train: bool = False, warmup: int = 2, iters: int = 5) -> dict:
+    """Images/s of inference (or of a training step: forward, backward, no optimizer) and peak memory.
+
+    Times each iteration with the device synchronised and reports the best (CPU, least disturbed by
+    other load) or the median (GPU). Peak memory is CUDA's max allocated on a GPU, and the process's
+    peak resident set on a CPU (meaningful when the model runs in a fresh process, see ``measure_isolated``).
+    """
+    device = torch.device(device)
+    model = model.to(device).train(train)
+    x = torch.randn(batch, 3, *size, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        if train:
+            with _autocast(device, amp):
+                loss = model(x).float().mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode(), _autocast(device, amp):
+                model(x)
+
+    times = []
+    for i in range(warmup + iters):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    best = min(times) if device.type == "cpu" else sorted(times)[len(times) // 2]
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"images_per_s": batch / best, "seconds_per_batch": best, "peak_memory_mb": peak,
+            "batch": batch, "size": list(size), "device": str(device), "amp": amp, "train": train}
+
+
+def measure_isolated(model_name: str, **kwargs) -> dict:
+    """``measure`` of a registered (or timm) model in a fresh Python process, so that CPU peak memory is its own."""
+    code = ("import json, sys, torch, timm, vssm; from vssm.benchmark import measure; "
+            "from vssm.runtime import retain_freed_memory; retain_freed_memory(); "
+            "torch.set_num_threads(int(sys.argv[3])); "
+            "name = sys.argv[1]; kw = json.loads(sys.argv[2]); torch.manual_seed(0); "
+            "m = vssm.create_model(name) if name in vssm.list_models() else timm.create_model(name); "
+            "print('RESULT' + json.dumps(measure(m, **kw)))")
+    out = subprocess.run([sys.executable, "-c", code, model_name, json.dumps(kwargs), str(torch.get_num_threads())],
+                         capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"measuring {model_name} failed:\n{out.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT"):])
