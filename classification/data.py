@@ -1,0 +1,183 @@
+"""Datasets and loaders: ImageNet-style folders, and the embedded handwritten digits.
+
+``DATA_PATH`` must hold ``train/`` and ``val/``, each with one sub-folder of images per class and the same
+classes in both. Without ``DATA_PATH`` the trainer uses the 1,797 8x8 handwritten digits that ship inside
+scikit-learn (no download), written once as such a folder with a fixed, stratified held-out split
+(360 validation images).
+"""
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image, UnidentifiedImageError
+from timm.data import Mixup, create_transform
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+log = logging.getLogger("train")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".JPEG")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used (missing folders, no images, mismatched classes, unreadable image)."""
+
+
+def default_data_root() -> str:
+    cache = os.environ.get("VSSM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vssm")
+    return os.path.join(cache, "digits")
+
+
+def prepare_digits(root: str = None) -> str:
+    """Write scikit-learn's digits as PNG folders under ``root`` once; returns the root."""
+    root = root or default_data_root()
+    done = os.path.join(root, ".complete")
+    if os.path.exists(done):
+        return root
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    index = np.arange(len(images))
+    train_idx, val_idx = train_test_split(index, test_size=360, stratify=digits.target, random_state=0)
+    tmp = root + f".tmp{os.getpid()}"
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        for i in idx:
+            folder = os.path.join(tmp, split, str(digits.target[i]))
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(images[i], mode="L").convert("RGB").save(os.path.join(folder, f"{i:04d}.png"))
+    open(os.path.join(tmp, ".complete"), "w").close()
+    try:
+        os.rename(tmp, root)  # atomic: a concurrent writer loses the race harmlessly
+    except OSError:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def find_classes(folder: str):
+    if not os.path.isdir(folder):
+        raise DataError(f"missing folder {folder} (expected train/ and val/ with one sub-folder per class)")
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{folder} has no class sub-folders")
+    return classes
+
+
+class ImageFolderDataset(Dataset):
+    """Images under root/<class>/...; an undecodable image is skipped (or an error naming it)."""
+
+    def __init__(self, root: str, classes, transform, skip_unreadable: bool = True):
+        self.root, self.classes, self.transform = root, list(classes), transform
+        self.skip_unreadable = skip_unreadable
+        self.samples = []
+        for label, name in enumerate(self.classes):
+            folder = os.path.join(root, name)
+            files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(folder) for f in fs
+                           if f.endswith(IMAGE_EXTENSIONS))
+            if not files:
+                raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...)")
+            self.samples += [(f, label) for f in files]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            if not self.skip_unreadable:
+                raise DataError(f"cannot read image {path}: {e}") from e
+            log.warning("skipping unreadable image %s (%s)", path, e)
+            return None
+        return self.transform(img), label
+
+
+def collate_skipping_unreadable(batch):
+    """Default collation of the readable samples; the number skipped rides along."""
+    kept = [b for b in batch if b is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return None, None, skipped
+    images, labels = torch.utils.data.default_collate(kept)
+    return images, labels, skipped
+
+
+def build_transforms(config, train: bool):
+    if train:
+        aa = None if config.AUG.AUTO_AUGMENT in ("", "none", None) else config.AUG.AUTO_AUGMENT
+        return create_transform(
+            config.DATA.IMG_SIZE, is_training=True, scale=tuple(config.AUG.SCALE), hflip=config.AUG.HFLIP,
+            color_jitter=config.AUG.COLOR_JITTER if config.AUG.COLOR_JITTER > 0 else None, auto_augment=aa,
+            re_prob=config.AUG.REPROB, re_mode=config.AUG.REMODE, re_count=config.AUG.RECOUNT,
+            interpolation=config.DATA.INTERPOLATION, mean=tuple(config.DATA.MEAN), std=tuple(config.DATA.STD))
+    crop_pct = config.TEST.CROP_PCT if config.TEST.CROP else 1.0
+    return create_transform(config.DATA.IMG_SIZE, is_training=False, crop_pct=crop_pct,
+                            interpolation=config.DATA.INTERPOLATION, mean=tuple(config.DATA.MEAN),
+                            std=tuple(config.DATA.STD))
+
+
+def build_datasets(config):
+    root = config.DATA.DATA_PATH or prepare_digits()
+    if not os.path.isdir(root):
+        raise DataError(f"data path {root} does not exist")
+    train_classes = find_classes(os.path.join(root, "train"))
+    val_classes = find_classes(os.path.join(root, "val"))
+    if train_classes != val_classes:
+        only_train = sorted(set(train_classes) - set(val_classes))
+        only_val = sorted(set(val_classes) - set(train_classes))
+        raise DataError(f"train/ and val/ of {root} have different classes: only in train {only_train[:10]}, "
+                        f"only in val {only_val[:10]}")
+    skip = config.DATA.SKIP_UNREADABLE
+    train = ImageFolderDataset(os.path.join(root, "train"), train_classes, build_transforms(config, True), skip)
+    val = ImageFolderDataset(os.path.join(root, "val"), train_classes, build_transforms(config, False), skip)
+    return train, val, root
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Every world-th index from rank: each sample is evaluated exactly once across processes (no padding)."""
+
+    def __init__(self, size: int, world: int, rank: int):
+        self.indices = list(range(rank, size, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def build_loaders(config, train_set, val_set, seed: int):
+    """Loaders whose order and augmentations depend only on (seed, epoch): call ``set_epoch`` on both."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                       drop_last=True)
+    val_sampler = ShardSampler(len(val_set), world, rank)
+    if len(train_set) < config.DATA.BATCH_SIZE * world:
+        raise DataError(f"{len(train_set)} training images cannot fill one batch of {config.DATA.BATCH_SIZE} x "
+                        f"{world} processes; lower --batch-size")
+    generator = torch.Generator()
+    common = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
+                  collate_fn=collate_skipping_unreadable, persistent_workers=False)
+    train_loader = DataLoader(train_set, batch_size=config.DATA.BATCH_SIZE, sampler=train_sampler, drop_last=True,
+                              generator=generator, **common)
+    val_loader = DataLoader(val_set, batch_size=config.DATA.BATCH_SIZE, sampler=val_sampler, **common)
+
+    def set_epoch(epoch: int):
+        train_sampler.set_epoch(epoch)
+        generator.manual_seed(seed * 100003 + epoch * 1009 + rank)  # worker seeds of this epoch
+
+    return train_loader, val_loader, set_epoch
+
+
+def build_mixup(config, num_classes: int):
+    if config.AUG.MIXUP <= 0 and config.AUG.CUTMIX <= 0 and config.AUG.CUTMIX_MINMAX is None:
+        return None
+    return Mixup(mixup_alpha=config.AUG.MIXUP, cutmix_alpha=config.AUG.CUTMIX, cutmix_minmax=config.AUG.CUTMIX_MINMAX,
+                 prob=config.AUG.MIXUP_PROB, switch_prob=config.AUG.MIXUP_SWITCH_PROB, mode=config.AUG.MIXUP_MODE,
+                 label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
