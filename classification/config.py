@@ -33,6 +33,9 @@ _C.MODEL.DROP_RATE = 0.0  # dropout
 _C.MODEL.DROP_PATH_RATE = 0.1  # stochastic depth (linear in block index up to this value)
 _C.MODEL.LABEL_SMOOTHING = 0.1  # label smoothing (when mixup/cutmix is off)
 _C.MODEL.SCAN_BACKEND = "auto"  # selective-scan backend: auto, torch, triton, cuda or naive
+_C.MODEL.OPTIONS = CN(new_allowed=True)  # the family's own constructor arguments, e.g. {quad_order: legacy} for
+#                                          QuadMamba; set them in YAML (a key named there can then be
+#                                          overridden with --opts); an argument the model lacks is an error
 _C.MODEL.PRETRAINED = ""  # weights to start from (ours or the authors' release; see vssm.load_checkpoint)
 _C.MODEL.RESET_HEAD = False  # with PRETRAINED: re-initialise the classifier (needed when class counts differ)
 _C.MODEL.RESUME = ""  # a training checkpoint to resume from (default: the newest one in the output folder)

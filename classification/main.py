@@ -176,8 +176,12 @@ def main(args):
     train_loader, val_loader, set_epoch = build_loaders(config, train_set, val_set, config.SEED)
     mixup = build_mixup(config, num_classes)
 
-    model = vssm.create_model(config.MODEL.NAME, num_classes=num_classes, drop_rate=config.MODEL.DROP_RATE,
-                              drop_path_rate=config.MODEL.DROP_PATH_RATE, scan_backend=config.MODEL.SCAN_BACKEND)
+    try:
+        model = vssm.create_model(config.MODEL.NAME, num_classes=num_classes, drop_rate=config.MODEL.DROP_RATE,
+                                  drop_path_rate=config.MODEL.DROP_PATH_RATE, scan_backend=config.MODEL.SCAN_BACKEND,
+                                  **{k: v for k, v in config.MODEL.OPTIONS.items()})
+    except TypeError as e:
+        raise ConfigError(f"MODEL.OPTIONS {dict(config.MODEL.OPTIONS)} do not fit {config.MODEL.NAME}: {e}") from None
     if config.TRAIN.USE_CHECKPOINT:
         model.set_grad_checkpointing(True)
     if config.MODEL.PRETRAINED and not (config.MODEL.RESUME or latest_checkpoint(out_dir)):

@@ -241,3 +241,18 @@ def test_ema_distillation_term_and_throughput(tmp_path, data, capsys):
     code, out, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "tp"),
                              "--throughput", "--opts", *FAST)
     assert code == 0 and "images/s" in out
+
+
+def test_model_options_reach_the_constructor_and_unknown_ones_are_named(tmp_path, data, capsys):
+    cfg = tmp_path / "quad.yaml"
+    cfg.write_text("BASE: ['%s']\nMODEL:\n  NAME: quadmamba_nano\n  OPTIONS:\n    quad_order: nested\n"
+                   % os.path.join(ROOT, "configs", "classification", "quadmamba", "quadmamba_nano.yaml"))
+    code, out, err = run_cli(capsys, "--cfg", str(cfg), "--data-path", data, "--output", str(tmp_path),
+                             "--eval", "--opts", "MODEL.OPTIONS.quad_order", "legacy", *FAST)
+    assert code == 0, err
+    saved = (tmp_path / "quadmamba_nano" / "default" / "config.yaml").read_text()
+    assert "quad_order: legacy" in saved
+    cfg.write_text(cfg.read_text() + "    window_shift: true\n")
+    code, _, err = run_cli(capsys, "--cfg", str(cfg), "--data-path", data, "--output", str(tmp_path), "--eval",
+                           "--opts", *FAST)
+    assert code == 2 and "window_shift" in err

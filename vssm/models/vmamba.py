@@ -55,16 +55,18 @@ class SS2D(nn.Module):
         d_state: state size N of the scan.
         ssm_ratio: inner width D = ssm_ratio * C.
         dt_rank: rank R of the step-size projection ("auto": ceil(C / 16)).
+        directions: number of scan directions K (each has its own projections and dynamics).
         scan_backend: selective_scan backend.
+
+    ``mix`` turns the (batch, H, W, D) map into K sequences, scans and merges them (the cross scan here;
+    QuadMamba overrides it); ``scan`` is the part every order shares.
     """
 
-    directions = 4
-
-    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto",
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", directions: int = 4,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
                  scan_backend: str = "auto"):
         super().__init__()
-        K = self.directions
+        K = self.directions = directions
         d_inner = int(ssm_ratio * dim)
         self.d_inner, self.d_state = d_inner, d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
@@ -98,29 +100,42 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.conv2d(to_nchw(self.in_proj(x)))).permute(0, 2, 3, 1)  # (batch, H, W, D)
+        return self.out_proj(self.out_norm(self.mix(x).to(x.dtype)))
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4-way cross scan: (batch, H, W, D) -> (batch, H, W, D)."""
         batch, H, W, D = x.shape
-        K, R, N, L = self.directions, self.dt_rank, self.d_state, H * W
         orders = cross_orders(H, W, x.device)
         # the projections act per token, so x -> (dt, B, C) is applied before gathering the sequences
-        proj = F.linear(x, self.x_proj_weight.view(-1, D)).view(batch, H, W, K, R + 2 * N)
-        proj = gather_sequences(proj, orders)  # (batch, L, K, R + 2N)
+        proj = F.linear(x, self.x_proj_weight.view(-1, D)).view(batch, H, W, self.directions, -1)
+        ys = self.scan(gather_sequences(x, orders), gather_sequences(proj, orders))
+        return merge_sequences(ys, orders, H, W)
+
+    def scan(self, us: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+        """Selective scan of K sequences.
+
+        us: (batch, L, K, D) tokens; proj: (batch, L, K, R + 2N) their x_proj outputs (dt, B, C).
+        Returns (batch, L, K, D), in the time-major memory the scan writes.
+        """
+        batch, L, K, D = us.shape
+        R, N = self.dt_rank, self.d_state
         dts = torch.einsum("blkr,kdr->blkd", proj[..., :R], self.dt_projs_weight).reshape(batch, L, K * D)
-        us = gather_sequences(x, orders).view(batch, L, K * D)
         Bs, Cs = proj[..., R:R + N].permute(0, 2, 3, 1), proj[..., R + N:].permute(0, 2, 3, 1)  # (batch, K, N, L)
-        ys = selective_scan(us.transpose(1, 2), dts.transpose(1, 2), -torch.exp(self.A_logs.float()), Bs, Cs,
-                            self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(),
-                            delta_softplus=True, backend=self.scan_backend)  # (batch, K*D, L), time-major memory
-        y = merge_sequences(ys.transpose(1, 2).view(batch, L, K, D), orders, H, W)
-        return self.out_proj(self.out_norm(y.to(x.dtype)))
+        ys = selective_scan(us.reshape(batch, L, K * D).transpose(1, 2), dts.transpose(1, 2),
+                            -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+                            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                            backend=self.scan_backend)  # (batch, K*D, L), time-major memory
+        return ys.transpose(1, 2).view(batch, L, K, D)
 
 
 class VSSBlock(nn.Module):
-    """x + DropPath(SS2D(norm(x))); x + DropPath(MLP(norm2(x))), on (batch, H, W, C)."""
+    """x + DropPath(op(norm(x))); x + DropPath(MLP(norm2(x))), on (batch, H, W, C); op is SS2D by default."""
 
-    def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 4.0, drop: float = 0.0, **ssm_kwargs):
+    def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 4.0, drop: float = 0.0,
+                 op: nn.Module = None, **ssm_kwargs):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.op = SS2D(dim, **ssm_kwargs)
+        self.op = op if op is not None else SS2D(dim, **ssm_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -180,9 +195,10 @@ class VMamba(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = _stem(in_chans, dims[0])
         self.layers = nn.ModuleList()
+        ssm = dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, scan_backend=scan_backend)
         for i, depth in enumerate(depths):
             blocks = [VSSBlock(dims[i], drop_path=dpr[sum(depths[:i]) + j], mlp_ratio=mlp_ratio, drop=drop_rate,
-                               d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, scan_backend=scan_backend)
+                               op=self._make_op(i, j, sum(depths[:i]) + j, dims[i], ssm))
                       for j in range(depth)]
             downsample = _downsample(dims[i], dims[i + 1]) if i < len(depths) - 1 else nn.Identity()
             self.layers.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks), downsample=downsample)))
@@ -194,6 +210,10 @@ class VMamba(nn.Module):
             drop=nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity(),
             head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()))
         self.apply(self._init_weights)
+
+    def _make_op(self, stage: int, index: int, block_index: int, dim: int, ssm: dict) -> nn.Module:
+        """The token mixer of block ``index`` of ``stage`` (``block_index`` counts over all stages)."""
+        return SS2D(dim, **ssm)
 
     @staticmethod
     def _init_weights(m: nn.Module):

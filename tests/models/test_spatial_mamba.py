@@ -1,0 +1,95 @@
+"""Spatial-Mamba: published sizes, parity with a literal forward, the fold that cannot go stale."""
+import pytest
+import torch
+
+import vssm
+from vssm.checkpoint import load_checkpoint
+from vssm.models.spatial_mamba import StateFusion, dense_backbone
+
+from .reference_spatial_mamba import reference_forward
+
+PUBLISHED = {"spatialmamba_tiny": (26_748_862, 4.468), "spatialmamba_small": (43_070_000, 7.117),
+             "spatialmamba_base": (95_750_000, 15.801)}
+
+
+def test_tiny_parameter_count_is_exact():
+    model = vssm.create_model("spatialmamba_tiny")
+    assert sum(p.numel() for p in model.parameters()) == 26_748_862
+    assert len(model.state_dict()) == 553
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_sizes_and_flops_match_published(name):
+    model = vssm.create_model(name)
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - PUBLISHED[name][0]) / PUBLISHED[name][0] < 0.001
+    flops = vssm.count_flops(model) / 1e9
+    assert abs(flops - PUBLISHED[name][1]) / PUBLISHED[name][1] < 0.02, flops
+
+
+def _trained_like(model):
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "state_fusion" in n or n.endswith(("A_logs", "dt_projs_bias", "Ds")):
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+    return model
+
+
+@pytest.mark.parametrize("name,size", [("spatialmamba_nano", (64, 48)), ("spatialmamba_tiny", (64, 64))])
+def test_logits_match_literal_forward_in_eval(name, size):
+    model = _trained_like(vssm.create_model(name)).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ours = model(x)
+        ref = reference_forward(model.state_dict(), x, model.depths)
+    assert (ours - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_folded_kernel_equals_the_three_dilated_ones():
+    fusion = StateFusion(6)
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.copy_(torch.randn_like(p))
+    h = torch.randn(2, 6, 13, 9)
+    fusion.train()
+    unfolded = fusion(h)
+    fusion.eval()
+    with torch.no_grad():
+        folded = fusion(h)
+    torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_follows_weight_changes_after_an_eval_pass():
+    model = _trained_like(vssm.create_model("spatialmamba_nano")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        fusion = model.layers[0].blocks[0].self_attention.state_fusion
+        fusion.kernel_3_1.mul_(3.0)  # an optimizer or EMA step updates in place
+        after = model(x)
+    assert not torch.allclose(before, after)
+    expected = model(x)  # eval with gradients on: the three dilated convolutions, no fold
+    torch.testing.assert_close(after, expected.detach(), rtol=1e-4, atol=1e-5)
+    # reloaded weights (as an EMA teacher or a resumed run would) are followed too
+    other = _trained_like(vssm.create_model("spatialmamba_nano")).eval()
+    with torch.no_grad():
+        other(x)
+        other.load_state_dict(model.state_dict())
+        torch.testing.assert_close(other(x), model.eval()(x), rtol=0, atol=0)
+
+
+def test_authors_layout_loads_strictly_into_classifier_and_backbone():
+    source = _trained_like(vssm.create_model("spatialmamba_nano"))
+    state = source.state_dict()
+    target = vssm.create_model("spatialmamba_nano")
+    assert load_checkpoint(target, {"model": state, "epoch": 299}).ok
+    backbone = dense_backbone("spatialmamba_nano")
+    report = load_checkpoint(backbone, {"model": state})
+    assert report.ok and report.skipped == ["head.bias", "head.weight", "norm.bias", "norm.weight"]
+    detector = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    assert load_checkpoint(dense_backbone("spatialmamba_nano"), {"state_dict": detector}).ok

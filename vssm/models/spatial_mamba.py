@@ -1,0 +1,367 @@
+"""Spatial-Mamba: Effective Visual State Space Models via Structure-Aware State Fusion.
+
+Paper: Xiao et al., ICLR 2025, https://arxiv.org/abs/2410.15091
+Original code: https://github.com/EdwardChasel/Spatial-Mamba
+
+One raster-order selective scan per block yields every hidden state h; a structure-aware state fusion
+then mixes each state with its spatial neighbours, ``h' = sum_k alpha_k * dwconv3x3_dilation_k(h)``
+for dilations 1, 3, 5 (replicate padding, one 3x3 kernel per channel and dilation), before the
+observation ``y = C h' + D u``. The block is ``x += CPE1(x); x += DropPath(SSM(LN(x))); x += CPE2(x);
+x += DropPath(MLP(LN(x)))`` with depthwise 3x3 conditional position encodings; a convolutional stem and
+an inverted-bottleneck downsample with BatchNorm frame the four stages. Parameter names are the
+authors' (their classification checkpoints need no conversion), so their released checkpoints load
+strictly.
+
+Differences from the original code:
+- no custom CUDA kernels: the states come from ``vssm.ops.selective_scan(..., C=None, return_states=True)``
+  (any backend, CPU included) and the fusion is PyTorch convolutions;
+- at inference the three dilated kernels are folded into one 11x11 depthwise kernel (exact: replicate
+  padding reads the same values whatever its width). The authors build the folded kernel once and never
+  refresh it, so evaluation during training, EMA teachers and reloaded weights silently use stale
+  kernels; here the fold is cached against the parameters' versions and rebuilt whenever they change;
+- FLOPs are counted on the three dilated convolutions, the published convention (the fold adds zeros);
+- any input size works; activations are channels-last inside the network.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+
+from ..ops import selective_scan
+from ._registry import build, register_model
+from .layers import Mlp, checkpoint_seq, to_nchw, to_nhwc
+
+__all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock"]
+
+
+class StateFusion(nn.Module):
+    """h' = sum_k alpha_k * depthwise 3x3 (dilation 1, 3, 5, replicate padding) of h: (batch, E, H, W)."""
+
+    dilations = (1, 3, 5)
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.kernel_3 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.kernel_3_1 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.alpha = nn.Parameter(torch.ones(3))
+        self._folded = None  # (key, kernel): the 11x11 kernel of the parameters identified by key
+
+    def _kernels(self):
+        return (self.kernel_3, self.kernel_3_1, self.kernel_3_2)
+
+    def folded_kernel(self) -> torch.Tensor:
+        """The (E, 1, 11, 11) kernel equal to the three dilated ones, rebuilt whenever a parameter changes."""
+        params = self._kernels() + (self.alpha,)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                kernel = self.kernel_3.new_zeros(self.dim, 1, 11, 11)
+                for a, k, d in zip(self.alpha, self._kernels(), self.dilations):
+                    taps = 5 + d * torch.arange(-1, 2, device=kernel.device)
+                    kernel[:, :, taps[:, None], taps[None, :]] += a * k
+            self._folded = (key, kernel)
+        return self._folded[1]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training or torch.jit.is_tracing() or torch.is_grad_enabled() and self.alpha.requires_grad:
+            out = 0
+            for a, k, d in zip(self.alpha, self._kernels(), self.dilations):
+                out = out + a * F.conv2d(F.pad(h, (d, d, d, d), mode="replicate"), k, dilation=d, groups=self.dim)
+            return out
+        return F.conv2d(F.pad(h, (5, 5, 5, 5), mode="replicate"), self.folded_kernel().to(h.dtype), groups=self.dim)
+
+
+class StructureAwareSSM(nn.Module):
+    """in_proj -> (x, z); x -> dwconv3x3 -> SiLU -> raster selective scan (states) -> state fusion
+    -> y = C h' + D x -> out_norm(y) * SiLU(z) -> out_proj. (batch, H, W, C) -> (batch, H, W, C).
+    """
+
+    def __init__(self, dim: int, d_state: int = 1, expand: float = 2.0, dt_rank="auto", d_conv: int = 3,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan_backend: str = "auto"):
+        super().__init__()
+        self.d_inner = d_inner = int(expand * dim)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_backend = scan_backend
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
+        self.act = nn.SiLU()
+        self.x_proj_weight = nn.Parameter(torch.empty(self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(d_inner))
+        self.A_logs = nn.Parameter(torch.empty(d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(d_inner))
+        self.state_fusion = StateFusion(d_inner)
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        dt_min, dt_max, floor = self._dt_range
+        bound = 1 / math.sqrt(self.d_inner)
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        nn.init.uniform_(self.dt_projs_weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = to_nhwc(self.act(self.conv2d(to_nchw(x))))  # (batch, H, W, E), channels-last memory
+        batch, H, W, E = x.shape
+        R, N, L = self.dt_rank, self.d_state, H * W
+        proj = F.linear(x, self.x_proj_weight)  # (batch, H, W, R + 2N)
+        dts = F.linear(proj[..., :R], self.dt_projs_weight)  # (batch, H, W, E)
+        Bs, Cs = proj[..., R:R + N], proj[..., R + N:]
+        states = selective_scan(x.reshape(batch, L, E).transpose(1, 2), dts.reshape(batch, L, E).transpose(1, 2),
+                                -torch.exp(self.A_logs.float()), Bs.reshape(batch, L, N).transpose(1, 2), None,
+                                delta_bias=self.dt_projs_bias.float(), delta_softplus=True, return_states=True,
+                                backend=self.scan_backend)  # (batch, E, N, L)
+        h = states.permute(0, 2, 1, 3).reshape(batch * N, E, H, W) if N > 1 else states.view(batch, E, H, W)
+        h = self.state_fusion(h.to(x.dtype))
+        if N > 1:
+            h = h.view(batch, N, E, H, W).permute(0, 3, 4, 2, 1)  # (batch, H, W, E, N)
+            y = torch.einsum("bhwen,bhwn->bhwe", h, Cs)
+        else:
+            y = to_nhwc(h) * Cs
+        y = y + x * self.Ds.to(x.dtype)
+        return self.out_proj(self.out_norm(y) * F.silu(z))
+
+
+class SpatialMambaBlock(nn.Module):
+    """x += CPE1(x); x += DropPath(SSM(LN(x))); x += CPE2(x); x += DropPath(MLP(LN(x))), on (batch, H, W, C)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 4.0, drop: float = 0.0, **ssm_kwargs):
+        super().__init__()
+        self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.ln_1 = nn.LayerNorm(dim)
+        self.self_attention = StructureAwareSSM(dim, **ssm_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + to_nhwc(self.cpe1(to_nchw(x)))
+        x = x + self.drop_path(self.self_attention(self.ln_1(x)))
+        x = x + to_nhwc(self.cpe2(to_nchw(x)))
+        return x + self.drop_path(self.mlp(self.ln_2(x)))
+
+
+class ConvLayer(nn.Module):
+    """conv -> BatchNorm (optional) -> ReLU (optional), on (batch, C, H, W)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, bias: bool = True,
+                 norm: bool = True, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=bias)
+        self.norm = nn.BatchNorm2d(cout) if norm else None
+        self.act = nn.ReLU() if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.act(x) if self.act is not None else x
+
+
+class Stem(nn.Module):
+    """(batch, 3, H, W) -> (batch, H/4, W/4, C): conv3x3 s2 -> C/2, a residual pair of conv3x3, conv3x3 s2 -> 4C, 1x1 -> C."""
+
+    def __init__(self, in_chans: int, dim: int):
+        super().__init__()
+        self.conv1 = ConvLayer(in_chans, dim // 2, 3, stride=2, bias=False)
+        self.conv2 = nn.Sequential(ConvLayer(dim // 2, dim // 2, 3, bias=False),
+                                   ConvLayer(dim // 2, dim // 2, 3, bias=False, act=False))
+        self.conv3 = nn.Sequential(ConvLayer(dim // 2, dim * 4, 3, stride=2, bias=False),
+                                   ConvLayer(dim * 4, dim, 1, bias=False, act=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.conv2(x) + x
+        return to_nhwc(self.conv3(x))
+
+
+class DownSampling(nn.Module):
+    """(batch, H, W, C) -> (batch, H/2, W/2, 2C): 1x1 -> 8C, depthwise 3x3 s2, 1x1 -> 2C with BatchNorm."""
+
+    def __init__(self, dim: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = int(2 * dim * ratio)
+        self.conv = nn.Sequential(ConvLayer(dim, hidden, 1, norm=False), ConvLayer(hidden, hidden, 3, stride=2,
+                                                                                    groups=hidden, norm=False),
+                                  ConvLayer(hidden, 2 * dim, 1, act=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return to_nhwc(self.conv(to_nchw(x)))
+
+
+class SpatialMambaStage(nn.Module):
+    def __init__(self, dim: int, depth: int, drop_path, downsample: bool, **block_kwargs):
+        super().__init__()
+        self.blocks = nn.ModuleList([SpatialMambaBlock(dim, drop_path=drop_path[i], **block_kwargs)
+                                     for i in range(depth)])
+        self.downsample = DownSampling(dim) if downsample else None
+
+
+class SpatialMamba(nn.Module):
+    """Spatial-Mamba classifier.
+
+    Args:
+        depths, dims: blocks and channels per stage (dims: a list, or the first stage's, doubled per stage).
+        num_classes: classifier outputs (0: forward returns pooled features).
+        d_state: state size N (the published models use 1); expand: SSM width E = expand * C.
+        mlp_ratio, drop_rate, drop_path_rate: as in VMamba.
+        scan_backend: selective_scan backend.
+        grad_checkpointing: recompute each block in the backward.
+    """
+
+    new_layer_prefixes = ()
+
+    def __init__(self, depths=(2, 4, 8, 4), dims=64, in_chans: int = 3, num_classes: int = 1000, d_state: int = 1,
+                 expand: float = 2.0, dt_rank="auto", mlp_ratio: float = 4.0, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.2, scan_backend: str = "auto", grad_checkpointing: bool = False):
+        super().__init__()
+        depths = tuple(depths)
+        dims = tuple(dims) if isinstance(dims, (list, tuple)) else tuple(dims * 2 ** i for i in range(len(depths)))
+        if len(dims) != len(depths):
+            raise ValueError(f"SpatialMamba: dims {dims} and depths {depths} must have one entry per stage")
+        self.dims, self.depths = dims, depths
+        self.num_classes, self.num_features = num_classes, dims[-1]
+        self.grad_checkpointing = grad_checkpointing
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.patch_embed = Stem(in_chans, dims[0])
+        self.layers = nn.ModuleList([
+            SpatialMambaStage(dims[i], depth, dpr[sum(depths[:i]):sum(depths[:i + 1])], i < len(depths) - 1,
+                              mlp_ratio=mlp_ratio, drop=drop_rate, d_state=d_state, expand=expand, dt_rank=dt_rank,
+                              scan_backend=scan_backend)
+            for i, depth in enumerate(depths)])
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks")
+                             for i in range(len(depths))]
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self):
+        """The scan dynamics (A_logs, Ds, dt_projs_bias), as for VMamba."""
+        return {n for n, _ in self.named_parameters() if n.endswith((".A_logs", ".Ds", ".dt_projs_bias"))}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    def forward_stages(self, x: torch.Tensor):
+        """Yield each stage's output before its downsample, channels-last (batch, H/2^(i+2), W/2^(i+2), dims[i])."""
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            for block in layer.blocks:
+                x = checkpoint_seq(block, x) if self.grad_checkpointing and self.training else block(x)
+            yield x
+            if layer.downsample is not None:
+                x = layer.downsample(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for x in self.forward_stages(x):
+            pass
+        return to_nchw(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(to_nhwc(x)).mean(dim=(1, 2))
+        return x if pre_logits else self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
+        return self.forward_head(self.forward_features(x))
+
+
+class SpatialMambaBackbone(SpatialMamba):
+    """Dense backbone: the stage outputs selected by ``out_indices``, each through ``outnorm{i}``."""
+
+    new_layer_prefixes = ("outnorm",)
+    unused_checkpoint_prefixes = ("norm.", "head.")
+
+    def __init__(self, out_indices=(0, 1, 2, 3), **kwargs):
+        kwargs["num_classes"] = 0
+        super().__init__(**kwargs)
+        self.out_indices = tuple(out_indices)
+        if not self.out_indices or not all(0 <= i < len(self.dims) for i in self.out_indices):
+            raise ValueError(f"out_indices {out_indices} must select stages among 0..{len(self.dims) - 1}")
+        del self.norm, self.head
+        for i in self.out_indices:
+            self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i]))
+
+    def forward(self, x: torch.Tensor):
+        """(batch, in_chans, H, W) -> [(batch, dims[i], H/2^(i+2), W/2^(i+2)) for i in out_indices]."""
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
+        outs = []
+        for i, feat in enumerate(self.forward_stages(x)):
+            if i in self.out_indices:
+                outs.append(to_nchw(getattr(self, f"outnorm{i}")(feat)))
+            if i == max(self.out_indices):
+                break
+        return outs
+
+
+CONFIGS = {
+    "spatialmamba_nano": dict(depths=(1, 1, 2, 1), dims=32, drop_path_rate=0.0),
+    "spatialmamba_tiny": dict(depths=(2, 4, 8, 4), dims=64, drop_path_rate=0.2),
+    "spatialmamba_small": dict(depths=(2, 4, 21, 5), dims=64, drop_path_rate=0.3),
+    "spatialmamba_base": dict(depths=(2, 4, 21, 5), dims=96, drop_path_rate=0.5),
+}
+
+
+def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> SpatialMambaBackbone:
+    return SpatialMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
+
+
+@register_model
+def spatialmamba_nano(pretrained=False, **kwargs) -> SpatialMamba:
+    """A small Spatial-Mamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
+    return build(SpatialMamba, "spatialmamba_nano", pretrained, CONFIGS["spatialmamba_nano"], kwargs)
+
+
+@register_model
+def spatialmamba_tiny(pretrained=False, **kwargs) -> SpatialMamba:
+    """Spatial-Mamba-T (83.5% top-1): 26.7M parameters, 4.47 GFLOPs at 224."""
+    return build(SpatialMamba, "spatialmamba_tiny", pretrained, CONFIGS["spatialmamba_tiny"], kwargs)
+
+
+@register_model
+def spatialmamba_small(pretrained=False, **kwargs) -> SpatialMamba:
+    """Spatial-Mamba-S (84.6% top-1): 43.1M parameters, 7.12 GFLOPs at 224."""
+    return build(SpatialMamba, "spatialmamba_small", pretrained, CONFIGS["spatialmamba_small"], kwargs)
+
+
+@register_model
+def spatialmamba_base(pretrained=False, **kwargs) -> SpatialMamba:
+    """Spatial-Mamba-B (85.3% top-1): 95.8M parameters, 15.80 GFLOPs at 224."""
+    return build(SpatialMamba, "spatialmamba_base", pretrained, CONFIGS["spatialmamba_base"], kwargs)

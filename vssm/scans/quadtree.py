@@ -1,0 +1,76 @@
+"""QuadMamba's quadtree scan: one quadrant per image read in fine windows, the other three in coarse ones.
+
+The map (H x W, both multiples of 4) is split into 2 x 2 coarse quadrants; one quadrant per image is
+chosen (a one-hot over the 4 quadrants, expanded to a per-pixel mask m) and its tokens are read in
+its 2 x 2 fine windows of (H/4, W/4), the other quadrants' tokens as whole (H/2, W/2) windows, raster
+inside every window. The sequence is
+
+    seq = fine(x * m) + coarse(x * (1 - m))
+
+with two fixed index tables: ``coarse`` lists each quadrant (raster order) raster inside; ``fine``
+depends on ``quad_order``:
+
+- ``"nested"`` (default): each quadrant's 4 fine windows inside that quadrant's own slot of the
+  sequence. Both tables put quadrant q's tokens in slot q, so for a one-hot choice the sum is an exact
+  permutation of the tokens.
+- ``"legacy"``: the authors' layout, fine windows in raster order over the whole 4 x 4 window grid.
+  The chosen quadrant's windows then spill into a neighbouring quadrant's slot: L/8 positions hold two
+  tokens summed and L/8 hold none. Kept only so the authors' released checkpoints behave as trained.
+
+Both forms are linear in m, so straight-through gradients of a Gumbel-Softmax choice reach the
+quadrant predictor. ``merge`` is the transpose: ``y = unfine(y_seq) * m + uncoarse(y_seq) * (1 - m)``.
+"""
+import functools
+
+import torch
+
+QUAD_ORDERS = ("nested", "legacy")
+
+
+@functools.lru_cache(maxsize=64)
+def _orders_cpu(H: int, W: int, quad_order: str):
+    grid = torch.arange(H * W).view(H, W)
+    h2, w2, h4, w4 = H // 2, W // 2, H // 4, W // 4
+    coarse = grid.view(2, h2, 2, w2).permute(0, 2, 1, 3).reshape(-1)  # (q1, q2, h, w)
+    windows = grid.view(2, 2, h4, 2, 2, w4)  # (q1, q3, h, q2, q4, w): quadrant row/col q1, q2; fine q3, q4
+    if quad_order == "nested":
+        fine = windows.permute(0, 3, 1, 4, 2, 5).reshape(-1)  # quadrant, then its fine window, then raster
+    else:
+        fine = windows.permute(0, 1, 3, 4, 2, 5).reshape(-1)  # fine window raster over the 4 x 4 grid
+    return fine, coarse, torch.argsort(fine), torch.argsort(coarse)
+
+
+@functools.lru_cache(maxsize=64)
+def _orders_on(H: int, W: int, quad_order: str, device: str):
+    return tuple(t.to(device) for t in _orders_cpu(H, W, quad_order))
+
+
+def quadtree_orders(H: int, W: int, quad_order: str = "nested", device=None):
+    """(fine, coarse, fine_inverse, coarse_inverse) LongTensors of length H*W; H, W multiples of 4."""
+    if quad_order not in QUAD_ORDERS:
+        raise ValueError(f"quad_order must be one of {', '.join(QUAD_ORDERS)}, got {quad_order!r}")
+    if H % 4 or W % 4:
+        raise ValueError(f"the quadtree scan needs H and W divisible by 4 (pad first), got {H}x{W}")
+    device = str(torch.device(device)) if device is not None else "cpu"
+    return _orders_on(H, W, quad_order, device) if device != "cpu" else _orders_cpu(H, W, quad_order)
+
+
+def quadrant_mask(choice: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(batch, 4) choice over quadrants (raster order) -> (batch, H, W, 1) per-pixel mask."""
+    return choice.view(-1, 2, 1, 2, 1).expand(-1, 2, H // 2, 2, W // 2).reshape(-1, H, W, 1)
+
+
+def quadtree_gather(x: torch.Tensor, mask: torch.Tensor, quad_order: str = "nested") -> torch.Tensor:
+    """(batch, H, W, C) map and (batch, H, W, 1) mask -> (batch, H*W, C) sequence fine(x*m) + coarse(x*(1-m))."""
+    batch, H, W, C = x.shape
+    fine, coarse, _, _ = quadtree_orders(H, W, quad_order, x.device)
+    rows = (x * mask).reshape(batch, H * W, C).index_select(1, fine)
+    return rows + (x * (1 - mask)).reshape(batch, H * W, C).index_select(1, coarse)
+
+
+def quadtree_merge(y: torch.Tensor, mask: torch.Tensor, H: int, W: int, quad_order: str = "nested") -> torch.Tensor:
+    """(batch, H*W, C) sequence -> (batch, H, W, C): the transpose of quadtree_gather."""
+    batch, L, C = y.shape
+    _, _, fine_inv, coarse_inv = quadtree_orders(H, W, quad_order, y.device)
+    selected = y.index_select(1, fine_inv).view(batch, H, W, C)
+    return selected * mask + y.index_select(1, coarse_inv).view(batch, H, W, C) * (1 - mask)
