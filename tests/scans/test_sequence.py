@@ -93,9 +93,12 @@ def test_triton_matches_torch(H, W, per_direction):
 
 def test_locality_of_row_major_and_cross_orders():
     H, W = 14, 14
-    mean_row, worst_row = locality(cross_orders(H, W)[:1], H, W)
-    assert worst_row == W  # a vertical neighbour is W steps away in raster order
-    assert mean_row == pytest.approx((1 + W) / 2)
+    raster = locality(cross_orders(H, W)[:1], H, W)["per_direction"]
+    assert raster["worst"] == W  # a vertical neighbour is W steps away in raster order
+    assert raster["mean"] == pytest.approx((1 + W) / 2)
+    assert raster["near_share"] == pytest.approx(0.5)  # horizontal pairs only
+    best = locality(cross_orders(H, W), H, W)["best_direction"]
+    assert best["worst"] == 1  # every pair is adjacent in the row-major or the column-major scan
 
 
 def test_bad_shapes_are_named():

@@ -98,7 +98,7 @@ class QuadSS2D(SS2D):
         x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
         mask = quadrant_mask(self.choose_quadrants(score, Hp, Wp), Hp, Wp).to(x.dtype)
         seq = quadtree_gather(x, mask, self.quad_order)  # (batch, L, D)
-        proj = F.linear(seq, self.x_proj_weight.view(-1, D)).view(batch, Hp * Wp, 2, -1)
+        proj = self.project(seq)  # (batch, L, 2, R + 2N)
         us = torch.stack([seq, seq.flip(1)], dim=2)
         proj = torch.stack([proj[:, :, 0], proj[:, :, 1].flip(1)], dim=2)
         ys = self.scan(us, proj)

@@ -42,52 +42,33 @@ from ..scans import cross_orders, gather_sequences, merge_sequences
 from ._registry import build, register_model
 from .layers import Mlp, Permute, checkpoint_seq, to_nchw
 
-__all__ = ["VMamba", "VMambaBackbone", "SS2D", "VSSBlock"]
+__all__ = ["VMamba", "VMambaBackbone", "SS2D", "DirectionalScan", "VSSBlock"]
 
 
-class SS2D(nn.Module):
-    """2-D selective scan: in_proj -> dwconv3x3 -> SiLU -> 4-way cross selective scan -> out_norm -> out_proj.
+class DirectionalScan(nn.Module):
+    """The selective-scan parameters of K directions over D channels, and the scan of K sequences.
 
-    (batch, H, W, C) -> (batch, H, W, C).
-
-    Args:
-        dim: channels of the block (C).
-        d_state: state size N of the scan.
-        ssm_ratio: inner width D = ssm_ratio * C.
-        dt_rank: rank R of the step-size projection ("auto": ceil(C / 16)).
-        directions: number of scan directions K (each has its own projections and dynamics).
-        scan_backend: selective_scan backend.
-
-    ``mix`` turns the (batch, H, W, D) map into K sequences, scans and merges them (the cross scan here;
-    QuadMamba overrides it); ``scan`` is the part every order shares.
+    x_proj_weight (K, R + 2N, D) maps a token to its step-size rank-R code and B, C; dt_projs_weight
+    (K, D, R) and dt_projs_bias (K, D) give the per-channel step sizes; A_logs (K*D, N) and Ds (K*D) the
+    decay and skip. Initialised as published (S4D-real A, unit D, step sizes in [dt_min, dt_max]).
     """
 
-    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", directions: int = 4,
-                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
-                 scan_backend: str = "auto"):
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, directions: int, dt_min: float = 1e-3,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan_backend: str = "auto"):
         super().__init__()
         K = self.directions = directions
-        d_inner = int(ssm_ratio * dim)
-        self.d_inner, self.d_state = d_inner, d_state
-        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
         self.scan_backend = scan_backend
-        self.in_proj = nn.Linear(dim, d_inner, bias=False)
-        self.act = nn.SiLU()
-        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False)
-        # per-direction projections x -> (dt, B, C) and dt -> D channels, stacked over directions
-        self.x_proj_weight = nn.Parameter(torch.empty(K, self.dt_rank + 2 * d_state, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, self.dt_rank))
+        self.x_proj_weight = nn.Parameter(torch.empty(K, dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, dt_rank))
         self.dt_projs_bias = nn.Parameter(torch.empty(K, d_inner))
         self.A_logs = nn.Parameter(torch.empty(K * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(K * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.out_proj = nn.Linear(d_inner, dim, bias=False)
         self._dt_range = (dt_min, dt_max, dt_init_floor)
         self.reset_ssm_parameters()
 
     @torch.no_grad()
     def reset_ssm_parameters(self):
-        """The published initialisation of the scan parameters (S4D-real A, unit D, dt in [dt_min, dt_max])."""
         dt_min, dt_max, floor = self._dt_range
         bound = 1 / math.sqrt(self.d_inner)  # nn.Linear's default for the x projections
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
@@ -98,18 +79,9 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
         self.Ds.fill_(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv2d(to_nchw(self.in_proj(x)))).permute(0, 2, 3, 1)  # (batch, H, W, D)
-        return self.out_proj(self.out_norm(self.mix(x).to(x.dtype)))
-
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """The 4-way cross scan: (batch, H, W, D) -> (batch, H, W, D)."""
-        batch, H, W, D = x.shape
-        orders = cross_orders(H, W, x.device)
-        # the projections act per token, so x -> (dt, B, C) is applied before gathering the sequences
-        proj = F.linear(x, self.x_proj_weight.view(-1, D)).view(batch, H, W, self.directions, -1)
-        ys = self.scan(gather_sequences(x, orders), gather_sequences(proj, orders))
-        return merge_sequences(ys, orders, H, W)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) tokens -> (..., K, R + 2N): every direction's x_proj of every token."""
+        return F.linear(x, self.x_proj_weight.view(-1, x.shape[-1])).unflatten(-1, (self.directions, -1))
 
     def scan(self, us: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
         """Selective scan of K sequences.
@@ -126,6 +98,48 @@ class SS2D(nn.Module):
                             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
                             backend=self.scan_backend)  # (batch, K*D, L), time-major memory
         return ys.transpose(1, 2).view(batch, L, K, D)
+
+
+class SS2D(DirectionalScan):
+    """2-D selective scan: in_proj -> dwconv3x3 -> SiLU -> 4-way cross selective scan -> out_norm -> out_proj.
+
+    (batch, H, W, C) -> (batch, H, W, C).
+
+    Args:
+        dim: channels of the block (C).
+        d_state: state size N of the scan.
+        ssm_ratio: inner width D = ssm_ratio * C.
+        dt_rank: rank R of the step-size projection ("auto": ceil(C / 16)).
+        directions: number of scan directions K (each has its own projections and dynamics).
+        scan_backend: selective_scan backend.
+
+    ``mix`` turns the (batch, H, W, D) map into K sequences, scans and merges them (the cross scan here;
+    QuadMamba and FractalMamba override it); ``scan`` is the part every order shares.
+    """
+
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", directions: int = 4,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 scan_backend: str = "auto"):
+        d_inner = int(ssm_ratio * dim)
+        super().__init__(d_inner, d_state, math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank), directions,
+                         dt_min, dt_max, dt_init_floor, scan_backend)
+        self.in_proj = nn.Linear(dim, d_inner, bias=False)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False)
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv2d(to_nchw(self.in_proj(x)))).permute(0, 2, 3, 1)  # (batch, H, W, D)
+        return self.out_proj(self.out_norm(self.mix(x).to(x.dtype)))
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4-way cross scan: (batch, H, W, D) -> (batch, H, W, D)."""
+        batch, H, W, D = x.shape
+        orders = cross_orders(H, W, x.device)
+        # the projections act per token, so x -> (dt, B, C) is applied before gathering the sequences
+        ys = self.scan(gather_sequences(x, orders), gather_sequences(self.project(x), orders))
+        return merge_sequences(ys, orders, H, W)
 
 
 class VSSBlock(nn.Module):

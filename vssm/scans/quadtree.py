@@ -20,14 +20,14 @@ depends on ``quad_order``:
 Both forms are linear in m, so straight-through gradients of a Gumbel-Softmax choice reach the
 quadrant predictor. ``merge`` is the transpose: ``y = unfine(y_seq) * m + uncoarse(y_seq) * (1 - m)``.
 """
-import functools
-
 import torch
+
+from .orders import order_cache
 
 QUAD_ORDERS = ("nested", "legacy")
 
 
-@functools.lru_cache(maxsize=64)
+@order_cache
 def _orders_cpu(H: int, W: int, quad_order: str):
     grid = torch.arange(H * W).view(H, W)
     h2, w2, h4, w4 = H // 2, W // 2, H // 4, W // 4
@@ -40,13 +40,14 @@ def _orders_cpu(H: int, W: int, quad_order: str):
     return fine, coarse, torch.argsort(fine), torch.argsort(coarse)
 
 
-@functools.lru_cache(maxsize=64)
+@order_cache
 def _orders_on(H: int, W: int, quad_order: str, device: str):
     return tuple(t.to(device) for t in _orders_cpu(H, W, quad_order))
 
 
 def quadtree_orders(H: int, W: int, quad_order: str = "nested", device=None):
     """(fine, coarse, fine_inverse, coarse_inverse) LongTensors of length H*W; H, W multiples of 4."""
+    H, W = int(H), int(W)  # shapes are tensors while tracing (FLOP counting)
     if quad_order not in QUAD_ORDERS:
         raise ValueError(f"quad_order must be one of {', '.join(QUAD_ORDERS)}, got {quad_order!r}")
     if H % 4 or W % 4:

@@ -9,15 +9,14 @@ Layouts (channels last, so each token is one contiguous row of C values):
 other's transpose, so each one's backward is the other. PyTorch runs them as one ``index_select``; on
 CUDA a fused Triton kernel does the same (``backend="triton"``, tested under the interpreter).
 """
-import functools
 import os
 
 import torch
 
-from .orders import inverse_orders
+from .orders import inverse_orders, order_cache
 
 
-@functools.lru_cache(maxsize=256)
+@order_cache
 def _flat_index(orders: torch.Tensor, per_direction: bool) -> torch.Tensor:
     """Index into (batch, L[*K], C) rows giving (batch, L*K, C) in sequence order."""
     K, L = orders.shape
@@ -27,7 +26,7 @@ def _flat_index(orders: torch.Tensor, per_direction: bool) -> torch.Tensor:
     return t_major.reshape(-1).contiguous()
 
 
-@functools.lru_cache(maxsize=256)
+@order_cache
 def _merge_index(orders: torch.Tensor) -> torch.Tensor:
     """Index into (batch, L*K, C) sequence rows giving, for each position, its K tokens: (L*K,)."""
     K, L = orders.shape
@@ -35,7 +34,7 @@ def _merge_index(orders: torch.Tensor) -> torch.Tensor:
     return (steps * K + torch.arange(K, device=orders.device)).reshape(-1).contiguous()
 
 
-@functools.lru_cache(maxsize=256)
+@order_cache
 def _merge_plan(orders: torch.Tensor):
     """How to merge on the CPU: pair each direction with its reverse (summed with a flip, in the first
     one's order), and skip the final gather for an identity order. List of (k, k_reverse | None, index | None)."""

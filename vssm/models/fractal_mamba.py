@@ -1,0 +1,150 @@
+"""FractalMamba: visual state-space scanning along fractal (Hilbert) curves, with a Fractal Fusion Pathway.
+
+Paper: "Boosting Vision State Space Model with Fractal Scanning" (Xiao et al.), https://arxiv.org/abs/2405.14480
+No code was released; the design below is ours, built from the paper's claims on the VMamba v2 skeleton.
+
+Claims it rests on: serialising a feature map along a Hilbert curve keeps 2-D neighbours close in the
+1-D sequence at every resolution (``vssm.scans.locality`` measures it), and a "Fractal Fusion Pathway"
+(FFP) can stand in for extra scan directions at lower cost.
+
+What the token mixer (``FractalSS2D``) does, on a (batch, H, W, D) map:
+
+1. Hilbert scan. The map is read along ``directions`` generalised Hilbert curves (any H x W; see
+   ``vssm.scans.hilbert``): 2 = the curve and its reverse, 4 = also the curve of the transposed grid
+   and its reverse. Each direction has its own projections and dynamics, exactly as a VMamba direction.
+2. Fractal Fusion Pathway. The curve is self-similar: on 2^k x 2^k grids every aligned run of 4^j
+   consecutive tokens is a 2^j x 2^j block, and on other sizes runs of 4 stay compact (consecutive tokens
+   are always neighbours). So averaging runs of 4^j tokens of the Hilbert sequence gives the map at a
+   coarser scale, already serialised along the coarser curve, with no extra reordering. For each level
+   j = 1..``ffp_levels`` the pooled sequence (length L / 4^j) is scanned both ways by its own
+   selective-scan parameters, and each coarse output is added back to the 4^j fine tokens it came from
+   (on the first direction's sequence, before the directions are merged). A token thus receives context
+   summarised over blocks of growing size, at 2/4^j of a fine direction's scan cost per level.
+3. The directions are merged back onto the map, normalised and projected out, as in VMamba.
+
+FractalMamba-T uses 2 Hilbert directions and one FFP level: the same number of scan parameters as
+VMamba-T's 4 directions (30.2M parameters) and about 2.5/4 of its scan FLOPs (4.80 G at 224), which is
+the paper's 30M / 4.8G. ``directions`` and ``ffp_levels`` are constructor options for ablations.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..scans import gather_sequences, merge_sequences
+from ..scans.hilbert import hilbert_orders
+from ._registry import build, register_model
+from .vmamba import SS2D, DirectionalScan, VMamba, VMambaBackbone
+
+__all__ = ["FractalMamba", "FractalMambaBackbone", "FractalSS2D"]
+
+DIRECTION_VARIANTS = {2: ("hilbert", "reversed"), 4: ("hilbert", "transposed", "reversed", "transposed_reversed")}
+
+
+def pool_runs(seq: torch.Tensor, run: int) -> torch.Tensor:
+    """Mean of consecutive runs of ``run`` tokens: (batch, L, D) -> (batch, ceil(L / run), D)."""
+    batch, L, D = seq.shape
+    pad = -L % run
+    total = F.pad(seq, (0, 0, 0, pad)).view(batch, -1, run, D).sum(dim=2)
+    counts = torch.full((total.shape[1], 1), float(run), dtype=seq.dtype, device=seq.device)
+    if pad:
+        counts[-1] = run - pad
+    return total / counts
+
+
+class FractalSS2D(SS2D):
+    """SS2D reading Hilbert-curve orders, plus the Fractal Fusion Pathway (see the module docstring)."""
+
+    def __init__(self, dim: int, directions: int = 2, ffp_levels: int = 1, **ssm_kwargs):
+        if directions not in DIRECTION_VARIANTS:
+            raise ValueError(f"directions must be one of {sorted(DIRECTION_VARIANTS)}, got {directions}")
+        if ffp_levels < 0:
+            raise ValueError(f"ffp_levels must be >= 0, got {ffp_levels}")
+        super().__init__(dim, directions=directions, **ssm_kwargs)
+        self.variants = DIRECTION_VARIANTS[directions]
+        self.ffp = nn.ModuleList([DirectionalScan(self.d_inner, self.d_state, self.dt_rank, 2,
+                                                  scan_backend=self.scan_backend) for _ in range(ffp_levels)])
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        batch, H, W, D = x.shape
+        orders = hilbert_orders(H, W, self.variants, x.device)
+        us = gather_sequences(x, orders)  # (batch, L, K, D)
+        ys = self.scan(us, gather_sequences(self.project(x), orders))
+        if len(self.ffp):
+            ys = ys.clone()
+            ys[:, :, 0] += self.fractal_fusion(us[:, :, 0])
+        return merge_sequences(ys, orders, H, W)
+
+    def fractal_fusion(self, seq: torch.Tensor) -> torch.Tensor:
+        """(batch, L, D) Hilbert sequence -> (batch, L, D) coarse-scale context for each token."""
+        L = seq.shape[1]
+        context = 0
+        for level, scan in enumerate(self.ffp, start=1):
+            run = 4 ** level  # on maps of at most `run` tokens the level is one token: the global mean
+            coarse = pool_runs(seq, run)
+            both = torch.stack([coarse, coarse.flip(1)], dim=2)
+            proj = scan.project(coarse)
+            ys = scan.scan(both, torch.stack([proj[:, :, 0], proj[:, :, 1].flip(1)], dim=2))
+            context = context + (ys[:, :, 0] + ys[:, :, 1].flip(1)).repeat_interleave(run, dim=1)[:, :L]
+        return context
+
+
+class FractalMamba(VMamba):
+    """FractalMamba classifier: VMamba's arguments, plus
+
+    Args:
+        directions: Hilbert scan directions per block (2 or 4).
+        ffp_levels: Fractal Fusion Pathway levels (0 disables it).
+    """
+
+    def __init__(self, depths=(2, 2, 8, 2), dims=96, directions: int = 2, ffp_levels: int = 1, **kwargs):
+        if directions not in DIRECTION_VARIANTS:
+            raise ValueError(f"directions must be one of {sorted(DIRECTION_VARIANTS)}, got {directions}")
+        if ffp_levels < 0:
+            raise ValueError(f"ffp_levels must be >= 0, got {ffp_levels}")
+        self.hilbert_directions, self.ffp_levels = directions, ffp_levels
+        super().__init__(depths=depths, dims=dims, **kwargs)
+
+    def _make_op(self, stage, index, block_index, dim, ssm):
+        return FractalSS2D(dim, directions=self.hilbert_directions, ffp_levels=self.ffp_levels, **ssm)
+
+
+class FractalMambaBackbone(FractalMamba, VMambaBackbone):
+    """Dense backbone of FractalMamba (``outnorm{i}`` per selected stage), as for VMamba."""
+
+
+CONFIGS = {  # VMamba's skeletons (T: s1l8, S and B: s2l15) with the fractal mixer
+    "fractalmamba_nano": dict(depths=(1, 1, 2, 1), dims=32, ssm_ratio=1.0, drop_path_rate=0.0),
+    "fractalmamba_tiny": dict(depths=(2, 2, 8, 2), dims=96, ssm_ratio=1.0, drop_path_rate=0.2),
+    "fractalmamba_small": dict(depths=(2, 2, 15, 2), dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
+    "fractalmamba_base": dict(depths=(2, 2, 15, 2), dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
+}
+for _cfg in CONFIGS.values():
+    _cfg.update(d_state=1)
+
+
+def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> FractalMambaBackbone:
+    return FractalMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
+
+
+@register_model
+def fractalmamba_nano(pretrained=False, **kwargs) -> FractalMamba:
+    """A small FractalMamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
+    return build(FractalMamba, "fractalmamba_nano", pretrained, CONFIGS["fractalmamba_nano"], kwargs)
+
+
+@register_model
+def fractalmamba_tiny(pretrained=False, **kwargs) -> FractalMamba:
+    """FractalMamba-T (paper: 83.0% top-1, 30M, 4.8 GFLOPs): 30.2M parameters, 4.80 GFLOPs at 224."""
+    return build(FractalMamba, "fractalmamba_tiny", pretrained, CONFIGS["fractalmamba_tiny"], kwargs)
+
+
+@register_model
+def fractalmamba_small(pretrained=False, **kwargs) -> FractalMamba:
+    """FractalMamba-S by analogy with VMamba-S (no published size)."""
+    return build(FractalMamba, "fractalmamba_small", pretrained, CONFIGS["fractalmamba_small"], kwargs)
+
+
+@register_model
+def fractalmamba_base(pretrained=False, **kwargs) -> FractalMamba:
+    """FractalMamba-B by analogy with VMamba-B (no published size)."""
+    return build(FractalMamba, "fractalmamba_base", pretrained, CONFIGS["fractalmamba_base"], kwargs)
