@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+bash scripts/setup_mm.sh  # the detection/segmentation tests need the OpenMMLab stack
 VENV=${VSSM_VENV:-$PWD/.venv}
 start=$(date +%s)
 # two workers on two cores, one intra-op thread each

@@ -66,12 +66,16 @@ class _PlainConfig(dict):
 
 
 class _AllowlistUnpickler(pickle.Unpickler):
-    """Rebuilds only tensors, plain containers and numbers, numpy scalars, and configs as plain data."""
+    """Rebuilds only tensors, plain containers and numbers, numpy arrays and scalars, configs as plain data,
+    and mmengine's log history; ``getattr`` only reads public attributes of those allowed classes."""
 
     _ALLOWED = {
         ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles
         ("torch", "Size"), ("torch", "device"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+        ("mmengine.logging.history_buffer", "HistoryBuffer"),  # in mmengine training checkpoints
     }
     _REPLACED = {("yacs.config", "CfgNode"): _PlainConfig, ("argparse", "Namespace"): types.SimpleNamespace}
 
@@ -89,9 +93,18 @@ class _AllowlistUnpickler(pickle.Unpickler):
         module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles (torch.save's default)
         if (module, name) in self._REPLACED:
             return self._REPLACED[(module, name)]
+        if (module, name) == ("builtins", "getattr"):
+            return self._restricted_getattr
         if self._allowed(module, name):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+    @classmethod
+    def _restricted_getattr(cls, obj, name):
+        allowed_class = isinstance(obj, type) and cls._allowed(obj.__module__, obj.__name__)
+        if name.startswith("_") or not allowed_class:
+            raise pickle.UnpicklingError(f"getattr({obj!r}, {name!r}) is not allowed")
+        return getattr(obj, name)
 
 
 _allowlist_pickle = types.SimpleNamespace(  # a pickle "module" for torch.load's pickle_module
@@ -102,8 +115,9 @@ _allowlist_pickle = types.SimpleNamespace(  # a pickle "module" for torch.load's
 def read_checkpoint(path, weights_only: bool = True) -> dict:
     """torch.load a file on CPU with a clear error for missing, truncated, corrupt or unsafe files.
 
-    With ``weights_only`` (default), only tensors, containers, numbers and configs (yacs CfgNode and
-    argparse Namespace, read as plain data) are rebuilt; any other pickled object is refused.
+    With ``weights_only`` (default), only tensors, containers, numbers, numpy arrays, configs (yacs CfgNode
+    and argparse Namespace, read as plain data) and mmengine's log history are rebuilt; any other pickled
+    object is refused.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

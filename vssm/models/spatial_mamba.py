@@ -314,7 +314,7 @@ class SpatialMambaBackbone(SpatialMamba):
         self.out_indices = tuple(out_indices)
         if not self.out_indices or not all(0 <= i < len(self.dims) for i in self.out_indices):
             raise ValueError(f"out_indices {out_indices} must select stages among 0..{len(self.dims) - 1}")
-        del self.norm, self.head
+        del self.norm, self.head, self.head_drop
         for i in self.out_indices:
             self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i]))
 

@@ -1,0 +1,7 @@
+# Mask R-CNN + FPN with spatialmamba_tiny on COCO, 3x multi-scale schedule.
+# Put the classification checkpoint at checkpoints/spatialmamba_tiny.pth (or change init_cfg) before training.
+_base_ = ['../_base_/mask_rcnn_ms_3x.py']
+model = dict(
+    backbone=dict(type='SpatialMamba', arch='spatialmamba_tiny', drop_path_rate=0.2,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/spatialmamba_tiny.pth')),
+    neck=dict(in_channels=[64, 128, 256, 512]))

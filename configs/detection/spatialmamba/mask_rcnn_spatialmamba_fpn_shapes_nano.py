@@ -1,0 +1,3 @@
+# CPU smoke run: Mask R-CNN with spatialmamba_nano on the generated shapes (scripts/make_shapes_data.py).
+_base_ = ['../_base_/mask_rcnn_shapes_nano.py']
+model = dict(backbone=dict(type='SpatialMamba', arch='spatialmamba_nano'))

@@ -1,0 +1,7 @@
+"""Test a segmentation checkpoint: python segmentation/tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--tta]"""
+import sys
+
+from vssm.mm.tools import test_main
+
+if __name__ == "__main__":
+    sys.exit(test_main(description=__doc__))

@@ -1,0 +1,154 @@
+"""Detection and segmentation with OpenMMLab: every family trains and evaluates on generated data (CPU)."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("mmdet", reason="the OpenMMLab stack is not installed (scripts/setup_mm.sh)")
+pytest.importorskip("mmseg", reason="the OpenMMLab stack is not installed (scripts/setup_mm.sh)")
+
+import vssm  # noqa: E402
+from vssm.mm.backbone import backbones  # noqa: E402
+from vssm.mm.shapes import make_ade, make_coco  # noqa: E402
+from vssm.mm.tools import test_main as run_test  # noqa: E402
+from vssm.mm.tools import train_main  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FAMILIES = {"vmamba": "VMamba", "spatialmamba": "SpatialMamba", "quadmamba": "QuadMamba", "fractalmamba": "FractalMamba"}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return make_coco(str(root / "coco"), train=4, val=4), make_ade(str(root / "ade"), train=4, val=4)
+
+
+def _det_options(coco):
+    ann = os.path.join(coco, "annotations", "instances_val2017.json")
+    return [f"train_dataloader.dataset.data_root={coco}/", f"val_dataloader.dataset.data_root={coco}/",
+            f"test_dataloader.dataset.data_root={coco}/", f"val_evaluator.ann_file={ann}",
+            f"test_evaluator.ann_file={ann}"]
+
+
+def _seg_options(ade):
+    return [f"train_dataloader.dataset.data_root={ade}/", f"val_dataloader.dataset.data_root={ade}/",
+            f"test_dataloader.dataset.data_root={ade}/"]
+
+
+def _scalars(work_dir):
+    """The metrics of the last evaluation logged by mmengine."""
+    logs = sorted(glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json")))
+    assert logs, f"no scalars in {work_dir}"
+    with open(logs[-1]) as f:
+        records = [json.loads(line) for line in f]
+    return records
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mask_rcnn_trains_and_evaluates(family, shapes, tmp_path):
+    coco, _ = shapes
+    config = os.path.join(ROOT, "configs", "detection", family, f"mask_rcnn_{family}_fpn_shapes_nano.py")
+    work = str(tmp_path / "det")
+    assert train_main([config, "--work-dir", work, "--cfg-options", *_det_options(coco)]) == 0
+    records = _scalars(work)
+    assert any("loss" in r and r["iter"] == 2 for r in records), "two training iterations"
+    assert any("coco/bbox_mAP" in r for r in records), "an evaluation"
+    assert run_test([config, os.path.join(work, "epoch_1.pth"), "--work-dir", str(tmp_path / "test"),
+                      "--cfg-options", *_det_options(coco)]) == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_upernet_trains_and_evaluates(family, shapes, tmp_path):
+    _, ade = shapes
+    config = os.path.join(ROOT, "configs", "segmentation", family, f"upernet_{family}_shapes-128x128_nano.py")
+    work = str(tmp_path / "seg")
+    assert train_main([config, "--work-dir", work, "--cfg-options", *_seg_options(ade)]) == 0
+    records = _scalars(work)
+    assert any("decode.loss_ce" in r for r in records) and any("mIoU" in r for r in records)
+
+
+def test_segmentation_test_time_augmentation(shapes, tmp_path):
+    _, ade = shapes
+    config = os.path.join(ROOT, "configs", "segmentation", "vmamba", "upernet_vmamba_shapes-128x128_nano.py")
+    work = str(tmp_path / "seg")
+    assert train_main([config, "--work-dir", work, "--cfg-options", *_seg_options(ade)]) == 0
+    assert run_test([config, os.path.join(work, "iter_2.pth"), "--tta", "--work-dir", str(tmp_path / "tta"),
+                      "--cfg-options", *_seg_options(ade)]) == 0
+
+
+@pytest.mark.parametrize("family,registered", FAMILIES.items())
+def test_odd_input_size_frozen_stages_and_checkpointing(family, registered):
+    cls = backbones()[registered]
+    backbone = cls(arch=f"{family}_nano", frozen_stages=4).train()
+    assert not any(p.requires_grad for p in backbone.parameters())
+    assert not any(m.training for m in backbone.modules() if not list(m.children()))  # every layer in eval
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 511, 383))
+    assert [tuple(f.shape[2:]) for f in feats] == [(128, 96), (64, 48), (32, 24), (16, 12)]
+    partial = cls(arch=f"{family}_nano", frozen_stages=1, with_cp=True).train()
+    frozen = {n for n, p in partial.named_parameters() if not p.requires_grad}
+    assert all(n.startswith(("patch_embed.", "layers.0.", "outnorm0.")) for n in frozen) and frozen
+    assert partial.grad_checkpointing
+    out = partial(torch.randn(1, 3, 64, 64))
+    sum(f.sum() for f in out).backward()
+
+
+def test_pretrained_init_cfg_loads_a_classification_checkpoint_strictly(tmp_path):
+    source = vssm.create_model("vmamba_nano")
+    path = tmp_path / "cls.pth"
+    torch.save({"model": source.state_dict(), "epoch": 10}, path)
+    backbone = backbones()["VMamba"](arch="vmamba_nano", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    backbone.init_weights()
+    assert backbone.is_init
+    torch.testing.assert_close(backbone.layers[1].blocks[0].op.A_logs, source.layers[1].blocks[0].op.A_logs)
+    bad = backbones()["VMamba"](arch="vmamba_tiny_s1l8", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(vssm.CheckpointMismatchError):
+        bad.init_weights()
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown arch 'vmamba_huge'"):
+        backbones()["VMamba"](arch="vmamba_huge")
+    with pytest.raises(ValueError, match="frozen_stages"):
+        backbones()["VMamba"](arch="vmamba_nano", frozen_stages=7)
+    with pytest.raises(ValueError, match="init_cfg"):
+        backbones()["VMamba"](arch="vmamba_nano", init_cfg=dict(type="Kaiming"))
+
+
+def _build(config):
+    import importlib
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(config)
+    scope = cfg.default_scope
+    init_default_scope(scope)
+    importlib.import_module(f"vssm.mm.{scope}")
+    return cfg, importlib.import_module(f"{scope}.registry").MODELS.build(cfg.model)
+
+
+@pytest.mark.parametrize("config,published", [
+    ("detection/vmamba/mask_rcnn_vmamba_fpn_coco_tiny.py", 50e6),
+    ("detection/spatialmamba/mask_rcnn_spatialmamba_fpn_coco_tiny.py", 46e6),
+    ("segmentation/vmamba/upernet_vmamba_4xb4-160k_ade20k-512x512_tiny.py", 62e6),
+    ("segmentation/spatialmamba/upernet_spatialmamba_4xb4-160k_ade20k-512x512_tiny.py", 57e6),
+])
+def test_published_model_sizes(config, published):
+    _, model = _build(os.path.join(ROOT, "configs", config))
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - published) / published < 0.02, params
+
+
+ALLOWED_BACKBONE_KEYS = {"type", "arch", "out_indices", "drop_path_rate", "init_cfg", "frozen_stages", "norm_eval",
+                         "with_cp"}
+
+
+@pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "configs", "detection", "*", "*.py")) +
+                                          glob.glob(os.path.join(ROOT, "configs", "segmentation", "*", "*.py"))))
+def test_configs_do_not_leak_foreign_backbone_keys(config):
+    from mmengine.config import Config
+    backbone = Config.fromfile(config).model.backbone
+    assert set(backbone) <= ALLOWED_BACKBONE_KEYS, set(backbone) - ALLOWED_BACKBONE_KEYS
+    assert backbone.type in FAMILIES.values()
