@@ -8,12 +8,13 @@ scikit-learn (no download), written once as such a folder with a fixed, stratifi
 import logging
 import os
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from vssm.digits import prepare_digits
 
 log = logging.getLogger("train")
 
@@ -22,39 +23,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 class DataError(ValueError):
     """A dataset that cannot be used (missing folders, no images, mismatched classes, unreadable image)."""
-
-
-def default_data_root() -> str:
-    cache = os.environ.get("VSSM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vssm")
-    return os.path.join(cache, "digits")
-
-
-def prepare_digits(root: str = None) -> str:
-    """Write scikit-learn's digits as PNG folders under ``root`` once; returns the root."""
-    root = root or default_data_root()
-    done = os.path.join(root, ".complete")
-    if os.path.exists(done):
-        return root
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-    index = np.arange(len(images))
-    train_idx, val_idx = train_test_split(index, test_size=360, stratify=digits.target, random_state=0)
-    tmp = root + f".tmp{os.getpid()}"
-    for split, idx in (("train", train_idx), ("val", val_idx)):
-        for i in idx:
-            folder = os.path.join(tmp, split, str(digits.target[i]))
-            os.makedirs(folder, exist_ok=True)
-            Image.fromarray(images[i], mode="L").convert("RGB").save(os.path.join(folder, f"{i:04d}.png"))
-    open(os.path.join(tmp, ".complete"), "w").close()
-    try:
-        os.rename(tmp, root)  # atomic: a concurrent writer loses the race harmlessly
-    except OSError:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def find_classes(folder: str):

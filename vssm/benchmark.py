@@ -9,6 +9,27 @@ import time
 import torch
 
 
+def process_memory_mb(field: str = "VmRSS") -> float:
+    """The process's resident set (VmRSS) or its peak (VmHWM) in MB, from /proc (Linux); else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory():
+    """Restart the process's peak resident set (VmHWM) from the current one, where Linux allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -23,7 +44,7 @@ def _autocast(device, amp):
 
 def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu", amp: bool = False,
             train: bool = False, warmup: int = 2, iters: int = 5) -> dict:
-    """Images/s of inference (or of a training step: forward, backward, no optimizer) and peak memory.
+    """Images/s of inference (or of a training step: forward, backward, AdamW step) and peak memory.
 
     Times each iteration with the device synchronised and reports the best (CPU, least disturbed by
     other load) or the median (GPU). Peak memory is CUDA's max allocated on a GPU, and the process's
@@ -32,6 +53,7 @@ def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu
     device = torch.device(device)
     model = model.to(device).train(train)
     x = torch.randn(batch, 3, *size, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -40,7 +62,8 @@ def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu
             with _autocast(device, amp):
                 loss = model(x).float().mean()
             loss.backward()
-            model.zero_grad(set_to_none=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         else:
             with torch.inference_mode(), _autocast(device, amp):
                 model(x)
@@ -57,19 +80,27 @@ def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = process_memory_mb("VmHWM")
     return {"images_per_s": batch / best, "seconds_per_batch": best, "peak_memory_mb": peak,
             "batch": batch, "size": list(size), "device": str(device), "amp": amp, "train": train}
 
 
 def measure_isolated(model_name: str, **kwargs) -> dict:
-    """``measure`` of a registered (or timm) model in a fresh Python process, so that CPU peak memory is its own."""
-    code = ("import json, sys, torch, timm, vssm; from vssm.benchmark import measure; "
+    """``measure`` of a vssm (or timm) model in a fresh Python process, so that CPU peak memory is its own.
+
+    On a CPU, ``peak_memory_mb`` is then the peak resident set above the idle process (the imported
+    libraries, ``idle_process_mb``): weights, activations, gradients and optimizer state. Memory the
+    libraries freed while importing is reused first, so figures below some tens of MB read as zero.
+    """
+    code = ("import json, sys, torch; from vssm.benchmark import measure, process_memory_mb, reset_peak_memory; "
+            "from vssm.analysis.models import analysis_model; "
             "from vssm.runtime import retain_freed_memory; retain_freed_memory(); "
             "torch.set_num_threads(int(sys.argv[3])); "
             "name = sys.argv[1]; kw = json.loads(sys.argv[2]); torch.manual_seed(0); "
-            "m = vssm.create_model(name) if name in vssm.list_models() else timm.create_model(name); "
-            "print('RESULT' + json.dumps(measure(m, **kw)))")
+            "reset_peak_memory(); idle = process_memory_mb(); "
+            "r = measure(analysis_model(name), **kw); r['idle_process_mb'] = idle; "
+            "r['peak_memory_mb'] -= idle if r['device'] == 'cpu' else 0; "
+            "print('RESULT' + json.dumps(r))")
     out = subprocess.run([sys.executable, "-c", code, model_name, json.dumps(kwargs), str(torch.get_num_threads())],
                          capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]

@@ -26,6 +26,18 @@ def selective_scan_flop_handle(inputs, outputs):
     return flops
 
 
+def flop_analysis(model: torch.nn.Module, inputs) -> FlopCountAnalysis:
+    """fvcore's analysis of ``model(*inputs)`` with the selective-scan handle and its warnings silenced.
+
+    Use ``.total()`` for the FLOPs and ``.by_module()`` for a breakdown; the caller sets eval mode and
+    no_grad (see ``count_flops``).
+    """
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.set_op_handle(**{name: selective_scan_flop_handle for name in SCAN_OP_NAMES})
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return analysis
+
+
 def count_flops(model: torch.nn.Module, input_shape=(3, 224, 224)) -> int:
     """FLOPs of one forward of ``model`` in eval mode on a zero input of ``input_shape``.
 
@@ -43,9 +55,6 @@ def count_flops(model: torch.nn.Module, input_shape=(3, 224, 224)) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            analysis = FlopCountAnalysis(model, torch.zeros(shape, device=device))
-            analysis.set_op_handle(**{name: selective_scan_flop_handle for name in SCAN_OP_NAMES})
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-            return int(analysis.total())
+            return int(flop_analysis(model, torch.zeros(shape, device=device)).total())
     finally:
         model.train(was_training)

@@ -78,7 +78,11 @@ class StateFusion(nn.Module):
 class StructureAwareSSM(nn.Module):
     """in_proj -> (x, z); x -> dwconv3x3 -> SiLU -> raster selective scan (states) -> state fusion
     -> y = C h' + D x -> out_norm(y) * SiLU(z) -> out_proj. (batch, H, W, C) -> (batch, H, W, C).
+
+    ``linearized``: the analysis switch of ``vmamba.DirectionalScan`` (detached dt, B, C; no D skip).
     """
+
+    linearized = False
 
     def __init__(self, dim: int, d_state: int = 1, expand: float = 2.0, dt_rank="auto", d_conv: int = 3,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan_backend: str = "auto"):
@@ -116,9 +120,13 @@ class StructureAwareSSM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = to_nhwc(self.act(self.conv2d(to_nchw(x))))  # (batch, H, W, E), channels-last memory
+        return self.out_proj(self.out_norm(self.mix(x)) * F.silu(z))
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """Raster scan of the states, state fusion, y = C h' + D x: (batch, H, W, E) -> (batch, H, W, E)."""
         batch, H, W, E = x.shape
         R, N, L = self.dt_rank, self.d_state, H * W
-        proj = F.linear(x, self.x_proj_weight)  # (batch, H, W, R + 2N)
+        proj = F.linear(x.detach() if self.linearized else x, self.x_proj_weight)  # (batch, H, W, R + 2N)
         dts = F.linear(proj[..., :R], self.dt_projs_weight)  # (batch, H, W, E)
         Bs, Cs = proj[..., R:R + N], proj[..., R + N:]
         states = selective_scan(x.reshape(batch, L, E).transpose(1, 2), dts.reshape(batch, L, E).transpose(1, 2),
@@ -132,8 +140,7 @@ class StructureAwareSSM(nn.Module):
             y = torch.einsum("bhwen,bhwn->bhwe", h, Cs)
         else:
             y = to_nhwc(h) * Cs
-        y = y + x * self.Ds.to(x.dtype)
-        return self.out_proj(self.out_norm(y) * F.silu(z))
+        return y if self.linearized else y + x * self.Ds.to(x.dtype)
 
 
 class SpatialMambaBlock(nn.Module):

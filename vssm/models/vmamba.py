@@ -51,7 +51,13 @@ class DirectionalScan(nn.Module):
     x_proj_weight (K, R + 2N, D) maps a token to its step-size rank-R code and B, C; dt_projs_weight
     (K, D, R) and dt_projs_bias (K, D) give the per-channel step sizes; A_logs (K*D, N) and Ds (K*D) the
     decay and skip. Initialised as published (S4D-real A, unit D, step sizes in [dt_min, dt_max]).
+
+    ``linearized`` (an analysis switch, off in normal use): dt, B and C are computed from detached tokens
+    and the D skip is left out, so a mixer's output is the linear map the scans apply to its input, the
+    implicit attention that ``vssm.analysis.implicit_attention`` reads out.
     """
+
+    linearized = False
 
     def __init__(self, d_inner: int, d_state: int, dt_rank: int, directions: int, dt_min: float = 1e-3,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan_backend: str = "auto"):
@@ -81,6 +87,8 @@ class DirectionalScan(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(..., D) tokens -> (..., K, R + 2N): every direction's x_proj of every token."""
+        if self.linearized:
+            x = x.detach()
         return F.linear(x, self.x_proj_weight.view(-1, x.shape[-1])).unflatten(-1, (self.directions, -1))
 
     def scan(self, us: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
@@ -94,7 +102,7 @@ class DirectionalScan(nn.Module):
         dts = torch.einsum("blkr,kdr->blkd", proj[..., :R], self.dt_projs_weight).reshape(batch, L, K * D)
         Bs, Cs = proj[..., R:R + N].permute(0, 2, 3, 1), proj[..., R + N:].permute(0, 2, 3, 1)  # (batch, K, N, L)
         ys = selective_scan(us.reshape(batch, L, K * D).transpose(1, 2), dts.transpose(1, 2),
-                            -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+                            -torch.exp(self.A_logs.float()), Bs, Cs, None if self.linearized else self.Ds.float(),
                             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
                             backend=self.scan_backend)  # (batch, K*D, L), time-major memory
         return ys.transpose(1, 2).view(batch, L, K, D)

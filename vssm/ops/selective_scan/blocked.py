@@ -210,7 +210,7 @@ class SelectiveScanTorchFn(torch.autograd.Function):
         dy = grads.pop(0) if has_y else None
         dlast = grads.pop(0) if return_last_state else None
         dstates = grads.pop(0) if return_states else None
-        L, Lp, M, N = st.L, st.Lp, st.M, A.shape[1]
+        L, N = st.L, A.shape[1]
         du = dC = dD = dz = None
 
         g = st.h.new_zeros(st.h.shape)  # the gradient reaching every state h_t

@@ -1,0 +1,98 @@
+"""Parameters and FLOPs of classifiers, or of the detectors / segmentors built on them.
+
+    python analyze/flops.py                                            # the four families' tiny models at 224
+    python analyze/flops.py --model vmamba_tiny_s1l8 --size 512 512
+    python analyze/flops.py --model vmamba_tiny_s1l8 spatialmamba_tiny --task det   # Mask R-CNN at 800x1280
+    python analyze/flops.py --task seg --config configs/segmentation/vmamba/upernet_vmamba_4xb4-160k_ade20k-512x512_tiny.py
+
+FLOPs are fvcore's (1 per multiply-add) with vssm's selective-scan handle (vssm.count_flops). With
+--task det|seg the model is built from a config (by default the model's Mask R-CNN 1x / UperNet 160k
+config under configs/) and counted on one image of --size (default 800x1280 for det, 512x2048 for seg,
+the sizes the papers report), as mmdet's and mmseg's get_flops tools do (vssm.mm.flops).
+"""
+import argparse
+import glob
+import os
+import sys
+import time
+import warnings
+
+import vssm
+from vssm.analysis import analysis_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODELS = ["vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fractalmamba_tiny"]
+TASKS = {  # task: (config folder, file pattern for a size, default (H, W))
+    "det": ("detection", "mask_rcnn_*_coco_{size}.py", (800, 1280)),
+    "seg": ("segmentation", "upernet_*_ade20k-512x512_{size}.py", (512, 2048)),
+}
+NANO_PATTERNS = {"det": "mask_rcnn_*_shapes_nano.py", "seg": "upernet_*_shapes-128x128_nano.py"}
+
+
+def default_config(model: str, task: str) -> str:
+    """configs/<detection|segmentation>/<family>/<the 1x / 160k config of the model's size>."""
+    from vssm.models._registry import family_of
+    family = family_of(model).__name__.rsplit(".", 1)[-1].replace("_", "")
+    size = model.split("_")[1]
+    folder, pattern, _ = TASKS[task]
+    pattern = NANO_PATTERNS[task] if size == "nano" else pattern.format(size=size)
+    found = sorted(glob.glob(os.path.join(ROOT, "configs", folder, family, pattern)))
+    if not found:
+        raise SystemExit(f"error: no {task} config for {model} (looked for configs/{folder}/{family}/{pattern}); "
+                         "pass --config")
+    return found[0]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", help=f"vssm (or timm) model names (default: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--size", type=int, nargs="+", help="input S or H W (default: 224; det 800 1280; seg 512 2048)")
+    p.add_argument("--task", choices=sorted(TASKS), help="count the detector / segmentor instead of the classifier")
+    p.add_argument("--config", nargs="+", help="mmdet / mmseg configs (with --task; default: from --model)")
+    args = p.parse_args(argv)
+    if args.size and len(args.size) not in (1, 2):
+        p.error("--size takes S or H W")
+    if args.config and not args.task:
+        p.error("--config needs --task det or seg")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)
+    if args.task:
+        return task_table(args, tuple(size or TASKS[args.task][2]))
+    size = tuple(size or (224, 224))
+    print(f"classifiers at {size[0]}x{size[1]}, batch 1")
+    print("| model | params (M) | GFLOPs |")
+    print("|---|---|---|")
+    for name in args.model or DEFAULT_MODELS:
+        model = analysis_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        flops = vssm.count_flops(model, (3, *size))
+        print(f"| {name} | {params / 1e6:.3f} | {flops / 1e9:.4f} |", flush=True)
+    return 0
+
+
+def task_table(args, size):
+    from vssm.mm.flops import task_flops
+
+    warnings.filterwarnings("ignore", category=UserWarning)  # the libraries' deprecation notices
+    configs = args.config or [default_config(name, args.task) for name in args.model or DEFAULT_MODELS]
+    for config in configs:
+        if not os.path.isfile(config):
+            raise SystemExit(f"error: config file not found: {config}")
+    print(f"{'detectors' if args.task == 'det' else 'segmentors'} at {size[0]}x{size[1]}, batch 1")
+    print("| config | params (M) | GFLOPs | backbone params (M) | backbone GFLOPs | seconds |")
+    print("|---|---|---|---|---|---|")
+    for config in configs:
+        start = time.perf_counter()
+        r = task_flops(config, size)
+        print(f"| {os.path.basename(config)} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.3f} | "
+              f"{r['backbone_params'] / 1e6:.2f} | {r['backbone_flops'] / 1e9:.3f} | "
+              f"{time.perf_counter() - start:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The analyze/ command-line tools, each run once on nano models at small sizes."""
+import importlib.util
+import json
+import os
+
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tool(name):
+    spec = importlib.util.spec_from_file_location(f"analyze_{name}", os.path.join(ROOT, "analyze", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_png(path):
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) > 100
+
+
+@pytest.mark.parametrize("name", ["erf", "attnmap", "throughput", "flops", "compare"])
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tool(name).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_erf(tmp_path, capsys):
+    out = tmp_path / "erf.png"
+    assert tool("erf").main(["--model", "vmamba_nano", "fractalmamba_nano", "--images", "2", "--size", "48",
+                             "--out", str(out), "--save-maps", str(tmp_path / "maps.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "| vmamba_nano |" in text and "| fractalmamba_nano |" in text and "erf: 2/2 images" in text
+    assert_png(out)
+    import torch
+    maps = torch.load(tmp_path / "maps.pt", weights_only=True)
+    assert maps["vmamba_nano"].shape == (48, 48)
+
+
+def test_erf_checkpoint_count_is_checked(capsys):
+    with pytest.raises(SystemExit):
+        tool("erf").main(["--model", "vmamba_nano", "--checkpoint", "a.pth", "b.pth"])
+    assert "one file per model" in capsys.readouterr().err
+
+
+def test_erf_loads_a_checkpoint_strictly(tmp_path, capsys):
+    import torch
+    import vssm
+    path = tmp_path / "w.pth"
+    torch.save({"model": vssm.create_model("vmamba_nano").state_dict()}, path)
+    assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path), "--images", "1", "--size", "32",
+                             "--random", "--out", str(tmp_path / "e.png")]) == 0
+    assert f"loaded checkpoint {path}" in capsys.readouterr().out
+    torch.save({"model": {"stray": torch.zeros(1)}}, path)
+    with pytest.raises(vssm.CheckpointMismatchError):
+        tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path), "--out", str(tmp_path / "e.png")])
+
+
+def test_attnmap(tmp_path, capsys):
+    out = tmp_path / "attn.png"
+    assert tool("attnmap").main(["--model", "spatialmamba_nano", "--size", "64", "--matrix", "--max-tokens", "64",
+                                 "--position", "0.25", "0.75", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for block in ("block 0.0: 16x16", "block 1.0: 8x8", "block 2.0: 4x4", "block 3.0: 2x2"):
+        assert block in text
+    assert_png(out)
+    assert_png(tmp_path / "attn_matrix.png")
+
+
+def test_attnmap_rejects_unknown_blocks(capsys):
+    with pytest.raises(SystemExit, match="no block 0.9; blocks: 0.0"):
+        tool("attnmap").main(["--model", "vmamba_nano", "--blocks", "0.9"])
+    with pytest.raises(SystemExit, match="not stage.block"):
+        tool("attnmap").main(["--model", "vmamba_nano", "--blocks", "first"])
+
+
+def test_throughput(tmp_path, capsys):
+    out = tmp_path / "tp.json"
+    assert tool("throughput").main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "24x40",
+                                    "--batch-size", "2", "--train", "--warmup", "1", "--iters", "1",
+                                    "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| vmamba_nano | 24x40 | 2 |" in text and "[4/4] vmamba_nano 24x40 train" in text
+    results = json.loads(out.read_text())["results"]
+    assert [r["size"] for r in results] == [[32, 32], [24, 40]]
+    assert all(r["inference"]["images_per_s"] > 0 and r["train"]["images_per_s"] > 0 for r in results)
+
+
+def test_throughput_rejects_bad_sizes(capsys):
+    with pytest.raises(SystemExit):
+        tool("throughput").main(["--model", "vmamba_nano", "--size", "224x"])
+    assert "size must be S or HxW" in capsys.readouterr().err
+
+
+def test_flops_classifiers(capsys):
+    import vssm
+    assert tool("flops").main(["--model", "vmamba_nano", "quadmamba_nano", "--size", "64", "96"]) == 0
+    text = capsys.readouterr().out
+    model = vssm.create_model("vmamba_nano")
+    expected = vssm.count_flops(model, (3, 64, 96)) / 1e9
+    assert f"| vmamba_nano | {sum(p.numel() for p in model.parameters()) / 1e6:.3f} | {expected:.4f} |" in text
+
+
+@pytest.mark.parametrize("task", ["det", "seg"])
+def test_flops_of_detector_and_segmentor(task, capsys):
+    pytest.importorskip("mmdet" if task == "det" else "mmseg")
+    assert tool("flops").main(["--model", "vmamba_nano", "--task", task, "--size", "64", "96"]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if "_nano.py |" in line)
+    params, gflops, backbone_params, backbone_gflops = (float(v) for v in row.split("|")[2:6])
+    assert params > backbone_params > 1 and gflops > backbone_gflops > 0
+
+
+def test_flops_without_a_config(capsys):
+    with pytest.raises(SystemExit, match="no det config for quadmamba_lite"):
+        tool("flops").main(["--model", "quadmamba_lite", "--task", "det"])
+
+
+def test_compare_quick(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert tool("compare").main(["--quick", "--models", "vmamba_nano", "spatialmamba_nano", "--reference", "none",
+                                 "--sizes", "32", "48", "--out", str(out)]) == 0
+    report = (out / "compare.md").read_text()
+    assert "| vmamba_nano |" in report and "| spatialmamba_nano |" in report and "48x48" in report
+    for png in ("erf.png", "resolution_time.png", "resolution_memory.png"):
+        assert_png(out / png)
+    results = json.loads((out / "compare.json").read_text())["results"]
+    assert set(results["vmamba_nano"]["resolution"]) == {"32", "48"}
+    assert 0 < results["vmamba_nano"]["erf"]["area_50"] <= results["vmamba_nano"]["erf"]["area_99"] <= 1
