@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment in .venv and install vssm into it.
-#   bash scripts/setup_env.sh          # core stack: torch, timm, triton, training and test tools
+#   bash scripts/setup_env.sh                    # core stack: torch, timm, triton, training and test tools
+#   VSSM_BUILD_CUDA=1 bash scripts/setup_env.sh  # also build the optional CUDA extension (needs nvcc, not a GPU)
 # Idempotent: it installs only when requirements or the package metadata changed since the last run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +29,18 @@ if [ ! -f "$STAMP" ]; then
     echo "[setup] core stack installed in $(( $(date +%s) - start )) s"
 else
     echo "[setup] core stack up to date ($VENV)"
+fi
+
+if [ "${VSSM_BUILD_CUDA:-0}" = "1" ]; then
+    SRC_STAMP="$VENV/.vssm-cuda-$(cat kernels/selective_scan/setup.py kernels/selective_scan/csrc/* | sha256sum | cut -c1-16)"
+    if [ ! -f "$SRC_STAMP" ]; then
+        echo "[setup] building the CUDA selective-scan extension (kernels/selective_scan; a few minutes)"
+        start=$(date +%s)
+        "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation ./kernels/selective_scan
+        rm -f "$VENV"/.vssm-cuda-*
+        touch "$SRC_STAMP"
+        echo "[setup] CUDA extension built in $(( $(date +%s) - start )) s"
+    else
+        echo "[setup] CUDA extension up to date"
+    fi
 fi

@@ -45,12 +45,18 @@ def make_inputs(batch, K, D, N, L, *, grouped=True, with_D=True, with_z=True, wi
     return dict(u=u, delta=delta, A=A, B=B, C=C, D=Dp, z=z, delta_bias=bias)
 
 
-def run(backend, inputs, *, softplus=True, states=True, seed=1):
-    """Outputs and gradients (for a random projection of every output) as a dict of fp32 CPU tensors."""
+def run(backend, inputs, *, softplus=True, states=True, seed=1, scan=None):
+    """Outputs and gradients (for a random projection of every output) as a dict of fp32 CPU tensors.
+
+    ``scan``: a function with selective_scan's keyword arguments to call instead of the public one.
+    """
     leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
     args = {k: leaves.get(k) for k in inputs}
-    out = selective_scan(**args, delta_softplus=softplus, return_last_state=True,
-                         return_states=states, backend=backend)
+    if scan is None:
+        out = selective_scan(**args, delta_softplus=softplus, return_last_state=True,
+                             return_states=states, backend=backend)
+    else:
+        out = scan(**args, delta_softplus=softplus, return_last_state=True, return_states=states)
     y, last = out[0], out[1]
     g = torch.Generator().manual_seed(seed)
     result = {"y": y, "last_state": last}

@@ -1,0 +1,7 @@
+// Instantiations of the selective-scan backward kernels for fp16 inputs (B and C in the input type or fp32).
+#include "scan_kernels.cuh"
+
+namespace vssm_scan {
+template void launch_backward<c10::Half, c10::Half>(ScanParams&, void*);
+template void launch_backward<c10::Half, float>(ScanParams&, void*);
+}  // namespace vssm_scan

@@ -1,0 +1,186 @@
+"""The CUDA extension (kernels/selective_scan) where no GPU is present: its per-thread code, compiled
+into a CPU emulator, against the naive scan over the same grid as the other backends (with sequences
+cut into several parallel segments too); and a compile check of the CUDA sources with nvcc.
+On a GPU with the extension installed, test_selective_scan.py runs the real kernels."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+import pytest
+import torch
+
+from vssm.ops.selective_scan.cuda import SelectiveScanExtensionFn
+
+from .test_selective_scan import GRID, assert_close, make_inputs, reference, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KERNELS = os.path.join(ROOT, "kernels", "selective_scan")
+CSRC = os.path.join(KERNELS, "csrc")
+STALE_LOCK_S = 600  # the emulator builds in about a minute
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler to build the emulator of the CUDA kernels")
+    from torch.utils.cpp_extension import load
+    sources = [os.path.join(CSRC, "selective_scan.cpp"), os.path.join(CSRC, "scan_emulate.cpp")]
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(CSRC)):
+        with open(os.path.join(CSRC, name), "rb") as f:
+            digest.update(name.encode() + f.read())
+    # one build folder per source version, shared by the test workers (torch serialises the build)
+    build = os.path.join(tempfile.gettempdir(), f"vssm_scan_emulator_{digest.hexdigest()[:16]}")
+    os.makedirs(build, exist_ok=True)
+    lock = os.path.join(build, "lock")
+    try:
+        if time.time() - os.path.getmtime(lock) > STALE_LOCK_S:
+            os.remove(lock)  # left by an interrupted build; torch would wait on it forever
+    except FileNotFoundError:  # no lock, or another worker removed it first
+        pass
+    return load(name="vssm_selective_scan_emulator", sources=sources, extra_cflags=["-O2", "-DVSSM_EMULATE"],
+                build_directory=build, verbose=False)
+
+
+def extension_scan(ext, segments):
+    """selective_scan's keyword interface over the extension's autograd function."""
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+             return_states=False):
+        absent = u.new_empty(0)
+        out = SelectiveScanExtensionFn.apply(ext, segments, u, delta, A, B, absent if C is None else C,
+                                             absent if D is None else D, absent if z is None else z,
+                                             absent if delta_bias is None else delta_bias, delta_softplus,
+                                             return_last_state, return_states)
+        return out[0] if len(out) == 1 else out
+    return scan
+
+
+@pytest.mark.parametrize("L", (1, 7, 49, 196, 300))
+@pytest.mark.parametrize("N,K,grouped", GRID)
+def test_kernels_match_naive(emulator, L, N, K, grouped):
+    inputs = make_inputs(2, K, 3, N, L, grouped=grouped, seed=L + N + K)
+    expected = reference(inputs)
+    for segments in ((1, 3) if L > 64 else (1,)):
+        assert_close(run(None, inputs, scan=extension_scan(emulator, segments)), expected, torch.float32)
+
+
+@pytest.mark.parametrize("segments", [1, 7])
+def test_vision_length(emulator, segments):
+    """VMamba's stage-1 length (3136), four directions, N = 1, one or seven parallel segments."""
+    inputs = make_inputs(1, 4, 2, 1, 3136, with_z=False)
+    assert_close(run(None, inputs, scan=extension_scan(emulator, segments)), reference(inputs), torch.float32)
+
+
+@pytest.mark.parametrize("with_D,with_z,with_bias,softplus",
+                         [(d, z, b, s) for d in (False, True) for z in (False, True) for b in (False, True)
+                          for s in (False, True)])
+def test_optional_inputs(emulator, with_D, with_z, with_bias, softplus):
+    inputs = make_inputs(2, 2, 5, 4, 97, with_D=with_D, with_z=with_z, with_bias=with_bias)
+    got = run(None, inputs, softplus=softplus, scan=extension_scan(emulator, 2))
+    assert_close(got, reference(inputs, softplus=softplus), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fp32_bc", [False, True])
+@pytest.mark.parametrize("N", [1, 4])
+def test_half_precision(emulator, dtype, fp32_bc, N):
+    inputs = make_inputs(2, 2, 4, N, 130, dtype=dtype)
+    if fp32_bc:
+        inputs["B"], inputs["C"] = inputs["B"].float(), inputs["C"].float()
+    scan = extension_scan(emulator, 2)
+    got = run(None, inputs, scan=scan)
+    y = scan(**inputs, delta_softplus=True)
+    assert y.dtype == dtype, "y must come back in u's dtype"
+    assert_close(got, reference(inputs), dtype)
+
+
+def test_states_only_scan(emulator):
+    """C=None: every hidden state, with their gradients (Spatial-Mamba's use)."""
+    inputs = make_inputs(2, 1, 6, 1, 150, grouped=False, with_D=False, with_z=False)
+    inputs["C"] = None
+    scan = extension_scan(emulator, 3)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    states = scan(**{k: leaves.get(k) for k in inputs}, delta_softplus=True, return_states=True)
+    from vssm.ops import selective_scan
+    ref_leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    ref = selective_scan(**{k: ref_leaves.get(k) for k in inputs}, delta_softplus=True, return_states=True,
+                         backend="naive")
+    torch.testing.assert_close(states, ref, rtol=1e-5, atol=1e-5)
+    weights = torch.randn(states.shape, generator=torch.Generator().manual_seed(0))
+    (states * weights).sum().backward()
+    (ref * weights).sum().backward()
+    for k in leaves:
+        torch.testing.assert_close(leaves[k].grad, ref_leaves[k].grad, rtol=1e-4, atol=1e-4, msg=lambda m: f"d{k}: {m}")
+
+
+def test_non_contiguous_inputs(emulator):
+    """Time-major memory (what SS2D feeds) and strided B/C give the same results as contiguous inputs."""
+    scan = extension_scan(emulator, 2)
+    inputs = make_inputs(2, 2, 4, 2, 70)
+    expected = run(None, inputs, scan=scan)
+    strided = {}
+    for k, v in inputs.items():
+        if v is None:
+            continue
+        if v.dim() == 3 and k not in ("B", "C"):
+            strided[k] = v.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+        else:
+            strided[k] = torch.stack([v, torch.full_like(v, float("nan"))], dim=-1)[..., 0]
+        assert not strided[k].is_contiguous()
+    got = run(None, {k: strided.get(k) for k in inputs}, scan=scan)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_stable_with_trained_decays(emulator):
+    inputs = make_inputs(1, 2, 2, 4, 1000, trained_decays=True)
+    got = run(None, inputs, softplus=False, scan=extension_scan(emulator, 4))
+    assert all(torch.isfinite(t).all() for t in got.values())
+    assert_close(got, reference(inputs, softplus=False), torch.float32)
+
+
+def test_bad_inputs_are_named(emulator):
+    inputs = make_inputs(1, 1, 2, 17, 5)
+    with pytest.raises(RuntimeError, match="N = 17 states; the extension supports 1 to 16"):
+        extension_scan(emulator, 0)(**inputs)
+    inputs = make_inputs(1, 1, 2, 2, 5)
+    inputs["B"] = inputs["B"].double()
+    with pytest.raises(RuntimeError, match="B must be Float or float32, got Double"):
+        extension_scan(emulator, 0)(**inputs)
+
+
+def nvcc_path():
+    sys.path.insert(0, KERNELS)
+    try:
+        from setup import find_cuda_home
+    finally:
+        sys.path.pop(0)
+    home = find_cuda_home()
+    return os.path.join(home, "bin", "nvcc") if home else None
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="no CUDA toolkit (nvcc) to compile the kernels with")
+def test_cuda_sources_compile(tmp_path):
+    """Every kernel instantiation compiles with nvcc for sm_80 (no GPU needed); the binding compiles too."""
+    from torch.utils.cpp_extension import include_paths
+    nvcc = nvcc_path()
+    includes = [f"-I{p}" for p in include_paths()]
+    units = sorted(f for f in os.listdir(CSRC) if f.endswith(".cu"))
+    assert len(units) == 6
+    for unit in units:
+        out = subprocess.run([nvcc, "-std=c++17", "-O1", "--expt-relaxed-constexpr", "-gencode",
+                              "arch=compute_80,code=sm_80", *includes, "-c", os.path.join(CSRC, unit),
+                              "-o", str(tmp_path / (unit + ".o"))], capture_output=True, text=True)
+        assert out.returncode == 0, f"{unit} does not compile:\n{out.stderr[-3000:]}"
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx:
+        cuda_include = os.path.join(os.path.dirname(os.path.dirname(nvcc)), "include")
+        out = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", *includes, f"-I{cuda_include}",
+                              f"-I{sysconfig.get_paths()['include']}", "-DTORCH_EXTENSION_NAME=vssm_check",
+                              os.path.join(CSRC, "selective_scan.cpp")], capture_output=True, text=True)
+        assert out.returncode == 0, f"selective_scan.cpp does not compile:\n{out.stderr[-3000:]}"
