@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .outputs import pack_outputs, unpack_grads
+
 
 def block_size(length: int) -> int:
     """Block length of the two-level recurrence for a sequence of ``length`` steps: ceil(sqrt(length))."""
@@ -188,28 +190,25 @@ class SelectiveScanTorchFn(torch.autograd.Function):
         st = _States(u, delta, A, B, delta_bias, delta_softplus)
         ctx.flags = (C is not None, return_last_state, return_states, delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, st.dt, st.h)
-        outputs = []
+        y = last = states = None
         if C is not None:
             y = st.output(u, C, D)
             if z is not None:
                 y.mul_(F.silu(z.float()))
-            outputs.append(y.to(u.dtype))
+            y = y.to(u.dtype)
         if return_last_state:
-            outputs.append(st.h[:, st.L - 1].clone())
+            last = st.h[:, st.L - 1].clone()
         if return_states:
             states = st.h[:, :st.L].permute(0, 2, 3, 1)
-            outputs.append(states if u.dtype == torch.float32 else states.to(u.dtype))
-        return tuple(outputs)
+            states = states if u.dtype == torch.float32 else states.to(u.dtype)
+        return pack_outputs(y, last, states, return_last_state, return_states)
 
     @staticmethod
     def backward(ctx, *grads):
         u, delta, A, B, C, D, z, delta_bias, dt, h = ctx.saved_tensors
         has_y, return_last_state, return_states, delta_softplus = ctx.flags
         st = _States.restore(dt, h, B)
-        grads = list(grads)
-        dy = grads.pop(0) if has_y else None
-        dlast = grads.pop(0) if return_last_state else None
-        dstates = grads.pop(0) if return_states else None
+        dy, dlast, dstates = unpack_grads(grads, has_y, return_last_state, return_states)
         L, N = st.L, A.shape[1]
         du = dC = dD = dz = None
 

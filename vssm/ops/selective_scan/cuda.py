@@ -9,6 +9,8 @@ import importlib
 
 import torch
 
+from .outputs import pack_outputs, unpack_grads
+
 EXTENSION = "vssm_selective_scan_cuda"
 BUILD_HINT = ("build it with `pip install --no-build-isolation ./kernels/selective_scan` "
               "(needs nvcc; no GPU is needed at build time), or use backend='triton' or 'torch'")
@@ -57,21 +59,13 @@ class SelectiveScanExtensionFn(torch.autograd.Function):
         ctx.flags = (_present(C), return_last_state, return_states, delta_softplus)
         if any(ctx.needs_input_grad[2:10]):
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, tiles)
-        outputs = [out] if _present(C) else []
-        if return_last_state:
-            outputs.append(last)
-        if return_states:
-            outputs.append(states)
-        return tuple(outputs)
+        return pack_outputs(out if _present(C) else None, last, states, return_last_state, return_states)
 
     @staticmethod
     def backward(ctx, *grads):
         u, delta, A, B, C, D, z, delta_bias, tiles = ctx.saved_tensors
         has_y, return_last_state, return_states, delta_softplus = ctx.flags
-        grads = list(grads)
-        dy = grads.pop(0) if has_y else None
-        dlast = grads.pop(0) if return_last_state else None
-        dstates = grads.pop(0) if return_states else None
+        dy, dlast, dstates = unpack_grads(grads, has_y, return_last_state, return_states)
         empty = u.new_empty(0)
         if has_y and dy is None:
             dy = torch.zeros_like(u)

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .outputs import pack_outputs, unpack_grads
+
 
 @triton.jit
 def _combine(a_prev, x_prev, a_next, x_next):
@@ -333,21 +335,13 @@ class SelectiveScanTritonFn(torch.autograd.Function):
         ctx.flags = (C is not None, return_last_state, return_states, delta_softplus)
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunks)
-        outputs = [y] if C is not None else []
-        if return_last_state:
-            outputs.append(last)
-        if return_states:
-            outputs.append(states)
-        return tuple(outputs)
+        return pack_outputs(y if C is not None else None, last, states, return_last_state, return_states)
 
     @staticmethod
     def backward(ctx, *grads):
         u, delta, A, B, C, D, z, delta_bias, chunks = ctx.saved_tensors
         has_y, return_last_state, return_states, delta_softplus = ctx.flags
-        grads = list(grads)
-        dy = grads.pop(0) if has_y else None
-        dlast = grads.pop(0) if return_last_state else None
-        dstates = grads.pop(0) if return_states else None
+        dy, dlast, dstates = unpack_grads(grads, has_y, return_last_state, return_states)
         dy = _unit_stride_l(dy) if dy is not None else None
         du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, dlast, dstates)
