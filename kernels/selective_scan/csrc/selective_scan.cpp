@@ -79,6 +79,7 @@ void describe_inputs(ScanParams& p, const at::Tensor& u, const at::Tensor& delta
                      const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& z,
                      const at::Tensor& bias, bool softplus, int64_t segments) {
   TORCH_CHECK(u.dim() == 3, kName, ": u must be (batch, channels, L), got ", u.sizes());
+  check_tensor(u, "u", u, u.sizes());  // on the device the build runs on
   const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
   TORCH_CHECK(batch > 0 && dim > 0 && L > 0, kName, ": u must be non-empty, got ", u.sizes());
   TORCH_CHECK(A.dim() == 2 && A.size(0) == dim, kName, ": A must be (", dim, ", N), got ", A.sizes());
@@ -147,6 +148,17 @@ void describe_inputs(ScanParams& p, const at::Tensor& u, const at::Tensor& delta
   p.n_seg = (p.n_tiles + p.seg_tiles - 1) / p.seg_tiles;
 }
 
+// The carries between parallel segments of a sequence (each segment's end state and decay sum), when
+// sequences are cut into more than one segment; the tensors must outlive the launch.
+std::vector<at::Tensor> segment_carries(ScanParams& p, const at::TensorOptions& f32) {
+  if (p.n_seg <= 1) return {};
+  at::Tensor seg_h = fresh(at::empty({p.batch, p.dim, p.n_seg, p.n_state}, f32));
+  at::Tensor seg_sum = fresh(at::empty({p.batch, p.dim, p.n_seg}, f32));
+  p.seg_h = seg_h.data_ptr<float>();
+  p.seg_sum = seg_sum.data_ptr<float>();
+  return {seg_h, seg_sum};
+}
+
 void* current_stream(const at::Tensor& u) {
 #ifdef VSSM_EMULATE
   (void)u;
@@ -159,12 +171,11 @@ void* current_stream(const at::Tensor& u) {
 std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& C, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
                             bool softplus, bool return_last, bool return_states, int64_t segments) {
-#ifndef VSSM_EMULATE
-  TORCH_CHECK(u.is_cuda(), kName, ": u must be a CUDA tensor, got ", u.device());
-  c10::cuda::CUDAGuard guard(u.device());
-#endif
   ScanParams p;
   describe_inputs(p, u, delta, A, B, C, D, z, bias, softplus, segments);
+#ifndef VSSM_EMULATE
+  c10::cuda::CUDAGuard guard(u.device());
+#endif
   TORCH_CHECK(p.has_C || return_states, kName, ": a scan without C must return its states");
   const auto f32 = u.options().dtype(at::kFloat);
   at::Tensor out = fresh(p.has_C ? at::empty_like(u) : at::empty({0}, u.options()));
@@ -172,13 +183,7 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta, const 
                                           : at::empty({0}, u.options()));
   at::Tensor last = fresh(return_last ? at::empty({p.batch, p.dim, p.n_state}, f32) : at::empty({0}, f32));
   at::Tensor tile_h = fresh(at::empty({p.batch, p.dim, p.n_tiles, p.n_state}, f32));
-  at::Tensor seg_h, seg_sum;
-  if (p.n_seg > 1) {
-    seg_h = fresh(at::empty({p.batch, p.dim, p.n_seg, p.n_state}, f32));
-    seg_sum = fresh(at::empty({p.batch, p.dim, p.n_seg}, f32));
-    p.seg_h = seg_h.data_ptr<float>();
-    p.seg_sum = seg_sum.data_ptr<float>();
-  }
+  const auto carries = segment_carries(p, f32);
   if (p.has_C) { p.out = out.data_ptr(); p.out_sb = out.stride(0); p.out_sc = out.stride(1); p.out_st = out.stride(2); }
   p.return_states = return_states;
   if (return_states) {
@@ -199,12 +204,11 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
                             const at::Tensor& C, const at::Tensor& D, const at::Tensor& z, const at::Tensor& bias,
                             bool softplus, const at::Tensor& tile_h, const at::Tensor& dout, const at::Tensor& dlast_in,
                             const at::Tensor& dstates, int64_t segments) {
-#ifndef VSSM_EMULATE
-  TORCH_CHECK(u.is_cuda(), kName, ": u must be a CUDA tensor, got ", u.device());
-  c10::cuda::CUDAGuard guard(u.device());
-#endif
   ScanParams p;
   describe_inputs(p, u, delta, A, B, C, D, z, bias, softplus, segments);
+#ifndef VSSM_EMULATE
+  c10::cuda::CUDAGuard guard(u.device());
+#endif
   const auto f32 = u.options().dtype(at::kFloat);
   check_tensor(tile_h, "tile_states", u, {p.batch, p.dim, p.n_tiles, p.n_state});
   check_dtype(tile_h, "tile_states", at::kFloat);
@@ -237,13 +241,7 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta, const 
   at::Tensor dC = p.has_C ? at::zeros({p.batch, p.n_groups, p.n_state, p.length}, f32) : at::empty({0}, f32);
   at::Tensor dD = p.has_D ? at::zeros({p.dim}, f32) : at::empty({0}, f32);
   at::Tensor dbias = p.has_bias ? at::zeros({p.dim}, f32) : at::empty({0}, f32);
-  at::Tensor seg_h, seg_sum;
-  if (p.n_seg > 1) {
-    seg_h = fresh(at::empty({p.batch, p.dim, p.n_seg, p.n_state}, f32));
-    seg_sum = fresh(at::empty({p.batch, p.dim, p.n_seg}, f32));
-    p.seg_h = seg_h.data_ptr<float>();
-    p.seg_sum = seg_sum.data_ptr<float>();
-  }
+  const auto carries = segment_carries(p, f32);
   p.du = du.data_ptr(); p.du_sb = du.stride(0); p.du_sc = du.stride(1); p.du_st = du.stride(2);
   p.ddelta = ddelta.data_ptr(); p.ddelta_sb = ddelta.stride(0); p.ddelta_sc = ddelta.stride(1); p.ddelta_st = ddelta.stride(2);
   if (p.has_z) { p.dz = dz.data_ptr(); p.dz_sb = dz.stride(0); p.dz_sc = dz.stride(1); p.dz_st = dz.stride(2); }
