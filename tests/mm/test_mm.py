@@ -2,6 +2,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -74,8 +76,29 @@ def test_segmentation_test_time_augmentation(shapes, tmp_path):
     config = os.path.join(ROOT, "configs", "segmentation", "vmamba", "upernet_vmamba_shapes-128x128_nano.py")
     work = str(tmp_path / "seg")
     assert train_main([config, "--work-dir", work, "--cfg-options", *_seg_options(ade)]) == 0
-    assert run_test([config, os.path.join(work, "iter_2.pth"), "--tta", "--work-dir", str(tmp_path / "tta"),
-                      "--cfg-options", *_seg_options(ade)]) == 0
+    # through the launcher users run: positional arguments, GPUS and test.py's options reach test.py
+    out = _tool("segmentation", "dist_test.sh", config, os.path.join(work, "iter_2.pth"), "1", "--tta",
+                "--work-dir", str(tmp_path / "tta"), "--cfg-options", *_seg_options(ade))
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = glob.glob(str(tmp_path / "tta" / "*" / "*.json"))
+    assert metrics, "the test-time-augmented run logged no metrics"
+    with open(metrics[0]) as f:
+        assert "mIoU" in json.load(f)
+
+
+def _tool(task, script, *args):
+    """Run {task}/tools/{script} with this interpreter first on PATH."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    return subprocess.run(["bash", os.path.join(ROOT, task, "tools", script), *args], capture_output=True,
+                          text=True, env=env)
+
+
+@pytest.mark.parametrize("task,script,given,needed", [("detection", "dist_train.sh", 0, 1),
+                                                      ("segmentation", "dist_test.sh", 1, 2)])
+def test_launchers_name_missing_arguments(task, script, given, needed):
+    out = _tool(task, script, *["x.py"] * given)
+    assert out.returncode == 2
+    assert f"expected {needed} positional argument(s) before GPUS, got {given}" in out.stderr
 
 
 @pytest.mark.parametrize("family,registered", FAMILIES.items())
