@@ -203,13 +203,11 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
 
     report = LoadReport(source=source)
     report.skipped = outside  # the neck and heads of a detector/segmentor checkpoint
-    unused = tuple(getattr(model, "unused_checkpoint_prefixes", ()))  # e.g. a classifier, for a backbone
-    if unused:
-        report.skipped += sorted(k for k in state if k.startswith(unused))
-        state = {k: v for k, v in state.items() if not k.startswith(unused)}
-    if skip:
-        report.skipped += sorted(k for k in state if k.startswith(tuple(skip)))
-        state = {k: v for k, v in state.items() if not k.startswith(tuple(skip))}
+    # the model's unused parts of a checkpoint (e.g. a classifier, for a backbone) and what was asked to skip
+    dropped = tuple(getattr(model, "unused_checkpoint_prefixes", ())) + tuple(skip)
+    if dropped:
+        report.skipped += sorted(k for k in state if k.startswith(dropped))
+        state = {k: v for k, v in state.items() if not k.startswith(dropped)}
     own = model.state_dict()
     skipped_own = {k for k in own if skip and k.startswith(tuple(skip))}
     new_prefixes = tuple(getattr(model, "new_layer_prefixes", ()))
