@@ -27,11 +27,12 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 
 from ..ops import selective_scan
 from ._registry import build, register_model
-from .layers import Mlp, checkpoint_seq, to_nchw, to_nhwc
+from .layers import Mlp, to_nchw, to_nhwc
+from .staged import DenseBackbone, StagedModel
 
 __all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock"]
 
@@ -219,7 +220,7 @@ class SpatialMambaStage(nn.Module):
         self.downsample = DownSampling(dim) if downsample else None
 
 
-class SpatialMamba(nn.Module):
+class SpatialMamba(StagedModel):
     """Spatial-Mamba classifier.
 
     Args:
@@ -230,8 +231,6 @@ class SpatialMamba(nn.Module):
         scan_backend: selective_scan backend.
         grad_checkpointing: recompute each block in the backward.
     """
-
-    new_layer_prefixes = ()
 
     def __init__(self, depths=(2, 4, 8, 4), dims=64, in_chans: int = 3, num_classes: int = 1000, d_state: int = 1,
                  expand: float = 2.0, dt_rank="auto", mlp_ratio: float = 4.0, drop_rate: float = 0.0,
@@ -258,23 +257,6 @@ class SpatialMamba(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    def no_weight_decay(self):
-        """The scan dynamics (A_logs, Ds, dt_projs_bias), as for VMamba."""
-        return {n for n, _ in self.named_parameters() if n.endswith((".A_logs", ".Ds", ".dt_projs_bias"))}
-
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -284,58 +266,21 @@ class SpatialMamba(nn.Module):
         if num_classes > 0:
             self._init_weights(self.head)
 
-    def forward_stages(self, x: torch.Tensor):
-        """Yield each stage's output before its downsample, channels-last (batch, H/2^(i+2), W/2^(i+2), dims[i])."""
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            for block in layer.blocks:
-                x = checkpoint_seq(block, x) if self.grad_checkpointing and self.training else block(x)
-            yield x
-            if layer.downsample is not None:
-                x = layer.downsample(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for x in self.forward_stages(x):
-            pass
-        return to_nchw(x)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(to_nhwc(x)).mean(dim=(1, 2))
         return x if pre_logits else self.head(self.head_drop(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
-        return self.forward_head(self.forward_features(x))
 
-
-class SpatialMambaBackbone(SpatialMamba):
+class SpatialMambaBackbone(DenseBackbone, SpatialMamba):
     """Dense backbone: the stage outputs selected by ``out_indices``, each through ``outnorm{i}``."""
 
-    new_layer_prefixes = ("outnorm",)
     unused_checkpoint_prefixes = ("norm.", "head.")
 
     def __init__(self, out_indices=(0, 1, 2, 3), **kwargs):
         kwargs["num_classes"] = 0
         super().__init__(**kwargs)
-        self.out_indices = tuple(out_indices)
-        if not self.out_indices or not all(0 <= i < len(self.dims) for i in self.out_indices):
-            raise ValueError(f"out_indices {out_indices} must select stages among 0..{len(self.dims) - 1}")
         del self.norm, self.head, self.head_drop
-        for i in self.out_indices:
-            self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i]))
-
-    def forward(self, x: torch.Tensor):
-        """(batch, in_chans, H, W) -> [(batch, dims[i], H/2^(i+2), W/2^(i+2)) for i in out_indices]."""
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
-        outs = []
-        for i, feat in enumerate(self.forward_stages(x)):
-            if i in self.out_indices:
-                outs.append(to_nchw(getattr(self, f"outnorm{i}")(feat)))
-            if i == max(self.out_indices):
-                break
-        return outs
+        self._add_outnorms(out_indices)
 
 
 CONFIGS = {

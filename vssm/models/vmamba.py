@@ -35,12 +35,13 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 
 from ..ops import selective_scan
 from ..scans import cross_orders, gather_sequences, merge_sequences
 from ._registry import build, register_model
-from .layers import Mlp, Permute, checkpoint_seq, to_nchw
+from .layers import Mlp, Permute, to_nchw
+from .staged import DenseBackbone, StagedModel
 
 __all__ = ["VMamba", "VMambaBackbone", "SS2D", "DirectionalScan", "VSSBlock"]
 
@@ -184,7 +185,7 @@ def _downsample(dim: int, out_dim: int) -> nn.Sequential:
                          nn.LayerNorm(out_dim))
 
 
-class VMamba(nn.Module):
+class VMamba(StagedModel):
     """VMamba v2 classifier.
 
     Args:
@@ -198,8 +199,6 @@ class VMamba(nn.Module):
         scan_backend: selective_scan backend ("auto", "torch", "triton", "cuda", "naive").
         grad_checkpointing: recompute each block in the backward to save activation memory.
     """
-
-    new_layer_prefixes = ()
 
     def __init__(self, depths=(2, 2, 9, 2), dims=96, in_chans: int = 3, num_classes: int = 1000,
                  d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", mlp_ratio: float = 4.0,
@@ -237,24 +236,7 @@ class VMamba(nn.Module):
         """The token mixer of block ``index`` of ``stage`` (``block_index`` counts over all stages)."""
         return SS2D(dim, **ssm)
 
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    # ---- timm-style API ---------------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    def no_weight_decay(self):
-        """Parameter names exempt from weight decay: the scan dynamics (see the module docstring)."""
-        return {n for n, _ in self.named_parameters() if n.endswith((".A_logs", ".Ds", ".dt_projs_bias"))}
-
+    # ---- timm-style API (the rest is StagedModel's) -------------------------------------------------------
     def get_classifier(self) -> nn.Module:
         return self.classifier.head
 
@@ -263,21 +245,6 @@ class VMamba(nn.Module):
         self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.classifier.head)
-
-    def forward_stages(self, x: torch.Tensor):
-        """Yield each stage's output before its downsample, channels-last: (batch, H/2^(i+2), W/2^(i+2), dims[i])."""
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            for block in layer.blocks:
-                x = checkpoint_seq(block, x) if self.grad_checkpointing and self.training else block(x)
-            yield x
-            x = layer.downsample(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, in_chans, H, W) -> (batch, num_features, H/32, W/32) (ceil), before the head's norm."""
-        for x in self.forward_stages(x):
-            pass
-        return to_nchw(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(batch, num_features, h, w) features -> logits (or pooled features if pre_logits)."""
@@ -288,46 +255,24 @@ class VMamba(nn.Module):
             x = module(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
-        return self.forward_head(self.forward_features(x))
-
     # ---- checkpoints --------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict) -> dict:
         return checkpoint_filter_fn(state_dict, self)
 
 
-class VMambaBackbone(VMamba):
+class VMambaBackbone(DenseBackbone, VMamba):
     """Dense backbone: the stage outputs selected by ``out_indices``, each through ``outnorm{i}``.
 
     Key-compatible with the authors' detection/segmentation backbones (after the ``backbone.`` prefix).
     """
 
-    new_layer_prefixes = ("outnorm",)  # absent from classification checkpoints: left initialised, reported
     unused_checkpoint_prefixes = ("classifier.",)  # in classification checkpoints: skipped, reported
 
     def __init__(self, out_indices=(0, 1, 2, 3), **kwargs):
         kwargs["num_classes"] = 0
         super().__init__(**kwargs)
-        self.out_indices = tuple(out_indices)
-        if not self.out_indices or not all(0 <= i < len(self.dims) for i in self.out_indices):
-            raise ValueError(f"out_indices {out_indices} must select stages among 0..{len(self.dims) - 1}")
         del self.classifier
-        for i in self.out_indices:
-            self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i]))
-
-    def forward(self, x: torch.Tensor):
-        """(batch, in_chans, H, W) -> [(batch, dims[i], H/2^(i+2), W/2^(i+2)) for i in out_indices]."""
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
-        outs = []
-        for i, feat in enumerate(self.forward_stages(x)):
-            if i in self.out_indices:
-                outs.append(to_nchw(getattr(self, f"outnorm{i}")(feat)))
-            if i == max(self.out_indices):
-                break
-        return outs
+        self._add_outnorms(out_indices)
 
 
 # ---- checkpoint conversion -----------------------------------------------------------------------------
@@ -363,15 +308,17 @@ def checkpoint_filter_fn(state_dict: dict, model: VMamba) -> dict:
         m = re.match(r"^(.*\.op)\.(x_proj|dt_projs)\.(weight|bias)$", key)
         if m:  # grouped 1x1 convolutions over the stacked directions
             key = f"{m.group(1)}.x_proj_weight" if m.group(2) == "x_proj" else f"{m.group(1)}.dt_projs_{m.group(3)}"
-        if key in own and value.shape != own[key].shape and value.numel() == own[key].numel():
-            value = value.reshape(own[key].shape)
-        out[key] = value
+        out[key] = _fit(value, own.get(key))
     for name, parts in stacked.items():
-        value = torch.stack([parts[k] for k in sorted(parts)])
-        if name in own and value.shape != own[name].shape and value.numel() == own[name].numel():
-            value = value.reshape(own[name].shape)
-        out[name] = value
+        out[name] = _fit(torch.stack([parts[k] for k in sorted(parts)]), own.get(name))
     return out
+
+
+def _fit(value: torch.Tensor, target) -> torch.Tensor:
+    """``value`` in the model's shape when only the layout differs (1x1 convolution vs linear weights)."""
+    if target is not None and value.shape != target.shape and value.numel() == target.numel():
+        return value.reshape(target.shape)
+    return value
 
 
 # ---- registered sizes ----------------------------------------------------------------------------------
