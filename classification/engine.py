@@ -6,6 +6,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 
 log = logging.getLogger("train")
 
@@ -16,10 +17,6 @@ def autocast(config, device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if device.type == "cpu" else getattr(torch, config.AMP_DTYPE)
     return torch.autocast(device.type, dtype=dtype)
-
-
-def soft_cross_entropy(logits, soft_targets):
-    return torch.sum(-soft_targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -34,6 +31,7 @@ def train_one_epoch(config, model, criterion, loader, optimizer, scheduler, scal
     steps = len(loader)
     accum = config.TRAIN.ACCUMULATION_STEPS
     distill = config.TRAIN.EMA_DISTILL.ENABLE and ema is not None and epoch >= config.TRAIN.EMA_DISTILL.START_EPOCH
+    soft_cross_entropy = SoftTargetCrossEntropy()
     loss_sum, seen, skipped = 0.0, 0, 0
     start = batch_start = time.time()
     optimizer.zero_grad(set_to_none=True)
