@@ -13,6 +13,7 @@ pytest.importorskip("mmseg", reason="the OpenMMLab stack is not installed (scrip
 
 import vssm  # noqa: E402
 from vssm.mm.backbone import backbones  # noqa: E402
+from vssm.mm.flops import build_from_config  # noqa: E402
 from vssm.mm.shapes import make_ade, make_coco  # noqa: E402
 from vssm.mm.tools import test_main as run_test  # noqa: E402
 from vssm.mm.tools import train_main  # noqa: E402
@@ -140,18 +141,6 @@ def test_bad_arguments_are_named():
         backbones()["VMamba"](arch="vmamba_nano", init_cfg=dict(type="Kaiming"))
 
 
-def _build(config):
-    import importlib
-
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    cfg = Config.fromfile(config)
-    scope = cfg.default_scope
-    init_default_scope(scope)
-    importlib.import_module(f"vssm.mm.{scope}")
-    return cfg, importlib.import_module(f"{scope}.registry").MODELS.build(cfg.model)
-
-
 @pytest.mark.parametrize("config,published", [
     ("detection/vmamba/mask_rcnn_vmamba_fpn_coco_tiny.py", 50e6),
     ("detection/spatialmamba/mask_rcnn_spatialmamba_fpn_coco_tiny.py", 46e6),
@@ -159,7 +148,7 @@ def _build(config):
     ("segmentation/spatialmamba/upernet_spatialmamba_4xb4-160k_ade20k-512x512_tiny.py", 57e6),
 ])
 def test_published_model_sizes(config, published):
-    _, model = _build(os.path.join(ROOT, "configs", config))
+    model, _ = build_from_config(os.path.join(ROOT, "configs", config))
     params = sum(p.numel() for p in model.parameters())
     assert abs(params - published) / published < 0.02, params
 
