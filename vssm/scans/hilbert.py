@@ -13,7 +13,7 @@ start from another corner, ``reversed`` walks the curve backwards. Mirrors can c
 """
 import torch
 
-from .orders import order_cache
+from .orders import on_device, order_cache
 
 VARIANTS = ("hilbert", "reversed", "transposed", "transposed_reversed", "flip_h", "flip_w", "flip_hw")
 
@@ -87,16 +87,9 @@ def _orders_cpu(H: int, W: int, variants: tuple) -> torch.Tensor:
     return torch.stack([_variant(H, W, v) for v in variants])
 
 
-@order_cache
-def _orders_on(H: int, W: int, variants: tuple, device: str) -> torch.Tensor:
-    return _orders_cpu(H, W, variants).to(device)
-
-
 def hilbert_orders(H: int, W: int, variants=("hilbert", "reversed"), device=None) -> torch.Tensor:
     """(len(variants), H*W) scan orders (see module docstring), cached per (H, W, variants, device)."""
-    H, W, variants = int(H), int(W), tuple(variants)
-    device = str(torch.device(device)) if device is not None else "cpu"
-    return _orders_cpu(H, W, variants) if device == "cpu" else _orders_on(H, W, variants, device)
+    return on_device(_orders_cpu(int(H), int(W), tuple(variants)), device)
 
 
 def curve_steps(order: torch.Tensor, W: int):

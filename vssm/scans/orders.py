@@ -28,7 +28,7 @@ def _cross_orders_cpu(H: int, W: int) -> torch.Tensor:
 
 def cross_orders(H: int, W: int, device=None) -> torch.Tensor:
     """VMamba's 4 directions: row-major, column-major, and the reverse of each. (4, H*W)."""
-    return _on_device(_cross_orders_cpu(int(H), int(W)), device)  # int(): shapes are tensors while tracing
+    return on_device(_cross_orders_cpu(int(H), int(W)), device)  # int(): shapes are tensors while tracing
 
 
 @order_cache
@@ -36,7 +36,8 @@ def _cached_on_device(orders: torch.Tensor, device: str) -> torch.Tensor:
     return orders.to(device)
 
 
-def _on_device(orders: torch.Tensor, device) -> torch.Tensor:
+def on_device(orders: torch.Tensor, device) -> torch.Tensor:
+    """A cached CPU table on ``device``, copied there once per table and device."""
     if device is None or torch.device(device).type == "cpu":
         return orders
     return _cached_on_device(orders, str(torch.device(device)))

@@ -22,7 +22,7 @@ quadrant predictor. ``merge`` is the transpose: ``y = unfine(y_seq) * m + uncoar
 """
 import torch
 
-from .orders import order_cache
+from .orders import on_device, order_cache
 
 QUAD_ORDERS = ("nested", "legacy")
 
@@ -40,11 +40,6 @@ def _orders_cpu(H: int, W: int, quad_order: str):
     return fine, coarse, torch.argsort(fine), torch.argsort(coarse)
 
 
-@order_cache
-def _orders_on(H: int, W: int, quad_order: str, device: str):
-    return tuple(t.to(device) for t in _orders_cpu(H, W, quad_order))
-
-
 def quadtree_orders(H: int, W: int, quad_order: str = "nested", device=None):
     """(fine, coarse, fine_inverse, coarse_inverse) LongTensors of length H*W; H, W multiples of 4."""
     H, W = int(H), int(W)  # shapes are tensors while tracing (FLOP counting)
@@ -52,8 +47,7 @@ def quadtree_orders(H: int, W: int, quad_order: str = "nested", device=None):
         raise ValueError(f"quad_order must be one of {', '.join(QUAD_ORDERS)}, got {quad_order!r}")
     if H % 4 or W % 4:
         raise ValueError(f"the quadtree scan needs H and W divisible by 4 (pad first), got {H}x{W}")
-    device = str(torch.device(device)) if device is not None else "cpu"
-    return _orders_on(H, W, quad_order, device) if device != "cpu" else _orders_cpu(H, W, quad_order)
+    return tuple(on_device(t, device) for t in _orders_cpu(H, W, quad_order))
 
 
 def quadrant_mask(choice: torch.Tensor, H: int, W: int) -> torch.Tensor:
