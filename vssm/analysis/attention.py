@@ -74,6 +74,12 @@ def mixer_map(model: torch.nn.Module, images: torch.Tensor, stage: int, block: i
     return record["x"], record["y"].float()
 
 
+def _attention_row(x: torch.Tensor, y: torch.Tensor, row: int, col: int) -> torch.Tensor:
+    """(h, w): the mean over images and channels of |alpha_d[(row, col), token]| (one backward pass)."""
+    (grad,) = torch.autograd.grad(y[:, row, col].sum(), x, retain_graph=True)
+    return grad.float().abs().mean(dim=(0, 3))
+
+
 def attention_rows(x: torch.Tensor, y: torch.Tensor, queries) -> torch.Tensor:
     """Rows of the implicit attention from ``mixer_map``'s (x, y) for query tokens [(row, col), ...] of the
     (h, w) grid: (len(queries), h, w), the mean over images and channels of |alpha_d[query, token]|."""
@@ -82,8 +88,7 @@ def attention_rows(x: torch.Tensor, y: torch.Tensor, queries) -> torch.Tensor:
     for row, col in queries:
         if not (0 <= row < h and 0 <= col < w):
             raise ValueError(f"query ({row}, {col}) is outside the block's {h}x{w} grid")
-        (grad,) = torch.autograd.grad(y[:, row, col].sum(), x, retain_graph=True)
-        rows.append(grad.float().abs().mean(dim=(0, 3)))
+        rows.append(_attention_row(x, y, row, col))
     return torch.stack(rows).cpu()
 
 
@@ -97,8 +102,7 @@ def attention_matrix(x: torch.Tensor, y: torch.Tensor, max_tokens: int = 4096, p
     matrix = torch.empty(h * w, h * w)
     start = last = time.perf_counter()
     for p in range(h * w):
-        (grad,) = torch.autograd.grad(y[:, p // w, p % w].sum(), x, retain_graph=True)
-        matrix[p] = grad.float().abs().mean(dim=(0, 3)).flatten().cpu()
+        matrix[p] = _attention_row(x, y, p // w, p % w).flatten().cpu()
         now = time.perf_counter()
         if progress and now - last > 10:
             last = now
