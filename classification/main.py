@@ -50,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--accumulation-steps", type=int, help="gradient accumulation steps")
     p.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing to save memory")
     p.add_argument("--disable-amp", action="store_true", help="train and evaluate in fp32")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="DANGEROUS: read --pretrained/--resume files with plain pickle, which runs any code the file "
+                        "holds; only for files you made or fully trust (by default only weights, numbers and "
+                        "configs are read)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # launch
     return p.parse_args(argv)
 
@@ -140,10 +144,10 @@ def build_criterion(config, mixup):
     return torch.nn.CrossEntropyLoss()
 
 
-def load_pretrained(config, model):
+def load_pretrained(config, model, trust_checkpoint=False):
     skip = ("classifier.head", "head.") if config.MODEL.RESET_HEAD else ()
     try:
-        report = vssm.load_checkpoint(model, config.MODEL.PRETRAINED, skip=skip)
+        report = vssm.load_checkpoint(model, config.MODEL.PRETRAINED, skip=skip, trust_checkpoint=trust_checkpoint)
     except CheckpointMismatchError as e:
         heads = "head" in str(e)
         hint = ("; to fine-tune on a different number of classes add --opts MODEL.RESET_HEAD True" if heads
@@ -185,7 +189,7 @@ def main(args):
     if config.TRAIN.USE_CHECKPOINT:
         model.set_grad_checkpointing(True)
     if config.MODEL.PRETRAINED and not (config.MODEL.RESUME or latest_checkpoint(out_dir)):
-        load_pretrained(config, model)
+        load_pretrained(config, model, args.trust_checkpoint)
     model.to(device)
     log.info(f"model {config.MODEL.NAME}: {sum(p.numel() for p in model.parameters()):,} parameters")
 
@@ -207,7 +211,7 @@ def main(args):
     start_epoch, best, best_ema = config.TRAIN.START_EPOCH, 0.0, 0.0
     resume = config.MODEL.RESUME or (latest_checkpoint(out_dir) if config.TRAIN.AUTO_RESUME else None)
     if resume:
-        state = read_checkpoint(resume)
+        state = read_checkpoint(resume, trust_checkpoint=args.trust_checkpoint)
         missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in state]
         if missing:
             raise CheckpointError(f"{resume} is not a training checkpoint of this trainer (no {missing}); "

@@ -1,6 +1,6 @@
 """Loading our and the original authors' checkpoints strictly, with a report of what did not match.
 
-``load_checkpoint(model, path_or_state_dict)`` reads a file safely (``weights_only=True``), picks the
+``load_checkpoint(model, path_or_state_dict)`` reads a file safely (:func:`read_checkpoint`), picks the
 weights out of a training checkpoint (``model`` or ``model_ema``), strips wrapper prefixes (``module.``,
 and ``backbone.`` of detection/segmentation checkpoints), converts the authors' key layout through the
 model's ``convert_checkpoint`` (each family defines it next to the model), and loads strictly: any
@@ -10,10 +10,12 @@ Dense backbones add per-stage output norms (``outnorm{i}``) to the classificatio
 classification checkpoint into one leaves those layers freshly initialised: that is allowed, and
 reported, only when the checkpoint holds none of them.
 """
+import functools
 import logging
 import os
 import pickle
-import types
+import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -58,66 +60,86 @@ class LoadReport:
         return "\n".join(parts)
 
 
-class _PlainConfig(dict):
-    """A training checkpoint's yacs CfgNode, read as plain nested dicts."""
+class _PlainConfig:
+    """A training checkpoint's yacs ``CfgNode``, read as a plain ``OrderedDict`` of its entries."""
 
-    def __setstate__(self, state):
+    def __new__(cls, *args, **kwargs):
+        return OrderedDict(args[0] if args and isinstance(args[0], dict) else ())
+
+
+class _PlainNamespace:
+    """A training checkpoint's ``argparse.Namespace``, read as a plain object holding its attributes."""
+
+
+def _numeric_dtype(*args):
+    """``numpy.dtype`` for the numeric and boolean dtypes only (no object or structured dtypes)."""
+    import numpy as np
+    dtype = np.dtype(*args)
+    if dtype.kind not in "biufc":
+        raise pickle.UnpicklingError(f"numpy dtype {dtype} is not allowed (only numeric arrays are read)")
+    return dtype
+
+
+def _history_buffer_method(cls, name):
+    """The one use of ``getattr`` in mmengine checkpoints: a statistics method of its HistoryBuffer, by name."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    allowed = {"min", "max", "current", "mean"} | set(HistoryBuffer._statistics_methods)
+    if cls is not HistoryBuffer or name not in allowed:
+        raise pickle.UnpicklingError(f"getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r}) is not "
+                                     f"allowed (only mmengine HistoryBuffer statistics methods are)")
+    return getattr(HistoryBuffer, name)
+
+
+@functools.lru_cache(maxsize=1)
+def checkpoint_globals() -> tuple:
+    """The globals, beyond PyTorch's weights-only set, that the authors' and mmengine checkpoints hold.
+
+    Each is (object, pickled name): configs become plain data, numpy arrays and scalars of numeric dtypes
+    are rebuilt, and mmengine's log history (``HistoryBuffer`` with its statistics methods) when mmengine
+    is installed. Nothing here can call arbitrary code: ``getattr`` is only :func:`_history_buffer_method`.
+    """
+    import numpy as np
+    extra = [(_PlainConfig, "yacs.config.CfgNode"), (_PlainNamespace, "argparse.Namespace"),
+             (frozenset, "builtins.frozenset"), (slice, "builtins.slice"),
+             (np.ndarray, "numpy.ndarray"), (_numeric_dtype, "numpy.dtype")]
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and numpy 2 pickles
+        extra += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    for code in "?bhilqBHILQefdgFDG":  # the dtype classes of numeric arrays (numpy.dtypes.Float32DType, ...)
+        cls = type(np.dtype(code))
+        extra.append((cls, f"{cls.__module__}.{cls.__qualname__}"))
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+    except ImportError:
         pass
+    else:
+        extra += [(HistoryBuffer, "mmengine.logging.history_buffer.HistoryBuffer"),
+                  (_history_buffer_method, "builtins.getattr")]
+    return tuple(extra)
 
 
-class _AllowlistUnpickler(pickle.Unpickler):
-    """Rebuilds only tensors, plain containers and numbers, numpy arrays and scalars, configs as plain data,
-    and mmengine's log history; ``getattr`` only reads public attributes of those allowed classes."""
-
-    _ALLOWED = {
-        ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
-        ("_codecs", "encode"),  # bytes in protocol-2 pickles
-        ("torch", "Size"), ("torch", "device"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
-        ("mmengine.logging.history_buffer", "HistoryBuffer"),  # in mmengine training checkpoints
-    }
-    _REPLACED = {("yacs.config", "CfgNode"): _PlainConfig, ("argparse", "Namespace"): types.SimpleNamespace}
-
-    @classmethod
-    def _allowed(cls, module, name):
-        if (module, name) in cls._ALLOWED:
-            return True
-        if module == "torch._utils":
-            return name.startswith("_rebuild_")  # tensor, parameter and storage reconstruction
-        if module == "torch":
-            return name.endswith(("Storage", "Tensor")) or isinstance(getattr(torch, name, None), torch.dtype)
-        return module.startswith("numpy") and name.endswith("DType")
-
-    def find_class(self, module, name):
-        module = "builtins" if module == "__builtin__" else module  # protocol-2 pickles (torch.save's default)
-        if (module, name) in self._REPLACED:
-            return self._REPLACED[(module, name)]
-        if (module, name) == ("builtins", "getattr"):
-            return self._restricted_getattr
-        if self._allowed(module, name):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
-
-    @classmethod
-    def _restricted_getattr(cls, obj, name):
-        allowed_class = isinstance(obj, type) and cls._allowed(obj.__module__, obj.__name__)
-        if name.startswith("_") or not allowed_class:
-            raise pickle.UnpicklingError(f"getattr({obj!r}, {name!r}) is not allowed")
-        return getattr(obj, name)
+TRUST_HINT = ("loading a checkpoint that holds other Python objects runs code chosen by whoever made the file; "
+              "only for a file you made or fully trust: trust_checkpoint=True (--trust-checkpoint on the "
+              "command line), which loads it with pickle and no protection")
 
 
-_allowlist_pickle = types.SimpleNamespace(  # a pickle "module" for torch.load's pickle_module
-    Unpickler=_AllowlistUnpickler, load=lambda f, **kw: _AllowlistUnpickler(f, **kw).load(),
-    __name__="vssm_allowlist_pickle")
+def _refusal(message: str) -> str:
+    """What the weights-only unpickler refused, out of PyTorch's message (which also advises plain pickle)."""
+    found = re.search(r"GLOBAL (\S+?)(?: was not an allowed| whose module)", message)
+    if found:
+        return f"it holds the global {found.group(1)}"
+    reasons = [part.strip() for part in message.split("\n\n") if part.strip()
+               and not part.strip().startswith(("Weights only load failed", "Check the documentation"))]
+    return reasons[0] if reasons else "it holds objects that safe loading refuses"
 
 
-def read_checkpoint(path, weights_only: bool = True) -> dict:
+def read_checkpoint(path, trust_checkpoint: bool = False) -> dict:
     """torch.load a file on CPU with a clear error for missing, truncated, corrupt or unsafe files.
 
-    With ``weights_only`` (default), only tensors, containers, numbers, numpy arrays, configs (yacs CfgNode
-    and argparse Namespace, read as plain data) and mmengine's log history are rebuilt; any other pickled
-    object is refused.
+    By default only what PyTorch's weights-only unpickler rebuilds (tensors, containers, numbers) and the
+    extra globals of :func:`checkpoint_globals` are read (configs as plain data, numeric numpy arrays,
+    mmengine's log history); any other pickled global is refused with an error that names it, and nothing
+    in the file runs. ``trust_checkpoint=True`` loads with plain pickle: DANGEROUS, the file can run any code.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -125,18 +147,16 @@ def read_checkpoint(path, weights_only: bool = True) -> dict:
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
     try:
-        if not weights_only:
+        if trust_checkpoint:
             return torch.load(path, map_location="cpu", weights_only=False)
-        try:
+        with torch.serialization.safe_globals(list(checkpoint_globals())):
             return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # configs embedded by training scripts: read them as plain data
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_allowlist_pickle)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} holds Python objects that safe loading refuses ({e}). If you trust the file, "
-            f"pass weights_only=False") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt file ({e})") from e
+        raise CheckpointError(f"refusing to load {path}: {_refusal(str(e))}; only tensors, containers, numbers, "
+                              f"configs, numeric arrays and mmengine log records are read. ({TRUST_HINT})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, IndexError, KeyError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, or truncated or corrupt "
+                              f"({type(e).__name__}: {e})") from e
 
 
 def extract_state_dict(obj, key: str = None) -> dict:
@@ -175,7 +195,7 @@ def select_prefix(state_dict: dict, prefix: str):
 
 
 def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key: str = None,
-                    skip=(), weights_only: bool = True) -> LoadReport:
+                    skip=(), trust_checkpoint: bool = False) -> LoadReport:
     """Load a checkpoint file or state dict into ``model``.
 
     Args:
@@ -186,7 +206,8 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
         skip: key prefixes not to load (e.g. ``("classifier.head",)`` to re-initialise a classifier).
             From a detector/segmentor checkpoint only the ``backbone.`` part is loaded; the rest is
             reported as skipped.
-        weights_only: refuse pickled Python objects (set False only for files you trust).
+        trust_checkpoint: read the file with plain pickle (see :func:`read_checkpoint`): DANGEROUS, only for
+            files you made or fully trust.
 
     Returns:
         LoadReport of what was loaded, left initialised or skipped.
@@ -194,7 +215,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
     source = ""
     if isinstance(checkpoint, (str, os.PathLike)):
         source = os.fspath(checkpoint)
-        checkpoint = read_checkpoint(checkpoint, weights_only=weights_only)
+        checkpoint = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
     state = extract_state_dict(checkpoint, key)
     state, outside = select_prefix(strip_prefix(state, "module."), "backbone.")
     convert = getattr(model, "convert_checkpoint", None)

@@ -15,13 +15,14 @@ import torch
 from ..checkpoint import read_checkpoint
 
 
-def _use_safe_checkpoint_loading():
+def _use_safe_checkpoint_loading(trust_checkpoint=False):
     """mmengine 0.10 calls torch.load(path) and torch >= 2.6 defaults to weights_only=True, which refuses
-    mmengine's own checkpoints (their log history); read local files with vssm's allowlist instead."""
+    mmengine's own checkpoints (their log history); read local files through vssm.checkpoint.read_checkpoint
+    instead (weights, numbers, configs and mmengine's log records only, unless ``trust_checkpoint``)."""
     from mmengine.runner.checkpoint import CheckpointLoader
 
     def load_local(filename, map_location=None):
-        return read_checkpoint(filename)
+        return read_checkpoint(filename, trust_checkpoint=trust_checkpoint)
     CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
 
 
@@ -39,6 +40,9 @@ def _parser(description, test):
     p.add_argument("--cfg-options", nargs="+", action=_DictAction, default={},
                    help="override config entries: key=value (e.g. train_dataloader.batch_size=4)")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="DANGEROUS: read checkpoints with plain pickle, which runs any code the file holds; only for "
+                        "files you made or fully trust")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
@@ -54,7 +58,7 @@ _RUNS = itertools.count()
 
 def _load_config(args):
     from mmengine.config import Config
-    _use_safe_checkpoint_loading()
+    _use_safe_checkpoint_loading(args.trust_checkpoint)
     if not os.path.isfile(args.config):
         raise SystemExit(f"error: config file not found: {args.config}")
     cfg = Config.fromfile(args.config)
