@@ -2,6 +2,7 @@
 
 The scan is counted with the upstream convention: 9 * batch * L * (K*D) * N, plus batch * (K*D) * L
 for the D skip and as much again for the z gate; a states-only scan (C=None) is 7 * batch * L * (K*D) * N.
+The map entry (K directions over one map) counts as the scan of its K gathered sequences.
 Everything else is counted by fvcore's own handles (convolutions, matmuls, norms, pooling).
 """
 import math
@@ -10,19 +11,30 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
-SCAN_OP_NAMES = ("prim::PythonOp.SelectiveScanTorchFn",)
+SCAN_OP = "vssm::selective_scan_fwd"
+MAP_OP = "vssm::selective_scan_map_fwd"
 
 
 def selective_scan_flop_handle(inputs, outputs):
-    """fvcore handle; the op is traced with all 8 tensor inputs, empty tensors standing for absent ones."""
+    """fvcore handle of the sequence operator: u, delta, A, B, C, D, z, ... (None for absent tensors)."""
     u, _delta, A, _B, C, D, z = (get_shape(v) for v in inputs[:7])
     batch, channels, length = u
     state = A[1]
-    flops = (9 if math.prod(C) else 7) * batch * length * channels * state
-    if math.prod(D):
+    flops = (9 if C else 7) * batch * length * channels * state
+    if D:
         flops += batch * channels * length
-    if math.prod(z):
+    if z:
         flops += batch * channels * length
+    return flops
+
+
+def selective_scan_map_flop_handle(inputs, outputs):
+    """fvcore handle of the map operator: x, delta (batch, L, K, D), A, B, C, D, ..."""
+    delta, A, D = get_shape(inputs[1]), get_shape(inputs[2]), get_shape(inputs[5])
+    batch, length, K, dim = delta
+    flops = 9 * batch * length * K * dim * A[1]
+    if D:
+        flops += batch * K * dim * length
     return flops
 
 
@@ -33,7 +45,7 @@ def flop_analysis(model: torch.nn.Module, inputs) -> FlopCountAnalysis:
     no_grad (see ``count_flops``).
     """
     analysis = FlopCountAnalysis(model, inputs)
-    analysis.set_op_handle(**{name: selective_scan_flop_handle for name in SCAN_OP_NAMES})
+    analysis.set_op_handle(**{SCAN_OP: selective_scan_flop_handle, MAP_OP: selective_scan_map_flop_handle})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     return analysis
 

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from vssm.ops.selective_scan.cuda import SelectiveScanExtensionFn
+from vssm.ops.selective_scan import cuda as cuda_backend
 
 from .test_selective_scan import GRID, assert_close, make_inputs, reference, run
 
@@ -47,16 +47,35 @@ def emulator():
                 build_directory=build, verbose=False)
 
 
+class _ExtensionScan(torch.autograd.Function):
+    """The cuda backend's forward/backward over a given extension module (the CPU emulator here)."""
+
+    @staticmethod
+    def forward(ctx, ext, segments, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states):
+        y, last, states, residuals = cuda_backend.forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, True,
+                                                          return_states, True, ext=ext, segments=segments)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *residuals)
+        ctx.ext, ctx.segments, ctx.delta_softplus = ext, segments, delta_softplus
+        return y, last, states
+
+    @staticmethod
+    def backward(ctx, dy, dlast, dstates):
+        u, delta, A, B, C, D, z, delta_bias, *residuals = ctx.saved_tensors
+        grads = cuda_backend.backward(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, residuals, dy, dlast,
+                                      dstates, ext=ctx.ext, segments=ctx.segments)
+        du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+        return (None, None, du, ddelta, dA, dB, dC, dD, dz, dbias, None, None)
+
+
 def extension_scan(ext, segments):
-    """selective_scan's keyword interface over the extension's autograd function."""
+    """selective_scan's keyword interface over the cuda backend's functions with a given extension module."""
     def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
              return_states=False):
-        absent = u.new_empty(0)
-        out = SelectiveScanExtensionFn.apply(ext, segments, u, delta, A, B, absent if C is None else C,
-                                             absent if D is None else D, absent if z is None else z,
-                                             absent if delta_bias is None else delta_bias, delta_softplus,
-                                             return_last_state, return_states)
-        return out[0] if len(out) == 1 else out
+        y, last, states = _ExtensionScan.apply(ext, segments, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                               return_states)
+        out = ([y] if C is not None else []) + ([last] if return_last_state else []) + \
+            ([states] if return_states else [])
+        return out[0] if len(out) == 1 else tuple(out)
     return scan
 
 

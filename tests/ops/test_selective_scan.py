@@ -1,5 +1,7 @@
 """Every selective-scan backend against the naive fp32 loop: outputs, final and hidden states, all gradients."""
+import importlib
 import itertools
+import os
 import re
 
 import pytest
@@ -7,12 +9,17 @@ import torch
 
 from vssm.ops import selective_scan
 from vssm.ops.selective_scan import available_backends, resolve_backend
+from vssm.ops.selective_scan.cpu import load_extension
 from vssm.ops.selective_scan.cuda import cuda_extension_available
 
 GPU = torch.cuda.is_available()
 TRITON_DEVICE = "cuda" if GPU else "cpu"
 TRITON_OK = "triton" in available_backends(TRITON_DEVICE)
 needs_triton = pytest.mark.skipif(not TRITON_OK, reason="triton needs a GPU or TRITON_INTERPRET=1")
+CPU_EXT = load_extension() is not None
+if os.environ.get("CI") and not CPU_EXT:  # CI builds the compiled CPU backend: its tests must run there
+    raise RuntimeError("the compiled cpu backend (vssm_selective_scan_cpu) is not built; scripts/setup_env.sh builds it")
+needs_cpu_ext = pytest.mark.skipif(not CPU_EXT, reason="the cpu backend is not built (bash scripts/setup_env.sh)")
 needs_cuda_ext = pytest.mark.skipif(not (GPU and cuda_extension_available()),
                                     reason="the cuda backend needs a GPU and the compiled extension")
 
@@ -101,6 +108,22 @@ def test_torch_matches_naive(L, N, K, grouped):
     assert_close(run("torch", inputs), reference(inputs), torch.float32)
 
 
+@needs_cpu_ext
+@pytest.mark.parametrize("L", SIZES_L)
+@pytest.mark.parametrize("N,K,grouped", GRID)
+def test_cpu_matches_naive(L, N, K, grouped):
+    inputs = make_inputs(2, K, 3, N, L, grouped=grouped, seed=L + N + K)
+    assert_close(run("cpu", inputs), reference(inputs), torch.float32)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("D,L", [(96, 3136), (20, 49)])
+def test_cpu_wide_channel_blocks(D, L):
+    """Several channel blocks per direction, and a partial last block (VMamba-T stage 1 at batch 1)."""
+    inputs = make_inputs(1, 2, D, 1, L, with_z=False, seed=D)
+    assert_close(run("cpu", inputs, states=False), reference(inputs, states=False), torch.float32)
+
+
 # The interpreter runs a tile's scan as a Python loop: keep N = 16 to short sequences there.
 TRITON_CASES = [(L, *g) for L in (SIZES_L if GPU else SIZES_L_INTERPRETED) for g in GRID
                 if GPU or g[0] < 16 or L <= 49]
@@ -125,7 +148,7 @@ OPTIONS = list(itertools.product((False, True), repeat=4))  # D, z, delta_bias, 
 
 
 def _fast_backends():
-    found = ["torch"]
+    found = ["torch"] + (["cpu"] if CPU_EXT else [])
     if TRITON_OK:
         found.append("triton")
     if GPU and cuda_extension_available():
@@ -136,7 +159,7 @@ def _fast_backends():
 @pytest.mark.parametrize("backend", _fast_backends())
 @pytest.mark.parametrize("with_D,with_z,with_bias,softplus", OPTIONS)
 def test_optional_inputs(backend, with_D, with_z, with_bias, softplus):
-    device = TRITON_DEVICE if backend != "torch" else "cpu"
+    device = TRITON_DEVICE if backend not in ("torch", "cpu") else "cpu"
     inputs = make_inputs(2, 2, 5, 4, 33, with_D=with_D, with_z=with_z, with_bias=with_bias, device=device)
     assert_close(run(backend, inputs, softplus=softplus), reference(inputs, softplus=softplus), torch.float32)
 
@@ -145,7 +168,7 @@ def test_optional_inputs(backend, with_D, with_z, with_bias, softplus):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("N", [1, 4])
 def test_half_precision(backend, dtype, N):
-    device = TRITON_DEVICE if backend != "torch" else "cpu"
+    device = TRITON_DEVICE if backend not in ("torch", "cpu") else "cpu"
     inputs = make_inputs(2, 2, 4, N, 49, dtype=dtype, device=device)
     got = run(backend, inputs)
     out = selective_scan(**{k: v for k, v in inputs.items()}, delta_softplus=True, backend=backend)
@@ -156,7 +179,7 @@ def test_half_precision(backend, dtype, N):
 @pytest.mark.parametrize("backend", _fast_backends())
 def test_states_only_scan(backend):
     """C=None returns every hidden state without computing y; with N=1 and C=1 that equals y."""
-    device = TRITON_DEVICE if backend != "torch" else "cpu"
+    device = TRITON_DEVICE if backend not in ("torch", "cpu") else "cpu"
     inputs = make_inputs(2, 1, 6, 1, 40, grouped=False, with_D=False, with_z=False, device=device)
     states = selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], None,
                             delta_bias=inputs["delta_bias"], delta_softplus=True, return_states=True,
@@ -170,7 +193,7 @@ def test_states_only_scan(backend):
 
 @pytest.mark.parametrize("backend", ["naive"] + _fast_backends())
 def test_non_contiguous_inputs(backend):
-    device = TRITON_DEVICE if backend not in ("torch", "naive") else "cpu"
+    device = TRITON_DEVICE if backend not in ("torch", "cpu", "naive") else "cpu"
     inputs = make_inputs(2, 2, 4, 2, 21, device=device)
     expected = run(backend, inputs)
     strided = {}
@@ -190,8 +213,8 @@ def test_non_contiguous_inputs(backend):
 @pytest.mark.parametrize("backend", _fast_backends())
 def test_stable_with_trained_decays_at_3136(backend):
     """Large step sizes and |A| at L = 3136: a cumulative-sum-of-log-decays scan overflows here."""
-    device = TRITON_DEVICE if backend != "torch" else "cpu"
-    L = 3136 if backend == "torch" or GPU else 392
+    device = TRITON_DEVICE if backend not in ("torch", "cpu") else "cpu"
+    L = 3136 if backend in ("torch", "cpu") or GPU else 392
     inputs = make_inputs(1, 2, 2, 4, L, trained_decays=True, device=device)
     got = run(backend, inputs, softplus=False)
     for name, t in got.items():
@@ -257,5 +280,16 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
         resolve_backend("triton", "cpu")
 
 
-def test_auto_picks_torch_on_cpu():
-    assert resolve_backend("auto", "cpu") == "torch"
+def test_auto_picks_the_compiled_backend_on_cpu(monkeypatch, caplog):
+    assert resolve_backend("auto", "cpu") == ("cpu" if CPU_EXT else "torch")
+    package = importlib.import_module("vssm.ops.selective_scan")
+    from vssm.ops.selective_scan import cpu
+    monkeypatch.setattr(cpu, "_ext", False)  # as if not built: torch, with a one-time notice
+    monkeypatch.setattr(package, "_notices", set())
+    with caplog.at_level("WARNING"):
+        assert resolve_backend("auto", "cpu") == "torch"
+        assert resolve_backend("auto", "cpu") == "torch"
+    notices = [r.message for r in caplog.records if "not built" in r.message]
+    assert len(notices) == 1 and "setup_env.sh" in notices[0]
+    with pytest.raises(RuntimeError, match="selective_scan_cpu"):
+        resolve_backend("cpu", "cpu")

@@ -67,12 +67,12 @@ class FractalSS2D(SS2D):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, D = x.shape
         orders = hilbert_orders(H, W, self.variants, x.device)
-        us = gather_sequences(x, orders)  # (batch, L, K, D)
-        ys = self.scan(us, gather_sequences(self.project(x), orders))
-        if len(self.ffp):
-            ys = ys.clone()
-            ys[:, :, 0] += self.fractal_fusion(us[:, :, 0])
-        return merge_sequences(ys, orders, H, W)
+        y = self.scan_map(x, orders)
+        if len(self.ffp):  # the pathway's context joins the first direction's outputs at their positions
+            first = orders[:1]
+            context = self.fractal_fusion(gather_sequences(x, first)[:, :, 0])
+            y = y + merge_sequences(context[:, :, None], first, H, W)
+        return y
 
     def fractal_fusion(self, seq: torch.Tensor) -> torch.Tensor:
         """(batch, L, D) Hilbert sequence -> (batch, L, D) coarse-scale context for each token."""

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..scans.quadtree import QUAD_ORDERS, quadrant_mask, quadtree_gather, quadtree_merge
+from ..scans.quadtree import QUAD_ORDERS, quadrant_mask, quadtree_gather, quadtree_merge, quadtree_permutation
 from ._registry import build, register_model
 from .layers import to_nchw, to_nhwc
 from .vmamba import SS2D, VMamba, VMambaBackbone, checkpoint_filter_fn
@@ -96,16 +96,28 @@ class QuadSS2D(SS2D):
             x = torch.roll(x, shifts=(self.shift[0] * (H // 8), self.shift[1] * (W // 8)), dims=(1, 2))
         Hp, Wp = -(-H // 4) * 4, -(-W // 4) * 4
         x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-        mask = quadrant_mask(self.choose_quadrants(score, Hp, Wp), Hp, Wp).to(x.dtype)
+        choice = self.choose_quadrants(score, Hp, Wp)
+        if self.training or self.quad_order != "nested":
+            y = self._scan_masked(x, choice)
+        else:  # a hard choice without gradients: the order is a permutation per image, read in place
+            order = quadtree_permutation(choice, Hp, Wp)
+            y = self.scan_map(x, torch.stack([order, order.flip(-1)], dim=1))
+        y = y[:, :H, :W]
+        if self.shift is not None:
+            y = torch.roll(y, shifts=(-self.shift[0] * (H // 8), -self.shift[1] * (W // 8)), dims=(1, 2))
+        return y
+
+    def _scan_masked(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        """The quadtree scan as mask arithmetic (training: straight-through gradients reach the quadrant
+        predictor through the mask; the legacy layout is not a permutation): (batch, Hp, Wp, D) -> same."""
+        batch, Hp, Wp, D = x.shape
+        mask = quadrant_mask(choice, Hp, Wp).to(x.dtype)
         seq = quadtree_gather(x, mask, self.quad_order)  # (batch, L, D)
         proj = self.project(seq)  # (batch, L, 2, R + 2N)
         us = torch.stack([seq, seq.flip(1)], dim=2)
         proj = torch.stack([proj[:, :, 0], proj[:, :, 1].flip(1)], dim=2)
         ys = self.scan(us, proj)
-        y = quadtree_merge(ys[:, :, 0] + ys[:, :, 1].flip(1), mask, Hp, Wp, self.quad_order)[:, :H, :W]
-        if self.shift is not None:
-            y = torch.roll(y, shifts=(-self.shift[0] * (H // 8), -self.shift[1] * (W // 8)), dims=(1, 2))
-        return y
+        return quadtree_merge(ys[:, :, 0] + ys[:, :, 1].flip(1), mask, Hp, Wp, self.quad_order)
 
 
 SHIFT_CYCLE = ((1, 1), (-1, -1), (1, -1), (-1, 1))

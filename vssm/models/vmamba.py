@@ -12,8 +12,9 @@ selective scan of state size 1, merges the four results and normalises them. Par
 authors', so their released checkpoints load strictly.
 
 Differences from the original code:
-- the selective scan is ``vssm.ops.selective_scan`` (naive / torch / triton / cuda backends: runs on CPU),
-  the four scan directions are ``vssm.scans.cross_orders`` read with ``gather_sequences``;
+- the selective scan is ``vssm.ops.selective_scan_map`` (naive / torch / cpu / triton / cuda backends: runs on
+  CPU): the four directions are ``vssm.scans.cross_orders`` read by the scan straight from the map, so
+  neither the four gathered copies of the tokens nor the four outputs are materialised;
 - activations are channels-last, (batch, H, W, C), inside the network (the authors' published models
   run channel-first; the parameters and the arithmetic are the same, their channel-last variant even
   has the same module indices). LayerNorms and projections then act on contiguous channels, the
@@ -37,8 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-from ..ops import selective_scan
-from ..scans import cross_orders, gather_sequences, merge_sequences
+from ..ops import selective_scan, selective_scan_map
+from ..scans import cross_orders
 from ._registry import build, register_model
 from .layers import Mlp, Permute, to_nchw
 from .staged import DenseBackbone, StagedModel
@@ -108,6 +109,23 @@ class DirectionalScan(nn.Module):
                             backend=self.scan_backend)  # (batch, K*D, L), time-major memory
         return ys.transpose(1, 2).view(batch, L, K, D)
 
+    def scan_map(self, x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+        """Selective scans of the (batch, H, W, D) map along K orders, added back onto the map.
+
+        orders: (K, H*W) or (batch, K, H*W) positions (see ``vssm.ops.selective_scan_map``). Every token is
+        projected to its K directions' (dt, B, C) in map order and the scan reads the map through the orders,
+        so no gathered copies are made. Returns (batch, H, W, D) float32.
+        """
+        batch, H, W, D = x.shape
+        L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
+        proj = self.project(x).reshape(batch, L, K, R + 2 * N)
+        dts = torch.einsum("blkr,kdr->blkd", proj[..., :R], self.dt_projs_weight)
+        y = selective_scan_map(x.reshape(batch, L, D), dts, -torch.exp(self.A_logs.float()), proj[..., R:R + N],
+                               proj[..., R + N:], orders, D=None if self.linearized else self.Ds.float(),
+                               delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                               backend=self.scan_backend)
+        return y.view(batch, H, W, D)
+
 
 class SS2D(DirectionalScan):
     """2-D selective scan: in_proj -> dwconv3x3 -> SiLU -> 4-way cross selective scan -> out_norm -> out_proj.
@@ -122,8 +140,9 @@ class SS2D(DirectionalScan):
         directions: number of scan directions K (each has its own projections and dynamics).
         scan_backend: selective_scan backend.
 
-    ``mix`` turns the (batch, H, W, D) map into K sequences, scans and merges them (the cross scan here;
-    QuadMamba and FractalMamba override it); ``scan`` is the part every order shares.
+    ``mix`` scans the (batch, H, W, D) map along its K orders and merges the results (the cross scan here;
+    QuadMamba and FractalMamba override it) through ``scan_map``, the part every order shares; ``scan``
+    scans K sequences already gathered.
     """
 
     def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", directions: int = 4,
@@ -143,12 +162,8 @@ class SS2D(DirectionalScan):
         return self.out_proj(self.out_norm(self.mix(x).to(x.dtype)))
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """The 4-way cross scan: (batch, H, W, D) -> (batch, H, W, D)."""
-        batch, H, W, D = x.shape
-        orders = cross_orders(H, W, x.device)
-        # the projections act per token, so x -> (dt, B, C) is applied before gathering the sequences
-        ys = self.scan(gather_sequences(x, orders), gather_sequences(self.project(x), orders))
-        return merge_sequences(ys, orders, H, W)
+        """The 4-way cross scan: (batch, H, W, D) -> (batch, H, W, D) float32."""
+        return self.scan_map(x, cross_orders(x.shape[1], x.shape[2], x.device))
 
 
 class VSSBlock(nn.Module):

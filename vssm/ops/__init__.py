@@ -1,4 +1,4 @@
 """Operators shared by the backbones."""
-from .selective_scan import selective_scan
+from .selective_scan import selective_scan, selective_scan_map
 
-__all__ = ["selective_scan"]
+__all__ = ["selective_scan", "selective_scan_map"]

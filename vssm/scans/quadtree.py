@@ -69,3 +69,17 @@ def quadtree_merge(y: torch.Tensor, mask: torch.Tensor, H: int, W: int, quad_ord
     _, _, fine_inv, coarse_inv = quadtree_orders(H, W, quad_order, y.device)
     selected = y.index_select(1, fine_inv).view(batch, H, W, C)
     return selected * mask + y.index_select(1, coarse_inv).view(batch, H, W, C) * (1 - mask)
+
+
+def quadtree_permutation(choice: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """The nested quadtree order of each image as positions: (batch, 4) one-hot choice -> (batch, H*W).
+
+    For a one-hot choice, ``quadtree_gather(x, quadrant_mask(choice, H, W))`` reads position
+    ``result[b, t]`` at step t: the fine table in the chosen quadrant's slot, the coarse one elsewhere (both
+    tables put quadrant q's tokens in the q-th quarter of the sequence). Gradients do not flow to ``choice``.
+    """
+    fine, coarse, _, _ = quadtree_orders(H, W, "nested", choice.device)
+    L = H * W
+    slot = torch.arange(L, device=choice.device) // (L // 4)  # the quadrant each step belongs to
+    chosen = choice.argmax(dim=-1)[:, None]  # (batch, 1)
+    return torch.where(slot[None] == chosen, fine[None], coarse[None])

@@ -2,21 +2,39 @@
 
 ``naive``  an fp32 loop differentiated by autograd: the readable oracle (``naive.py``).
 ``torch``  a blocked recurrence with an analytic backward in pure PyTorch: CPU, and GPU fallback (``blocked.py``).
+``cpu``    compiled C++ kernels (``kernels/selective_scan_cpu``, built by scripts/setup_env.sh; ``cpu.py``).
 ``triton`` fused forward and backward Triton kernels: GPU, or CPU under ``TRITON_INTERPRET=1`` (``fused_triton.py``).
 ``cuda``   the optional compiled extension under ``kernels/selective_scan`` (``cuda.py``).
 ``auto``   the fastest available for the inputs' device.
+
+Two entries: :func:`selective_scan` scans (batch, channels, L) sequences; :func:`selective_scan_map` scans a
+(batch, L, D) token map along K scan orders and adds the K outputs back onto the map (VMamba's cross scan and
+its Hilbert and quadtree variants), which the ``cpu`` and ``triton`` kernels do without gathering copies.
+Every backend but ``naive`` runs inside the ``vssm::selective_scan*`` PyTorch operators (``op.py``), so models
+compile with ``torch.compile(fullgraph=True)`` and export with ``torch.export``.
 """
+import logging
 import os
 
 import torch
 
-from .blocked import SelectiveScanTorchFn
+from . import op  # noqa: F401  (registers the vssm:: operators)
+from .gathered import add_to_map, gather_map
 from .naive import selective_scan_naive
 
-__all__ = ["selective_scan", "selective_scan_naive", "BACKENDS", "available_backends", "resolve_backend"]
+__all__ = ["selective_scan", "selective_scan_map", "selective_scan_naive", "BACKENDS", "available_backends",
+           "resolve_backend"]
 
-BACKENDS = ("auto", "naive", "torch", "triton", "cuda")
+BACKENDS = ("auto", "naive", "torch", "cpu", "triton", "cuda")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+log = logging.getLogger(__name__)
+_notices = set()
+
+
+def _notice_once(message: str):
+    if message not in _notices:
+        _notices.add(message)
+        log.warning(message)
 
 
 def _triton_interpreted() -> bool:
@@ -31,6 +49,11 @@ def _triton_importable() -> bool:
     return True
 
 
+def _cpu_extension_built() -> bool:
+    from .cpu import load_extension
+    return load_extension() is not None
+
+
 def available_backends(device) -> list:
     """Backends that can run on ``device`` here, in the order ``auto`` prefers them."""
     from .cuda import cuda_extension_available
@@ -40,7 +63,8 @@ def available_backends(device) -> list:
         found += ["cuda"] if cuda_extension_available() else []
         found.append("torch")
     else:
-        found = ["torch"]
+        found = ["cpu"] if device.type == "cpu" and _cpu_extension_built() else []
+        found.append("torch")
         if device.type == "cpu" and _triton_interpreted() and _triton_importable():
             found.append("triton")
     return found + ["naive"]
@@ -52,7 +76,17 @@ def resolve_backend(backend: str, device) -> str:
         raise ValueError(f"selective_scan: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = torch.device(device)
     if backend == "auto":
-        return available_backends(device)[0]
+        chosen = available_backends(device)[0]
+        if device.type == "cpu" and chosen == "torch":
+            from .cpu import BUILD_HINT
+            _notice_once(f"selective_scan: the compiled cpu backend is not built, using the slower torch backend; "
+                         f"{BUILD_HINT}")
+        return chosen
+    if backend == "cpu":
+        from .cpu import require_extension
+        require_extension()
+        if device.type != "cpu":
+            raise RuntimeError(f"selective_scan: the cpu backend needs CPU tensors, got {device.type} tensors")
     if backend == "cuda":
         from .cuda import require_cuda_extension
         require_cuda_extension()
@@ -106,7 +140,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state (batch, K*D, N), float32.
         return_states: also return every state (batch, K*D, N, L) in u's dtype.
-        backend: "auto", "naive", "torch", "triton" or "cuda".
+        backend: "auto", "naive", "torch", "cpu", "triton" or "cuda".
 
     Returns:
         y (batch, K*D, L) in u's dtype (absent when C is None), then the last state and the states
@@ -141,20 +175,91 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         raise ValueError("selective_scan: all tensors must be on one device, got "
                          + ", ".join(f"{k} on {v}" for k, v in devices.items()))
 
-    if torch.jit.is_tracing():  # FLOP counting traces one op whatever the backend (see vssm.flops)
-        backend = "torch"
-    backend = resolve_backend(backend, u.device)
+    backend = _concrete(backend, u.device)
     if backend == "naive":
         return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                     return_last_state, return_states)
-    if backend == "torch":
-        fn = SelectiveScanTorchFn
-    elif backend == "triton":
-        from .fused_triton import SelectiveScanTritonFn as fn
-    else:
-        from .cuda import SelectiveScanCudaFn as fn
-    absent = u.new_empty(0)
-    outputs = fn.apply(u, delta, A, B, absent if C is None else C, absent if D is None else D,
-                       absent if z is None else z, absent if delta_bias is None else delta_bias,
-                       bool(delta_softplus), bool(return_last_state), bool(return_states))
+    y, last, states, _ = torch.ops.vssm.selective_scan_fwd(
+        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_states),
+        _needs_grad(u, delta, A, B, C, D, z, delta_bias), backend)
+    outputs = [] if C is None else [y]
+    if return_last_state:
+        outputs.append(last)
+    if return_states:
+        outputs.append(states)
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _concrete(backend: str, device) -> str:
+    """The backend to run; FLOP counting (a jit trace) records one operator, so the naive loop is not traced."""
+    if torch.jit.is_tracing() and backend == "naive":
+        backend = "auto"
+    return resolve_backend(backend, device)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_softplus=False, backend="auto"):
+    """Selective scans of a token map along K scan orders, their outputs added back onto the map.
+
+    Direction k reads position ``orders[k, t]`` at step t: its input is ``x`` there, with that position's step
+    size, B and C of direction k; its output at step t is added to the map at the same position. This is
+    ``selective_scan`` of the K gathered sequences (grouped B and C, group k = direction k) followed by the
+    merge, without materialising the gathered copies (backends ``cpu`` and ``triton``).
+
+    Args:
+        x: (batch, L, D) tokens in map order (position p = h * W + w of a channels-last map).
+        delta: (batch, L, K, D) step sizes of every position for every direction.
+        A: (K*D, N) state matrix (direction k's channels are rows [k*D, (k+1)*D)).
+        B, C: (batch, L, K, N) of every position for every direction.
+        orders: (K, L) int64, or (batch, K, L) for orders that differ per image; each row a permutation of
+            range(L).
+        D, delta_bias: (K*D,) optional skip and step-size bias.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        backend: as for :func:`selective_scan`.
+
+    Returns:
+        (batch, L, D) float32: at each position, the sum over directions of their outputs there.
+    """
+    _check("x", x, (3,))
+    batch, L, Dm = x.shape
+    if batch == 0 or L == 0 or Dm == 0:
+        raise ValueError(f"selective_scan_map: x must be a non-empty (batch, L, D) tensor, got {tuple(x.shape)}")
+    _check("delta", delta, (4,))
+    if delta.shape[:2] != x.shape[:2] or delta.shape[3] != Dm or delta.shape[2] == 0:
+        raise ValueError(f"selective_scan_map: delta must be (batch, L, K, D) = ({batch}, {L}, K, {Dm}), "
+                         f"got {tuple(delta.shape)}")
+    K = delta.shape[2]
+    _check("A", A, (2,))
+    if A.shape[0] != K * Dm or A.shape[1] == 0:
+        raise ValueError(f"selective_scan_map: A must be (K*D, N) = ({K * Dm}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        _check(name, t, (4,), (batch, L, K, N))
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            _check(name, t, (1,), (K * Dm,))
+    if not isinstance(orders, torch.Tensor) or orders.dtype != torch.long or \
+            tuple(orders.shape) not in ((K, L), (batch, K, L)):
+        raise ValueError(f"selective_scan_map: orders must be an int64 (K, L) = ({K}, {L}) or (batch, K, L) tensor, "
+                         f"got {getattr(orders, 'dtype', type(orders).__name__)} {tuple(getattr(orders, 'shape', ()))}")
+    tensors = {"x": x, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias, "orders": orders}
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        raise ValueError("selective_scan_map: all tensors must be on one device, got "
+                         + ", ".join(f"{k} on {v}" for k, v in devices.items()))
+    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and orders.device.type == "cpu":
+        low, high = torch.aminmax(orders)
+        if low < 0 or high >= L:
+            raise ValueError(f"selective_scan_map: orders must hold positions in [0, {L}), got {int(low)}..{int(high)}")
+    backend = _concrete(backend, x.device)
+    if backend == "naive":
+        u, dl, Bs, Cs = gather_map(x, delta, B, C, orders)
+        y = selective_scan_naive(u, dl, A, Bs, Cs, D, None, delta_bias, delta_softplus)
+        return add_to_map(y, orders, L, Dm)
+    y, _ = torch.ops.vssm.selective_scan_map_fwd(
+        x, delta, A, B, C, D, delta_bias, bool(delta_softplus), orders,
+        _needs_grad(x, delta, A, B, C, D, delta_bias), backend)
+    return y

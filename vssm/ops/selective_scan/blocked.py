@@ -19,15 +19,14 @@ at L = 3136 with trained decay values.
 
 The backward of a linear recurrence is the reverse recurrence
 ``lambda_t = g_t + a_{t+1} * lambda_{t+1}`` (``g`` the gradient reaching ``h_t``), run by the same
-routine; the gradients of the inputs are then elementwise products and reductions. The forward saves
-only its inputs and the backward recomputes the states, as the CUDA kernels do.
+routine; the gradients of the inputs are then elementwise products and reductions. The forward saves the
+step sizes and the states for the backward.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 
-from .outputs import pack_outputs, unpack_grads
 
 
 def block_size(length: int) -> int:
@@ -174,100 +173,97 @@ class _States:
         return y if D is None else y.addcmul_(u, D.float()[:, None])
 
 
-class SelectiveScanTorchFn(torch.autograd.Function):
-    """Autograd wrapper of the blocked scan. Absent optional tensors arrive as empty tensors.
+def residual_shapes(u, A, save):
+    """Shapes and dtypes of what :func:`forward` saves for the backward: dt and every state, time-major."""
+    if not save:
+        return []
+    batch, channels, L = u.shape
+    return [((batch, L, channels), torch.float32), ((batch, L, channels, A.shape[1]), torch.float32)]
 
-    Returns the requested outputs among (y, last_state, states), in that order. Saves the inputs plus
-    the time-major step sizes and states (2 fp32 copies of the sequence, times N for the states).
-    Work on (batch, channels, L) tensors stays in their layout; each transpose to or from time-major
-    is fused into an elementwise product that is needed anyway.
+
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states, save):
+    """(y or None, last state, states or None, residuals). Absent optional tensors are None.
+
+    Saves the time-major step sizes and states (2 fp32 copies of the sequence, times N for the states).
+    Work on (batch, channels, L) tensors stays in their layout; each transpose to or from time-major is
+    fused into an elementwise product that is needed anyway.
     """
+    st = _States(u, delta, A, B, delta_bias, delta_softplus)
+    y = states = None
+    if C is not None:
+        y = st.output(u, C, D)
+        if z is not None:
+            y.mul_(F.silu(z.float()))
+        y = y.to(u.dtype)
+    last = st.h[:, st.L - 1].clone()
+    h = st.h[:, :st.L]
+    if not save:
+        return y, last, h.permute(0, 2, 3, 1).to(u.dtype) if return_states else None, []
+    residual = h if st.Lp == st.L else h.clone()  # an unpadded residual, which the states may not share
+    states = None
+    if return_states:
+        states = h.permute(0, 2, 3, 1).to(u.dtype, copy=residual is h)
+    return y, last, states, [st.dt, residual]
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states):
-        C, D, z, delta_bias = (t if t.numel() else None for t in (C, D, z, delta_bias))
-        ctx.set_materialize_grads(False)
-        st = _States(u, delta, A, B, delta_bias, delta_softplus)
-        ctx.flags = (C is not None, return_last_state, return_states, delta_softplus)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, st.dt, st.h)
-        y = last = states = None
-        if C is not None:
-            y = st.output(u, C, D)
-            if z is not None:
-                y.mul_(F.silu(z.float()))
-            y = y.to(u.dtype)
-        if return_last_state:
-            last = st.h[:, st.L - 1].clone()
-        if return_states:
-            states = st.h[:, :st.L].permute(0, 2, 3, 1)
-            states = states if u.dtype == torch.float32 else states.to(u.dtype)
-        return pack_outputs(y, last, states, return_last_state, return_states)
 
-    @staticmethod
-    def backward(ctx, *grads):
-        u, delta, A, B, C, D, z, delta_bias, dt, h = ctx.saved_tensors
-        has_y, return_last_state, return_states, delta_softplus = ctx.flags
-        st = _States.restore(dt, h, B)
-        dy, dlast, dstates = unpack_grads(grads, has_y, return_last_state, return_states)
-        L, N = st.L, A.shape[1]
-        du = dC = dD = dz = None
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates):
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for absent inputs; fp32 gradients of A, D and bias."""
+    dt, h = residuals
+    st = _States.restore(dt, h, B)
+    L, N = st.L, A.shape[1]
+    du = dC = dD = dz = None
 
-        g = st.h.new_zeros(st.h.shape)  # the gradient reaching every state h_t
-        if dy is not None:
-            dy = dy.float()
-            if z is not None:  # y = y_pre * silu(z)
-                zf = z.float()
-                sz = torch.sigmoid(zf)
-                dz = (st.output(u, C, D).mul_(dy).mul_(sz).mul_(zf.mul(1 - sz).add_(1))).to(z.dtype)
-                dy = sz.mul_(zf).mul_(dy)
-            if D is not None:
-                dD = (dy * u).sum(dim=(0, 2))
-                du = dy * D.float()[:, None]
-            C_tm = _groups_tm(C)
-            dy_tm = _tm_float(dy)
-            dy_g = _grouped(dy_tm, C_tm)
-            torch.mul(dy_g[..., None], C_tm, out=_grouped(g[:, :L], C_tm))
-            dC = _like_groups(_contract_channels(_grouped(st.h[:, :L], C_tm), dy_g), C)
-        if dstates is not None:
-            g[:, :L] += dstates.permute(0, 3, 1, 2)
-        if dlast is not None:
-            g[:, L - 1] += dlast
-        a = st.decays(A)
-        linear_recurrence_(a[:, 1:].flatten(2), g.flatten(2), st.block, reverse=True)
-        lam = g[:, :L]
+    g = st.h.new_zeros((st.h.shape[0], st.Lp) + st.h.shape[2:])  # the gradient reaching every state h_t
+    if dy is not None and C is not None:
+        dy = dy.float()
+        if z is not None:  # y = y_pre * silu(z)
+            zf = z.float()
+            sz = torch.sigmoid(zf)
+            dz = (st.output(u, C, D).mul_(dy).mul_(sz).mul_(zf.mul(1 - sz).add_(1))).to(z.dtype)
+            dy = sz.mul_(zf).mul_(dy)
+        if D is not None:
+            dD = (dy * u).sum(dim=(0, 2))
+            du = dy * D.float()[:, None]
+        C_tm = _groups_tm(C)
+        dy_tm = _tm_float(dy)
+        dy_g = _grouped(dy_tm, C_tm)
+        torch.mul(dy_g[..., None], C_tm, out=_grouped(g[:, :L], C_tm))
+        dC = _like_groups(_contract_channels(_grouped(st.h, C_tm), dy_g), C)
+    elif C is not None:
+        dC = torch.zeros_like(C)
+        dD = torch.zeros_like(D, dtype=torch.float32) if D is not None else None
+        dz = torch.zeros_like(z) if z is not None else None
+    if dstates is not None:
+        g[:, :L] += dstates.permute(0, 3, 1, 2)
+    if dlast is not None:
+        g[:, L - 1] += dlast
+    a = st.decays(A)
+    linear_recurrence_(a[:, 1:].flatten(2), g.flatten(2), st.block, reverse=True)
+    lam = g[:, :L]
 
-        # w_t = lambda_t * a_t * h_{t-1}: the gradient of the decay times the decay (in place over a)
-        w = a[:, :L]
-        w[:, 0].zero_()
-        w[:, 1:].mul_(st.h[:, :L - 1])
-        w.mul_(lam)
-        dA = (w * st.dt[..., None]).sum(dim=(0, 1))
-        ddt = (w * A.float()).sum(dim=-1) if N > 1 else w[..., 0].mul_(A.float()[:, 0])
+    # w_t = lambda_t * a_t * h_{t-1}: the gradient of the decay times the decay (in place over a)
+    w = a[:, :L]
+    w[:, 0].zero_()
+    w[:, 1:].mul_(st.h[:, :L - 1])
+    w.mul_(lam)
+    dA = (w * st.dt[..., None]).sum(dim=(0, 1))
+    ddt = (w * A.float()).sum(dim=-1) if N > 1 else w[..., 0].mul_(A.float()[:, 0])
 
-        # x_t = dt_t B_t u_t: with p = lambda u, ddt += sum_n p B, dB = sum_group p dt, du += dt sum_n lambda B
-        p = lam * _tm(u)[..., None].float()
-        p5 = _grouped(p, st.B_tm)
-        ddt.add_(_contract_states(p5, st.B_tm))
-        dB = _like_groups(_contract_channels(p5, _grouped(st.dt, st.B_tm)), B)
-        du_tm = _contract_states(_grouped(lam, st.B_tm), st.B_tm).mul_(st.dt)
-        if du is None:
-            du = torch.empty_like(u, dtype=torch.float32)
-            _tm(du).copy_(du_tm)
-        else:
-            du.add_(_tm(du_tm))
+    # x_t = dt_t B_t u_t: with p = lambda u, ddt += sum_n p B, dB = sum_group p dt, du += dt sum_n lambda B
+    p = lam * _tm(u)[..., None].float()
+    p5 = _grouped(p, st.B_tm)
+    ddt.add_(_contract_states(p5, st.B_tm))
+    dB = _like_groups(_contract_channels(p5, _grouped(st.dt, st.B_tm)), B)
+    du_tm = _contract_states(_grouped(lam, st.B_tm), st.B_tm).mul_(st.dt)
+    if du is None:
+        du = torch.empty_like(u, dtype=torch.float32)
+        _tm(du).copy_(du_tm)
+    else:
+        du.add_(_tm(du_tm))
 
-        if delta_softplus:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
-            ddt.mul_(torch.neg(st.dt).expm1_().neg_())
-        ddelta = torch.empty_like(delta)
-        _tm(ddelta).copy_(ddt)
-        ddelta_bias = ddt.sum(dim=(0, 1)) if delta_bias is not None else None
-        need = ctx.needs_input_grad
-        return (du.to(u.dtype) if need[0] else None,
-                ddelta if need[1] else None,
-                dA.to(A.dtype) if need[2] else None,
-                dB if need[3] else None,
-                dC if need[4] else None,
-                dD.to(D.dtype) if need[5] and dD is not None else None,
-                dz if need[6] else None,
-                ddelta_bias.to(delta_bias.dtype) if need[7] else None,
-                None, None, None)
+    if delta_softplus:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
+        ddt.mul_(torch.neg(st.dt).expm1_().neg_())
+    ddelta = torch.empty_like(delta)
+    _tm(ddelta).copy_(ddt)
+    ddelta_bias = ddt.sum(dim=(0, 1)) if delta_bias is not None else None
+    return du.to(u.dtype), ddelta, dA, dB, dC, dD, dz, ddelta_bias

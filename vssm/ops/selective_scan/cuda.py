@@ -9,7 +9,6 @@ import importlib
 
 import torch
 
-from .outputs import pack_outputs, unpack_grads
 
 EXTENSION = "vssm_selective_scan_cuda"
 BUILD_HINT = ("build it with `pip install --no-build-isolation ./kernels/selective_scan` "
@@ -35,53 +34,45 @@ def require_cuda_extension():
     return ext
 
 
-def _present(t):
-    return t is not None and t.numel() > 0
+def tile_length(N: int) -> int:
+    """Steps per tile of the kernels (``tile_for_states`` in csrc/scan_launch.h)."""
+    return 64 if N <= 1 else (32 if N <= 4 else 16)
 
 
-class SelectiveScanExtensionFn(torch.autograd.Function):
-    """Autograd wrapper of an extension module with ``fwd`` / ``bwd`` (the CUDA build or its CPU emulator).
-
-    ``segments`` (0: automatic) sets how many parallel segments each sequence is cut into.
-    Absent optional tensors arrive as empty tensors.
-    """
-
-    @staticmethod
-    def forward(ctx, ext, segments, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                return_states):
-        ctx.set_materialize_grads(False)
-        dtypes = (A.dtype, D.dtype, delta_bias.dtype)
-        A = A.float().contiguous()
-        D, delta_bias = D.float().contiguous(), delta_bias.float().contiguous()
-        out, last, states, tiles = ext.fwd(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                           bool(return_last_state), bool(return_states), int(segments))
-        ctx.ext, ctx.segments, ctx.dtypes = ext, segments, dtypes
-        ctx.flags = (_present(C), return_last_state, return_states, delta_softplus)
-        if any(ctx.needs_input_grad[2:10]):
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, tiles)
-        return pack_outputs(out if _present(C) else None, last, states, return_last_state, return_states)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        u, delta, A, B, C, D, z, delta_bias, tiles = ctx.saved_tensors
-        has_y, return_last_state, return_states, delta_softplus = ctx.flags
-        dy, dlast, dstates = unpack_grads(grads, has_y, return_last_state, return_states)
-        empty = u.new_empty(0)
-        if has_y and dy is None:
-            dy = torch.zeros_like(u)
-        du, ddelta, dA, dB, dC, dD, dz, dbias = ctx.ext.bwd(
-            u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), tiles,
-            dy.to(u.dtype) if dy is not None else empty, dlast if dlast is not None else empty,
-            dstates.to(u.dtype) if dstates is not None else empty, int(ctx.segments))
-        a_dtype, d_dtype, bias_dtype = ctx.dtypes
-        return (None, None, du, ddelta, dA.to(a_dtype), dB, dC if _present(C) else None,
-                dD.to(d_dtype) if _present(D) else None, dz if _present(z) else None,
-                dbias.to(bias_dtype) if _present(delta_bias) else None, None, None, None)
+def residual_shapes(u, A, B, C, save):
+    """The state entering each tile, (batch, channels, n_tiles, N) fp32 (always written by the kernels)."""
+    batch, channels, L = u.shape
+    N = A.shape[1]
+    return [((batch, channels, (L + tile_length(N) - 1) // tile_length(N), N), torch.float32)]
 
 
-class SelectiveScanCudaFn:
-    """The compiled CUDA extension behind ``selective_scan(..., backend="cuda")``."""
+def _float(t):
+    return t.float().contiguous() if t is not None else None
 
-    @staticmethod
-    def apply(*args):
-        return SelectiveScanExtensionFn.apply(require_cuda_extension(), 0, *args)
+
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states, save, ext=None,
+            segments=0):
+    """(y or None, last state, states or None, residuals); ``ext``: the module (default: the CUDA build),
+    ``segments``: parallel segments per sequence (0: automatic)."""
+    ext = ext or require_cuda_extension()
+    empty = u.new_empty(0)
+    out, last, states, tiles = ext.fwd(u, delta, _float(A), B, empty if C is None else C,
+                                       _float(D) if D is not None else empty, empty if z is None else z,
+                                       _float(delta_bias) if delta_bias is not None else empty,
+                                       bool(delta_softplus), True, bool(return_states), int(segments))
+    return (out if C is not None else None), last, (states if return_states else None), [tiles]
+
+
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates, ext=None,
+             segments=0):
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for absent inputs."""
+    ext = ext or require_cuda_extension()
+    empty = u.new_empty(0)
+    if C is not None and dy is None:
+        dy = torch.zeros_like(u)
+    grads = ext.bwd(u, delta, _float(A), B, empty if C is None else C, _float(D) if D is not None else empty,
+                    empty if z is None else z, _float(delta_bias) if delta_bias is not None else empty,
+                    bool(delta_softplus), residuals[0], dy.to(u.dtype) if dy is not None else empty,
+                    dlast.float() if dlast is not None else empty, dstates.to(u.dtype) if dstates is not None else empty,
+                    int(segments))
+    return tuple(g if g.numel() else None for g in grads)

@@ -14,7 +14,8 @@ runs the adjoint recurrence ``lambda_t = g_t + a_{t+1} lambda_{t+1}`` as a rever
 and writes du, ddelta, dz; the per-channel reductions (dA, dD, d delta_bias) are summed in registers
 and added once per program, the per-group reductions (dB, dC) with atomic adds into fp32 buffers.
 
-Layers: kernels -> host ``_forward`` / ``_backward`` (allocate, launch) -> ``SelectiveScanTritonFn``.
+Layers: kernels -> host ``_forward`` / ``_backward`` (allocate, launch) -> ``forward`` / ``backward``, run by
+the ``vssm::selective_scan_*`` operators (``op.py``).
 """
 import math
 
@@ -22,7 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .outputs import pack_outputs, unpack_grads
 
 
 @triton.jit
@@ -319,35 +319,31 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, d
     return du, ddelta, dz, dA, dB, dC, dD, dbias
 
 
-class SelectiveScanTritonFn(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels. Absent optional tensors arrive as empty tensors."""
+def residual_shapes(u, A, B, C, save):
+    """The state entering each tile, (batch, channels, N, n_tiles) fp32, when saved."""
+    if not save:
+        return []
+    batch, channels, L, N, _, _, _, n_tiles = _launch_config(u, A, B, C)
+    return [((batch, channels, N, n_tiles), torch.float32)]
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states):
-        C, D, z, delta_bias = (t if t.numel() else None for t in (C, D, z, delta_bias))
-        ctx.set_materialize_grads(False)
-        u, delta = _unit_stride_l(u), _unit_stride_l(delta)
-        z = _unit_stride_l(z) if z is not None else None
-        A = A.contiguous()
-        save = any(ctx.needs_input_grad[:8])
-        y, last, states, chunks = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                           return_states, save)
-        ctx.flags = (C is not None, return_last_state, return_states, delta_softplus)
-        if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunks)
-        return pack_outputs(y if C is not None else None, last, states, return_last_state, return_states)
 
-    @staticmethod
-    def backward(ctx, *grads):
-        u, delta, A, B, C, D, z, delta_bias, chunks = ctx.saved_tensors
-        has_y, return_last_state, return_states, delta_softplus = ctx.flags
-        dy, dlast, dstates = unpack_grads(grads, has_y, return_last_state, return_states)
-        dy = _unit_stride_l(dy) if dy is not None else None
-        du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, dlast, dstates)
-        return (du, ddelta, dA.to(A.dtype), dB, dC,
-                dD.to(D.dtype) if dD is not None else None, dz,
-                dbias.to(delta_bias.dtype) if dbias is not None else None, None, None, None)
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states, save):
+    """(y or None, last state, states or None, residuals); absent optional tensors are None."""
+    u, delta = _unit_stride_l(u), _unit_stride_l(delta)
+    z = _unit_stride_l(z) if z is not None else None
+    y, last, states, chunks = _forward(u, delta, A.contiguous(), B, C, D, z, delta_bias, delta_softplus,
+                                       return_states, save)
+    return y, last, states, [chunks] if save else []
+
+
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates):
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for absent inputs."""
+    u, delta = _unit_stride_l(u), _unit_stride_l(delta)
+    z = _unit_stride_l(z) if z is not None else None
+    dy = _unit_stride_l(dy) if dy is not None and C is not None else None
+    du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(u, delta, A.contiguous(), B, C, D, z, delta_bias,
+                                                      delta_softplus, residuals[0], dy, dlast, dstates)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
 def _unit_stride_l(x):

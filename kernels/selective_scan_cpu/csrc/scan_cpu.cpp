@@ -1,0 +1,422 @@
+// Python binding of the CPU selective scan (module vssm_selective_scan_cpu): checks, allocation, dispatch on
+// (input dtype, B/C dtype, N == 1) to the templated kernels of scan_cpu.h, and the reduction of their partials.
+//
+//   fwd(u, delta, A, B, C, D, z, delta_bias, softplus, return_last, return_states, save)
+//       -> [y, last_state, states, segment_states]
+//   bwd(u, delta, A, B, C, D, z, delta_bias, softplus, segment_states, dy, dlast, dstates)
+//       -> [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]
+//   cross_fwd(x, delta, A, B, C, D, delta_bias, softplus, orders, save) -> [y, segment_states]
+//   cross_bwd(x, delta, A, B, C, D, delta_bias, softplus, orders, segment_states, dy)
+//       -> [dx, ddelta, dA, dB, dC, dD, ddelta_bias]
+//
+// Layouts are those of vssm.ops.selective_scan (u: (batch, channels, L), B/C: (batch, G, N, L) or (batch, N, L))
+// and of its cross-scan entry (x: (batch, L, D) map tokens, delta: (batch, L, K, D), B/C: (batch, L, K, N),
+// orders: (K, L) or (batch, K, L) positions, y: (batch, L, D) float32 sum over the K directions). Absent
+// optional tensors are None; absent outputs come back as empty tensors. Any strides are accepted; the kernels
+// are fastest when channels are contiguous (time-major sequences, channels-last maps).
+#include <torch/extension.h>
+
+#include <numeric>
+#include <type_traits>
+
+#include "scan_cpu.h"
+
+namespace {
+
+using at::Tensor;
+using c10::optional;
+using vssm_cpu::Problem;
+using vssm_cpu::Strides;
+
+constexpr const char* kName = "selective_scan cpu";
+
+int64_t segment_length(int64_t N) { return std::max<int64_t>(8, 128 / std::max<int64_t>(1, N)); }
+
+// Channels per task: whole blocks of up to kBlock, smaller when that leaves threads idle.
+int block_size(int64_t tasks_per_block, int64_t dim) {
+  const int64_t threads = at::get_num_threads();
+  int block = vssm_cpu::kBlock;
+  while (block > 16 && tasks_per_block * ((dim + block - 1) / block) < 2 * threads) block /= 2;
+  return block;
+}
+
+bool present(const optional<Tensor>& t) { return t.has_value() && t->defined() && t->numel() > 0; }
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), kName, ": ", name, " must be a CPU tensor, got ", t.device());
+}
+
+template <typename T>
+struct Tag {
+  using type = T;
+};
+
+template <typename F>
+void dispatch(at::ScalarType input, at::ScalarType weight, int64_t N, F&& f) {
+  auto with_n = [&](auto in_tag, auto w_tag) {
+    if (N == 1)
+      f(in_tag, w_tag, std::integral_constant<int, 1>{});
+    else
+      f(in_tag, w_tag, std::integral_constant<int, 0>{});
+  };
+  auto with_weight = [&](auto in_tag) {
+    using in_t = typename decltype(in_tag)::type;
+    if (weight == at::kFloat)
+      with_n(in_tag, Tag<float>{});
+    else
+      with_n(in_tag, Tag<in_t>{});
+  };
+  switch (input) {
+    case at::kFloat: return with_n(Tag<float>{}, Tag<float>{});
+    case at::kHalf: return with_weight(Tag<c10::Half>{});
+    case at::kBFloat16: return with_weight(Tag<c10::BFloat16>{});
+    default: TORCH_CHECK(false, kName, ": u must be float32, float16 or bfloat16, got ", input);
+  }
+}
+
+// (batch, channels, L) with channels split into `groups` of `dim`, as [b][p][k][d] strides.
+Strides sequence_strides(const Tensor& t, int64_t dim) {
+  return {t.stride(0), t.stride(2), dim * t.stride(1), t.stride(1)};
+}
+
+// A (batch, channels, L) tensor whose channels are contiguous: a view when it already is one.
+Tensor time_major(const Tensor& t) {
+  if (t.stride(1) == 1 || t.size(1) == 1) return t;
+  return t.transpose(1, 2).contiguous().transpose(1, 2);
+}
+
+// B or C, (batch, G, N, L) grouped or (batch, N, L) shared, as [b][p][k][n] strides and its group count.
+Strides group_strides(const Tensor& t, int64_t& groups) {
+  if (t.dim() == 3) {
+    groups = 1;
+    return {t.stride(0), t.stride(2), 0, t.stride(1)};
+  }
+  groups = t.size(1);
+  return {t.stride(0), t.stride(3), t.stride(1), t.stride(2)};
+}
+
+struct Constants {  // A, D, delta_bias as contiguous float32
+  Tensor A, D, bias;
+};
+
+Constants constants(const Tensor& A, const optional<Tensor>& D, const optional<Tensor>& bias) {
+  Constants c;
+  c.A = A.to(at::kFloat).contiguous();
+  c.D = present(D) ? D->to(at::kFloat).contiguous() : Tensor();
+  c.bias = present(bias) ? bias->to(at::kFloat).contiguous() : Tensor();
+  return c;
+}
+
+void fill_constants(Problem& p, const Constants& c, bool softplus) {
+  p.A = c.A.data_ptr<float>();
+  p.D = c.D.defined() ? c.D.data_ptr<float>() : nullptr;
+  p.bias = c.bias.defined() ? c.bias.data_ptr<float>() : nullptr;
+  p.softplus = softplus;
+  p.seg_len = segment_length(p.n_state);
+}
+
+// ---- the standard entry: (batch, channels, L) sequences ----------------------------------------------------
+
+struct Standard {
+  Problem p;
+  Tensor u, delta, z;
+  Constants c;
+  int64_t groups_B = 1, groups_C = 1;
+};
+
+Standard describe(const Tensor& u_in, const Tensor& delta_in, const Tensor& A, const Tensor& B,
+                  const optional<Tensor>& C, const optional<Tensor>& D, const optional<Tensor>& z_in,
+                  const optional<Tensor>& bias, bool softplus) {
+  TORCH_CHECK(u_in.dim() == 3 && u_in.numel() > 0, kName, ": u must be a non-empty (batch, channels, L) tensor, got ",
+              u_in.sizes());
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&u_in, "u"}, {&delta_in, "delta"}, {&A, "A"},
+                                {&B, "B"}})
+    check_cpu(*t, name);
+  TORCH_CHECK(delta_in.sizes() == u_in.sizes() && delta_in.scalar_type() == u_in.scalar_type(), kName,
+              ": delta must match u's shape and dtype");
+  Standard s;
+  Problem& p = s.p;
+  p.batch = u_in.size(0);
+  const int64_t channels = u_in.size(1);
+  p.length = u_in.size(2);
+  p.n_state = A.size(1);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == channels, kName, ": A must be (", channels, ", N), got ", A.sizes());
+  TORCH_CHECK(p.n_state >= 1 && p.n_state <= vssm_cpu::kMaxState, kName, ": N = ", p.n_state,
+              " states; the cpu backend supports 1 to ", vssm_cpu::kMaxState, " (use backend='torch')");
+  Strides sB = group_strides(B, s.groups_B), sC;
+  if (present(C)) {
+    check_cpu(*C, "C");
+    TORCH_CHECK(C->scalar_type() == B.scalar_type(), kName, ": B and C must have one dtype");
+    sC = group_strides(*C, s.groups_C);
+  }
+  TORCH_CHECK(B.scalar_type() == u_in.scalar_type() || B.scalar_type() == at::kFloat, kName,
+              ": B must be ", u_in.scalar_type(), " or float32, got ", B.scalar_type());
+  p.groups = std::lcm(s.groups_B, s.groups_C);
+  TORCH_CHECK(channels % p.groups == 0, kName, ": the groups of B and C do not divide ", channels, " channels");
+  p.dim = channels / p.groups;
+  p.B_div = p.groups / s.groups_B;
+  p.C_div = p.groups / s.groups_C;
+  s.u = time_major(u_in);
+  s.delta = time_major(delta_in);
+  p.u = s.u.data_ptr();
+  p.su = sequence_strides(s.u, p.dim);
+  p.delta = s.delta.data_ptr();
+  p.sdt = sequence_strides(s.delta, p.dim);
+  p.B = B.data_ptr();
+  p.sB = sB;
+  if (present(C)) {
+    p.C = C->data_ptr();
+    p.sC = sC;
+  }
+  if (present(z_in)) {
+    check_cpu(*z_in, "z");
+    s.z = time_major(*z_in);
+    p.z = s.z.data_ptr();
+    p.sz = sequence_strides(s.z, p.dim);
+  }
+  s.c = constants(A, D, bias);
+  fill_constants(p, s.c, softplus);
+  p.block = block_size(p.groups, p.dim);
+  return s;
+}
+
+std::vector<Tensor> fwd(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                        const optional<Tensor>& C, const optional<Tensor>& D, const optional<Tensor>& z,
+                        const optional<Tensor>& bias, bool softplus, bool return_last, bool return_states, bool save) {
+  Standard s = describe(u, delta, A, B, C, D, z, bias, softplus);
+  Problem& p = s.p;
+  const int64_t channels = p.channels(), N = p.n_state;
+  vssm_cpu::ForwardOut o;
+  Tensor y = present(C) ? at::empty_like(s.u) : u.new_empty({0});
+  if (present(C)) {
+    o.y = y.data_ptr();
+    o.sy = sequence_strides(y, p.dim);
+  }
+  Tensor last = at::empty({p.batch, channels, N}, u.options().dtype(at::kFloat));
+  o.last = last.data_ptr<float>();
+  Tensor states_tm = return_states ? at::empty({p.batch, p.length, channels, N}, u.options()) : u.new_empty({0});
+  if (return_states) o.states = states_tm.data_ptr();
+  Tensor seg = save ? at::empty({p.batch, p.n_segments(), N, channels}, u.options().dtype(at::kFloat))
+                    : u.new_empty({0}, u.options().dtype(at::kFloat));
+  if (save) o.seg = seg.data_ptr<float>();
+  dispatch(u.scalar_type(), B.scalar_type(), N, [&](auto in_tag, auto w_tag, auto ns) {
+    vssm_cpu::run_forward<typename decltype(in_tag)::type, typename decltype(w_tag)::type, decltype(ns)::value>(p, o);
+  });
+  Tensor states = return_states ? states_tm.permute({0, 2, 3, 1}) : states_tm;
+  return {y, last, states, seg};
+}
+
+// dB or dC from the per-block partials (groups, n_blocks, batch, L, N), in the layout of B or C.
+Tensor reduce_groups(const Tensor& part, int64_t groups_out, const Tensor& like) {
+  const auto sizes = part.sizes();  // (G, nb, batch, L, N)
+  Tensor r = part.view({groups_out, -1, sizes[2], sizes[3], sizes[4]}).sum(1);  // (G', batch, L, N)
+  r = r.permute({1, 0, 3, 2});  // (batch, G', N, L)
+  if (like.dim() == 3) r = r.select(1, 0);
+  return r.to(like.scalar_type());
+}
+
+std::vector<Tensor> bwd(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                        const optional<Tensor>& C, const optional<Tensor>& D, const optional<Tensor>& z,
+                        const optional<Tensor>& bias, bool softplus, const Tensor& seg, const optional<Tensor>& dy,
+                        const optional<Tensor>& dlast, const optional<Tensor>& dstates) {
+  Standard s = describe(u, delta, A, B, C, D, z, bias, softplus);
+  Problem& p = s.p;
+  const int64_t channels = p.channels(), N = p.n_state;
+  TORCH_CHECK(seg.dim() == 4 && seg.size(1) == p.n_segments() && seg.scalar_type() == at::kFloat, kName,
+              ": segment_states do not come from this forward");
+  vssm_cpu::BackwardIn in;
+  Tensor seg_c = seg.contiguous();
+  in.seg = seg_c.data_ptr<float>();
+  Tensor dy_tm, dlast_c, dstates_c;
+  if (present(dy) && present(C)) {
+    dy_tm = time_major(dy->to(u.scalar_type()));
+    in.dy = dy_tm.data_ptr();
+    in.sdy = sequence_strides(dy_tm, p.dim);
+  }
+  if (present(dlast)) {
+    dlast_c = dlast->to(at::kFloat).contiguous();
+    in.dlast = dlast_c.data_ptr<float>();
+  }
+  if (present(dstates)) {
+    dstates_c = dstates->to(u.scalar_type());
+    in.dstates = dstates_c.data_ptr();
+    in.dst_b = dstates_c.stride(0);
+    in.dst_c = dstates_c.stride(1);
+    in.dst_n = dstates_c.stride(2);
+    in.dst_t = dstates_c.stride(3);
+  }
+  const auto f32 = u.options().dtype(at::kFloat);
+  vssm_cpu::BackwardOut o;
+  Tensor du = at::empty_like(s.u), ddelta = at::empty_like(s.delta);
+  o.du = du.data_ptr();
+  o.sdu = sequence_strides(du, p.dim);
+  o.ddelta = ddelta.data_ptr();
+  o.sddt = sequence_strides(ddelta, p.dim);
+  Tensor dz;
+  if (present(z)) {
+    dz = in.dy ? at::empty_like(s.z) : at::zeros_like(s.z);
+    o.dz = dz.data_ptr();
+    o.sdz = sequence_strides(dz, p.dim);
+  }
+  Tensor dA = at::empty({p.batch, channels, N}, f32), dD = at::empty({p.batch, channels}, f32);
+  Tensor dbias = at::empty({p.batch, channels}, f32);
+  o.dA = dA.data_ptr<float>();
+  o.dD = dD.data_ptr<float>();
+  o.dbias = dbias.data_ptr<float>();
+  Tensor dB = at::empty({p.groups, p.n_blocks(), p.batch, p.length, N}, f32);
+  o.dB = dB.data_ptr<float>();
+  Tensor dC;
+  if (present(C)) {
+    dC = at::empty_like(dB);
+    o.dC = dC.data_ptr<float>();
+  }
+  dispatch(u.scalar_type(), B.scalar_type(), N, [&](auto in_tag, auto w_tag, auto ns) {
+    vssm_cpu::run_backward<typename decltype(in_tag)::type, typename decltype(w_tag)::type, decltype(ns)::value>(
+        p, in, o);
+  });
+  Tensor none = u.new_empty({0});
+  return {du,
+          ddelta,
+          dA.sum(0),
+          reduce_groups(dB, s.groups_B, B),
+          present(C) ? reduce_groups(dC, s.groups_C, *C) : none,
+          present(D) ? dD.sum(0) : none,
+          present(z) ? dz : none,
+          present(bias) ? dbias.sum(0) : none};
+}
+
+// ---- the fused cross-scan entry: K directions read one map through position tables ------------------------
+
+struct Cross {
+  Problem p;
+  Constants c;
+  Tensor orders;
+};
+
+Cross describe_cross(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                     const optional<Tensor>& D, const optional<Tensor>& bias, bool softplus, const Tensor& orders) {
+  TORCH_CHECK(x.dim() == 3 && x.numel() > 0, kName, ": x must be a non-empty (batch, L, D) map, got ", x.sizes());
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&delta, "delta"}, {&A, "A"},
+                                {&B, "B"}, {&C, "C"}, {&orders, "orders"}})
+    check_cpu(*t, name);
+  Cross s;
+  Problem& p = s.p;
+  p.batch = x.size(0);
+  p.length = x.size(1);
+  p.dim = x.size(2);
+  TORCH_CHECK(delta.dim() == 4 && delta.size(0) == p.batch && delta.size(1) == p.length && delta.size(3) == p.dim,
+              kName, ": delta must be (batch, L, K, D) = (", p.batch, ", ", p.length, ", K, ", p.dim, "), got ",
+              delta.sizes());
+  TORCH_CHECK(delta.scalar_type() == x.scalar_type(), kName, ": delta must have x's dtype");
+  p.groups = delta.size(2);
+  p.n_state = A.size(1);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == p.groups * p.dim, kName, ": A must be (K*D, N), got ", A.sizes());
+  TORCH_CHECK(p.n_state >= 1 && p.n_state <= vssm_cpu::kMaxState, kName, ": N = ", p.n_state, " is over ",
+              vssm_cpu::kMaxState);
+  for (const Tensor* t : {&B, &C})
+    TORCH_CHECK(t->dim() == 4 && t->size(0) == p.batch && t->size(1) == p.length && t->size(2) == p.groups &&
+                    t->size(3) == p.n_state,
+                kName, ": B and C must be (batch, L, K, N), got ", t->sizes());
+  TORCH_CHECK(B.scalar_type() == C.scalar_type() && (B.scalar_type() == x.scalar_type() || B.scalar_type() == at::kFloat),
+              kName, ": B and C must both have x's dtype or float32");
+  TORCH_CHECK(orders.scalar_type() == at::kLong, kName, ": orders must be int64");
+  s.orders = orders.contiguous();
+  if (s.orders.dim() == 2) {
+    TORCH_CHECK(s.orders.size(0) == p.groups && s.orders.size(1) == p.length, kName, ": orders must be (K, L)");
+    p.index_b = 0;
+  } else {
+    TORCH_CHECK(s.orders.dim() == 3 && s.orders.size(0) == p.batch && s.orders.size(1) == p.groups &&
+                    s.orders.size(2) == p.length,
+                kName, ": orders must be (K, L) or (batch, K, L), got ", s.orders.sizes());
+    p.index_b = p.groups * p.length;
+  }
+  p.index = s.orders.data_ptr<int64_t>();
+  p.index_k = p.length;
+  p.u = x.data_ptr();
+  p.su = {x.stride(0), x.stride(1), 0, x.stride(2)};
+  p.delta = delta.data_ptr();
+  p.sdt = {delta.stride(0), delta.stride(1), delta.stride(2), delta.stride(3)};
+  p.B = B.data_ptr();
+  p.sB = {B.stride(0), B.stride(1), B.stride(2), B.stride(3)};
+  p.C = C.data_ptr();
+  p.sC = {C.stride(0), C.stride(1), C.stride(2), C.stride(3)};
+  p.sum_groups = true;
+  s.c = constants(A, D, bias);
+  fill_constants(p, s.c, softplus);
+  p.block = block_size(1, p.dim);
+  return s;
+}
+
+Strides map_strides(const Tensor& t) { return {t.stride(0), t.stride(1), 0, t.stride(2)}; }
+
+std::vector<Tensor> cross_fwd(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                              const optional<Tensor>& D, const optional<Tensor>& bias, bool softplus,
+                              const Tensor& orders, bool save) {
+  Cross s = describe_cross(x, delta, A, B, C, D, bias, softplus, orders);
+  Problem& p = s.p;
+  const auto f32 = x.options().dtype(at::kFloat);
+  Tensor y = at::zeros({p.batch, p.length, p.dim}, f32);
+  vssm_cpu::ForwardOut o;
+  o.y = y.data_ptr();
+  o.sy = map_strides(y);
+  Tensor seg = save ? at::empty({p.batch, p.n_segments(), p.n_state, p.channels()}, f32) : at::empty({0}, f32);
+  if (save) o.seg = seg.data_ptr<float>();
+  dispatch(x.scalar_type(), B.scalar_type(), p.n_state, [&](auto in_tag, auto w_tag, auto ns) {
+    vssm_cpu::run_forward<typename decltype(in_tag)::type, typename decltype(w_tag)::type, decltype(ns)::value>(p, o);
+  });
+  return {y, seg};
+}
+
+std::vector<Tensor> cross_bwd(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                              const optional<Tensor>& D, const optional<Tensor>& bias, bool softplus,
+                              const Tensor& orders, const Tensor& seg, const Tensor& dy) {
+  Cross s = describe_cross(x, delta, A, B, C, D, bias, softplus, orders);
+  Problem& p = s.p;
+  const int64_t N = p.n_state, channels = p.channels();
+  TORCH_CHECK(seg.dim() == 4 && seg.size(1) == p.n_segments() && seg.scalar_type() == at::kFloat, kName,
+              ": segment_states do not come from this forward");
+  TORCH_CHECK(dy.sizes() == x.sizes(), kName, ": dy must be (batch, L, D) like x");
+  const auto f32 = x.options().dtype(at::kFloat);
+  Tensor seg_c = seg.contiguous(), dy_f = dy.to(at::kFloat);
+  vssm_cpu::BackwardIn in;
+  in.seg = seg_c.data_ptr<float>();
+  in.dy = dy_f.data_ptr();
+  in.sdy = map_strides(dy_f);
+  vssm_cpu::BackwardOut o;
+  Tensor dx = at::zeros({p.batch, p.length, p.dim}, f32);
+  o.du = dx.data_ptr();
+  o.sdu = map_strides(dx);
+  Tensor ddelta = at::empty(delta.sizes(), delta.options());
+  o.ddelta = ddelta.data_ptr();
+  o.sddt = {ddelta.stride(0), ddelta.stride(1), ddelta.stride(2), ddelta.stride(3)};
+  Tensor dA = at::empty({p.batch, channels, N}, f32), dD = at::empty({p.batch, channels}, f32);
+  Tensor dbias = at::empty({p.batch, channels}, f32);
+  o.dA = dA.data_ptr<float>();
+  o.dD = dD.data_ptr<float>();
+  o.dbias = dbias.data_ptr<float>();
+  Tensor dB = at::empty({p.groups, p.n_blocks(), p.batch, p.length, N}, f32), dC = at::empty_like(dB);
+  o.dB = dB.data_ptr<float>();
+  o.dC = dC.data_ptr<float>();
+  dispatch(x.scalar_type(), B.scalar_type(), N, [&](auto in_tag, auto w_tag, auto ns) {
+    vssm_cpu::run_backward<typename decltype(in_tag)::type, typename decltype(w_tag)::type, decltype(ns)::value>(
+        p, in, o);
+  });
+  // (K, nb, batch, L, N) -> (batch, L, K, N)
+  auto to_map = [&](const Tensor& part, const Tensor& like) {
+    return part.sum(1).permute({1, 2, 0, 3}).to(like.scalar_type());
+  };
+  Tensor none = x.new_empty({0});
+  return {dx.to(x.scalar_type()), ddelta, dA.sum(0), to_map(dB, B), to_map(dC, C),
+          present(D) ? dD.sum(0) : none, present(bias) ? dbias.sum(0) : none};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vssm selective scan: compiled CPU kernels (see kernels/selective_scan_cpu)";
+  m.def("segment_length", &segment_length, "steps between the states the forward saves for the backward, given N");
+  m.def("fwd", &fwd, "selective scan forward");
+  m.def("bwd", &bwd, "selective scan backward");
+  m.def("cross_fwd", &cross_fwd, "fused cross-scan forward");
+  m.def("cross_bwd", &cross_bwd, "fused cross-scan backward");
+}

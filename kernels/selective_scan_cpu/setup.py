@@ -1,0 +1,36 @@
+"""The compiled CPU selective-scan backend of vssm (module ``vssm_selective_scan_cpu``).
+
+    pip install --no-build-isolation ./kernels/selective_scan_cpu       # from the repository root
+    VSSM_CPU_ARCH=x86-64-v3 pip install --no-build-isolation ./kernels/selective_scan_cpu   # portable AVX2 build
+
+Plain C++17 on ATen with OpenMP, built with the system compiler against the installed torch (hence
+--no-build-isolation). The inner loops run over contiguous channels and are vectorised by the compiler for
+VSSM_CPU_ARCH (default ``native``: the machine that builds it, which is where scripts/setup_env.sh runs it).
+"""
+import os
+import sys
+
+
+def main():
+    try:
+        from setuptools import setup
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        sys.exit("vssm-selective-scan-cpu: torch is not importable; install with "
+                 "`pip install --no-build-isolation ./kernels/selective_scan_cpu` into the environment that has torch")
+    arch = os.environ.get("VSSM_CPU_ARCH", "native")
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]
+    if arch:
+        flags.append(f"-march={arch}")
+    setup(
+        name="vssm-selective-scan-cpu",
+        version="0.1.0",
+        description="Compiled CPU selective-scan kernels for vssm (optional)",
+        ext_modules=[CppExtension(name="vssm_selective_scan_cpu", sources=["csrc/scan_cpu.cpp"],
+                                  extra_compile_args=flags, extra_link_args=["-fopenmp"])],
+        cmdclass={"build_ext": BuildExtension},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The selective scan as PyTorch operators, so that it compiles (torch.compile), exports (torch.export) and
+keeps its fast backends inside a traced graph.
+
+    torch.ops.vssm.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save,
+                                      backend) -> (y, last_state, states, residuals)
+    torch.ops.vssm.selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast,
+                                      dstates, backend) -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)
+    torch.ops.vssm.selective_scan_map_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save, backend)
+        -> (y, residuals)
+    torch.ops.vssm.selective_scan_map_bwd(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy,
+                                          backend) -> (dx, ddelta, dA, dB, dC, dD, ddelta_bias)
+
+Each has a fake (meta) kernel giving its outputs' shapes and strides, the forward ops a registered autograd
+formula that calls the backward op, and real kernels registered for the CPU and CUDA dispatch keys that run
+the backend named by ``backend`` (``torch``, ``cpu``, ``triton`` or ``cuda``; see ``__init__``). Shapes are
+those of :func:`vssm.ops.selective_scan` and :func:`vssm.ops.selective_scan_map`. Absent outputs are empty
+tensors. ``residuals`` is what the backend keeps for the backward (its own layout); ``save=False`` keeps
+nothing (inference).
+
+Outputs have one fixed layout whatever the backend, which the fake kernels state: sequences (y, du, ddelta,
+dz) time-major, (batch, channels, L) views of (batch, L, channels) memory; states (batch, channels, N, L)
+views of (batch, L, channels, N); everything else contiguous.
+
+A backend module provides ``forward``, ``backward`` and ``residual_shapes``, and for the map entry either
+``map_forward``, ``map_backward`` and ``map_residual_shapes`` (the scan reads the map through the orders
+itself) or nothing, in which case the map entry gathers the K sequences, runs the backend's ``forward`` on
+them and adds the results back onto the map (``gathered.py``).
+"""
+import importlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import gathered
+
+BACKEND_MODULES = {"torch": "blocked", "cpu": "cpu", "triton": "fused_triton", "cuda": "cuda"}
+
+
+def backend_module(name: str):
+    """The module implementing a (compiled or not) backend."""
+    return importlib.import_module(f".{BACKEND_MODULES[name]}", __package__)
+
+
+# ---- fixed output layouts ------------------------------------------------------------------------------------
+
+def _time_major(like: Tensor, dtype=None) -> Tensor:
+    batch, channels, L = like.shape
+    return like.new_empty((batch, L, channels), dtype=dtype or like.dtype).transpose(1, 2)
+
+
+def _as_layout(t: Tensor, empty: Tensor) -> Tensor:
+    """``t`` in the layout of ``empty`` (a fresh tensor of the wanted strides): itself when it already is."""
+    if t.stride() == empty.stride() and t.dtype == empty.dtype:
+        return t
+    return empty.copy_(t)
+
+
+def _time_major_out(t: Optional[Tensor], like: Tensor, dtype=None) -> Tensor:
+    if t is None:
+        return like.new_empty(0)
+    return _as_layout(t, _time_major(like, dtype or t.dtype))
+
+
+def _states_empty(u: Tensor, N: int) -> Tensor:
+    batch, channels, L = u.shape
+    return u.new_empty((batch, L, channels, N)).permute(0, 2, 3, 1)
+
+
+def _contiguous_out(t: Optional[Tensor], like: Tensor, dtype=None) -> Tensor:
+    if t is None:
+        return like.new_empty(0)
+    return t.to(dtype or t.dtype).contiguous()
+
+
+def _present(t: Optional[Tensor]) -> Optional[Tensor]:
+    return t if t is not None and t.numel() > 0 else None
+
+
+# ---- the sequence entry ----------------------------------------------------------------------------------------
+
+@torch.library.custom_op("vssm::selective_scan_fwd", mutates_args=(), device_types=("cpu", "cuda"))
+def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor], D: Optional[Tensor],
+                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, return_states: bool,
+                       save: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    y, last, states, residuals = backend_module(backend).forward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, return_states, save)
+    N = A.shape[1]
+    states = _as_layout(states, _states_empty(u, N)) if return_states else u.new_empty(0)
+    return (_time_major_out(y, u), last.float().contiguous(), states, [r.contiguous() for r in residuals])
+
+
+@selective_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save, backend):
+    batch, channels, L = u.shape
+    N = A.shape[1]
+    y = _time_major(u) if C is not None else u.new_empty(0)
+    states = _states_empty(u, N) if return_states else u.new_empty(0)
+    residuals = [u.new_empty(shape, dtype=dtype)
+                 for shape, dtype in backend_module(backend).residual_shapes(u, A, B, C, save)]
+    return y, u.new_empty((batch, channels, N), dtype=torch.float32), states, residuals
+
+
+@torch.library.custom_op("vssm::selective_scan_bwd", mutates_args=(), device_types=("cpu", "cuda"))
+def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor], D: Optional[Tensor],
+                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                       residuals: list[Tensor], dy: Optional[Tensor], dlast: Optional[Tensor],
+                       dstates: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                          Tensor, Tensor, Tensor]:
+    du, ddelta, dA, dB, dC, dD, dz, dbias = backend_module(backend).backward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates)
+    return (_time_major_out(du, u, u.dtype), _time_major_out(ddelta, delta, delta.dtype),
+            _contiguous_out(dA, A, torch.float32), _contiguous_out(dB, B, B.dtype),
+            _contiguous_out(dC, u, C.dtype if C is not None else None),
+            _contiguous_out(dD, u, torch.float32) if D is not None else u.new_empty(0),
+            _time_major_out(dz, u, z.dtype if z is not None else None) if z is not None else u.new_empty(0),
+            _contiguous_out(dbias, u, torch.float32) if delta_bias is not None else u.new_empty(0))
+
+
+@selective_scan_bwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates, backend):
+    f32 = torch.float32
+    none = u.new_empty(0)
+    return (_time_major(u), _time_major(delta), A.new_empty(A.shape, dtype=f32), B.new_empty(B.shape),
+            C.new_empty(C.shape) if C is not None else none,
+            u.new_empty(D.shape, dtype=f32) if D is not None else none,
+            _time_major(z) if z is not None else none,
+            u.new_empty(delta_bias.shape, dtype=f32) if delta_bias is not None else none)
+
+
+def _setup_scan(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *output[3])
+    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+
+
+def _backward_scan(ctx, dy, dlast, dstates, dresiduals):
+    u, delta, A, B, C, D, z, delta_bias, *residuals = ctx.saved_tensors
+    if not residuals:
+        raise RuntimeError("selective_scan: this forward ran without gradients (save=False) and kept nothing for "
+                           "a backward")
+    du, ddelta, dA, dB, dC, dD, dz, dbias = torch.ops.vssm.selective_scan_bwd(
+        u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, residuals, _present(dy), _present(dlast),
+        _present(dstates), ctx.backend)
+    return (du, ddelta, dA.to(A.dtype), dB, dC if C is not None else None, dD.to(D.dtype) if D is not None else None,
+            dz if z is not None else None, dbias.to(delta_bias.dtype) if delta_bias is not None else None,
+            None, None, None, None)
+
+
+torch.library.register_autograd("vssm::selective_scan_fwd", _backward_scan, setup_context=_setup_scan)
+
+
+# ---- the map entry (fused cross-scan) --------------------------------------------------------------------------
+
+def _map_impl(backend: str):
+    module = backend_module(backend)
+    return module if hasattr(module, "map_forward") else gathered.Gathered(module)
+
+
+@torch.library.custom_op("vssm::selective_scan_map_fwd", mutates_args=(), device_types=("cpu", "cuda"))
+def selective_scan_map_fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                           delta_bias: Optional[Tensor], delta_softplus: bool, orders: Tensor, save: bool,
+                           backend: str) -> tuple[Tensor, list[Tensor]]:
+    y, residuals = _map_impl(backend).map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save)
+    return y.float().contiguous(), [r.contiguous() for r in residuals]
+
+
+@selective_scan_map_fwd.register_fake
+def _(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save, backend):
+    residuals = [x.new_empty(shape, dtype=dtype)
+                 for shape, dtype in _map_impl(backend).map_residual_shapes(x, delta, A, B, save)]
+    return x.new_empty(x.shape, dtype=torch.float32), residuals
+
+
+@torch.library.custom_op("vssm::selective_scan_map_bwd", mutates_args=(), device_types=("cpu", "cuda"))
+def selective_scan_map_bwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                           delta_bias: Optional[Tensor], delta_softplus: bool, orders: Tensor,
+                           residuals: list[Tensor], dy: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor,
+                                                                                       Tensor, Tensor, Tensor]:
+    dx, ddelta, dA, dB, dC, dD, dbias = _map_impl(backend).map_backward(
+        x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy)
+    none = x.new_empty(0)
+    return (dx.to(x.dtype).contiguous(), ddelta.to(delta.dtype).contiguous(), dA.float().contiguous(),
+            dB.to(B.dtype).contiguous(), dC.to(C.dtype).contiguous(),
+            dD.float().contiguous() if D is not None else none,
+            dbias.float().contiguous() if delta_bias is not None else none)
+
+
+@selective_scan_map_bwd.register_fake
+def _(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy, backend):
+    f32 = torch.float32
+    none = x.new_empty(0)
+    return (x.new_empty(x.shape), delta.new_empty(delta.shape), A.new_empty(A.shape, dtype=f32),
+            B.new_empty(B.shape), C.new_empty(C.shape), x.new_empty(D.shape, dtype=f32) if D is not None else none,
+            x.new_empty(delta_bias.shape, dtype=f32) if delta_bias is not None else none)
+
+
+def _setup_map(ctx, inputs, output):
+    x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save, backend = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, orders, *output[1])
+    ctx.delta_softplus, ctx.backend = delta_softplus, backend
+
+
+def _backward_map(ctx, dy, dresiduals):
+    x, delta, A, B, C, D, delta_bias, orders, *residuals = ctx.saved_tensors
+    if not residuals:
+        raise RuntimeError("selective_scan_map: this forward ran without gradients (save=False) and kept nothing "
+                           "for a backward")
+    dx, ddelta, dA, dB, dC, dD, dbias = torch.ops.vssm.selective_scan_map_bwd(
+        x, delta, A, B, C, D, delta_bias, ctx.delta_softplus, orders, residuals, dy, ctx.backend)
+    return (dx, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype) if D is not None else None,
+            dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None, None, None)
+
+
+torch.library.register_autograd("vssm::selective_scan_map_fwd", _backward_map, setup_context=_setup_map)
