@@ -26,7 +26,9 @@ def main():
         name="vssm-selective-scan-cpu",
         version="0.1.0",
         description="Compiled CPU selective-scan kernels for vssm (optional)",
-        ext_modules=[CppExtension(name="vssm_selective_scan_cpu", sources=["csrc/scan_cpu.cpp"],
+        ext_modules=[CppExtension(name="vssm_selective_scan_cpu",
+                                  sources=["csrc/scan_cpu.cpp", "csrc/scan_cpu_fp32.cpp", "csrc/scan_cpu_fp16.cpp",
+                                           "csrc/scan_cpu_bf16.cpp"],
                                   extra_compile_args=flags, extra_link_args=["-fopenmp"])],
         cmdclass={"build_ext": BuildExtension},
     )

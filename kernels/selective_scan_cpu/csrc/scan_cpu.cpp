@@ -1,5 +1,5 @@
 // Python binding of the CPU selective scan (module vssm_selective_scan_cpu): checks, allocation, dispatch on
-// (input dtype, B/C dtype, N == 1) to the templated kernels of scan_cpu.h, and the reduction of their partials.
+// (input dtype, B/C dtype, N == 1) to the kernels (scan_cpu_kernels.h, one file per dtype), and the reduction of their partials.
 //
 //   fwd(u, delta, A, B, C, D, z, delta_bias, softplus, return_last, return_states, save)
 //       -> [y, last_state, states, segment_states]
@@ -19,7 +19,7 @@
 #include <numeric>
 #include <type_traits>
 
-#include "scan_cpu.h"
+#include "scan_cpu_problem.h"
 
 namespace {
 

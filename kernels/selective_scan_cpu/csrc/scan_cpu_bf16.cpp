@@ -1,0 +1,7 @@
+// Kernels for bf16 inputs (B and C in the input dtype or float32), compiled apart from the binding.
+#include "scan_cpu_kernels.h"
+
+namespace vssm_cpu {
+VSSM_CPU_INSTANTIATE(c10::BFloat16, c10::BFloat16)
+VSSM_CPU_INSTANTIATE(c10::BFloat16, float)
+}  // namespace vssm_cpu

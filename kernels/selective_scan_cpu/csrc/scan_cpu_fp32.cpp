@@ -1,0 +1,6 @@
+// Kernels for fp32 inputs (B and C in the input dtype or float32), compiled apart from the binding.
+#include "scan_cpu_kernels.h"
+
+namespace vssm_cpu {
+VSSM_CPU_INSTANTIATE(float, float)
+}  // namespace vssm_cpu
