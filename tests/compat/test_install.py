@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 import vssm.compat
 from vssm.compat import importer, kernels
