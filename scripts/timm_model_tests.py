@@ -20,6 +20,7 @@ import argparse
 import collections
 import importlib.util
 import os
+import shlex
 import sys
 import time
 
@@ -140,7 +141,7 @@ def main():
     plugin = VssmSelection(models)
     pytest_args = [test_file, "-m", " or ".join(args.markers), "-rs", "-v", "-p", "no:cacheprovider",
                    "--import-mode=importlib", "-o", "addopts=", "--durations=10"]
-    print("pytest " + " ".join(pytest_args), flush=True)
+    print("pytest " + shlex.join(pytest_args), flush=True)
     status = pytest.main(pytest_args, plugins=[plugin])
     results = plugin.results
     if not args.no_intermediates and "features" in args.markers:
