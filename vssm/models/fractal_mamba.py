@@ -29,10 +29,11 @@ the paper's 30M / 4.8G. ``directions`` and ``ffp_levels`` are constructor option
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import generate_default_cfgs
 
 from ..scans import gather_sequences, merge_sequences
 from ..scans.hilbert import hilbert_orders
-from ._registry import build, register_model
+from ._registry import build, pretrained_cfg, register_model
 from .vmamba import SS2D, DirectionalScan, VMamba, VMambaBackbone
 
 __all__ = ["FractalMamba", "FractalMambaBackbone", "FractalSS2D"]
@@ -126,25 +127,39 @@ def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> FractalMamb
     return FractalMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
 
 
+def _cfg(**kwargs) -> dict:
+    return pretrained_cfg(first_conv=FractalMamba.first_conv, classifier="classifier.head",
+                          paper_ids="arXiv:2405.14480", paper_name="Boosting Vision State Space Model with Fractal "
+                                                                   "Scanning", license="apache-2.0", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({  # our design from the paper's claims: no released code or weights
+    "fractalmamba_nano": _cfg(notes=("vssm's size for tests and CPU demos; no released weights",)),
+    "fractalmamba_tiny": _cfg(notes=("no released weights",)),
+    "fractalmamba_small": _cfg(notes=("by analogy with VMamba-S; no released weights",)),
+    "fractalmamba_base": _cfg(notes=("by analogy with VMamba-B; no released weights",)),
+})
+
+
 @register_model
 def fractalmamba_nano(pretrained=False, **kwargs) -> FractalMamba:
     """A small FractalMamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
-    return build(FractalMamba, "fractalmamba_nano", pretrained, CONFIGS["fractalmamba_nano"], kwargs)
+    return build(FractalMamba, "fractalmamba_nano", pretrained, **{**CONFIGS["fractalmamba_nano"], **kwargs})
 
 
 @register_model
 def fractalmamba_tiny(pretrained=False, **kwargs) -> FractalMamba:
     """FractalMamba-T (paper: 83.0% top-1, 30M, 4.8 GFLOPs): 30.2M parameters, 4.80 GFLOPs at 224."""
-    return build(FractalMamba, "fractalmamba_tiny", pretrained, CONFIGS["fractalmamba_tiny"], kwargs)
+    return build(FractalMamba, "fractalmamba_tiny", pretrained, **{**CONFIGS["fractalmamba_tiny"], **kwargs})
 
 
 @register_model
 def fractalmamba_small(pretrained=False, **kwargs) -> FractalMamba:
     """FractalMamba-S by analogy with VMamba-S (no published size)."""
-    return build(FractalMamba, "fractalmamba_small", pretrained, CONFIGS["fractalmamba_small"], kwargs)
+    return build(FractalMamba, "fractalmamba_small", pretrained, **{**CONFIGS["fractalmamba_small"], **kwargs})
 
 
 @register_model
 def fractalmamba_base(pretrained=False, **kwargs) -> FractalMamba:
     """FractalMamba-B by analogy with VMamba-B (no published size)."""
-    return build(FractalMamba, "fractalmamba_base", pretrained, CONFIGS["fractalmamba_base"], kwargs)
+    return build(FractalMamba, "fractalmamba_base", pretrained, **{**CONFIGS["fractalmamba_base"], **kwargs})

@@ -44,3 +44,16 @@ def to_nhwc(x: torch.Tensor) -> torch.Tensor:
 def checkpoint_seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run ``module`` under activation checkpointing (recomputed in the backward)."""
     return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+
+
+TORCHSCRIPT_UNSUPPORTED = (
+    "TorchScript cannot compile vssm's token mixers (and is deprecated since PyTorch 2.5): they compute their "
+    "scan orders in Python for each input size and run the selective scan through a Python autograd.Function "
+    "over interchangeable backends. Use torch.fx (timm's feature extraction traces them as leaf modules) or "
+    "torch.compile instead")
+
+
+def refuse_torchscript(module: nn.Module):
+    """``__prepare_scriptable__`` of the token mixers: ``torch.jit.script`` of any model holding one stops here
+    with the reason, instead of deep inside TorchScript's compiler."""
+    raise RuntimeError(f"{type(module).__name__}: {TORCHSCRIPT_UNSUPPORTED}")

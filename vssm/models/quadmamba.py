@@ -26,9 +26,10 @@ Differences from the original code (three defects fixed, each documented where i
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import generate_default_cfgs
 
 from ..scans.quadtree import QUAD_ORDERS, quadrant_mask, quadtree_gather, quadtree_merge, quadtree_permutation
-from ._registry import build, register_model
+from ._registry import build, pretrained_cfg, register_model
 from .layers import to_nchw, to_nhwc
 from .vmamba import SS2D, VMamba, VMambaBackbone, checkpoint_filter_fn
 
@@ -174,26 +175,39 @@ def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> QuadMambaBa
     return QuadMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
 
 
+def _cfg(**kwargs) -> dict:
+    return pretrained_cfg(first_conv=QuadMamba.first_conv, classifier="classifier.head", paper_ids="arXiv:2410.06806",
+                          paper_name="QuadMamba: Learning Quadtree-based Selective Scan for Visual State Space Model",
+                          license="apache-2.0", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({  # the authors released code, no weights
+    "quadmamba_nano": _cfg(notes=("vssm's size for tests and CPU demos; no released weights",)),
+    "quadmamba_lite": _cfg(notes=("a derived config for the paper's 6.5M / 1.1G entry; no released weights",)),
+    "quadmamba_tiny": _cfg(notes=("no released weights",)),
+    "quadmamba_small": _cfg(notes=("no released weights",)),
+})
+
+
 @register_model
 def quadmamba_nano(pretrained=False, **kwargs) -> QuadMamba:
     """A small QuadMamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
-    return build(QuadMamba, "quadmamba_nano", pretrained, CONFIGS["quadmamba_nano"], kwargs)
+    return build(QuadMamba, "quadmamba_nano", pretrained, **{**CONFIGS["quadmamba_nano"], **kwargs})
 
 
 @register_model
 def quadmamba_lite(pretrained=False, **kwargs) -> QuadMamba:
     """A derived 6.65M / 1.06 GFLOPs QuadMamba matching the paper's 6.5M / 1.1G entry (see CONFIGS)."""
-    return build(QuadMamba, "quadmamba_lite", pretrained, CONFIGS["quadmamba_lite"], kwargs)
+    return build(QuadMamba, "quadmamba_lite", pretrained, **{**CONFIGS["quadmamba_lite"], **kwargs})
 
 
 @register_model
 def quadmamba_tiny(pretrained=False, **kwargs) -> QuadMamba:
     """QuadMamba-T (82.2% top-1, the README's "QuadMamba-v3"): 31.3M parameters, ~5.5 GFLOPs at 224."""
-    return build(QuadMamba, "quadmamba_tiny", pretrained, CONFIGS["quadmamba_tiny"], kwargs)
+    return build(QuadMamba, "quadmamba_tiny", pretrained, **{**CONFIGS["quadmamba_tiny"], **kwargs})
 
 
 @register_model
 def quadmamba_small(pretrained=False, **kwargs) -> QuadMamba:
     """QuadMamba-S: 50.7M parameters, ~9.3 GFLOPs at 224."""
-    return build(QuadMamba, "quadmamba_small", pretrained, CONFIGS["quadmamba_small"], kwargs)
-
+    return build(QuadMamba, "quadmamba_small", pretrained, **{**CONFIGS["quadmamba_small"], **kwargs})

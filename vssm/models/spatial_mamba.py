@@ -27,12 +27,13 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
+from timm.models import generate_default_cfgs
 
 from ..ops import selective_scan
-from ._registry import build, register_model
-from .layers import Mlp, to_nchw, to_nhwc
-from .staged import DenseBackbone, StagedModel
+from ._registry import build, pretrained_cfg, register_model
+from .layers import Mlp, refuse_torchscript, to_nchw, to_nhwc
+from .staged import DenseBackbone, StagedModel, check_head
 
 __all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock"]
 
@@ -76,6 +77,7 @@ class StateFusion(nn.Module):
         return F.conv2d(F.pad(h, (5, 5, 5, 5), mode="replicate"), self.folded_kernel().to(h.dtype), groups=self.dim)
 
 
+@register_notrace_module  # an fx leaf: the state fusion's shape depends on the input; the fold is cached
 class StructureAwareSSM(nn.Module):
     """in_proj -> (x, z); x -> dwconv3x3 -> SiLU -> raster selective scan (states) -> state fusion
     -> y = C h' + D x -> out_norm(y) * SiLU(z) -> out_proj. (batch, H, W, C) -> (batch, H, W, C).
@@ -84,6 +86,7 @@ class StructureAwareSSM(nn.Module):
     """
 
     linearized = False
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, dim: int, d_state: int = 1, expand: float = 2.0, dt_rank="auto", d_conv: int = 3,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan_backend: str = "auto"):
@@ -226,22 +229,30 @@ class SpatialMamba(StagedModel):
     Args:
         depths, dims: blocks and channels per stage (dims: a list, or the first stage's, doubled per stage).
         num_classes: classifier outputs (0: forward returns pooled features).
+        global_pool: "avg", or "" (no pooling: with num_classes=0, forward returns the normalised feature map).
         d_state: state size N (the published models use 1); expand: SSM width E = expand * C.
         mlp_ratio, drop_rate, drop_path_rate: as in VMamba.
         scan_backend: selective_scan backend.
         grad_checkpointing: recompute each block in the backward.
     """
 
-    def __init__(self, depths=(2, 4, 8, 4), dims=64, in_chans: int = 3, num_classes: int = 1000, d_state: int = 1,
-                 expand: float = 2.0, dt_rank="auto", mlp_ratio: float = 4.0, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.2, scan_backend: str = "auto", grad_checkpointing: bool = False):
+    first_conv = "patch_embed.conv1.conv"
+    head_norm = "norm"
+    has_batchnorm = True
+
+    def __init__(self, depths=(2, 4, 8, 4), dims=64, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "avg", d_state: int = 1, expand: float = 2.0, dt_rank="auto",
+                 mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.2,
+                 scan_backend: str = "auto", grad_checkpointing: bool = False):
         super().__init__()
+        check_head(type(self).__name__, num_classes, global_pool)
         depths = tuple(depths)
         dims = tuple(dims) if isinstance(dims, (list, tuple)) else tuple(dims * 2 ** i for i in range(len(depths)))
         if len(dims) != len(depths):
             raise ValueError(f"SpatialMamba: dims {dims} and depths {depths} must have one entry per stage")
-        self.dims, self.depths = dims, depths
-        self.num_classes, self.num_features = num_classes, dims[-1]
+        self.dims, self.depths, self.in_chans = dims, depths, in_chans
+        self.num_classes, self.global_pool = num_classes, global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = grad_checkpointing
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = Stem(in_chans, dims[0])
@@ -250,7 +261,7 @@ class SpatialMamba(StagedModel):
                               mlp_ratio=mlp_ratio, drop=drop_rate, d_state=d_state, expand=expand, dt_rank=dt_rank,
                               scan_backend=scan_backend)
             for i, depth in enumerate(depths)])
-        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks")
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks.{depths[i] - 1}")
                              for i in range(len(depths))]
         self.norm = nn.LayerNorm(self.num_features)
         self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
@@ -260,14 +271,20 @@ class SpatialMamba(StagedModel):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int):
-        self.num_classes = num_classes
+    def reset_classifier(self, num_classes: int, global_pool: str = None):
+        """A new (initialised) classifier of ``num_classes`` outputs (0: none); ``global_pool`` "avg" or ""."""
+        global_pool = self.global_pool if global_pool is None else global_pool
+        check_head(type(self).__name__, num_classes, global_pool)
+        self.num_classes, self.global_pool = num_classes, global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.norm(to_nhwc(x)).mean(dim=(1, 2))
+        """(batch, num_features, h, w) features -> logits, or the pooled features (batch, head_hidden_size) if
+        pre_logits (the normalised map (batch, num_features, h, w) with global_pool="")."""
+        x = self.norm(to_nhwc(x))
+        x = x.mean(dim=(1, 2)) if self.global_pool else to_nchw(x)
         return x if pre_logits else self.head(self.head_drop(x))
 
 
@@ -295,25 +312,48 @@ def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> SpatialMamb
     return SpatialMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
 
 
+def _cfg(**kwargs) -> dict:
+    return pretrained_cfg(first_conv=SpatialMamba.first_conv, classifier="head", paper_ids="arXiv:2410.15091",
+                          paper_name="Spatial-Mamba: Effective Visual State Space Models via Structure-Aware State "
+                                     "Fusion", **kwargs)
+
+
+def _release(name: str, drive_id: str) -> dict:
+    """The config of an authors' released ImageNet-1k checkpoint (Apache-2.0, on Google Drive; the release page
+    names the model, not the file); vssm does not download it."""
+    return _cfg(license="apache-2.0", origin_url=f"https://drive.google.com/file/d/{drive_id}/view",
+                notes=(f"the authors' {name} checkpoint: load a local copy with pretrained=True, "
+                       f"pretrained_cfg_overlay=dict(file=PATH)",))
+
+
+default_cfgs = generate_default_cfgs({
+    "spatialmamba_nano": _cfg(license="apache-2.0",
+                              notes=("vssm's size for tests and CPU demos; no released weights",)),
+    "spatialmamba_tiny.in1k": _release("Spatial-Mamba-T", "19kXoqGSTuKKs4AHbdUSrdKZTwTWenLIW"),
+    "spatialmamba_small.in1k": _release("Spatial-Mamba-S", "1Wb3sYoWLpgmWrmHMYKwdgDwGPZaqM28O"),
+    "spatialmamba_base.in1k": _release("Spatial-Mamba-B", "1k8dHp2QRCOqBSgAi36YkhZp_O8LqOPjM"),
+})
+
+
 @register_model
 def spatialmamba_nano(pretrained=False, **kwargs) -> SpatialMamba:
     """A small Spatial-Mamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
-    return build(SpatialMamba, "spatialmamba_nano", pretrained, CONFIGS["spatialmamba_nano"], kwargs)
+    return build(SpatialMamba, "spatialmamba_nano", pretrained, **{**CONFIGS["spatialmamba_nano"], **kwargs})
 
 
 @register_model
 def spatialmamba_tiny(pretrained=False, **kwargs) -> SpatialMamba:
     """Spatial-Mamba-T (83.5% top-1): 26.7M parameters, 4.47 GFLOPs at 224."""
-    return build(SpatialMamba, "spatialmamba_tiny", pretrained, CONFIGS["spatialmamba_tiny"], kwargs)
+    return build(SpatialMamba, "spatialmamba_tiny", pretrained, **{**CONFIGS["spatialmamba_tiny"], **kwargs})
 
 
 @register_model
 def spatialmamba_small(pretrained=False, **kwargs) -> SpatialMamba:
     """Spatial-Mamba-S (84.6% top-1): 43.1M parameters, 7.12 GFLOPs at 224."""
-    return build(SpatialMamba, "spatialmamba_small", pretrained, CONFIGS["spatialmamba_small"], kwargs)
+    return build(SpatialMamba, "spatialmamba_small", pretrained, **{**CONFIGS["spatialmamba_small"], **kwargs})
 
 
 @register_model
 def spatialmamba_base(pretrained=False, **kwargs) -> SpatialMamba:
     """Spatial-Mamba-B (85.3% top-1): 95.8M parameters, 15.80 GFLOPs at 224."""
-    return build(SpatialMamba, "spatialmamba_base", pretrained, CONFIGS["spatialmamba_base"], kwargs)
+    return build(SpatialMamba, "spatialmamba_base", pretrained, **{**CONFIGS["spatialmamba_base"], **kwargs})

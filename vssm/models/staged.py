@@ -1,27 +1,77 @@
-"""What every family's model shares: stages of channels-last blocks, and their dense-backbone form.
+"""What every family's model shares: stages of channels-last blocks, timm's model API, and the dense-backbone form.
 
 A family's classifier subclasses :class:`StagedModel` and sets ``patch_embed`` (images -> (batch, H/4, W/4,
-C)), ``layers`` (each with ``blocks`` and a ``downsample``, None or identity after the last stage), ``dims``,
-``depths`` and ``grad_checkpointing``, and defines ``forward_head``. Its dense backbone mixes in
-:class:`DenseBackbone` (before the classifier class) and calls ``_add_outnorms`` once the classifier's
-head is removed.
+C)), ``layers`` (each with ``blocks`` and a ``downsample``, applied after the stage, unused after the last),
+``dims``, ``depths``, ``in_chans``, ``num_classes``, ``global_pool``, ``num_features``, ``head_hidden_size``,
+``feature_info`` and ``grad_checkpointing``; the class attributes ``first_conv`` (the stem's first
+convolution) and ``head_norm`` (the head's LayerNorm over the last stage); and defines ``forward_head``,
+``get_classifier`` and ``reset_classifier``. Its dense backbone mixes in :class:`DenseBackbone` (before the
+classifier class) and calls ``_add_outnorms`` once the classifier's head is removed.
+
+Everything here traces with torch.fx as timm does it (``timm.models.create_feature_extractor``, timm's
+``features_only`` wrappers): the families register their token mixers (dynamic scan orders, the selective
+scan) as fx leaf modules, and the input checks below are one wrapped call.
 """
+import numbers
+
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
+from timm.models._features import feature_take_indices
 
 from .layers import checkpoint_seq, to_nchw
 
+GLOBAL_POOLS = ("avg", "")  # average pooling, or none (forward returns the normalised feature map)
 
-def check_images(model: nn.Module, x: torch.Tensor):
+
+@torch.fx.wrap  # one call node under fx; shapes and dtype only, so torch.compile(fullgraph=True) keeps one graph
+def check_images(x: torch.Tensor, in_chans: int, model: str, batchnorm_stride: int = 0) -> torch.Tensor:
+    """``x`` unchanged when ``model`` can take it, else a clear error naming the problem.
+
+    x: (batch, in_chans, H, W) floating-point images, batch, H and W >= 1. ``batchnorm_stride`` > 0 (a model
+    with BatchNorm in training mode whose smallest normalised map is 1/batchnorm_stride of the input): that
+    map must hold more than one value per channel.
+    """
     if x.dim() != 4:
-        raise ValueError(f"{type(model).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"{model}: expected images (batch, channels, H, W), got a tensor of shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{model}: expected floating-point images, got {x.dtype}; convert integer images first, "
+                        f"e.g. x.float() / 255 then normalise with the model's pretrained_cfg mean and std")
+    batch, channels, H, W = x.shape
+    if channels != in_chans:
+        raise ValueError(f"{model}: expected {in_chans} input channels, got images of shape {tuple(x.shape)}")
+    if batch == 0 or H == 0 or W == 0:
+        raise ValueError(f"{model}: got an empty batch of images, shape {tuple(x.shape)}; batch, H and W must be >= 1")
+    if batchnorm_stride:
+        h, w = -(-H // batchnorm_stride), -(-W // batchnorm_stride)
+        if batch * h * w == 1:
+            raise ValueError(
+                f"{model}: in training mode a batch of 1 image of {H}x{W} leaves a 1x1 map in the last stage, and "
+                f"the BatchNorm producing it needs more than one value per channel to compute batch statistics; "
+                f"train with a batch of at least 2 or images with a side longer than {batchnorm_stride} px, or "
+                f"call model.eval() for inference")
+    return x
+
+
+def check_head(model: str, num_classes, global_pool: str):
+    """Validate a classifier's settings (constructor and ``reset_classifier``)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
+        raise ValueError(f"{model}: num_classes must be an integer >= 0 (0: no classifier, the model returns pooled "
+                         f"features), got {num_classes!r}")
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"{model}: global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+    if not global_pool and num_classes:
+        raise ValueError(f"{model}: global_pool='' (no pooling) leaves a feature map, which a classifier cannot "
+                         f"take: use num_classes=0 with it")
 
 
 class StagedModel(nn.Module):
-    """timm-style API of the families' classifiers (see the module docstring)."""
+    """timm's model API over the stages of a family's classifier (see the module docstring)."""
 
     new_layer_prefixes = ()  # layers absent from classification checkpoints (vssm.load_checkpoint)
+    first_conv = ""  # the stem's first convolution (timm's pretrained_cfg ``first_conv``)
+    head_norm = ""  # the head's LayerNorm over the last stage (``forward_intermediates(norm=True)``)
+    has_batchnorm = False  # BatchNorm after the stem and in the downsamples: batch statistics in training
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -42,24 +92,90 @@ class StagedModel(nn.Module):
         ``vssm.models.vmamba``)."""
         return {n for n, _ in self.named_parameters() if n.endswith((".A_logs", ".Ds", ".dt_projs_bias"))}
 
-    def forward_stages(self, x: torch.Tensor):
-        """Yield each stage's output before its downsample, channels-last: (batch, H/2^(i+2), W/2^(i+2), dims[i])."""
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            for block in layer.blocks:
-                x = checkpoint_seq(block, x) if self.grad_checkpointing and self.training else block(x)
-            yield x
-            if layer.downsample is not None:
-                x = layer.downsample(x)
+    def convert_checkpoint(self, state_dict: dict) -> dict:
+        """An authors' state dict in this implementation's keys and shapes (families override it)."""
+        return state_dict
+
+    def load_pretrained(self, checkpoint_path: str):
+        """timm's loader for ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``: ``vssm.load_checkpoint``
+        (safe read, the authors' layouts converted, strict, report logged). The classifier is skipped, and
+        reported, when ``num_classes`` differs from the pretrained config's."""
+        from ..checkpoint import load_checkpoint
+        cfg = getattr(self, "pretrained_cfg", {})
+        skip = ()
+        if cfg.get("classifier") and self.num_classes != cfg.get("num_classes", self.num_classes):
+            skip = (cfg["classifier"] + ".",)
+        load_checkpoint(self, checkpoint_path, skip=skip)
+
+    # ---- forward ------------------------------------------------------------------------------------------
+    def _checked(self, x: torch.Tensor, last_stage: int) -> torch.Tensor:
+        """``check_images`` for a forward that runs the stages up to ``last_stage``."""
+        stride = self.feature_info[last_stage]["reduction"] if self.has_batchnorm and self.training else 0
+        return check_images(x, self.in_chans, type(self).__name__, stride)
+
+    def _run_stage(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        for block in layer.blocks:
+            x = checkpoint_seq(block, x) if self.grad_checkpointing and self.training else block(x)
+        return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_chans, H, W) -> (batch, num_features, H/32, W/32) (ceil), before the head's norm."""
-        for x in self.forward_stages(x):
-            pass
+        last = len(self.layers) - 1
+        x = self.patch_embed(self._checked(x, last))
+        for i, layer in enumerate(self.layers):
+            x = self._run_stage(layer, x)
+            if i < last:
+                x = layer.downsample(x)
         return to_nchw(x)
 
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Stage outputs (before each downsample), as timm's ``forward_intermediates``.
+
+        Args:
+            indices: stages to return: None all, an int n the last n, a sequence those indices (negative from the end).
+            norm: pass the last stage's output through the head's norm.
+            stop_early: run no stage after the last one asked for (always so with ``intermediates_only``).
+            output_fmt: "NCHW" ((batch, dims[i], H/2^(i+2), W/2^(i+2)), a channels-last view) or "NHWC".
+        Returns:
+            the list of stage outputs, or (forward_features(x), the list) unless ``intermediates_only``.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        last = max_index if stop_early or intermediates_only else len(self.layers) - 1
+        x = self.patch_embed(self._checked(x, last))
+        intermediates = []
+        for i in range(last + 1):
+            layer = self.layers[i]
+            x = self._run_stage(layer, x)
+            if i in take_indices:
+                y = self.get_submodule(self.head_norm)(x) if norm and i == len(self.layers) - 1 else x
+                intermediates.append(to_nchw(y) if output_fmt == "NCHW" else y)
+            if i < last:
+                x = layer.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return to_nchw(x), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        """Drop the stages after the last of ``indices`` (and the head and its norm, which no longer fit).
+
+        Returns the absolute indices of the stages kept for ``forward_intermediates``.
+        """
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        prune_end = max_index < len(self.layers) - 1
+        if prune_end:
+            self.layers = self.layers[:max_index + 1]
+            self.layers[-1].downsample = None
+            self.num_features = self.head_hidden_size = self.dims[max_index]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        if prune_norm or prune_end:
+            self.set_submodule(self.head_norm, nn.Identity())
+        return take_indices
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(self, x)
         return self.forward_head(self.forward_features(x))
 
 
@@ -77,12 +193,7 @@ class DenseBackbone:
             self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i]))
 
     def forward(self, x: torch.Tensor):
-        """(batch, in_chans, H, W) -> [(batch, dims[i], H/2^(i+2), W/2^(i+2)) for i in out_indices]."""
-        check_images(self, x)
-        outs = []
-        for i, feat in enumerate(self.forward_stages(x)):
-            if i in self.out_indices:
-                outs.append(to_nchw(getattr(self, f"outnorm{i}")(feat)))
-            if i == max(self.out_indices):
-                break
-        return outs
+        """(batch, in_chans, H, W) -> [(batch, dims[i], H/2^(i+2), W/2^(i+2)) for i in sorted out_indices]."""
+        stages = sorted(set(self.out_indices))
+        feats = self.forward_intermediates(x, stages, output_fmt="NHWC", intermediates_only=True)
+        return [to_nchw(getattr(self, f"outnorm{i}")(f)) for i, f in zip(stages, feats)]

@@ -36,13 +36,14 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
+from timm.models import generate_default_cfgs
 
 from ..ops import selective_scan, selective_scan_map
 from ..scans import cross_orders
-from ._registry import build, register_model
-from .layers import Mlp, Permute, to_nchw
-from .staged import DenseBackbone, StagedModel
+from ._registry import build, pretrained_cfg, register_model
+from .layers import Mlp, Permute, refuse_torchscript, to_nchw
+from .staged import DenseBackbone, StagedModel, check_head
 
 __all__ = ["VMamba", "VMambaBackbone", "SS2D", "DirectionalScan", "VSSBlock"]
 
@@ -127,6 +128,7 @@ class DirectionalScan(nn.Module):
         return y.view(batch, H, W, D)
 
 
+@register_notrace_module  # an fx leaf (as are QuadSS2D, FractalSS2D): scan orders depend on the input's size
 class SS2D(DirectionalScan):
     """2-D selective scan: in_proj -> dwconv3x3 -> SiLU -> 4-way cross selective scan -> out_norm -> out_proj.
 
@@ -144,6 +146,8 @@ class SS2D(DirectionalScan):
     QuadMamba and FractalMamba override it) through ``scan_map``, the part every order shares; ``scan``
     scans K sequences already gathered.
     """
+
+    __prepare_scriptable__ = refuse_torchscript
 
     def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", directions: int = 4,
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
@@ -207,6 +211,7 @@ class VMamba(StagedModel):
         depths: blocks per stage.
         dims: channels per stage, or the first stage's (doubled at each stage).
         num_classes: classifier outputs (0: no classifier, forward returns pooled features).
+        global_pool: "avg", or "" (no pooling: with num_classes=0, forward returns the normalised feature map).
         d_state, ssm_ratio, dt_rank: SS2D settings (see :class:`SS2D`).
         mlp_ratio: MLP hidden width / C.
         drop_rate: dropout in the MLPs and before the classifier.
@@ -215,18 +220,22 @@ class VMamba(StagedModel):
         grad_checkpointing: recompute each block in the backward to save activation memory.
     """
 
+    first_conv = "patch_embed.0"
+    head_norm = "classifier.norm"
+
     def __init__(self, depths=(2, 2, 9, 2), dims=96, in_chans: int = 3, num_classes: int = 1000,
-                 d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", mlp_ratio: float = 4.0,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.1, scan_backend: str = "auto",
-                 grad_checkpointing: bool = False):
+                 global_pool: str = "avg", d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto",
+                 mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 scan_backend: str = "auto", grad_checkpointing: bool = False):
         super().__init__()
+        check_head(type(self).__name__, num_classes, global_pool)
         depths = tuple(depths)
         dims = tuple(dims) if isinstance(dims, (list, tuple)) else tuple(dims * 2 ** i for i in range(len(depths)))
         if len(dims) != len(depths):
             raise ValueError(f"VMamba: dims {dims} and depths {depths} must have one entry per stage")
-        self.dims, self.depths = dims, depths
-        self.num_classes = num_classes
-        self.num_features = dims[-1]
+        self.dims, self.depths, self.in_chans = dims, depths, in_chans
+        self.num_classes, self.global_pool = num_classes, global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = grad_checkpointing
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = _stem(in_chans, dims[0])
@@ -238,11 +247,11 @@ class VMamba(StagedModel):
                       for j in range(depth)]
             downsample = _downsample(dims[i], dims[i + 1]) if i < len(depths) - 1 else nn.Identity()
             self.layers.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks), downsample=downsample)))
-        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks")
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks.{depths[i] - 1}")
                              for i in range(len(depths))]
+        avgpool, flatten = _pooling(global_pool)
         self.classifier = nn.Sequential(OrderedDict(  # on (batch, H, W, C)
-            norm=nn.LayerNorm(self.num_features), permute=Permute(0, 3, 1, 2), avgpool=nn.AdaptiveAvgPool2d(1),
-            flatten=nn.Flatten(1),
+            norm=nn.LayerNorm(self.num_features), permute=Permute(0, 3, 1, 2), avgpool=avgpool, flatten=flatten,
             drop=nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity(),
             head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()))
         self.apply(self._init_weights)
@@ -255,14 +264,19 @@ class VMamba(StagedModel):
     def get_classifier(self) -> nn.Module:
         return self.classifier.head
 
-    def reset_classifier(self, num_classes: int):
-        self.num_classes = num_classes
+    def reset_classifier(self, num_classes: int, global_pool: str = None):
+        """A new (initialised) classifier of ``num_classes`` outputs (0: none); ``global_pool`` "avg" or ""."""
+        global_pool = self.global_pool if global_pool is None else global_pool
+        check_head(type(self).__name__, num_classes, global_pool)
+        self.num_classes, self.global_pool = num_classes, global_pool
+        self.classifier.avgpool, self.classifier.flatten = _pooling(global_pool)
         self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.classifier.head)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(batch, num_features, h, w) features -> logits (or pooled features if pre_logits)."""
+        """(batch, num_features, h, w) features -> logits, or the pooled features (batch, head_hidden_size) if
+        pre_logits (the normalised map (batch, num_features, h, w) with global_pool="")."""
         x = x.permute(0, 2, 3, 1)
         for name, module in self.classifier.named_children():
             if pre_logits and name == "head":
@@ -273,6 +287,13 @@ class VMamba(StagedModel):
     # ---- checkpoints --------------------------------------------------------------------------------------
     def convert_checkpoint(self, state_dict: dict) -> dict:
         return checkpoint_filter_fn(state_dict, self)
+
+
+def _pooling(global_pool: str):
+    """The classifier's (avgpool, flatten) modules for a ``global_pool`` setting."""
+    if global_pool:
+        return nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
+    return nn.Identity(), nn.Identity()
 
 
 class VMambaBackbone(DenseBackbone, VMamba):
@@ -350,25 +371,45 @@ def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> VMambaBackb
     return VMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
 
 
+def _cfg(**kwargs) -> dict:
+    return pretrained_cfg(first_conv=VMamba.first_conv, classifier="classifier.head", paper_ids="arXiv:2401.10166",
+                          paper_name="VMamba: Visual State Space Model", **kwargs)
+
+
+def _release(file: str) -> dict:
+    """The config of an authors' released ImageNet-1k checkpoint (MIT licensed); vssm does not download it."""
+    return _cfg(license="mit", origin_url=f"https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/{file}",
+                notes=(f"the authors' checkpoint {file}: load a local copy with pretrained=True, "
+                       f"pretrained_cfg_overlay=dict(file=PATH)",))
+
+
+default_cfgs = generate_default_cfgs({
+    "vmamba_nano": _cfg(license="apache-2.0", notes=("vssm's size for tests and CPU demos; no released weights",)),
+    "vmamba_tiny_s1l8.in1k": _release("vssm1_tiny_0230s_ckpt_epoch_264.pth"),
+    "vmamba_small_s2l15.in1k": _release("vssm_small_0229_ckpt_epoch_222.pth"),
+    "vmamba_base_s2l15.in1k": _release("vssm_base_0229_ckpt_epoch_237.pth"),
+})
+
+
 @register_model
 def vmamba_nano(pretrained=False, **kwargs) -> VMamba:
     """A 1.5M-parameter VMamba (without its head) for tests and CPU demos: dims 32, depths 1,1,2,1."""
-    return build(VMamba, "vmamba_nano", pretrained, CONFIGS["vmamba_nano"], kwargs)
+    return build(VMamba, "vmamba_nano", pretrained, **{**CONFIGS["vmamba_nano"], **kwargs})
 
 
 @register_model
 def vmamba_tiny_s1l8(pretrained=False, **kwargs) -> VMamba:
     """VMamba-T (82.6% top-1): 30.2M parameters, 4.91 GFLOPs at 224."""
-    return build(VMamba, "vmamba_tiny_s1l8", pretrained, CONFIGS["vmamba_tiny_s1l8"], kwargs)
+    return build(VMamba, "vmamba_tiny_s1l8", pretrained, **{**CONFIGS["vmamba_tiny_s1l8"], **kwargs})
 
 
 @register_model
 def vmamba_small_s2l15(pretrained=False, **kwargs) -> VMamba:
     """VMamba-S (83.6% top-1): 50.1M parameters, 8.72 GFLOPs at 224."""
-    return build(VMamba, "vmamba_small_s2l15", pretrained, CONFIGS["vmamba_small_s2l15"], kwargs)
+    return build(VMamba, "vmamba_small_s2l15", pretrained, **{**CONFIGS["vmamba_small_s2l15"], **kwargs})
 
 
 @register_model
 def vmamba_base_s2l15(pretrained=False, **kwargs) -> VMamba:
     """VMamba-B (83.9% top-1): 88.6M parameters, 15.36 GFLOPs at 224."""
-    return build(VMamba, "vmamba_base_s2l15", pretrained, CONFIGS["vmamba_base_s2l15"], kwargs)
+    return build(VMamba, "vmamba_base_s2l15", pretrained, **{**CONFIGS["vmamba_base_s2l15"], **kwargs})
