@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs
 
-from ..scans import gather_sequences, merge_sequences
+from ..scans import inverse_orders
 from ..scans.hilbert import hilbert_orders
 from ._registry import build, pretrained_cfg, register_model
 from .vmamba import SS2D, DirectionalScan, VMamba, VMambaBackbone
@@ -70,9 +70,9 @@ class FractalSS2D(SS2D):
         orders = hilbert_orders(H, W, self.variants, x.device)
         y = self.scan_map(x, orders)
         if len(self.ffp):  # the pathway's context joins the first direction's outputs at their positions
-            first = orders[:1]
-            context = self.fractal_fusion(gather_sequences(x, first)[:, :, 0])
-            y = y + merge_sequences(context[:, :, None], first, H, W)
+            first = orders[0]
+            context = self.fractal_fusion(x.reshape(batch, H * W, D).index_select(1, first))
+            y = y + context.index_select(1, inverse_orders(orders[:1])[0]).view(batch, H, W, D)
         return y
 
     def fractal_fusion(self, seq: torch.Tensor) -> torch.Tensor:

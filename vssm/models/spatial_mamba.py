@@ -55,17 +55,23 @@ class StateFusion(nn.Module):
     def _kernels(self):
         return (self.kernel_3, self.kernel_3_1, self.kernel_3_2)
 
+    def fold(self) -> torch.Tensor:
+        """The (E, 1, 11, 11) kernel equal to the three dilated ones, from the current parameters."""
+        kernel = self.kernel_3.new_zeros(self.dim, 1, 11, 11)
+        for a, k, d in zip(self.alpha, self._kernels(), self.dilations):
+            taps = 5 + d * torch.arange(-1, 2, device=kernel.device)
+            kernel[:, :, taps[:, None], taps[None, :]] += a * k
+        return kernel
+
     def folded_kernel(self) -> torch.Tensor:
-        """The (E, 1, 11, 11) kernel equal to the three dilated ones, rebuilt whenever a parameter changes."""
+        """:meth:`fold`, cached and rebuilt whenever a parameter changes (computed in the graph when compiled)."""
+        if torch.compiler.is_compiling():
+            return self.fold()
         params = self._kernels() + (self.alpha,)
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._folded is None or self._folded[0] != key:
             with torch.no_grad():
-                kernel = self.kernel_3.new_zeros(self.dim, 1, 11, 11)
-                for a, k, d in zip(self.alpha, self._kernels(), self.dilations):
-                    taps = 5 + d * torch.arange(-1, 2, device=kernel.device)
-                    kernel[:, :, taps[:, None], taps[None, :]] += a * k
-            self._folded = (key, kernel)
+                self._folded = (key, self.fold())
         return self._folded[1]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

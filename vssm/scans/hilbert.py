@@ -13,7 +13,7 @@ start from another corner, ``reversed`` walks the curve backwards. Mirrors can c
 """
 import torch
 
-from .orders import on_device, order_cache
+from .orders import graph_order_table, on_device, order_cache, register_order_table
 
 VARIANTS = ("hilbert", "reversed", "transposed", "transposed_reversed", "flip_h", "flip_w", "flip_hw")
 
@@ -89,7 +89,14 @@ def _orders_cpu(H: int, W: int, variants: tuple) -> torch.Tensor:
 
 def hilbert_orders(H: int, W: int, variants=("hilbert", "reversed"), device=None) -> torch.Tensor:
     """(len(variants), H*W) scan orders (see module docstring), cached per (H, W, variants, device)."""
-    return on_device(_orders_cpu(int(H), int(W), tuple(variants)), device)
+    H, W, variants = int(H), int(W), tuple(variants)
+    if torch.compiler.is_compiling():
+        return graph_order_table("hilbert", H, W, ",".join(variants), device)
+    return on_device(_orders_cpu(H, W, variants), device)
+
+
+register_order_table("hilbert", lambda option: len(option.split(",")),
+                     lambda H, W, option: _orders_cpu(H, W, tuple(option.split(","))))
 
 
 def curve_steps(order: torch.Tensor, W: int):

@@ -19,6 +19,30 @@ def order_cache(fn):
     return wrapper
 
 
+_TABLES = {}  # kind -> (rows(option), build(H, W, option) -> (rows, H*W) CPU LongTensor)
+
+
+def register_order_table(kind: str, rows, build):
+    """Make a family of order tables reachable from compiled graphs (:func:`graph_order_table`)."""
+    _TABLES[kind] = (rows, build)
+
+
+@torch.library.custom_op("vssm::scan_orders", mutates_args=())
+def _scan_orders(kind: str, H: int, W: int, option: str, device: torch.device) -> torch.Tensor:
+    return _TABLES[kind][1](H, W, option).to(device, copy=True)
+
+
+@_scan_orders.register_fake
+def _(kind, H, W, option, device):
+    return torch.empty((_TABLES[kind][0](option), H * W), dtype=torch.long, device=device)
+
+
+def graph_order_table(kind: str, H: int, W: int, option: str, device) -> torch.Tensor:
+    """An order table (rows, H*W) as the operator ``vssm::scan_orders``, which builds it when the graph runs:
+    what the order functions return under torch.compile and torch.export, where their caches cannot go."""
+    return torch.ops.vssm.scan_orders(kind, H, W, option, torch.device(device if device is not None else "cpu"))
+
+
 @order_cache
 def _cross_orders_cpu(H: int, W: int) -> torch.Tensor:
     rows = torch.arange(H * W)
@@ -28,7 +52,13 @@ def _cross_orders_cpu(H: int, W: int) -> torch.Tensor:
 
 def cross_orders(H: int, W: int, device=None) -> torch.Tensor:
     """VMamba's 4 directions: row-major, column-major, and the reverse of each. (4, H*W)."""
-    return on_device(_cross_orders_cpu(int(H), int(W)), device)  # int(): shapes are tensors while tracing
+    H, W = int(H), int(W)  # shapes are tensors while tracing
+    if torch.compiler.is_compiling():
+        return graph_order_table("cross", H, W, "", device)
+    return on_device(_cross_orders_cpu(H, W), device)
+
+
+register_order_table("cross", lambda option: 4, lambda H, W, option: _cross_orders_cpu(H, W))
 
 
 @order_cache

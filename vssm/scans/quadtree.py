@@ -22,7 +22,7 @@ quadrant predictor. ``merge`` is the transpose: ``y = unfine(y_seq) * m + uncoar
 """
 import torch
 
-from .orders import on_device, order_cache
+from .orders import graph_order_table, on_device, order_cache, register_order_table
 
 QUAD_ORDERS = ("nested", "legacy")
 
@@ -47,7 +47,12 @@ def quadtree_orders(H: int, W: int, quad_order: str = "nested", device=None):
         raise ValueError(f"quad_order must be one of {', '.join(QUAD_ORDERS)}, got {quad_order!r}")
     if H % 4 or W % 4:
         raise ValueError(f"the quadtree scan needs H and W divisible by 4 (pad first), got {H}x{W}")
+    if torch.compiler.is_compiling():
+        return tuple(graph_order_table("quadtree", H, W, quad_order, device).unbind(0))
     return tuple(on_device(t, device) for t in _orders_cpu(H, W, quad_order))
+
+
+register_order_table("quadtree", lambda option: 4, lambda H, W, option: torch.stack(_orders_cpu(H, W, option)))
 
 
 def quadrant_mask(choice: torch.Tensor, H: int, W: int) -> torch.Tensor:

@@ -241,8 +241,8 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
             _check(name, t, (1,), (K * Dm,))
-    if not isinstance(orders, torch.Tensor) or orders.dtype != torch.long or \
-            tuple(orders.shape) not in ((K, L), (batch, K, L)):
+    if not isinstance(orders, torch.Tensor) or orders.dtype != torch.long or orders.dim() not in (2, 3) or \
+            orders.shape[-2] != K or orders.shape[-1] != L or (orders.dim() == 3 and orders.shape[0] != batch):
         raise ValueError(f"selective_scan_map: orders must be an int64 (K, L) = ({K}, {L}) or (batch, K, L) tensor, "
                          f"got {getattr(orders, 'dtype', type(orders).__name__)} {tuple(getattr(orders, 'shape', ()))}")
     tensors = {"x": x, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias, "orders": orders}
