@@ -182,7 +182,8 @@ class ConvLayer(nn.Module):
 
 
 class Stem(nn.Module):
-    """(batch, 3, H, W) -> (batch, H/4, W/4, C): conv3x3 s2 -> C/2, a residual pair of conv3x3, conv3x3 s2 -> 4C, 1x1 -> C."""
+    """(batch, in_chans, H, W) -> (batch, H/4, W/4, C): conv3x3 s2 -> C/2, a residual pair of conv3x3,
+    conv3x3 s2 -> 4C, 1x1 -> C."""
 
     def __init__(self, in_chans: int, dim: int):
         super().__init__()
@@ -225,12 +226,15 @@ class SpatialMamba(StagedModel):
 
     Args:
         depths, dims: blocks and channels per stage (dims: a list, or the first stage's, doubled per stage).
+        in_chans: input image channels (1 for grayscale, any N for multispectral images).
         num_classes: classifier outputs (0: forward returns pooled features).
         d_state: state size N (the published models use 1); expand: SSM width E = expand * C.
         mlp_ratio, drop_rate, drop_path_rate: as in VMamba.
         scan_backend: selective_scan backend.
         grad_checkpointing: recompute each block in the backward.
     """
+
+    first_conv = "patch_embed.conv1.conv"  # the stem's first convolution (adapted to in_chans by load_checkpoint)
 
     def __init__(self, depths=(2, 4, 8, 4), dims=64, in_chans: int = 3, num_classes: int = 1000, d_state: int = 1,
                  expand: float = 2.0, dt_rank="auto", mlp_ratio: float = 4.0, drop_rate: float = 0.0,

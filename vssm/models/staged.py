@@ -1,6 +1,7 @@
 """What every family's model shares: stages of channels-last blocks, and their dense-backbone form.
 
-A family's classifier subclasses :class:`StagedModel` and sets ``patch_embed`` (images -> (batch, H/4, W/4,
+A family's classifier subclasses :class:`StagedModel`, names its stem's first convolution in the class
+attribute ``first_conv`` (as timm's pretrained configs do), sets ``patch_embed`` (images -> (batch, H/4, W/4,
 C)), ``layers`` (each with ``blocks`` and a ``downsample``, None or identity after the last stage), ``dims``,
 ``depths`` and ``grad_checkpointing``, and defines ``forward_head``. Its dense backbone mixes in
 :class:`DenseBackbone` (before the classifier class) and calls ``_add_outnorms`` once the classifier's
@@ -16,6 +17,11 @@ from .layers import checkpoint_seq, to_nchw
 def check_images(model: nn.Module, x: torch.Tensor):
     if x.dim() != 4:
         raise ValueError(f"{type(model).__name__}: expected images (batch, channels, H, W), got {tuple(x.shape)}")
+    first_conv = getattr(model, "first_conv", None)
+    in_chans = model.get_submodule(first_conv).in_channels if first_conv else x.shape[1]
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{type(model).__name__}: expected {in_chans}-channel images (in_chans={in_chans}), got "
+                         f"{x.shape[1]} channels in input of shape {tuple(x.shape)}")
 
 
 class StagedModel(nn.Module):

@@ -191,6 +191,7 @@ class VMamba(StagedModel):
     Args:
         depths: blocks per stage.
         dims: channels per stage, or the first stage's (doubled at each stage).
+        in_chans: input image channels (1 for grayscale, any N for multispectral images).
         num_classes: classifier outputs (0: no classifier, forward returns pooled features).
         d_state, ssm_ratio, dt_rank: SS2D settings (see :class:`SS2D`).
         mlp_ratio: MLP hidden width / C.
@@ -199,6 +200,8 @@ class VMamba(StagedModel):
         scan_backend: selective_scan backend ("auto", "torch", "triton", "cuda", "naive").
         grad_checkpointing: recompute each block in the backward to save activation memory.
     """
+
+    first_conv = "patch_embed.0"  # the stem's first convolution (adapted to in_chans by vssm.load_checkpoint)
 
     def __init__(self, depths=(2, 2, 9, 2), dims=96, in_chans: int = 3, num_classes: int = 1000,
                  d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", mlp_ratio: float = 4.0,
