@@ -53,8 +53,9 @@ def _saved_options(checkpoint: dict) -> tuple:
     return model.get("NAME"), dict(model.get("OPTIONS") or {})
 
 
-def _head_shapes(name: str, state: dict, options: dict) -> dict:
-    """num_classes and in_chans of the weights in ``state`` (the keys the model would load), where present."""
+def _model_for(name: str, state: dict, options: dict):
+    """The model ``name`` (with ``options``) shaped for the weights in ``state``: their number of classes and of
+    input channels, where present."""
     probe = create_model(name, **options)
     if hasattr(probe, "convert_checkpoint"):
         state = probe.convert_checkpoint(state)
@@ -63,10 +64,13 @@ def _head_shapes(name: str, state: dict, options: dict) -> dict:
     head_key = f"{_module_name(probe, head)}.weight" if isinstance(head, torch.nn.Linear) else None
     if head_key in state and state[head_key].dim() == 2:
         found["num_classes"] = state[head_key].shape[0]
-    stem_key = f"{probe.first_conv}.weight" if getattr(probe, "first_conv", None) else None
-    if stem_key in state and state[stem_key].dim() == 4:
-        found["in_chans"] = state[stem_key].shape[1]
-    return found
+    stem = getattr(probe, "first_conv", None)
+    if f"{stem}.weight" in state and state[f"{stem}.weight"].dim() == 4:
+        found["in_chans"] = state[f"{stem}.weight"].shape[1]
+    own = {"num_classes": probe.num_classes, "in_chans": probe.get_submodule(stem).in_channels if stem else None}
+    if all(own[k] == v for k, v in found.items()):
+        return probe
+    return create_model(name, **options, **found)
 
 
 def load_classifier(name: str, checkpoint: str = None, trust_checkpoint: bool = False):
@@ -81,8 +85,7 @@ def load_classifier(name: str, checkpoint: str = None, trust_checkpoint: bool = 
     saved_name, options = _saved_options(saved)
     state, _ = select_prefix(strip_prefix(extract_state_dict(saved), "module."), "backbone.")
     try:
-        kwargs = {**options, **_head_shapes(name, state, options)}
-        model = create_model(name, **kwargs)
+        model = _model_for(name, state, options)
     except TypeError as e:
         raise CheckpointMismatchError(f"the options {options} saved in {checkpoint} do not fit {name}: {e}") from None
     try:
