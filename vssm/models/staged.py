@@ -20,8 +20,8 @@ def check_images(model: nn.Module, x: torch.Tensor):
     first_conv = getattr(model, "first_conv", None)
     in_chans = model.get_submodule(first_conv).in_channels if first_conv else x.shape[1]
     if x.shape[1] != in_chans:
-        raise ValueError(f"{type(model).__name__}: expected {in_chans}-channel images (in_chans={in_chans}), got "
-                         f"{x.shape[1]} channels in input of shape {tuple(x.shape)}")
+        raise ValueError(f"{type(model).__name__}: expected {in_chans} input channels, got images of shape "
+                         f"{tuple(x.shape)}")
 
 
 class StagedModel(nn.Module):
