@@ -1,9 +1,16 @@
-"""Training checkpoints: written atomically, the newest few kept, the newest found for auto-resume."""
+"""Training checkpoints: written atomically, the newest few kept, the newest found for auto-resume.
+
+Besides the weights, every checkpoint carries what inference needs (:func:`run_metadata`): the class names in
+label order, timm's data config of the run (input size with channels, mean, std, interpolation, crop) and the
+run's config. ``python -m vssm.predict`` reads them; a resumed run checks that its classes are the same.
+"""
 import glob
 import os
 import re
 
 import torch
+
+from vssm.checkpoint import CheckpointMismatchError
 
 PATTERN = re.compile(r"ckpt_epoch_(\d+)\.pth$")
 
@@ -42,3 +49,28 @@ def save_epoch_checkpoint(state: dict, folder: str, epoch: int, keep: int) -> st
     for _, old in epoch_checkpoints(folder)[:-keep] if keep > 0 else []:
         os.remove(old)
     return path
+
+
+def data_config(config) -> dict:
+    """The run's evaluation preprocessing as timm's data config (``timm.data.create_transform(**it)``)."""
+    return {"input_size": (config.DATA.IN_CHANS, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE),
+            "interpolation": config.DATA.INTERPOLATION, "mean": tuple(config.DATA.MEAN), "std": tuple(config.DATA.STD),
+            "crop_pct": config.TEST.CROP_PCT if config.TEST.CROP else 1.0, "crop_mode": "center"}
+
+
+def run_metadata(config, classes) -> dict:
+    """What a checkpoint holds besides weights: ``classes`` (names in label order), ``data_config``, ``config``."""
+    return {"classes": list(classes), "data_config": data_config(config), "config": config.dump()}
+
+
+def check_classes(state: dict, classes, path: str):
+    """A checkpoint to resume must have been trained on the same classes, in the same order."""
+    saved = state.get("classes")
+    if saved is not None and list(saved) != list(classes):
+        only_saved = sorted(set(saved) - set(classes))[:10]
+        only_data = sorted(set(classes) - set(saved))[:10]
+        raise CheckpointMismatchError(
+            f"{path} was trained on other classes than the data's ({len(saved)} vs {len(classes)}; only in the "
+            f"checkpoint: {only_saved}, only in the data: {only_data}"
+            + ("; same names in another order" if not only_saved and not only_data else "")
+            + "); use another --output/--tag for a new run, or --pretrained with MODEL.RESET_HEAD to fine-tune")

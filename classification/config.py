@@ -20,8 +20,9 @@ _C.DATA.IMG_SIZE = 224  # training and evaluation resolution
 _C.DATA.INTERPOLATION = "bicubic"  # resize interpolation: bicubic, bilinear or nearest
 _C.DATA.PIN_MEMORY = True  # pin host memory of batches (faster copies to a GPU)
 _C.DATA.NUM_WORKERS = 8  # data loading processes per training process
-_C.DATA.MEAN = [0.485, 0.456, 0.406]  # normalisation mean (ImageNet)
-_C.DATA.STD = [0.229, 0.224, 0.225]  # normalisation std (ImageNet)
+_C.DATA.IN_CHANS = 3  # image channels: 3 (RGB), 1 (grayscale) or any N (.npy / .tif arrays; see vssm.image_io)
+_C.DATA.MEAN = [0.485, 0.456, 0.406]  # normalisation mean, one per channel (ImageNet's)
+_C.DATA.STD = [0.229, 0.224, 0.225]  # normalisation std, one per channel (ImageNet's)
 _C.DATA.SKIP_UNREADABLE = True  # skip an image that cannot be decoded (logged with its path, counted per
 #                                 epoch); False: stop with an error naming the file
 
@@ -180,9 +181,25 @@ def _validate(config: CN):
         section, name = key.split(".")
         if config[section][name] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[section][name]}")
+    _validate_channels(config)
     if config.TRAIN.WARMUP_EPOCHS > config.TRAIN.EPOCHS:
         raise ConfigError(f"TRAIN.WARMUP_EPOCHS ({config.TRAIN.WARMUP_EPOCHS}) exceeds TRAIN.EPOCHS "
                           f"({config.TRAIN.EPOCHS})")
+
+
+def _validate_channels(config: CN):
+    """DATA.IN_CHANS >= 1 with one positive DATA.STD and one DATA.MEAN per channel."""
+    chans = config.DATA.IN_CHANS
+    if not isinstance(chans, int) or chans < 1:
+        raise ConfigError(f"DATA.IN_CHANS must be a positive integer, got {chans!r}")
+    for key in ("MEAN", "STD"):
+        values = config.DATA[key]
+        if len(values) != chans:
+            example = "[" + ", ".join(["0.5"] * chans) + "]" if chans <= 8 else f"a list of {chans} numbers"
+            raise ConfigError(f"DATA.{key} has {len(values)} values {list(values)} but DATA.IN_CHANS is {chans}: "
+                              f"give one per channel, e.g. DATA.{key} {example}")
+    if any(not s > 0 for s in config.DATA.STD):
+        raise ConfigError(f"DATA.STD values must be positive, got {list(config.DATA.STD)}")
 
 
 def run_dir(config: CN) -> str:

@@ -4,21 +4,25 @@
 classes in both. Without ``DATA_PATH`` the trainer uses the 1,797 8x8 handwritten digits that ship inside
 scikit-learn (no download), written once as such a folder with a fixed, stratified held-out split
 (360 validation images).
+
+Images are read for ``DATA.IN_CHANS`` channels by ``vssm.image_io.read_image``: any image PIL decodes as RGB
+(3) or grayscale (1), and ``.npy`` / ``.tif`` arrays of exactly IN_CHANS channels (any N). PIL images get timm's
+augmentations, arrays of other channel counts :func:`vssm.image_io.tensor_transform`'s.
 """
 import logging
 import os
 
 import torch
 import torch.distributed as dist
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vssm.digits import prepare_digits
+from vssm.image_io import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, is_image_file,
+                           read_image, tensor_transform)
 
 log = logging.getLogger("train")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".JPEG")
 
 
 class DataError(ValueError):
@@ -37,14 +41,13 @@ def find_classes(folder: str):
 class ImageFolderDataset(Dataset):
     """Images under root/<class>/...; an undecodable image is skipped (or an error naming it)."""
 
-    def __init__(self, root: str, classes, transform, skip_unreadable: bool = True):
+    def __init__(self, root: str, classes, transform, skip_unreadable: bool = True, in_chans: int = 3):
         self.root, self.classes, self.transform = root, list(classes), transform
-        self.skip_unreadable = skip_unreadable
+        self.skip_unreadable, self.in_chans = skip_unreadable, in_chans
         self.samples = []
         for label, name in enumerate(self.classes):
             folder = os.path.join(root, name)
-            files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(folder) for f in fs
-                           if f.endswith(IMAGE_EXTENSIONS))
+            files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(folder) for f in fs if is_image_file(f))
             if not files:
                 raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS[:5])}, ...)")
             self.samples += [(f, label) for f in files]
@@ -55,8 +58,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index):
         path, label = self.samples[index]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
+            img = read_image(path, self.in_chans)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             if not self.skip_unreadable:
                 raise DataError(f"cannot read image {path}: {e}") from e
@@ -89,6 +91,30 @@ def build_transforms(config, train: bool):
                             std=tuple(config.DATA.STD))
 
 
+def build_image_transforms(config, train: bool) -> ImageTransform:
+    """timm's transforms for PIL images (1 or 3 channels) and tensor ones for arrays of any channel count."""
+    pil = build_transforms(config, train) if config.DATA.IN_CHANS in (1, 3) else None
+    tensor = tensor_transform(config.DATA.IMG_SIZE, train, config.DATA.MEAN, config.DATA.STD,
+                              config.DATA.INTERPOLATION, scale=config.AUG.SCALE, hflip=config.AUG.HFLIP,
+                              crop_pct=config.TEST.CROP_PCT if config.TEST.CROP else 1.0, re_prob=config.AUG.REPROB,
+                              re_mode=config.AUG.REMODE, re_count=config.AUG.RECOUNT)
+    return ImageTransform(pil, tensor)
+
+
+def check_image_channels(dataset: "ImageFolderDataset", tries: int = 10):
+    """Read the dataset's first readable image for DATA.IN_CHANS: a clear error before training when they disagree
+    (unreadable images are left to the loader, which skips them or stops, as DATA.SKIP_UNREADABLE says)."""
+    for path, _ in dataset.samples[:tries]:
+        try:
+            read_image(path, dataset.in_chans)
+            return
+        except ChannelMismatchError as e:
+            raise DataError(f"{e}\n(checked on the first image of {dataset.root}: set DATA.IN_CHANS, DATA.MEAN and "
+                            f"DATA.STD to fit the images)") from None
+        except ImageReadError:
+            continue
+
+
 def build_datasets(config):
     root = config.DATA.DATA_PATH or prepare_digits()
     if not os.path.isdir(root):
@@ -100,9 +126,13 @@ def build_datasets(config):
         only_val = sorted(set(val_classes) - set(train_classes))
         raise DataError(f"train/ and val/ of {root} have different classes: only in train {only_train[:10]}, "
                         f"only in val {only_val[:10]}")
-    skip = config.DATA.SKIP_UNREADABLE
-    train = ImageFolderDataset(os.path.join(root, "train"), train_classes, build_transforms(config, True), skip)
-    val = ImageFolderDataset(os.path.join(root, "val"), train_classes, build_transforms(config, False), skip)
+    skip, chans = config.DATA.SKIP_UNREADABLE, config.DATA.IN_CHANS
+    train = ImageFolderDataset(os.path.join(root, "train"), train_classes, build_image_transforms(config, True), skip,
+                               chans)
+    val = ImageFolderDataset(os.path.join(root, "val"), train_classes, build_image_transforms(config, False), skip,
+                             chans)
+    for dataset in (train, val):
+        check_image_channels(dataset)
     return train, val, root
 
 

@@ -24,7 +24,8 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import vssm  # noqa: E402
-from classification.checkpoints import latest_checkpoint, save_atomic, save_epoch_checkpoint  # noqa: E402
+from classification.checkpoints import (check_classes, latest_checkpoint, run_metadata, save_atomic,  # noqa: E402
+                                        save_epoch_checkpoint)
 from classification.config import ConfigError, get_config, run_dir  # noqa: E402
 from classification.data import DataError, build_datasets, build_loaders, build_mixup  # noqa: E402
 from classification.engine import evaluate, throughput, train_one_epoch  # noqa: E402
@@ -155,7 +156,8 @@ def load_pretrained(config, model, trust_checkpoint=False):
         raise CheckpointMismatchError(f"--pretrained {config.MODEL.PRETRAINED} does not fit {config.MODEL.NAME}"
                                       f"{hint}:\n{e}") from None
     log.info(f"loaded pretrained weights {config.MODEL.PRETRAINED}" + (
-        f" (classifier re-initialised: {', '.join(report.skipped)})" if report.skipped else ""))
+        f" (classifier re-initialised: {', '.join(report.skipped)})" if report.skipped else "") + (
+        f" (adapted: {', '.join(report.adapted)})" if report.adapted else ""))
 
 
 def main(args):
@@ -181,8 +183,9 @@ def main(args):
     mixup = build_mixup(config, num_classes)
 
     try:
-        model = vssm.create_model(config.MODEL.NAME, num_classes=num_classes, drop_rate=config.MODEL.DROP_RATE,
-                                  drop_path_rate=config.MODEL.DROP_PATH_RATE, scan_backend=config.MODEL.SCAN_BACKEND,
+        model = vssm.create_model(config.MODEL.NAME, num_classes=num_classes, in_chans=config.DATA.IN_CHANS,
+                                  drop_rate=config.MODEL.DROP_RATE, drop_path_rate=config.MODEL.DROP_PATH_RATE,
+                                  scan_backend=config.MODEL.SCAN_BACKEND,
                                   **{k: v for k, v in config.MODEL.OPTIONS.items()})
     except TypeError as e:
         raise ConfigError(f"MODEL.OPTIONS {dict(config.MODEL.OPTIONS)} do not fit {config.MODEL.NAME}: {e}") from None
@@ -216,6 +219,7 @@ def main(args):
         if missing:
             raise CheckpointError(f"{resume} is not a training checkpoint of this trainer (no {missing}); "
                                   f"use --pretrained to start from its weights")
+        check_classes(state, train_set.classes, resume)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
@@ -266,13 +270,14 @@ def main(args):
         if rank == 0:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                     "max_accuracy": best, "max_accuracy_ema": best_ema, "config": config.dump()}
+                     "max_accuracy": best, "max_accuracy_ema": best_ema, **run_metadata(config, train_set.classes)}
             if ema is not None:
                 state["model_ema"] = ema.module.state_dict()
             if (epoch + 1) % config.SAVE_FREQ == 0 or epoch + 1 == config.TRAIN.EPOCHS:
                 save_epoch_checkpoint(state, out_dir, epoch, config.TRAIN.KEEP_CHECKPOINTS)
             if improved:
-                save_atomic({"model": state["model"], "epoch": epoch, "acc1": acc1}, os.path.join(out_dir, "best.pth"))
+                save_atomic({"model": state["model"], "epoch": epoch, "acc1": acc1,
+                             **run_metadata(config, train_set.classes)}, os.path.join(out_dir, "best.pth"))
             with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             for key in ("train_loss", "val_acc1", "val_acc5", "val_loss"):

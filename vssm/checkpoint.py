@@ -6,6 +6,11 @@ and ``backbone.`` of detection/segmentation checkpoints), converts the authors' 
 model's ``convert_checkpoint`` (each family defines it next to the model), and loads strictly: any
 missing, unexpected or mis-shaped key raises :class:`CheckpointMismatchError` listing them.
 
+A model with another number of input channels than the checkpoint (``in_chans=1`` for grayscale, N for
+multispectral images) gets the checkpoint's 3-channel stem adapted as timm does (``adapt_input_conv``: summed
+over the colours for one channel, cycled and scaled by 3/N for N), on the convolution the model names in its
+``first_conv`` attribute; the report lists it under ``adapted``.
+
 Dense backbones add per-stage output norms (``outnorm{i}``) to the classification model. Loading a
 classification checkpoint into one leaves those layers freshly initialised: that is allowed, and
 reported, only when the checkpoint holds none of them.
@@ -40,6 +45,7 @@ class LoadReport:
     mismatched: list = field(default_factory=list)  # (key, checkpoint shape, model shape)
     initialized: list = field(default_factory=list)  # new layers left as initialised (outnorm of a backbone)
     skipped: list = field(default_factory=list)  # keys dropped on request
+    adapted: list = field(default_factory=list)  # converted to fit: "patch_embed.0.weight: 3 -> 1 channels"
     source: str = ""
 
     @property
@@ -54,7 +60,8 @@ class LoadReport:
         parts = [f"checkpoint {self.source}" if self.source else "checkpoint"]
         for name, items in (("missing in checkpoint", self.missing), ("unexpected in checkpoint", self.unexpected),
                             ("shape mismatch (key, checkpoint, model)", self.mismatched),
-                            ("left initialised", self.initialized), ("skipped", self.skipped)):
+                            ("left initialised", self.initialized), ("skipped", self.skipped),
+                            ("adapted", self.adapted)):
             if items:
                 parts.append(listing(name, items))
         return "\n".join(parts)
@@ -194,6 +201,28 @@ def select_prefix(state_dict: dict, prefix: str):
     return inside, sorted(k for k in state_dict if not k.startswith(prefix))
 
 
+def adapt_input_channels(model: torch.nn.Module, state: dict) -> list:
+    """Fit the checkpoint's first convolution (``model.first_conv``) to the model's input channels, in place.
+
+    3-channel weights become 1-channel (summed) or N-channel (cycled, scaled by 3/N) with
+    ``timm.models.adapt_input_conv``; any weights become 1-channel by summing. Returns what was adapted, e.g.
+    ``["patch_embed.0.weight: 3 -> 1 channels"]``; weights that cannot be adapted are left for the shape check.
+    """
+    name = getattr(model, "first_conv", None)
+    key = f"{name}.weight" if name else None
+    own = model.state_dict().get(key) if key else None
+    weight = state.get(key) if key else None
+    if own is None or weight is None or weight.dim() != 4 or own.dim() != 4 or weight.shape[1] == own.shape[1] \
+            or weight.shape[0] != own.shape[0] or weight.shape[2:] != own.shape[2:]:
+        return []
+    from timm.models import adapt_input_conv
+    try:
+        state[key] = adapt_input_conv(own.shape[1], weight)
+    except NotImplementedError:  # neither 3-channel weights nor a 1-channel model: reported as a shape mismatch
+        return []
+    return [f"{key}: {weight.shape[1]} -> {own.shape[1]} channels"]
+
+
 def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key: str = None,
                     skip=(), trust_checkpoint: bool = False) -> LoadReport:
     """Load a checkpoint file or state dict into ``model``.
@@ -209,8 +238,11 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
         trust_checkpoint: read the file with plain pickle (see :func:`read_checkpoint`): DANGEROUS, only for
             files you made or fully trust.
 
+    A checkpoint's first convolution with another number of input channels than the model's is adapted
+    (:func:`adapt_input_channels`) and reported under ``adapted``.
+
     Returns:
-        LoadReport of what was loaded, left initialised or skipped.
+        LoadReport of what was loaded, adapted, left initialised or skipped.
     """
     source = ""
     if isinstance(checkpoint, (str, os.PathLike)):
@@ -223,6 +255,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
         state = convert(state)
 
     report = LoadReport(source=source)
+    report.adapted = adapt_input_channels(model, state)
     report.skipped = outside  # the neck and heads of a detector/segmentor checkpoint
     # the model's unused parts of a checkpoint (e.g. a classifier, for a backbone) and what was asked to skip
     dropped = tuple(getattr(model, "unused_checkpoint_prefixes", ())) + tuple(skip)
@@ -251,6 +284,6 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
     model.load_state_dict(loadable, strict=False)
     if not report.ok:
         log.warning("non-strict load of %s:\n%s", type(model).__name__, report.describe())
-    elif report.initialized or report.skipped:
+    elif report.initialized or report.skipped or report.adapted:
         log.info("%s", report.describe())
     return report

@@ -97,6 +97,8 @@ class FractalMamba(VMamba):
         ffp_levels: Fractal Fusion Pathway levels (0 disables it).
     """
 
+    first_conv = "patch_embed.0"  # VMamba's stem
+
     def __init__(self, depths=(2, 2, 8, 2), dims=96, directions: int = 2, ffp_levels: int = 1, **kwargs):
         if directions not in DIRECTION_VARIANTS:
             raise ValueError(f"directions must be one of {sorted(DIRECTION_VARIANTS)}, got {directions}")

@@ -133,6 +133,8 @@ class QuadMamba(VMamba):
         gumbel_tau: Gumbel-Softmax temperature of the quadrant choice in training.
     """
 
+    first_conv = "patch_embed.0"  # VMamba's stem
+
     def __init__(self, depths=(2, 2, 5, 2), dims=96, quad_stages=(0, 1), quad_order: str = "nested",
                  gumbel_tau: float = 1.0, **kwargs):
         if quad_order not in QUAD_ORDERS:

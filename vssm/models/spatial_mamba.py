@@ -191,7 +191,8 @@ class ConvLayer(nn.Module):
 
 
 class Stem(nn.Module):
-    """(batch, 3, H, W) -> (batch, H/4, W/4, C): conv3x3 s2 -> C/2, a residual pair of conv3x3, conv3x3 s2 -> 4C, 1x1 -> C."""
+    """(batch, in_chans, H, W) -> (batch, H/4, W/4, C): conv3x3 s2 -> C/2, a residual pair of conv3x3,
+    conv3x3 s2 -> 4C, 1x1 -> C."""
 
     def __init__(self, in_chans: int, dim: int):
         super().__init__()
@@ -234,6 +235,7 @@ class SpatialMamba(StagedModel):
 
     Args:
         depths, dims: blocks and channels per stage (dims: a list, or the first stage's, doubled per stage).
+        in_chans: input image channels (1 for grayscale, any N for multispectral images).
         num_classes: classifier outputs (0: forward returns pooled features).
         global_pool: "avg", or "" (no pooling: with num_classes=0, forward returns the normalised feature map).
         d_state: state size N (the published models use 1); expand: SSM width E = expand * C.

@@ -210,6 +210,7 @@ class VMamba(StagedModel):
     Args:
         depths: blocks per stage.
         dims: channels per stage, or the first stage's (doubled at each stage).
+        in_chans: input image channels (1 for grayscale, any N for multispectral images).
         num_classes: classifier outputs (0: no classifier, forward returns pooled features).
         global_pool: "avg", or "" (no pooling: with num_classes=0, forward returns the normalised feature map).
         d_state, ssm_ratio, dt_rank: SS2D settings (see :class:`SS2D`).
