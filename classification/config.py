@@ -189,7 +189,7 @@ def _validate(config: CN):
         raise ConfigError(f"DATA.BATCH_SIZE (--batch-size) must be even with mixup/cutmix, which mixes each image "
                           f"with another of its batch; got {config.DATA.BATCH_SIZE} (AUG.MIXUP {config.AUG.MIXUP}, "
                           f"AUG.CUTMIX {config.AUG.CUTMIX}); use an even batch or turn them off with "
-                          f"--opts AUG.MIXUP 0 AUG.CUTMIX 0")
+                          f"--opts AUG.MIXUP 0.0 AUG.CUTMIX 0.0")
     if config.TRAIN.WARMUP_EPOCHS > config.TRAIN.EPOCHS:
         raise ConfigError(f"TRAIN.WARMUP_EPOCHS ({config.TRAIN.WARMUP_EPOCHS}) exceeds TRAIN.EPOCHS "
                           f"({config.TRAIN.EPOCHS})")

@@ -117,7 +117,8 @@ def evaluate(config, model, loader, device, label="val"):
                         f"above name them)")
     count = sums[3].item()
     acc1, acc5, loss = (sums[0] / count * 100).item(), (sums[1] / count * 100).item(), (sums[2] / count).item()
-    log.info(f" * Acc@1 {acc1:.3f} Acc@5 {acc5:.3f}  ({label}, {int(sums[3].item())} images, loss {loss:.4f})")
+    skipped = f", {int(sums[4].item())} unreadable skipped" if sums[4] else ""
+    log.info(f" * Acc@1 {acc1:.3f} Acc@5 {acc5:.3f}  ({label}, {int(sums[3].item())} images{skipped}, loss {loss:.4f})")
     return acc1, acc5, loss
 
 
