@@ -245,6 +245,7 @@ def main(args):
     if rank == 0 and not (config.EVAL_MODE or config.THROUGHPUT_MODE):
         for repair in restore_bookkeeping(out_dir, start_epoch, state):
             log.info(f"completed the bookkeeping of an interrupted run: {repair}")
+    state = None  # the resumed weights and optimizer state are loaded: free the copy
 
     if config.THROUGHPUT_MODE:
         throughput(config, model, val_loader, device)

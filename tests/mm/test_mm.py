@@ -194,7 +194,6 @@ def segmentor_checkpoints(tmp_path_factory):
                "unexpected in checkpoint (1): auxiliary_head.extra.weight",
                "shape mismatch (key, checkpoint, model) (1): ('decode_head.conv_seg.weight', (7,", "--allow-mismatch"]),
     ("classifier", ["it looks like a classification checkpoint", "unexpected in checkpoint (2): epoch, model"]),
-    ("cut", ["is truncated or corrupt"]),
 ])
 def test_test_tool_stops_on_a_checkpoint_that_does_not_fit(case, messages, shapes, segmentor_checkpoints, tmp_path,
                                                           capsys):
@@ -235,3 +234,14 @@ def test_train_tool_resumes_only_from_a_fitting_training_checkpoint(case, messag
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert not glob.glob(str(tmp_path / "iter_*.pth")), "nothing trained"
+
+
+def test_dist_test_sh_with_a_truncated_checkpoint(shapes, segmentor_checkpoints, tmp_path):
+    """Through the launcher users run. Before: a traceback from torch.load."""
+    _, ade = shapes
+    paths, _ = segmentor_checkpoints
+    out = _tool("segmentation", "dist_test.sh", SEG_NANO, paths["cut"], "1", "--work-dir", str(tmp_path),
+                "--cfg-options", *_seg_options(ade))
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {paths['cut']} is truncated or corrupt")
+    assert "Traceback" not in out.stderr
