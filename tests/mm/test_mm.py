@@ -85,6 +85,10 @@ def test_segmentation_test_time_augmentation(shapes, tmp_path):
     assert metrics, "the test-time-augmented run logged no metrics"
     with open(metrics[0]) as f:
         assert "mIoU" in json.load(f)
+    # its own checkpoint passes the strict load of a resume (nothing is left to train)
+    from vssm.mm.tools import cli
+    assert cli(train_main, [config, "--work-dir", work, "--resume", os.path.join(work, "iter_2.pth"),
+                            "--cfg-options", *_seg_options(ade)]) == 0
 
 
 def _tool(task, script, *args):
