@@ -56,9 +56,11 @@ def test_erf_loads_a_checkpoint_strictly(tmp_path, capsys):
                              "--random", "--out", str(tmp_path / "e.png")]) == 0
     assert f"loaded checkpoint {path}" in capsys.readouterr().out
     torch.save({"model": {"stray": torch.zeros(1)}}, path)
-    assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path), "--out", str(tmp_path / "e.png")]) == 2
+    assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path),
+                             "--out", str(tmp_path / "e.png")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: VMamba does not match the checkpoint") and "unexpected in checkpoint (1): stray" in err
+    assert err.startswith("error: VMamba does not match the checkpoint")
+    assert "unexpected in checkpoint (1): stray" in err
 
 
 def test_attnmap(tmp_path, capsys):

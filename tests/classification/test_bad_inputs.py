@@ -82,7 +82,8 @@ def test_unreadable_image_with_mixup_trains_and_resumes_exactly(tmp_path, data, 
 
 @pytest.mark.parametrize("opts,message", [
     (["DATA.BATCH_SIZE", "3", *MIXUP], "DATA.BATCH_SIZE (--batch-size) must be even with mixup/cutmix"),
-    (["DATA.BATCH_SIZE", "5", "AUG.MIXUP", "0.0", "AUG.CUTMIX", "0.0", "AUG.CUTMIX_MINMAX", "[0.2, 0.8]"], "must be even"),
+    (["DATA.BATCH_SIZE", "5", "AUG.MIXUP", "0.0", "AUG.CUTMIX", "0.0", "AUG.CUTMIX_MINMAX", "[0.2, 0.8]"],
+     "must be even"),
     (["DATA.NUM_WORKERS", "-1"], "DATA.NUM_WORKERS must be 0 (load in the training process) or more, got -1"),
 ])
 def test_options_the_loader_cannot_use_are_named(tmp_path, data, capsys, opts, message):

@@ -177,7 +177,6 @@ SEG_NANO = os.path.join(ROOT, "configs", "segmentation", "vmamba", "upernet_vmam
 def segmentor_checkpoints(tmp_path_factory):
     """Checkpoints that do not fit the nano UperNet: keys missing, unexpected and mis-shaped; a classifier's;
     one cut short."""
-    from vssm.mm.tools import cli  # noqa: F401  (the entry point the scripts run)
     root = tmp_path_factory.mktemp("checkpoints")
     state = build_from_config(SEG_NANO)[0].state_dict()
     missing, reshaped = "decode_head.conv_seg.bias", "decode_head.conv_seg.weight"
