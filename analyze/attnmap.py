@@ -18,6 +18,7 @@ import torch
 
 from vssm.analysis import (analysis_model, attention_matrix, attention_rows, denormalise, grid_position, load_images,
                            mixer_map, token_mixers)
+from vssm.analysis.cli import check_models, command, positive
 
 
 def parse_args(argv=None):
@@ -27,12 +28,12 @@ def parse_args(argv=None):
     p.add_argument("--blocks", nargs="+", help="blocks as stage.block (default: the first block of each stage)")
     p.add_argument("--position", type=float, nargs=2, default=[0.5, 0.5], metavar=("ROW", "COL"),
                    help="query position as fractions of height and width (default: the centre)")
-    p.add_argument("--size", type=int, nargs="+", default=[224], help="input size S or H W")
-    p.add_argument("--images", type=int, default=1, help="images to average over")
+    p.add_argument("--size", type=positive, nargs="+", default=[224], help="input size S or H W")
+    p.add_argument("--images", type=positive, default=1, help="images to average over")
     p.add_argument("--data-path", help="folder of images; default: embedded digits")
     p.add_argument("--random", action="store_true", help="a noise image instead of the digits")
     p.add_argument("--matrix", action="store_true", help="also draw the full matrices (one backward pass per row)")
-    p.add_argument("--max-tokens", type=int, default=1024, help="largest block drawn as a full matrix")
+    p.add_argument("--max-tokens", type=positive, default=1024, help="largest block drawn as a full matrix")
     p.add_argument("--linear", action="store_true", help="linear colour scale (default: log10 relative to the peak)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -42,6 +43,7 @@ def parse_args(argv=None):
         p.error("--size takes S or H W")
     if not all(0 <= f <= 1 for f in args.position):
         p.error("--position takes fractions in [0, 1]")
+    check_models(p, [args.model])
     return args
 
 
@@ -53,6 +55,7 @@ def parse_block(text: str):
     return stage, block
 
 
+@command
 def main(argv=None):
     args = parse_args(argv)
     from vssm.analysis.plots import attention_figure, matrix_figure

@@ -22,6 +22,7 @@ import torch
 
 import vssm
 from vssm.analysis import analysis_model, contribution_area_ratios, effective_receptive_field, load_images, mean_distance
+from vssm.analysis.cli import check_models, command, positive
 from vssm.benchmark import measure_isolated
 
 FULL = dict(models=["vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fractalmamba_tiny"],
@@ -35,15 +36,15 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="nano models and small sizes (smoke run)")
     p.add_argument("--models", nargs="+", help=f"default: {' '.join(FULL['models'])}")
     p.add_argument("--reference", help=f"reference model (default: {FULL['reference']}; 'none' to skip)")
-    p.add_argument("--sizes", type=int, nargs="+", help=f"resolutions (default: {FULL['sizes']})")
-    p.add_argument("--size", type=int, help="resolution of the main table and the ERF (default: 224)")
-    p.add_argument("--batch-size", type=int, help="throughput batch (default: 8 on CPU, 128 on GPU)")
-    p.add_argument("--erf-images", type=int, help="images for the ERF (default: 8; the papers use 50)")
+    p.add_argument("--sizes", type=positive, nargs="+", help=f"resolutions (default: {FULL['sizes']})")
+    p.add_argument("--size", type=positive, help="resolution of the main table and the ERF (default: 224)")
+    p.add_argument("--batch-size", type=positive, help="throughput batch (default: 8 on CPU, 128 on GPU)")
+    p.add_argument("--erf-images", type=positive, help="images for the ERF (default: 8; the papers use 50)")
     p.add_argument("--data-path", help="images for the ERF (default: the embedded digits)")
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="MODEL=FILE", help="weights for a model")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per throughput measurement")
+    p.add_argument("--threads", type=positive, default=torch.get_num_threads())
+    p.add_argument("--iters", type=positive, default=3, help="timed iterations per throughput measurement")
     p.add_argument("--out", default="output/compare", help="output folder")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
@@ -63,6 +64,7 @@ def parse_args(argv=None):
     unknown = sorted(set(args.checkpoint) - set(args.models))
     if unknown:
         p.error(f"--checkpoint names models not compared: {', '.join(unknown)}")
+    check_models(p, ([args.reference] if args.reference else []) + list(args.models))
     return args
 
 
@@ -70,6 +72,7 @@ def step(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+@command
 def main(argv=None):
     args = parse_args(argv)
     from vssm.analysis.plots import erf_figure, line_figure
@@ -108,6 +111,7 @@ def main(argv=None):
         maps[name], notes[name] = erf, f"area 50%: {ratios[0.5]:.2f}, 99%: {ratios[0.99]:.2f}"
         del model
 
+    failed = []
     for name in models:
         results[name]["resolution"] = {}
         for size in args.sizes:
@@ -116,6 +120,7 @@ def main(argv=None):
                 r = measure_isolated(name, batch=1, size=(size, size), device=args.device, iters=args.iters, warmup=1)
             except RuntimeError as error:
                 print(f"  failed: {str(error).strip().splitlines()[-1]}", flush=True)
+                failed.append(f"{name} at {size}x{size}")
                 continue
             results[name]["resolution"][size] = {"seconds": r["seconds_per_batch"], "peak_memory_mb": r["peak_memory_mb"]}
 
@@ -136,6 +141,9 @@ def main(argv=None):
     print()
     print(report)
     step(f"wrote {args.out}/compare.md, compare.json, erf.png, resolution_time.png, resolution_memory.png")
+    if failed:
+        print(f"error: {len(failed)} measurements failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,7 @@ import time
 import torch
 
 from vssm.analysis import analysis_model, contribution_area_ratios, effective_receptive_field, load_images, mean_distance
+from vssm.analysis.cli import check_models, command, positive
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -27,8 +28,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", required=True, help="vssm model names (or timm names, e.g. convnext_tiny)")
     p.add_argument("--checkpoint", nargs="*", default=[], help="one checkpoint per model (default: initialised)")
-    p.add_argument("--images", type=int, default=16, help="images to average over (RepLKNet: 50)")
-    p.add_argument("--size", type=int, nargs="+", default=[224], help="input size S or H W (RepLKNet: 1024)")
+    p.add_argument("--images", type=positive, default=16, help="images to average over (RepLKNet: 50)")
+    p.add_argument("--size", type=positive, nargs="+", default=[224], help="input size S or H W (RepLKNet: 1024)")
     p.add_argument("--data-path", help="folder of images (e.g. ImageNet val); default: embedded digits")
     p.add_argument("--random", action="store_true", help="noise images instead of the digits")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -40,9 +41,11 @@ def parse_args(argv=None):
         p.error(f"--checkpoint needs one file per model ({len(args.model)}), got {len(args.checkpoint)}")
     if len(args.size) not in (1, 2):
         p.error("--size takes S or H W")
+    check_models(p, args.model)
     return args
 
 
+@command
 def main(argv=None):
     args = parse_args(argv)
     from vssm.analysis.plots import erf_figure

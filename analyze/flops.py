@@ -19,6 +19,7 @@ import warnings
 
 import vssm
 from vssm.analysis import analysis_model
+from vssm.analysis.cli import check_models, command, positive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODELS = ["vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fractalmamba_tiny"]
@@ -46,7 +47,7 @@ def default_config(model: str, task: str) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", help=f"vssm (or timm) model names (default: {' '.join(DEFAULT_MODELS)})")
-    p.add_argument("--size", type=int, nargs="+", help="input S or H W (default: 224; det 800 1280; seg 512 2048)")
+    p.add_argument("--size", type=positive, nargs="+", help="input S or H W (default: 224; det 800 1280; seg 512 2048)")
     p.add_argument("--task", choices=sorted(TASKS), help="count the detector / segmentor instead of the classifier")
     p.add_argument("--config", nargs="+", help="mmdet / mmseg configs (with --task; default: from --model)")
     args = p.parse_args(argv)
@@ -54,9 +55,11 @@ def parse_args(argv=None):
         p.error("--size takes S or H W")
     if args.config and not args.task:
         p.error("--config needs --task det or seg")
+    check_models(p, args.model or [])
     return args
 
 
+@command
 def main(argv=None):
     args = parse_args(argv)
     size = None if not args.size else (args.size * 2 if len(args.size) == 1 else args.size)

@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from vssm.analysis.cli import at_least, check_models, command, positive
 from vssm.benchmark import measure_isolated
 
 
@@ -36,19 +37,22 @@ def parse_size(text: str):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", required=True, help="vssm model names (or timm names)")
-    p.add_argument("--batch-size", type=int, help="default: 8 on CPU, 128 on GPU")
+    p.add_argument("--batch-size", type=positive, help="default: 8 on CPU, 128 on GPU")
     p.add_argument("--size", type=parse_size, nargs="+", default=[(224, 224)], help="input sizes: S or HxW")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on GPU)")
     p.add_argument("--train", action="store_true", help="also measure training steps")
     p.add_argument("--reference", default="convnext_tiny", help="model to compare with ('none' to skip)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=positive, default=torch.get_num_threads(), help="CPU threads")
+    p.add_argument("--warmup", type=at_least(0), default=2)
+    p.add_argument("--iters", type=positive, default=5)
     p.add_argument("--json", help="also write the results to this JSON file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_models(p, args.model + ([] if args.reference.lower() == "none" else [args.reference]))
+    return args
 
 
+@command
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -61,7 +65,7 @@ def main(argv=None):
     modes = [False, True] if args.train else [False]
     print(f"device {args.device}{'' if gpu else f' ({args.threads} threads)'}, batch {batch}, "
           f"{'AMP' if args.amp else 'fp32'}, {args.warmup} warm-up + {args.iters} timed iterations", flush=True)
-    results, total, done = [], len(models) * len(args.size) * len(modes), 0
+    results, failed, total, done = [], [], len(models) * len(args.size) * len(modes), 0
     for size in args.size:
         for name in models:
             row = {"model": name, "size": list(size), "batch": batch}
@@ -74,6 +78,7 @@ def main(argv=None):
                                          warmup=args.warmup, iters=args.iters)
                 except RuntimeError as error:  # e.g. out of memory at a large size: report, go on
                     print(f"  failed: {str(error).strip().splitlines()[-1]}", flush=True)
+                    failed.append(f"{name} {size[0]}x{size[1]} {kind}")
                     continue
                 row[kind] = {"images_per_s": r["images_per_s"], "peak_memory_mb": r["peak_memory_mb"]}
             results.append(row)
@@ -84,6 +89,9 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "threads": args.threads, "amp": args.amp, "results": results}, f, indent=1)
         print(f"wrote {args.json}")
+    if failed:
+        print(f"error: {len(failed)} of {total} measurements failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

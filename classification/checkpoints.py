@@ -3,16 +3,28 @@
 Besides the weights, every checkpoint carries what inference needs (:func:`run_metadata`): the class names in
 label order, timm's data config of the run (input size with channels, mean, std, interpolation, crop) and the
 run's config. ``python -m vssm.predict`` reads them; a resumed run checks that its classes are the same.
+
+An epoch's bookkeeping is its checkpoint (which also carries the epoch's log record and which epoch was
+best), then ``best.pth`` when it improved, then its line in ``log.jsonl``. A run killed anywhere in
+between is repaired when it resumes (:func:`restore_bookkeeping`), and the temporary files of killed
+writes are removed when a run starts (:func:`remove_stale_temporaries`).
 """
 import glob
+import json
+import logging
 import os
 import re
 
 import torch
 
-from vssm.checkpoint import CheckpointMismatchError
+from vssm.checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint
 
 PATTERN = re.compile(r"ckpt_epoch_(\d+)\.pth$")
+TEMPORARY = re.compile(r"\.tmp(\d+)$")  # save_atomic's temporary files: <target>.tmp<PID>
+LOG = "log.jsonl"
+BEST = "best.pth"
+
+log = logging.getLogger("train")
 
 
 def save_atomic(obj, path: str):
@@ -74,3 +86,96 @@ def check_classes(state: dict, classes, path: str):
             f"checkpoint: {only_saved}, only in the data: {only_data}"
             + ("; same names in another order" if not only_saved and not only_data else "")
             + "); use another --output/--tag for a new run, or --pretrained with MODEL.RESET_HEAD to fine-tune")
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list:
+    """Delete the ``*.tmp<PID>`` files that writes killed midway left in ``folder`` (never one whose process
+    still runs on this machine); returns their paths."""
+    removed = []
+    for entry in os.scandir(folder):
+        found = TEMPORARY.search(entry.name)
+        if found and entry.is_file() and not _running(int(found.group(1))):
+            os.remove(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
+def save_best(folder: str, model_state: dict, epoch: int, acc1: float, metadata: dict):
+    """best.pth: the weights of the best epoch with the run's :func:`run_metadata`."""
+    save_atomic({"model": model_state, "epoch": epoch, "acc1": acc1, **metadata}, os.path.join(folder, BEST))
+
+
+def append_record(folder: str, record: dict):
+    """One epoch's line of log.jsonl."""
+    with open(os.path.join(folder, LOG), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_records(folder: str):
+    """The records of log.jsonl, and whether every line was one (a kill while writing cuts the last short)."""
+    path = os.path.join(folder, LOG)
+    if not os.path.isfile(path):
+        return [], True
+    records, whole = [], True
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                records.append(record)
+            else:
+                whole = False
+    return records, whole
+
+
+def restore_bookkeeping(folder: str, start_epoch: int, resumed: dict = None) -> list:
+    """Make log.jsonl and best.pth what an uninterrupted run would have written before ``start_epoch``.
+
+    ``resumed`` is the checkpoint the run continues from (None: a fresh start). A kill after that
+    checkpoint but before the rest of its epoch's bookkeeping left out its log record and, when it was the
+    best epoch, best.pth: both are written from the checkpoint. Records of epochs from ``start_epoch`` on
+    (epochs to be trained again) and lines cut short are dropped. Returns what was repaired.
+    """
+    repaired = []
+    records, whole = read_records(folder)
+    kept = [r for r in records if r["epoch"] < start_epoch]
+    dropped = [r["epoch"] for r in records if r["epoch"] >= start_epoch]
+    if dropped:
+        repaired.append(f"log records of epochs {dropped} dropped (they are trained again)")
+    if not whole:
+        repaired.append("log lines cut short dropped")
+    own = (resumed or {}).get("record")
+    if own is not None and own.get("epoch") == start_epoch - 1 and all(r["epoch"] != own["epoch"] for r in kept):
+        kept.append(own)
+        repaired.append(f"log record of epoch {own['epoch']} restored from the checkpoint")
+    kept.sort(key=lambda r: r["epoch"])
+    if kept != records or not whole:
+        tmp = os.path.join(folder, f"{LOG}.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, os.path.join(folder, LOG))
+    best_epoch = (resumed or {}).get("best_epoch")
+    if best_epoch is not None and best_epoch == resumed.get("epoch"):
+        path = os.path.join(folder, BEST)
+        try:
+            written = read_checkpoint(path).get("epoch", -1) if os.path.isfile(path) else -1
+        except CheckpointError:
+            written = -1
+        if written < best_epoch:
+            metadata = {k: resumed[k] for k in ("classes", "data_config", "config") if k in resumed}
+            save_best(folder, resumed["model"], best_epoch, resumed.get("max_accuracy", 0.0), metadata)
+            repaired.append(f"best.pth of epoch {best_epoch} restored from the checkpoint")
+    return repaired

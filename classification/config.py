@@ -24,7 +24,9 @@ _C.DATA.IN_CHANS = 3  # image channels: 3 (RGB), 1 (grayscale) or any N (.npy / 
 _C.DATA.MEAN = [0.485, 0.456, 0.406]  # normalisation mean, one per channel (ImageNet's)
 _C.DATA.STD = [0.229, 0.224, 0.225]  # normalisation std, one per channel (ImageNet's)
 _C.DATA.SKIP_UNREADABLE = True  # skip an image that cannot be decoded (logged with its path, counted per
-#                                 epoch); False: stop with an error naming the file
+#                                 epoch): in training another image, picked by its index, takes its place
+#                                 (batches stay full); in evaluation it is left out; False: stop with an
+#                                 error naming the file
 
 # ---- model -----------------------------------------------------------------------------------------------
 _C.MODEL = CN()
@@ -182,6 +184,14 @@ def _validate(config: CN):
         if config[section][name] < 1:
             raise ConfigError(f"{key} must be at least 1, got {config[section][name]}")
     _validate_channels(config)
+    if config.DATA.NUM_WORKERS < 0:
+        raise ConfigError(f"DATA.NUM_WORKERS must be 0 (load in the training process) or more, got "
+                          f"{config.DATA.NUM_WORKERS}")
+    if uses_mixup(config) and config.DATA.BATCH_SIZE % 2:
+        raise ConfigError(f"DATA.BATCH_SIZE (--batch-size) must be even with mixup/cutmix, which mixes each image "
+                          f"with another of its batch; got {config.DATA.BATCH_SIZE} (AUG.MIXUP {config.AUG.MIXUP}, "
+                          f"AUG.CUTMIX {config.AUG.CUTMIX}); use an even batch or turn them off with "
+                          f"--opts AUG.MIXUP 0.0 AUG.CUTMIX 0.0")
     if config.TRAIN.WARMUP_EPOCHS > config.TRAIN.EPOCHS:
         raise ConfigError(f"TRAIN.WARMUP_EPOCHS ({config.TRAIN.WARMUP_EPOCHS}) exceeds TRAIN.EPOCHS "
                           f"({config.TRAIN.EPOCHS})")
@@ -200,6 +210,11 @@ def _validate_channels(config: CN):
                               f"give one per channel, e.g. DATA.{key} {example}")
     if any(not s > 0 for s in config.DATA.STD):
         raise ConfigError(f"DATA.STD values must be positive, got {list(config.DATA.STD)}")
+
+
+def uses_mixup(config: CN) -> bool:
+    """Whether the run mixes images (timm's Mixup: mixup or cutmix), which needs an even batch."""
+    return config.AUG.MIXUP > 0 or config.AUG.CUTMIX > 0 or config.AUG.CUTMIX_MINMAX is not None
 
 
 def run_dir(config: CN) -> str:

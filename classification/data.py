@@ -11,6 +11,8 @@ augmentations, arrays of other channel counts :func:`vssm.image_io.tensor_transf
 """
 import logging
 import os
+import random
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -18,6 +20,7 @@ from PIL import UnidentifiedImageError
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from classification.config import uses_mixup
 from vssm.digits import prepare_digits
 from vssm.image_io import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, is_image_file,
                            read_image, tensor_transform)
@@ -38,12 +41,30 @@ def find_classes(folder: str):
     return classes
 
 
-class ImageFolderDataset(Dataset):
-    """Images under root/<class>/...; an undecodable image is skipped (or an error naming it)."""
+class Unreadable(NamedTuple):
+    """What a dataset returns for an image it could not use: dropped and counted, or fatal (the run stops)."""
+    path: str
+    message: str
+    fatal: bool
 
-    def __init__(self, root: str, classes, transform, skip_unreadable: bool = True, in_chans: int = 3):
-        self.root, self.classes, self.transform = root, list(classes), transform
-        self.skip_unreadable, self.in_chans = skip_unreadable, in_chans
+
+REPLACEMENT_TRIES = 32  # other images tried in place of an unreadable one before the run stops
+
+
+class ImageFolderDataset(Dataset):
+    """Images under root/<class>/... read with ``in_chans`` channels; each item is (image, label, 1 if it stands in for an unreadable image).
+
+    ``unreadable`` says what happens to an image that cannot be decoded (logged with its path):
+    "replace" (training) returns another image in its place, chosen by the index alone (the same on every
+    run, process and resume) so that batches stay full; "drop" (evaluation) returns an :class:`Unreadable`
+    that the loader counts and leaves out; "error" returns a fatal one, naming the file.
+    """
+
+    def __init__(self, root: str, classes, transform, unreadable: str = "replace", in_chans: int = 3):
+        if unreadable not in ("replace", "drop", "error"):
+            raise ValueError(f"unreadable must be replace, drop or error, got {unreadable!r}")
+        self.root, self.classes, self.transform, self.unreadable = root, list(classes), transform, unreadable
+        self.in_chans = in_chans
         self.samples = []
         for label, name in enumerate(self.classes):
             folder = os.path.join(root, name)
@@ -55,26 +76,71 @@ class ImageFolderDataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, index):
-        path, label = self.samples[index]
+    def _read(self, index):
+        path, _ = self.samples[index]
         try:
-            img = read_image(path, self.in_chans)
+            return read_image(path, self.in_chans), None
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            if not self.skip_unreadable:
-                raise DataError(f"cannot read image {path}: {e}") from e
-            log.warning("skipping unreadable image %s (%s)", path, e)
-            return None
-        return self.transform(img), label
+            return None, f"{e}"
+
+    def __getitem__(self, index):
+        img, error = self._read(index)
+        if img is not None:
+            return self.transform(img), self.samples[index][1], 0
+        path = self.samples[index][0]
+        if self.unreadable == "error":
+            return Unreadable(path, f"cannot read image {path}: {error} (DATA.SKIP_UNREADABLE True skips such "
+                                    f"images)", fatal=True)
+        _warn_once(path, error)
+        if self.unreadable == "drop":
+            return Unreadable(path, error, fatal=False)
+        rng = random.Random(index)
+        for _ in range(REPLACEMENT_TRIES):
+            other = rng.randrange(len(self.samples))
+            img, other_error = self._read(other)
+            if img is not None:
+                return self.transform(img), self.samples[other][1], 1
+            _warn_once(self.samples[other][0], other_error)
+        return Unreadable(path, f"cannot read training image {path} ({error}) nor any of {REPLACEMENT_TRIES} "
+                                f"others tried in its place (the last: {self.samples[other][0]}: {other_error}); "
+                                f"are the images under {self.root} readable?", fatal=True)
+
+
+_warned = set()
+
+
+def _warn_once(path, error):
+    if path not in _warned:
+        _warned.add(path)
+        log.warning("skipping unreadable image %s (%s)", path, error)
 
 
 def collate_skipping_unreadable(batch):
-    """Default collation of the readable samples; the number skipped rides along."""
-    kept = [b for b in batch if b is not None]
-    skipped = len(batch) - len(kept)
+    """(images, labels, images skipped, fatal Unreadable items): default collation of the readable samples."""
+    kept = [b for b in batch if not isinstance(b, Unreadable)]
+    fatal = [b for b in batch if isinstance(b, Unreadable) and b.fatal]
+    skipped = sum(b[2] for b in kept) + sum(1 for b in batch if isinstance(b, Unreadable) and not b.fatal)
     if not kept:
-        return None, None, skipped
-    images, labels = torch.utils.data.default_collate(kept)
-    return images, labels, skipped
+        return None, None, skipped, fatal
+    images, labels = torch.utils.data.default_collate([b[:2] for b in kept])
+    return images, labels, skipped, fatal
+
+
+class Loader:
+    """A DataLoader yielding (images, labels, images skipped as unreadable); stops with a DataError, in the
+    main process, at an image the dataset could not use or replace."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, skipped, fatal in self.loader:
+            if fatal:
+                raise DataError(fatal[0].message)
+            yield images, labels, skipped
 
 
 def build_transforms(config, train: bool):
@@ -117,6 +183,9 @@ def check_image_channels(dataset: "ImageFolderDataset", tries: int = 10):
 
 def build_datasets(config):
     root = config.DATA.DATA_PATH or prepare_digits()
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"data path {root} is a file; it must be a folder holding train/ and val/, each with one "
+                        f"sub-folder of images per class")
     if not os.path.isdir(root):
         raise DataError(f"data path {root} does not exist")
     train_classes = find_classes(os.path.join(root, "train"))
@@ -127,10 +196,10 @@ def build_datasets(config):
         raise DataError(f"train/ and val/ of {root} have different classes: only in train {only_train[:10]}, "
                         f"only in val {only_val[:10]}")
     skip, chans = config.DATA.SKIP_UNREADABLE, config.DATA.IN_CHANS
-    train = ImageFolderDataset(os.path.join(root, "train"), train_classes, build_image_transforms(config, True), skip,
-                               chans)
-    val = ImageFolderDataset(os.path.join(root, "val"), train_classes, build_image_transforms(config, False), skip,
-                             chans)
+    train = ImageFolderDataset(os.path.join(root, "train"), train_classes, build_image_transforms(config, True),
+                               "replace" if skip else "error", chans)
+    val = ImageFolderDataset(os.path.join(root, "val"), train_classes, build_image_transforms(config, False),
+                             "drop" if skip else "error", chans)
     for dataset in (train, val):
         check_image_channels(dataset)
     return train, val, root
@@ -170,11 +239,11 @@ def build_loaders(config, train_set, val_set, seed: int):
         train_sampler.set_epoch(epoch)
         generator.manual_seed(seed * 100003 + epoch * 1009 + rank)  # worker seeds of this epoch
 
-    return train_loader, val_loader, set_epoch
+    return Loader(train_loader), Loader(val_loader), set_epoch
 
 
 def build_mixup(config, num_classes: int):
-    if config.AUG.MIXUP <= 0 and config.AUG.CUTMIX <= 0 and config.AUG.CUTMIX_MINMAX is None:
+    if not uses_mixup(config):
         return None
     return Mixup(mixup_alpha=config.AUG.MIXUP, cutmix_alpha=config.AUG.CUTMIX, cutmix_minmax=config.AUG.CUTMIX_MINMAX,
                  prob=config.AUG.MIXUP_PROB, switch_prob=config.AUG.MIXUP_SWITCH_PROB, mode=config.AUG.MIXUP_MODE,

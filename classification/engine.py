@@ -8,6 +8,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
+from classification.data import DataError
+
 log = logging.getLogger("train")
 
 
@@ -110,9 +112,13 @@ def evaluate(config, model, loader, device, label="val"):
         sums[3] += targets.numel()
     if dist.is_initialized():
         dist.all_reduce(sums)
-    count = max(sums[3].item(), 1)
+    if sums[3] == 0:
+        raise DataError(f"no validation image could be read: all {int(sums[4].item())} are unreadable (the warnings "
+                        f"above name them)")
+    count = sums[3].item()
     acc1, acc5, loss = (sums[0] / count * 100).item(), (sums[1] / count * 100).item(), (sums[2] / count).item()
-    log.info(f" * Acc@1 {acc1:.3f} Acc@5 {acc5:.3f}  ({label}, {int(sums[3].item())} images, loss {loss:.4f})")
+    skipped = f", {int(sums[4].item())} unreadable skipped" if sums[4] else ""
+    log.info(f" * Acc@1 {acc1:.3f} Acc@5 {acc5:.3f}  ({label}, {int(sums[3].item())} images{skipped}, loss {loss:.4f})")
     return acc1, acc5, loss
 
 
@@ -120,7 +126,10 @@ def evaluate(config, model, loader, device, label="val"):
 def throughput(config, model, loader, device, warmup: int = 5, iters: int = 20):
     """Inference images/s on one validation batch, repeated."""
     model.eval()
-    images = next(iter(loader))[0].to(device)
+    images = next((batch[0] for batch in loader if batch[0] is not None), None)
+    if images is None:
+        raise DataError("no readable validation image to measure throughput on")
+    images = images.to(device)
     for _ in range(warmup):
         with autocast(config, device):
             model(images)

@@ -10,7 +10,6 @@ epoch) and TensorBoard scalars under tensorboard/. Started again with the same c
 the newest checkpoint and ends with the same weights as an uninterrupted run (same seed, CPU).
 """
 import argparse
-import json
 import logging
 import os
 import random
@@ -24,7 +23,8 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import vssm  # noqa: E402
-from classification.checkpoints import (check_classes, latest_checkpoint, run_metadata, save_atomic,  # noqa: E402
+from classification.checkpoints import (append_record, check_classes, latest_checkpoint,  # noqa: E402
+                                        remove_stale_temporaries, restore_bookkeeping, run_metadata, save_best,
                                         save_epoch_checkpoint)
 from classification.config import ConfigError, get_config, run_dir  # noqa: E402
 from classification.data import DataError, build_datasets, build_loaders, build_mixup  # noqa: E402
@@ -172,6 +172,9 @@ def main(args):
         with open(os.path.join(out_dir, "config.yaml"), "w") as f:
             f.write(config.dump())
     log.info(f"{world} process(es) on {device}; output {out_dir}")
+    if rank == 0:
+        for path in remove_stale_temporaries(out_dir):
+            log.info(f"removed {path}, left by a process killed while writing it")
     seed_everything(config.SEED + rank)
 
     train_set, val_set, data_root = build_datasets(config)
@@ -211,10 +214,14 @@ def main(args):
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     criterion = build_criterion(config, mixup)
 
-    start_epoch, best, best_ema = config.TRAIN.START_EPOCH, 0.0, 0.0
+    start_epoch, best, best_ema, best_epoch = config.TRAIN.START_EPOCH, 0.0, 0.0, None
     resume = config.MODEL.RESUME or (latest_checkpoint(out_dir) if config.TRAIN.AUTO_RESUME else None)
+    state = None
     if resume:
         state = read_checkpoint(resume, trust_checkpoint=args.trust_checkpoint)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{resume} is not a training checkpoint of this trainer: it holds a "
+                                  f"{type(state).__name__}, not a dict with model, optimizer, lr_scheduler and epoch")
         missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in state]
         if missing:
             raise CheckpointError(f"{resume} is not a training checkpoint of this trainer (no {missing}); "
@@ -227,12 +234,22 @@ def main(args):
         if not config.EVAL_MODE:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["lr_scheduler"])
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and "model_ema" in state:
-            ema.module.load_state_dict(state["model_ema"])
+            if "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
+            elif scaler.is_enabled():
+                log.info(f"{resume} holds no loss-scaler state: fp16 loss scaling starts afresh")
+        if ema is not None:
+            if "model_ema" not in state:
+                log.info(f"{resume} holds no EMA weights: the EMA restarts from the resumed weights")
+            ema.module.load_state_dict(state.get("model_ema", state["model"]))
         start_epoch = state["epoch"] + 1
         best, best_ema = state.get("max_accuracy", 0.0), state.get("max_accuracy_ema", 0.0)
+        best_epoch = state.get("best_epoch")
         log.info(f"resumed from {resume} (epoch {state['epoch']}, best Acc@1 {best:.2f})")
+    if rank == 0 and not (config.EVAL_MODE or config.THROUGHPUT_MODE):
+        for repair in restore_bookkeeping(out_dir, start_epoch, state):
+            log.info(f"completed the bookkeeping of an interrupted run: {repair}")
+    state = None  # the resumed weights and optimizer state are loaded: free the copy
 
     if config.THROUGHPUT_MODE:
         throughput(config, model, val_loader, device)
@@ -264,22 +281,23 @@ def main(args):
             best_ema = max(best_ema, ema_acc1)
         improved = acc1 > best
         best = max(best, acc1)
+        best_epoch = epoch if improved else best_epoch
         record = {"epoch": epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"], "val_acc1": acc1,
                   "val_acc5": acc5, "val_loss": val_loss, "ema_acc1": ema_acc1, "max_acc1": best,
                   "train_images_per_s": rate, "epoch_seconds": time.time() - epoch_start, "skipped_images": skipped}
         if rank == 0:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                     "max_accuracy": best, "max_accuracy_ema": best_ema, **run_metadata(config, train_set.classes)}
+                     "max_accuracy": best, "max_accuracy_ema": best_ema, "best_epoch": best_epoch, "record": record,
+                     **run_metadata(config, train_set.classes)}
             if ema is not None:
                 state["model_ema"] = ema.module.state_dict()
+            # in this order: a resume from the checkpoint completes whatever a kill left undone after it
             if (epoch + 1) % config.SAVE_FREQ == 0 or epoch + 1 == config.TRAIN.EPOCHS:
                 save_epoch_checkpoint(state, out_dir, epoch, config.TRAIN.KEEP_CHECKPOINTS)
             if improved:
-                save_atomic({"model": state["model"], "epoch": epoch, "acc1": acc1,
-                             **run_metadata(config, train_set.classes)}, os.path.join(out_dir, "best.pth"))
-            with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+                save_best(out_dir, state["model"], epoch, acc1, run_metadata(config, train_set.classes))
+            append_record(out_dir, record)
             for key in ("train_loss", "val_acc1", "val_acc5", "val_loss"):
                 writer.add_scalar(f"epoch/{key}", record[key], epoch)
             if ema_acc1 is not None:

@@ -15,11 +15,14 @@ Dense backbones add per-stage output norms (``outnorm{i}``) to the classificatio
 classification checkpoint into one leaves those layers freshly initialised: that is allowed, and
 reported, only when the checkpoint holds none of them.
 """
+import codecs
 import functools
 import logging
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -140,6 +143,49 @@ def _refusal(message: str) -> str:
     return reasons[0] if reasons else "it holds objects that safe loading refuses"
 
 
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c  # the number torch.save pickles first in its legacy (non-zip) format
+_FORMATS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+            (b"\x93NUMPY", "a NumPy array (.npy)"), (b"\x1f\x8b", "a gzip file"), (b"\x89HDF", "an HDF5 file"),
+            (b"%PDF", "a PDF document"))
+
+
+def _check_format(path: str):
+    """Raise CheckpointError when ``path`` is not a file torch.save wrote, judged from its first bytes (no
+    unpickling): another format, text, a plain pickle, or a zip archive cut short."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+        if head.startswith(b"PK\x03\x04"):  # torch.save's zip format: an archive holding <name>/data.pkl
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    names = archive.namelist()
+            except (zipfile.BadZipFile, OSError) as e:
+                raise CheckpointError(f"checkpoint {path} is truncated or corrupt: its zip directory cannot be read "
+                                      f"({e}); was it cut short while being written or copied?") from None
+            if not any(n.endswith("data.pkl") for n in names):
+                raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a zip archive without data.pkl "
+                                      f"(e.g. a NumPy .npz), holding {names[:3]}")
+            return
+        if head.startswith(b"\x80"):  # a pickle: torch.save's legacy format starts with its magic number
+            f.seek(0)
+            try:
+                for op, arg, _ in pickletools.genops(f):  # decodes opcodes only, runs nothing
+                    if op.name not in ("PROTO", "FRAME"):
+                        break
+            except (ValueError, EOFError):
+                raise CheckpointError(f"checkpoint {path} is truncated or corrupt: its pickle ends early") from None
+            if arg != _LEGACY_MAGIC:
+                raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a plain Python pickle, not "
+                                      f"written by torch.save")
+            return
+    for magic, kind in _FORMATS:
+        if head.startswith(magic):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind}")
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head)
+    if "\ufffd" not in text and all(c.isprintable() or c.isspace() for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is a text file (starting {first!r})")
+
+
 def read_checkpoint(path, trust_checkpoint: bool = False) -> dict:
     """torch.load a file on CPU with a clear error for missing, truncated, corrupt or unsafe files.
 
@@ -153,6 +199,7 @@ def read_checkpoint(path, trust_checkpoint: bool = False) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    _check_format(path)
     try:
         if trust_checkpoint:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -221,6 +268,18 @@ def adapt_input_channels(model: torch.nn.Module, state: dict) -> list:
     except NotImplementedError:  # neither 3-channel weights nor a 1-channel model: reported as a shape mismatch
         return []
     return [f"{key}: {weight.shape[1]} -> {own.shape[1]} channels"]
+def _shape(value):
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def compare_state_dict(own: dict, state: dict, source: str = "") -> LoadReport:
+    """The keys of checkpoint ``state`` missing from, unexpected by, or shaped unlike the model's ``own``."""
+    report = LoadReport(source=source)
+    report.missing = [k for k in own if k not in state]
+    report.unexpected = sorted(str(k) for k in state if k not in own)
+    report.mismatched = [(k, _shape(v), _shape(own[k])) for k, v in state.items()
+                         if k in own and _shape(v) != _shape(own[k])]
+    return report
 
 
 def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key: str = None,
@@ -266,16 +325,15 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
     skipped_own = {k for k in own if skip and k.startswith(tuple(skip))}
     new_prefixes = tuple(getattr(model, "new_layer_prefixes", ()))
     checkpoint_has_new = any(k.startswith(new_prefixes) for k in state) if new_prefixes else False
-    for k in own:
-        if k in state or k in skipped_own:
+    keys = compare_state_dict(own, state)
+    for k in keys.missing:
+        if k in skipped_own:
             continue
         if new_prefixes and k.startswith(new_prefixes) and not checkpoint_has_new:
             report.initialized.append(k)
         else:
             report.missing.append(k)
-    report.unexpected = sorted(k for k in state if k not in own)
-    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
-                         if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    report.unexpected, report.mismatched = keys.unexpected, keys.mismatched
     if strict and not report.ok:
         raise CheckpointMismatchError(f"{type(model).__name__} does not match the checkpoint:\n"
                                       + report.describe())

@@ -5,8 +5,6 @@ for the D skip and as much again for the z gate; a states-only scan (C=None) is 
 The map entry (K directions over one map) counts as the scan of its K gathered sequences.
 Everything else is counted by fvcore's own handles (convolutions, matmuls, norms, pooling).
 """
-import math
-
 import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import vssm
 from vssm.analysis import (attention_matrix, attention_rows, contribution_area_ratios, effective_receptive_field,
                            grid_position, implicit_attention, linearized, load_images, mixer_map, token_mixers)
+from vssm.analysis.cli import InputError
 from vssm.scans import cross_orders, inverse_orders
 
 NANO = ["vmamba_nano", "spatialmamba_nano", "quadmamba_nano", "fractalmamba_nano"]
@@ -156,7 +157,7 @@ def test_load_images_from_a_folder_skips_unreadable(tmp_path, capsys):
     assert images.shape == (3, 3, 24, 32) and len(paths) == 3
     out = capsys.readouterr().out
     assert "skipping unreadable image" in out and "only 3 readable images" in out
-    with pytest.raises(FileNotFoundError, match="image folder not found"):
+    with pytest.raises(InputError, match="image folder not found"):
         load_images(str(tmp_path / "missing"))
     digits, _ = load_images(count=2, size=16)
     assert digits.shape == (2, 3, 16, 16)

@@ -56,8 +56,11 @@ def test_erf_loads_a_checkpoint_strictly(tmp_path, capsys):
                              "--random", "--out", str(tmp_path / "e.png")]) == 0
     assert f"loaded checkpoint {path}" in capsys.readouterr().out
     torch.save({"model": {"stray": torch.zeros(1)}}, path)
-    with pytest.raises(vssm.CheckpointMismatchError):
-        tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path), "--out", str(tmp_path / "e.png")])
+    assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path),
+                             "--out", str(tmp_path / "e.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: VMamba does not match the checkpoint")
+    assert "unexpected in checkpoint (1): stray" in err
 
 
 def test_attnmap(tmp_path, capsys):
@@ -131,3 +134,47 @@ def test_compare_quick(tmp_path, capsys):
     results = json.loads((out / "compare.json").read_text())["results"]
     assert set(results["vmamba_nano"]["resolution"]) == {"32", "48"}
     assert 0 < results["vmamba_nano"]["erf"]["area_50"] <= results["vmamba_nano"]["erf"]["area_99"] <= 1
+
+
+@pytest.mark.parametrize("name,argv,message", [
+    ("erf", ["--model", "vmamba_nan"], "unknown model 'vmamba_nan': not a vssm model"),
+    ("erf", ["--model", "vmamba_nano", "--size", "0"], "argument --size: must be at least 1, got 0"),
+    ("erf", ["--model", "vmamba_nano", "--images", "0"], "argument --images: must be at least 1, got 0"),
+    ("attnmap", ["--model", "convnext_tinyy"], "unknown model 'convnext_tinyy'"),
+    ("attnmap", ["--model", "vmamba_nano", "--size", "32", "0"], "argument --size: must be at least 1, got 0"),
+    ("throughput", ["--model", "vmamba_nano", "--reference", "resnet_9000"], "unknown model 'resnet_9000'"),
+    ("throughput", ["--model", "vmamba_nano", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    ("throughput", ["--model", "vmamba_nano", "--iters", "0"], "argument --iters: must be at least 1, got 0"),
+    ("flops", ["--model", "nope", "--task", "det"], "unknown model 'nope'"),
+    ("flops", ["--size", "0"], "argument --size: must be at least 1, got 0"),
+    ("compare", ["--quick", "--models", "vmamba_nano", "nope"], "unknown model 'nope'"),
+    ("compare", ["--quick", "--sizes", "32", "0"], "argument --sizes: must be at least 1, got 0"),
+])
+def test_bad_arguments_are_named_before_any_work(name, argv, message, capsys):
+    """Before: tracebacks from deep inside (PIL, conv2d, the model registry), or erf blaming the data folder."""
+    with pytest.raises(SystemExit) as exit_info:
+        tool(name).main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err, err
+
+
+def test_missing_image_folder_is_one_line(tmp_path, capsys):
+    assert tool("erf").main(["--model", "vmamba_nano", "--data-path", str(tmp_path / "nowhere"), "--size", "32",
+                             "--out", str(tmp_path / "e.png")]) == 2
+    assert capsys.readouterr().err == f"error: image folder not found: {tmp_path / 'nowhere'}\n"
+
+
+def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys):
+    """Before: exit 0 with 'failed' in the table."""
+    module = tool("throughput")
+
+    def measure_isolated(name, **kwargs):
+        if kwargs["train"]:
+            raise RuntimeError("measuring vmamba_nano failed:\nRuntimeError: CUDA out of memory")
+        return {"images_per_s": 10.0, "peak_memory_mb": 1.0}
+    module.measure_isolated = measure_isolated
+    assert module.main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "--train"]) == 1
+    captured = capsys.readouterr()
+    assert "| vmamba_nano | 32x32 | 8 | 10.00 | 1 | failed | - |" in captured.out
+    assert "error: 1 of 2 measurements failed: vmamba_nano 32x32 train" in captured.err

@@ -127,6 +127,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, data):
     resumed = _subprocess_run(argv + ["OUTPUT", str(tmp_path / "b")], cwd=str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in (run_b / "log_rank0.txt").read_text()
+    assert [r["epoch"] for r in read_log(run_b)] == [0, 1, 2, 3], "each epoch logged once"
 
     a = _final_state(tmp_path / "a" / "vmamba_nano" / "default")
     b = _final_state(run_b)

@@ -85,6 +85,10 @@ def test_segmentation_test_time_augmentation(shapes, tmp_path):
     assert metrics, "the test-time-augmented run logged no metrics"
     with open(metrics[0]) as f:
         assert "mIoU" in json.load(f)
+    # its own checkpoint passes the strict load of a resume (nothing is left to train)
+    from vssm.mm.tools import cli
+    assert cli(train_main, [config, "--work-dir", work, "--resume", os.path.join(work, "iter_2.pth"),
+                            "--cfg-options", *_seg_options(ade)]) == 0
 
 
 def _tool(task, script, *args):
@@ -164,3 +168,83 @@ def test_configs_do_not_leak_foreign_backbone_keys(config):
     backbone = Config.fromfile(config).model.backbone
     assert set(backbone) <= ALLOWED_BACKBONE_KEYS, set(backbone) - ALLOWED_BACKBONE_KEYS
     assert backbone.type in FAMILIES.values()
+
+
+SEG_NANO = os.path.join(ROOT, "configs", "segmentation", "vmamba", "upernet_vmamba_shapes-128x128_nano.py")
+
+
+@pytest.fixture(scope="module")
+def segmentor_checkpoints(tmp_path_factory):
+    """Checkpoints that do not fit the nano UperNet: keys missing, unexpected and mis-shaped; a classifier's;
+    one cut short."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    state = build_from_config(SEG_NANO)[0].state_dict()
+    missing, reshaped = "decode_head.conv_seg.bias", "decode_head.conv_seg.weight"
+    wrong = {k: v for k, v in state.items() if k != missing}
+    wrong[reshaped] = torch.zeros(7, *state[reshaped].shape[1:])
+    wrong["auxiliary_head.extra.weight"] = torch.zeros(2)
+    torch.save({"state_dict": wrong, "meta": {"epoch": 1, "iter": 2}}, root / "wrong.pth")
+    torch.save({"model": vssm.create_model("vmamba_nano").state_dict(), "epoch": 3}, root / "classifier.pth")
+    torch.save({"state_dict": state}, root / "weights_only.pth")
+    raw = (root / "weights_only.pth").read_bytes()
+    (root / "cut.pth").write_bytes(raw[:len(raw) // 3])
+    return {name: str(root / f"{name}.pth") for name in ("wrong", "classifier", "weights_only", "cut")}, \
+        (missing, reshaped)
+
+
+@pytest.mark.parametrize("case,messages", [
+    ("wrong", ["does not fit the EncoderDecoder of this config", "missing in checkpoint (1): decode_head.conv_seg.bias",
+               "unexpected in checkpoint (1): auxiliary_head.extra.weight",
+               "shape mismatch (key, checkpoint, model) (1): ('decode_head.conv_seg.weight', (7,", "--allow-mismatch"]),
+    ("classifier", ["it looks like a classification checkpoint", "unexpected in checkpoint (2): epoch, model"]),
+])
+def test_test_tool_stops_on_a_checkpoint_that_does_not_fit(case, messages, shapes, segmentor_checkpoints, tmp_path,
+                                                          capsys):
+    """Before: mmengine loaded any file non-strictly, warned deep in the log and scored random weights, exit 0."""
+    from vssm.mm.tools import cli, test_main
+    _, ade = shapes
+    paths, _ = segmentor_checkpoints
+    code = cli(test_main, [SEG_NANO, paths[case], "--work-dir", str(tmp_path), "--cfg-options", *_seg_options(ade)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: "), err
+    for message in messages:
+        assert message in err, err
+    assert "Traceback" not in err
+    assert not glob.glob(str(tmp_path / "*" / "*.json")), "no metrics of random weights"
+
+
+def test_test_tool_loads_a_mismatched_checkpoint_only_when_asked(shapes, segmentor_checkpoints, tmp_path, caplog):
+    from vssm.mm.tools import cli, test_main
+    _, ade = shapes
+    paths, (missing, _) = segmentor_checkpoints
+    assert cli(test_main, [SEG_NANO, paths["wrong"], "--allow-mismatch", "--work-dir", str(tmp_path),
+                           "--cfg-options", *_seg_options(ade)]) == 0
+    assert glob.glob(str(tmp_path / "*" / "*.json")), "the run was evaluated"
+    assert any("--allow-mismatch" in r.message and missing in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("classifier", "it looks like a classification checkpoint"),
+    ("weights_only", "cannot resume from"),
+])
+def test_train_tool_resumes_only_from_a_fitting_training_checkpoint(case, message, shapes, segmentor_checkpoints,
+                                                                     tmp_path, capsys):
+    from vssm.mm.tools import cli, train_main
+    _, ade = shapes
+    paths, _ = segmentor_checkpoints
+    code = cli(train_main, [SEG_NANO, "--resume", paths[case], "--work-dir", str(tmp_path),
+                            "--cfg-options", *_seg_options(ade)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not glob.glob(str(tmp_path / "iter_*.pth")), "nothing trained"
+
+
+def test_dist_test_sh_with_a_truncated_checkpoint(shapes, segmentor_checkpoints, tmp_path):
+    """Through the launcher users run. Before: a traceback from torch.load."""
+    _, ade = shapes
+    paths, _ = segmentor_checkpoints
+    out = _tool("segmentation", "dist_test.sh", SEG_NANO, paths["cut"], "1", "--work-dir", str(tmp_path),
+                "--cfg-options", *_seg_options(ade))
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint {paths['cut']} is truncated or corrupt")
+    assert "Traceback" not in out.stderr

@@ -6,6 +6,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import functional as TF
 
+from .cli import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -17,11 +19,11 @@ def _as_size(size):
 
 def _image_files(root: str):
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise InputError(f"image folder not found: {root}")
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return files
 
 
@@ -36,6 +38,8 @@ def load_images(data_path: str = None, count: int = 8, size=224, seed: int = 0, 
         size: int or (H, W).
     """
     H, W = _as_size(size)
+    if count < 1 or H < 1 or W < 1:
+        raise InputError(f"asked for {count} images of {H}x{W}: the count and both sides must be at least 1")
     if data_path is None and source == "random":
         return torch.randn(count, 3, H, W, generator=torch.Generator().manual_seed(seed)), ["random"] * count
     if data_path is None:
@@ -60,7 +64,7 @@ def load_images(data_path: str = None, count: int = 8, size=224, seed: int = 0, 
         images.append(TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD))
         used.append(path)
     if not images:
-        raise ValueError(f"none of the images under {data_path} could be read")
+        raise InputError(f"none of the images under {data_path} could be read")
     if len(images) < count:
         print(f"warning: only {len(images)} readable images under {data_path} (asked for {count})", flush=True)
     return torch.stack(images), used

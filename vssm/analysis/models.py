@@ -3,6 +3,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..models import create_model, list_models
+from .cli import InputError, unknown_model
 
 
 def analysis_model(name: str, checkpoint: str = None, device="cpu", **kwargs) -> torch.nn.Module:
@@ -11,13 +12,13 @@ def analysis_model(name: str, checkpoint: str = None, device="cpu", **kwargs) ->
     With ``checkpoint`` (a file of the original authors' or of our trainer) the weights are loaded
     strictly and the load report is printed; without it the model keeps its initialisation.
     """
+    problem = unknown_model(name)
+    if problem:
+        raise InputError(problem)
     if name in list_models():
         model = create_model(name, **kwargs)
     else:
         import timm
-        if not timm.is_model(name):
-            raise ValueError(f"unknown model {name!r}: not a vssm model ({', '.join(list_models())}) "
-                             "nor a timm model")
         model = timm.create_model(name, **kwargs)
     if checkpoint:
         report = load_checkpoint(model, checkpoint)

@@ -2,17 +2,23 @@
 
 One process (``--launcher none``) runs on a CPU or one GPU; ``--launcher pytorch`` under torchrun runs
 N GPUs with NCCL. Configs pick their library through ``default_scope`` and ``custom_imports``.
+
+Every checkpoint the runner loads (the tested one, ``--resume``, a config's ``load_from``) must match the
+model: otherwise the run stops with the load report (missing, unexpected and mis-shaped keys) instead
+of evaluating or training from partly random weights. ``--allow-mismatch`` loads what matches and
+reports the rest. ``cli`` turns unreadable or mismatched checkpoints into one ``error:`` line and exit 2.
 """
 import argparse
 import itertools
 import logging
 import os
+import re
 import sys
 import time
 
 import torch
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import CheckpointError, CheckpointMismatchError, compare_state_dict, read_checkpoint
 
 
 def _use_safe_checkpoint_loading(trust_checkpoint=False):
@@ -40,6 +46,9 @@ def _parser(description, test):
     p.add_argument("--cfg-options", nargs="+", action=_DictAction, default={},
                    help="override config entries: key=value (e.g. train_dataloader.batch_size=4)")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="load a checkpoint whose keys or shapes do not all match the model: the matching tensors are "
+                        "loaded, the rest is reported and left as initialised (default: stop with the report)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="DANGEROUS: read checkpoints with plain pickle, which runs any code the file holds; only for "
                         "files you made or fully trust")
@@ -54,6 +63,78 @@ class _DictAction(argparse.Action):
 
 
 _RUNS = itertools.count()
+
+
+def _inner_model(model):
+    """The model inside mmengine's wrappers (DDP) and test-time-augmentation model, as mmengine loads it."""
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def checkpoint_report(model, checkpoint, source: str = "", revise_keys=((r"^module\.", ""),)):
+    """Load report (vssm.checkpoint.LoadReport) of an mmengine checkpoint against a (wrapped) model."""
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
+    for pattern, replacement in revise_keys:
+        state = {re.sub(pattern, replacement, str(k)): v for k, v in state.items()}
+    report = compare_state_dict(_inner_model(model).state_dict(), state, source)
+    report.missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]  # as mmengine
+    return report
+
+
+def check_checkpoint(model, checkpoint, source: str, allow_mismatch: bool = False, resuming: bool = False):
+    """Raise CheckpointMismatchError (or, with ``allow_mismatch``, log a warning) when ``checkpoint`` does not
+    fit ``model``; CheckpointError when a checkpoint to resume from holds no training state."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{source} is not an mmengine checkpoint: it holds a {type(checkpoint).__name__}")
+    report = checkpoint_report(model, checkpoint, source)
+    if not report.ok:
+        hint = ""
+        if "state_dict" not in checkpoint and "model" in checkpoint:
+            hint = ("\nit looks like a classification checkpoint: to start from its weights, give it to the "
+                    "backbone (init_cfg=dict(type='Pretrained', checkpoint=...) in the config)")
+        message = (f"{source} does not fit the {type(_inner_model(model)).__name__} of this config:\n"
+                   f"{report.describe()}{hint}")
+        if not allow_mismatch:
+            raise CheckpointMismatchError(f"{message}\n(--allow-mismatch loads the matching tensors and leaves "
+                                          f"the rest initialised)")
+        logging.getLogger(__name__).warning("--allow-mismatch: %s", message)
+    meta = checkpoint.get("meta")
+    if resuming and not (isinstance(meta, dict) and {"epoch", "iter"} <= set(meta) and "message_hub" in checkpoint):
+        raise CheckpointError(f"cannot resume from {source}: it holds no training state (meta epoch/iter and "
+                              f"message_hub); to start from its weights, use --cfg-options load_from={source} "
+                              f"without --resume")
+
+
+def _runner_class(allow_mismatch: bool):
+    """mmengine's Runner, loading every checkpoint through :func:`check_checkpoint`."""
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner import Runner
+    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+
+    class CheckedRunner(Runner):
+        _resuming = False
+
+        def resume(self, filename, *args, **kwargs):
+            self._resuming = True
+            try:
+                return super().resume(filename, *args, **kwargs)
+            finally:
+                self._resuming = False
+
+        def load_checkpoint(self, filename, map_location="cpu", strict=False, revise_keys=[(r"^module\.", "")]):
+            checkpoint = _load_checkpoint(filename, map_location=map_location)
+            self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+            check_checkpoint(self.model, checkpoint, filename, allow_mismatch, self._resuming)
+            model = self.model.module if is_model_wrapper(self.model) else self.model
+            checkpoint = _load_checkpoint_to_model(model, checkpoint, strict=not allow_mismatch,
+                                                   revise_keys=revise_keys)
+            self._has_loaded = True
+            self.logger.info(f"Load checkpoint from {filename}")
+            return checkpoint
+
+    return CheckedRunner
 
 
 def _load_config(args):
@@ -92,8 +173,7 @@ def train_main(argv=None, description="train a detector or segmentor"):
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg)
+    runner = _runner_class(args.allow_mismatch).from_cfg(cfg)
     runner.train()
     return 0
 
@@ -114,12 +194,21 @@ def test_main(argv=None, description="test a detector or segmentor"):
     if args.show_dir:
         cfg.default_hooks.setdefault("visualization", {})
         cfg.default_hooks.visualization.update(draw=True, show=False, test_out_dir=args.show_dir)
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg)
+    runner = _runner_class(args.allow_mismatch).from_cfg(cfg)
     metrics = runner.test()
     logging.getLogger(__name__).info("metrics: %s", metrics)
     return 0
 
 
+def cli(main, argv=None, **kwargs) -> int:
+    """Run ``train_main`` or ``test_main``; a checkpoint that cannot be read or does not fit ends in one
+    ``error:`` message and exit status 2 (the load report follows it), not a traceback."""
+    try:
+        return main(argv, **kwargs)
+    except (CheckpointError, CheckpointMismatchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(train_main())
+    sys.exit(cli(train_main))

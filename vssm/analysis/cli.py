@@ -1,0 +1,58 @@
+"""What the analyze/ command-line tools share: argument types that refuse nonsense before any work, model
+names checked up front, and errors that end in one ``error:`` line and exit status 2, not a traceback."""
+import argparse
+import functools
+import sys
+
+from ..checkpoint import CheckpointError, CheckpointMismatchError
+
+
+class InputError(ValueError):
+    """An input an analysis cannot use: an unknown model, a missing or empty image folder, no images asked."""
+
+
+def at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+    def integer(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return integer
+
+
+positive = at_least(1)
+
+
+def unknown_model(name: str):
+    """Why ``name`` is neither a vssm nor a timm model, or None when it is one."""
+    from ..models import list_models
+    if name in list_models():
+        return None
+    import timm
+    if timm.is_model(name):
+        return None
+    return f"unknown model {name!r}: not a vssm model ({', '.join(list_models())}) nor a timm model"
+
+
+def check_models(parser: argparse.ArgumentParser, names):
+    """parser.error (exit 2, with the usage) naming the first unknown model of ``names``."""
+    for name in names:
+        problem = unknown_model(name)
+        if problem:
+            parser.error(problem)
+
+
+def command(main):
+    """Wrap a tool's ``main(argv)``: InputError and checkpoint errors print ``error: ...`` and return 2."""
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except (InputError, CheckpointError, CheckpointMismatchError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return run
