@@ -159,7 +159,7 @@ def test_errors(photos, tmp_path, capsys):
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(checkpoint.read_bytes()[:5000])
     code, _, err = run(capsys, "--model", "vmamba_nano", "--checkpoint", truncated, photos["coffee"])
-    assert code == 2 and "cannot read checkpoint" in err
+    assert code == 2 and "truncated or corrupt" in err
     if not torch.cuda.is_available():
         code, _, err = run(capsys, "--model", "vmamba_nano", "--device", "cuda", photos["coffee"])
         assert code == 2 and "CUDA is not available" in err

@@ -70,6 +70,7 @@ def available_backends(device) -> list:
     return found + ["naive"]
 
 
+@torch.compiler.assume_constant_result  # decided while tracing, not traced: a constant of compiled graphs
 def resolve_backend(backend: str, device) -> str:
     """The concrete backend ``backend`` means on ``device``; a clear error when it cannot run there."""
     if backend not in BACKENDS:

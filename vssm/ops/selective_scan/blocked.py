@@ -173,7 +173,7 @@ class _States:
         return y if D is None else y.addcmul_(u, D.float()[:, None])
 
 
-def residual_shapes(u, A, save):
+def residual_shapes(u, A, B, C, save):
     """Shapes and dtypes of what :func:`forward` saves for the backward: dt and every state, time-major."""
     if not save:
         return []

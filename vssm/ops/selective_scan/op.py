@@ -120,12 +120,11 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Option
 @selective_scan_bwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates, backend):
     f32 = torch.float32
-    none = u.new_empty(0)
     return (_time_major(u), _time_major(delta), A.new_empty(A.shape, dtype=f32), B.new_empty(B.shape),
-            C.new_empty(C.shape) if C is not None else none,
-            u.new_empty(D.shape, dtype=f32) if D is not None else none,
-            _time_major(z) if z is not None else none,
-            u.new_empty(delta_bias.shape, dtype=f32) if delta_bias is not None else none)
+            C.new_empty(C.shape) if C is not None else u.new_empty(0),
+            u.new_empty(D.shape if D is not None else 0, dtype=f32),
+            _time_major(z) if z is not None else u.new_empty(0),
+            u.new_empty(delta_bias.shape if delta_bias is not None else 0, dtype=f32))
 
 
 def _setup_scan(ctx, inputs, output):
@@ -179,20 +178,19 @@ def selective_scan_map_bwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
                                                                                        Tensor, Tensor, Tensor]:
     dx, ddelta, dA, dB, dC, dD, dbias = _map_impl(backend).map_backward(
         x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy)
-    none = x.new_empty(0)
     return (dx.to(x.dtype).contiguous(), ddelta.to(delta.dtype).contiguous(), dA.float().contiguous(),
             dB.to(B.dtype).contiguous(), dC.to(C.dtype).contiguous(),
-            dD.float().contiguous() if D is not None else none,
-            dbias.float().contiguous() if delta_bias is not None else none)
+            dD.float().contiguous() if D is not None else x.new_empty(0),
+            dbias.float().contiguous() if delta_bias is not None else x.new_empty(0))
 
 
 @selective_scan_map_bwd.register_fake
 def _(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy, backend):
     f32 = torch.float32
-    none = x.new_empty(0)
     return (x.new_empty(x.shape), delta.new_empty(delta.shape), A.new_empty(A.shape, dtype=f32),
-            B.new_empty(B.shape), C.new_empty(C.shape), x.new_empty(D.shape, dtype=f32) if D is not None else none,
-            x.new_empty(delta_bias.shape, dtype=f32) if delta_bias is not None else none)
+            B.new_empty(B.shape), C.new_empty(C.shape),
+            x.new_empty(D.shape if D is not None else 0, dtype=f32),
+            x.new_empty(delta_bias.shape if delta_bias is not None else 0, dtype=f32))
 
 
 def _setup_map(ctx, inputs, output):
