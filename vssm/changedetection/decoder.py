@@ -20,8 +20,6 @@ Differences from the original code: the blocks run channels-last (the 1x1 projec
 the same arithmetic), any input size works (the arrangements are built for any h x w), and the VSS block
 is a constructor argument (:func:`vss_block` builds VMamba's cross-scan block, or FractalMamba's Hilbert one).
 """
-from functools import partial
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -107,7 +105,7 @@ class ChangeDecoder(nn.Module):
         self.in_dims, self.width = tuple(in_dims), width
         if not self.in_dims:
             raise ValueError("ChangeDecoder needs at least one encoder stage")
-        make_block = make_block or partial(vss_block)
+        make_block = make_block or vss_block
         self.stages = nn.ModuleList([SpatioTemporalStage(d, width, make_block) for d in self.in_dims])
         self.smooth = nn.ModuleList([ResidualBlock(width) for _ in self.in_dims[:-1]])
         self.apply(StagedModel._init_weights)
