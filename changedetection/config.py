@@ -96,7 +96,8 @@ _C.EVAL_MODE = False  # only evaluate (--eval)
 _C.SAVE_MAPS = ""  # with evaluation: a folder for pre | post | ground truth | prediction PNGs (--save-maps)
 
 _CHOICES = {"AMP_DTYPE": ("float16", "bfloat16"), "TRAIN.LR_SCHEDULER.NAME": ("constant", "cosine", "step"),
-            "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"), "MODEL.SCAN_BACKEND": ("auto", "torch", "triton", "cuda", "naive"),
+            "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),
+            "MODEL.SCAN_BACKEND": ("auto", "torch", "triton", "cuda", "naive"),
             "MODEL.DECODER.MIXER": ("ss2d", "fractal")}
 _POSITIVE = ("DATA.BATCH_SIZE", "DATA.EVAL_BATCH_SIZE", "TRAIN.EPOCHS", "TRAIN.ACCUMULATION_STEPS",
              "MODEL.DECODER.WIDTH", "MODEL.DECODER.D_STATE", "EVAL_FREQ", "SAVE_FREQ", "PRINT_FREQ")

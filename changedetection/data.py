@@ -39,7 +39,8 @@ class DataError(ValueError):
 def detect_layout(split_dir: str) -> str:
     """"levir" or "changemamba", from the sub-folders of ``split_dir``."""
     if not os.path.isdir(split_dir):
-        raise DataError(f"missing folder {split_dir} (expected {{train,test}}/{{A,B,label}} or {{train,test}}/{{T1,T2,GT}})")
+        raise DataError(f"missing folder {split_dir} (expected {{train,test}}/{{A,B,label}} or "
+                        f"{{train,test}}/{{T1,T2,GT}})")
     for layout, parts in LAYOUTS.items():
         if all(os.path.isdir(os.path.join(split_dir, p)) for p in parts):
             return layout

@@ -1,8 +1,9 @@
 """Train and evaluate ChangeMamba-style binary change detectors on any vssm backbone.
 
     python changedetection/main.py --cfg configs/changedetection/vmamba/vmamba_nano.yaml   # embedded pairs, CPU
-    torchrun --nproc_per_node=N changedetection/main.py --cfg configs/changedetection/fractalmamba/fractalmamba_tiny.yaml \\
-        --data-path /data/LEVIR-CD+ --pretrained fractalmamba_tiny.pth
+    torchrun --nproc_per_node=4 changedetection/main.py \\
+        --cfg configs/changedetection/fractalmamba/fractalmamba_tiny.yaml --data-path /data/LEVIR-CD+ \\
+        --pretrained fractalmamba_tiny.pth --batch-size 4       # 4 GPUs x 4 pairs: ChangeMamba's batch 16
     python changedetection/main.py --cfg CONFIG --data-path DATA --eval --resume best.pth --save-maps maps/
 
 DDP over NCCL on GPUs and gloo on CPUs. A run writes to OUTPUT/changedetection/MODEL.BACKBONE/TAG: a
@@ -49,7 +50,8 @@ def parse_args(argv=None):
                                        "default: the embedded generated pairs")
     p.add_argument("--output", help="root of the output folders (OUTPUT)")
     p.add_argument("--tag", help="run name under OUTPUT/changedetection/MODEL.BACKBONE (TAG)")
-    p.add_argument("--pretrained", help="classification weights for the encoder, ours or the authors' (MODEL.PRETRAINED)")
+    p.add_argument("--pretrained",
+                   help="classification weights for the encoder, ours or the authors' (MODEL.PRETRAINED)")
     p.add_argument("--resume", help="checkpoint of this trainer to resume from or, with --eval, to evaluate "
                                     "(MODEL.RESUME)")
     p.add_argument("--eval", action="store_true", help="only evaluate on DATA.TEST_SPLIT")
@@ -87,7 +89,8 @@ def build_model(config):
                                      drop_path_rate=config.MODEL.DROP_PATH_RATE,
                                      **{k: v for k, v in config.MODEL.OPTIONS.items()})
     except TypeError as e:
-        raise ConfigError(f"MODEL.OPTIONS {dict(config.MODEL.OPTIONS)} do not fit {config.MODEL.BACKBONE}: {e}") from None
+        raise ConfigError(f"MODEL.OPTIONS {dict(config.MODEL.OPTIONS)} do not fit {config.MODEL.BACKBONE}: "
+                          f"{e}") from None
 
 
 def build_lr_scheduler(config, optimizer, steps_per_epoch, scale):
@@ -226,7 +229,8 @@ def main(args):
             if (epoch + 1) % config.SAVE_FREQ == 0 or last:
                 save_epoch_checkpoint(state, out_dir, epoch, config.TRAIN.KEEP_CHECKPOINTS)
             if improved:
-                save_atomic({"model": state["model"], "epoch": epoch, "metrics": result}, os.path.join(out_dir, "best.pth"))
+                save_atomic({"model": state["model"], "epoch": epoch, "metrics": result},
+                            os.path.join(out_dir, "best.pth"))
             with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
             writer.add_scalar("epoch/train_loss", loss, epoch)

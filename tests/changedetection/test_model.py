@@ -39,6 +39,14 @@ def test_images_of_different_sizes_are_refused():
         model(torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 48))
 
 
+def test_a_single_small_pair_in_training_is_refused_clearly():
+    model = nano_detector("vmamba_nano").train()
+    with pytest.raises(ValueError, match="leaves a 1x1 map at the decoder's coarsest stage"):
+        model(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32))
+    assert model(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)).shape == (2, 2, 32, 32)
+    assert model.eval()(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
 @pytest.mark.parametrize("name", ["vmamba_nano", "spatialmamba_nano"])
 def test_one_encoder_serves_both_time_steps(name):
     model = nano_detector(name).eval()

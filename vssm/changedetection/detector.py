@@ -36,8 +36,13 @@ class ChangeDetector(nn.Module):
         if pre.dim() != 4 or pre.shape != post.shape:
             raise ValueError(f"ChangeDetector: pre and post must be images of the same shape (batch, 3, H, W), got "
                              f"{tuple(pre.shape)} and {tuple(post.shape)}")
+        stride = 4 * 2 ** max(self.backbone.out_indices)  # of the decoder's coarsest stage, fused with BatchNorm
+        batch, _, H, W = pre.shape
+        if self.training and batch * -(-H // stride) * -(-W // stride) == 1:
+            raise ValueError(f"ChangeDetector: in training mode one pair of {H}x{W} leaves a 1x1 map at the decoder's "
+                             f"coarsest stage, whose BatchNorm needs more than one value per channel; train with at "
+                             f"least 2 pairs or crops larger than {stride} px, or call model.eval() for inference")
         features = self.backbone(torch.cat([pre, post]))
-        batch = pre.shape[0]
         out = self.decoder([f[:batch] for f in features], [f[batch:] for f in features])
         return F.interpolate(self.head(out), size=pre.shape[-2:], mode="bilinear", align_corners=False)
 
