@@ -51,17 +51,14 @@ def default_config(model: str, task: str) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", help=f"vssm (or timm) model names (default: {' '.join(DEFAULT_MODELS)})")
-    p.add_argument("--size", type=int, nargs="+",
-                   help="input S or H W (default: 224; det 800 1280; seg 512 2048; cd 1024 1024)")
-    p.add_argument("--task", choices=sorted(TASKS),
-                   help="count the detector / segmentor / change detector instead of the classifier")
-    p.add_argument("--config", nargs="+", help="mmdet / mmseg / change-detection configs (with --task; default: "
-                                               "from --model)")
+    p.add_argument("--size", type=int, nargs="+", help="input S or H W (default: 224; det 800 1280; seg 512 2048)")
+    p.add_argument("--task", choices=sorted(TASKS), help="count the detector / segmentor instead of the classifier")
+    p.add_argument("--config", nargs="+", help="mmdet / mmseg configs (with --task; default: from --model)")
     args = p.parse_args(argv)
     if args.size and len(args.size) not in (1, 2):
         p.error("--size takes S or H W")
     if args.config and not args.task:
-        p.error("--config needs --task det, seg or cd")
+        p.error("--config needs --task det or seg")
     return args
 
 
