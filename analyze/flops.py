@@ -4,11 +4,14 @@
     python analyze/flops.py --model vmamba_tiny_s1l8 --size 512 512
     python analyze/flops.py --model vmamba_tiny_s1l8 spatialmamba_tiny --task det   # Mask R-CNN at 800x1280
     python analyze/flops.py --task seg --config configs/segmentation/vmamba/upernet_vmamba_4xb4-160k_ade20k-512x512_tiny.py
+    python analyze/flops.py --model fractalmamba_tiny --task cd                     # change detector at 1024x1024
 
 FLOPs are fvcore's (1 per multiply-add) with vssm's selective-scan handle (vssm.count_flops). With
 --task det|seg the model is built from a config (by default the model's Mask R-CNN 1x / UperNet 160k
 config under configs/) and counted on one image of --size (default 800x1280 for det, 512x2048 for seg,
-the sizes the papers report), as mmdet's and mmseg's get_flops tools do (vssm.mm.flops).
+the sizes the papers report), as mmdet's and mmseg's get_flops tools do (vssm.mm.flops). With --task cd the
+change detector of configs/changedetection/<family>/<model>.yaml is counted on one pair of --size images
+(default 1024x1024, LEVIR-CD+'s tiles; vssm.changedetection.flops).
 """
 import argparse
 import glob
@@ -26,6 +29,7 @@ DEFAULT_MODELS = ["vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fr
 TASKS = {  # task: (config folder, file pattern for a size, default (H, W))
     "det": ("detection", "mask_rcnn_*_coco_{size}.py", (800, 1280)),
     "seg": ("segmentation", "upernet_*_ade20k-512x512_{size}.py", (512, 2048)),
+    "cd": ("changedetection", "{model}.yaml", (1024, 1024)),
 }
 NANO_PATTERNS = {"det": "mask_rcnn_*_shapes_nano.py", "seg": "upernet_*_shapes-128x128_nano.py"}
 
@@ -36,7 +40,8 @@ def default_config(model: str, task: str) -> str:
     family = family_of(model).__name__.rsplit(".", 1)[-1].replace("_", "")
     size = model.split("_")[1]
     folder, pattern, _ = TASKS[task]
-    pattern = NANO_PATTERNS[task] if size == "nano" else pattern.format(size=size)
+    pattern = NANO_PATTERNS[task] if size == "nano" and task in NANO_PATTERNS else pattern.format(size=size,
+                                                                                                  model=model)
     found = sorted(glob.glob(os.path.join(ROOT, "configs", folder, family, pattern)))
     if not found:
         raise SystemExit(f"error: no {task} config for {model} (looked for configs/{folder}/{family}/{pattern}); "
@@ -77,15 +82,28 @@ def main(argv=None):
     return 0
 
 
+def change_detector_flops(config: str, size) -> dict:
+    """The change detector of a configs/changedetection config, counted on one pair of (H, W) images."""
+    sys.path.insert(0, ROOT)
+    from changedetection.config import get_config
+    from changedetection.main import build_model
+    from vssm.changedetection.flops import detector_flops
+    return detector_flops(build_model(get_config(config)), size)
+
+
 def task_table(args, size):
-    from vssm.mm.flops import task_flops
+    if args.task == "cd":
+        task_flops = change_detector_flops
+    else:
+        from vssm.mm.flops import task_flops
 
     warnings.filterwarnings("ignore", category=UserWarning)  # the libraries' deprecation notices
     configs = args.config or [default_config(name, args.task) for name in args.model or DEFAULT_MODELS]
     for config in configs:
         if not os.path.isfile(config):
             raise SystemExit(f"error: config file not found: {config}")
-    print(f"{'detectors' if args.task == 'det' else 'segmentors'} at {size[0]}x{size[1]}, batch 1")
+    what = {"det": "detectors", "seg": "segmentors", "cd": "change detectors (one image pair)"}[args.task]
+    print(f"{what} at {size[0]}x{size[1]}, batch 1")
     print("| config | params (M) | GFLOPs | backbone params (M) | backbone GFLOPs | seconds |")
     print("|---|---|---|---|---|---|")
     for config in configs:

@@ -114,7 +114,7 @@ class ConfigError(ValueError):
     """A configuration file or option that cannot be used (unknown key, wrong type, missing file)."""
 
 
-def _merge_file(config: CN, path: str, seen=()):
+def _merge_file(config: CN, path: str, seen=(), source: str = "classification/config.py"):
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
@@ -129,43 +129,52 @@ def _merge_file(config: CN, path: str, seen=()):
         raise ConfigError(f"{path} must hold a mapping of config keys")
     for base in data.get("BASE", [""]) or []:
         if base:
-            _merge_file(config, os.path.join(os.path.dirname(path), base), seen + (path,))
+            _merge_file(config, os.path.join(os.path.dirname(path), base), seen + (path,), source)
     try:
         config.merge_from_other_cfg(CN(data))
     except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(f"{path}: {_explain(e)}") from e
+        raise ConfigError(f"{path}: {_explain(e, source)}") from e
 
 
-def _explain(error: Exception) -> str:
+def _explain(error: Exception, source: str) -> str:
     text = str(error.args[0] if error.args else error)
     for yacs_words in ("Non-existent config key", "Non-existent key"):
         if text.startswith(yacs_words):
-            return text.replace(yacs_words, "unknown config key") + " (see classification/config.py)"
+            return text.replace(yacs_words, "unknown config key") + f" (see {source})"
     return text
 
 
-def get_config(cfg_file: str = None, opts=(), overrides: dict = None) -> CN:
-    """Defaults <- cfg_file (with its BASE files) <- opts (KEY VALUE pairs) <- overrides (dotted keys)."""
-    config = _C.clone()
+def load_config(defaults: CN, cfg_file: str = None, opts=(), overrides: dict = None, validate=None,
+                source: str = "classification/config.py") -> CN:
+    """defaults <- cfg_file (with its BASE files) <- opts (KEY VALUE pairs) <- overrides (dotted keys), then
+    ``validate(config)``; frozen. ``source`` names the file documenting the keys (in unknown-key errors).
+    Shared by the classification and change-detection trainers."""
+    config = defaults.clone()
     config.defrost()
     if cfg_file:
-        _merge_file(config, cfg_file)
+        _merge_file(config, cfg_file, source=source)
     if opts:
         if len(opts) % 2:
             raise ConfigError(f"--opts takes KEY VALUE pairs, got {len(opts)} items: {list(opts)}")
         try:
             config.merge_from_list(list(opts))
         except (KeyError, ValueError, AssertionError) as e:
-            raise ConfigError(f"--opts: {_explain(e)}") from e
+            raise ConfigError(f"--opts: {_explain(e, source)}") from e
     for key, value in (overrides or {}).items():
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
         node[leaf] = value
-    _validate(config)
+    if validate is not None:
+        validate(config)
     config.freeze()
     return config
+
+
+def get_config(cfg_file: str = None, opts=(), overrides: dict = None) -> CN:
+    """Defaults <- cfg_file (with its BASE files) <- opts (KEY VALUE pairs) <- overrides (dotted keys)."""
+    return load_config(_C, cfg_file, opts, overrides, _validate)
 
 
 def _validate(config: CN):

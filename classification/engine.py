@@ -21,7 +21,8 @@ def autocast(config, device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _fmt_eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
+    """Seconds as H:MM:SS (progress lines of the trainers)."""
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -74,7 +75,7 @@ def train_one_epoch(config, model, criterion, loader, optimizer, scheduler, scal
             rate = seen / max(elapsed, 1e-9)
             eta = elapsed / (idx + 1) * (steps - idx - 1)
             lr = optimizer.param_groups[0]["lr"]
-            log.info(f"Train: [{epoch}/{config.TRAIN.EPOCHS}][{idx + 1}/{steps}]  eta {_fmt_eta(eta)}  lr {lr:.6f}  "
+            log.info(f"Train: [{epoch}/{config.TRAIN.EPOCHS}][{idx + 1}/{steps}]  eta {format_eta(eta)}  lr {lr:.6f}  "
                      f"loss {loss.item():.4f} ({loss_sum / seen:.4f})"
                      + (f"  grad_norm {float(grad_norm):.3f}" if grad_norm is not None else "")
                      + f"  {rate:.1f} img/s  step {time.time() - batch_start:.3f}s")

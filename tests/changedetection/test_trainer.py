@@ -1,0 +1,192 @@
+"""The change-detection trainer end to end on small generated pairs (CPU)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import vssm
+from changedetection.config import get_config
+from changedetection.main import cli
+
+from .helpers import make_pairs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MAIN = os.path.join(ROOT, "changedetection", "main.py")
+NANO_CFG = os.path.join(ROOT, "configs", "changedetection", "vmamba", "vmamba_nano.yaml")
+FAST = ["DATA.BATCH_SIZE", "4", "DATA.CROP_SIZE", "32", "DATA.EVAL_BATCH_SIZE", "4", "DATA.NUM_WORKERS", "0",
+        "MODEL.DECODER.WIDTH", "16", "PRINT_FREQ", "2", "TRAIN.WARMUP_EPOCHS", "1"]
+METRICS = ("Precision", "Recall", "F1", "IoU", "OA", "Kappa")
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_pairs(tmp_path / "data")  # 12 train and 4 test pairs of 48 x 48
+
+
+def run_cli(capsys, *argv):
+    code = cli(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def read_log(run):
+    with open(os.path.join(run, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_of(out, backbone="vmamba_nano"):
+    return out / "changedetection" / backbone / "default"
+
+
+def test_train_evaluate_save_maps_and_log(tmp_path, data, capsys):
+    out = tmp_path / "out"
+    code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(out),
+                              "--opts", "TRAIN.EPOCHS", "2", *FAST)
+    assert code == 0, err
+    run = run_of(out)
+    records = read_log(run)
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(r["test_f1"] is not None and 0 <= r["test_kappa"] <= 100 for r in records)
+    assert "eta" in text and "pairs/s" in text and all(f"{m} " in text for m in METRICS)
+    assert sorted(p.name for p in run.glob("ckpt_epoch_*")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
+    assert (run / "best.pth").exists() and any((run / "tensorboard").iterdir())
+    # evaluation of a checkpoint, with the pictures
+    maps = tmp_path / "maps"
+    code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(out), "--eval",
+                              "--resume", str(run / "best.pth"), "--save-maps", str(maps), "--opts", *FAST)
+    assert code == 0, err
+    line = next(x for x in text.splitlines() if " * Precision" in x)
+    assert all(f"{m} " in line for m in METRICS) and "(4 pairs, 9216 pixels" in line
+    best = torch.load(run / "best.pth", weights_only=True)
+    assert f"F1 {best['metrics']['F1']:.2f}" in line  # the same weights give the same numbers
+    pictures = sorted(maps.glob("*.png"))
+    assert [p.name for p in pictures] == [f"test_{i}.png" for i in range(4)]
+    picture = np.asarray(Image.open(pictures[0]))
+    assert picture.shape == (48, 4 * 48 + 3 * 4, 3)
+    label = np.asarray(Image.open(os.path.join(data, "test", "label", "test_0.png")))
+    assert np.array_equal(picture[:, 2 * 52:2 * 52 + 48, 0], label)  # third panel: the ground truth
+    # started again: nothing left to train, the final weights are evaluated
+    code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(out),
+                              "--opts", "TRAIN.EPOCHS", "2", *FAST)
+    assert code == 0 and "finished all 2 epochs" in text and " * Precision" in text
+
+
+def test_pretrained_encoder_weights(tmp_path, data, capsys):
+    path = tmp_path / "cls.pth"
+    torch.save({"model": vssm.create_model("vmamba_nano").state_dict()}, path)
+    code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path),
+                              "--pretrained", str(path), "--eval", "--opts", *FAST)
+    assert code == 0, err
+    assert "loaded pretrained encoder weights" in text and "new output-norm tensors initialised" in text
+    torch.save({"model": vssm.create_model("vmamba_tiny_s1l8").state_dict()}, path)
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "b"),
+                           "--pretrained", str(path), "--eval", "--opts", *FAST)
+    assert code == 2 and "does not fit the encoder vmamba_nano" in err and "shape mismatch" in err
+
+
+def _subprocess_run(argv, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_process_gloo_training_with_bfloat16_autocast(tmp_path, data):
+    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = _subprocess_run(head + [MAIN, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path),
+                                  "--opts", "TRAIN.EPOCHS", "1", "AMP_CPU", "True", *FAST], cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = run_of(tmp_path)
+    log0 = (run / "log_rank0.txt").read_text()
+    assert "2 process(es) on cpu" in log0 and (run / "log_rank1.txt").exists()
+    assert "Train: [0/1][1/1]" in log0  # 12 pairs, 2 processes x batch 4 (drop_last): 1 step
+    assert "(4 pairs, 9216 pixels" in log0  # the metrics count every test pixel once, across processes
+    record = read_log(run)[0]
+    assert record["test_f1"] is not None and np.isfinite(record["train_loss"])
+
+
+def _final_state(run):
+    state = torch.load(os.path.join(run, "ckpt_epoch_2.pth"), map_location="cpu", weights_only=False)
+    return state["model"], state["optimizer"]["state"]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, data):
+    argv = [sys.executable, MAIN, "--cfg", NANO_CFG, "--data-path", data, "--opts", "TRAIN.EPOCHS", "3",
+            *FAST[:6], "DATA.NUM_WORKERS", "2", *FAST[8:]]
+    straight = _subprocess_run(argv + ["OUTPUT", str(tmp_path / "a")], cwd=str(tmp_path))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run_b = run_of(tmp_path / "b")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.Popen(argv + ["OUTPUT", str(tmp_path / "b")], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_b / "ckpt_epoch_0.pth").exists():  # kill in the middle of epoch 1
+        assert proc.poll() is None and time.time() < deadline, "run b ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_b / "ckpt_epoch_2.pth").exists()
+    resumed = _subprocess_run(argv + ["OUTPUT", str(tmp_path / "b")], cwd=str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in (run_b / "log_rank0.txt").read_text()
+
+    model_a, opt_a = _final_state(run_of(tmp_path / "a"))
+    model_b, opt_b = _final_state(run_b)
+    for key in model_a:
+        assert torch.equal(model_a[key], model_b[key]), f"{key} differs after resuming"
+    for key in opt_a:
+        for k in opt_a[key]:
+            assert torch.equal(opt_a[key][k], opt_b[key][k]), f"optimizer state {key}.{k} differs"
+
+
+def test_unreadable_image_is_named_without_a_traceback(tmp_path, data, capsys):
+    path = os.path.join(data, "test", "A", "test_1.png")
+    with open(path, "rb") as f:
+        head = f.read(200)  # the header reads, the pixels do not
+    with open(path, "wb") as f:
+        f.write(head)
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path), "--eval",
+                           "--opts", *FAST[:6], "DATA.NUM_WORKERS", "1", *FAST[8:])
+    assert code == 2 and "cannot read image" in err and "test_1.png" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["TRAIN.EPOCH", "3"], "unknown config key: TRAIN.EPOCH (see changedetection/config.py)"),
+    (["MODEL.DECODER.MIXER", "quad"], "MODEL.DECODER.MIXER must be one of ss2d, fractal"),
+    (["MODEL.BACKBONE", "vmamba_huge"], "unknown model"),
+    (["DATA.CROP_SIZE", "-1"], "DATA.CROP_SIZE must be 0"),
+    (["TRAIN.EPOCHS"], "KEY VALUE pairs"),
+])
+def test_bad_options_are_named(tmp_path, data, capsys, opts, message):
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path), "--opts",
+                           "DATA.BATCH_SIZE", "4", *opts)
+    assert code == 2 and message in err, err
+
+
+def test_missing_data_is_named(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", str(tmp_path / "nowhere"), "--output",
+                           str(tmp_path))
+    assert code == 2 and "does not exist" in err
+
+
+def test_every_registered_size_has_a_config():
+    for name in vssm.list_models():
+        family = name.split("_")[0]
+        path = os.path.join(ROOT, "configs", "changedetection", family, f"{name}.yaml")
+        assert os.path.isfile(path), name
+        config = get_config(path)
+        assert config.MODEL.BACKBONE == name
+        assert config.MODEL.DECODER.MIXER == ("fractal" if family == "fractalmamba" else "ss2d")
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        if not name.endswith("_nano"):  # ChangeMamba's recipe and decoder width
+            assert config.DATA.CROP_SIZE == 256 and config.DATA.BATCH_SIZE == 16 and config.TRAIN.BASE_LR == 1e-4
+            assert config.MODEL.DECODER.WIDTH == 128 and "DATA" not in raw
