@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment in .venv and install vssm into it.
-#   bash scripts/setup_env.sh                    # core stack: torch, timm, triton, training and test tools
+#   bash scripts/setup_env.sh                    # core stack, and the compiled CPU scan backend (system C++ compiler)
+#   VSSM_BUILD_CPU=0 bash scripts/setup_env.sh   # skip the CPU backend (vssm then runs the slower torch backend)
 #   VSSM_BUILD_CUDA=1 bash scripts/setup_env.sh  # also build the optional CUDA extension (needs nvcc, not a GPU)
-# Idempotent: it installs only when requirements or the package metadata changed since the last run.
+# Idempotent: it installs or builds only what changed since the last run. The two compiled builds are
+# independent: a failed or skipped CPU build leaves everything working, slower, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,6 +31,26 @@ if [ ! -f "$STAMP" ]; then
     echo "[setup] core stack installed in $(( $(date +%s) - start )) s"
 else
     echo "[setup] core stack up to date ($VENV)"
+fi
+
+if [ "${VSSM_BUILD_CPU:-1}" = "1" ]; then
+    CPU_SRC=kernels/selective_scan_cpu
+    CPU_STAMP="$VENV/.vssm-cpu-$(cat $CPU_SRC/setup.py $CPU_SRC/csrc/* | sha256sum | cut -c1-16)-${VSSM_CPU_ARCH:-native}"
+    if [ -f "$CPU_STAMP" ]; then
+        echo "[setup] compiled CPU scan backend up to date"
+    elif ! command -v "${CXX:-c++}" >/dev/null 2>&1; then
+        echo "[setup] no C++ compiler (${CXX:-c++}): the compiled CPU scan backend is not built; vssm uses the slower torch backend"
+    else
+        echo "[setup] building the compiled CPU scan backend ($CPU_SRC, about a minute on 2 cores)"
+        start=$(date +%s)
+        if "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation "./$CPU_SRC"; then
+            rm -f "$VENV"/.vssm-cpu-*
+            touch "$CPU_STAMP"
+            echo "[setup] CPU scan backend built in $(( $(date +%s) - start )) s"
+        else
+            echo "[setup] WARNING: building the CPU scan backend failed (see above); vssm works with the slower torch backend"
+        fi
+    fi
 fi
 
 if [ "${VSSM_BUILD_CUDA:-0}" = "1" ]; then

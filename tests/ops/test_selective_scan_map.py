@@ -136,3 +136,21 @@ def test_bad_map_inputs_are_named(bad, message):
 
 def test_map_tolerances_cover_half_precision():  # the half-precision tests use the sequence entry's tolerances
     assert torch.float16 in TOL and torch.bfloat16 in TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_dtypes_from_autocast(backend):
+    """bf16 tokens with fp32 step sizes (what CPU autocast leaves when dt_rank is 1) run in the widest dtype."""
+    if backend == "triton" and not GPU:
+        pytest.skip("half precision is slow in Triton's interpreter")
+    inputs = make_map(2, 3, 4, 4, 1, cross_orders(3, 4))
+    mixed = dict(inputs, x=inputs["x"].bfloat16(), B=inputs["B"].bfloat16(), C=inputs["C"].half())
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), mixed, device=device)
+    full = {k: (v.float() if v is not None and v.is_floating_point() else v) for k, v in mixed.items()}
+    expected = run_map(lambda **kw: reference_map(**kw, H=3, W=4), full)
+    assert_close(got, expected, torch.float32)
+    u = torch.randn(1, 8, 9, dtype=torch.bfloat16)
+    y = selective_scan(u, torch.rand(1, 8, 9), -torch.rand(8, 1), torch.randn(1, 1, 9), torch.randn(1, 1, 9),
+                       backend=backend if backend != "triton" else "torch")
+    assert y.dtype == torch.bfloat16, "y comes back in u's dtype"

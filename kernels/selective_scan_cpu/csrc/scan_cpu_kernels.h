@@ -177,6 +177,7 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
   std::fill(dA, dA + N * kBlock, 0.0f);
   std::fill(dD, dD + kBlock, 0.0f);
   std::fill(dbias, dbias + kBlock, 0.0f);
+  std::fill(dy, dy + kBlock, 0.0f);  // stays 0 when no gradient reaches y
 
   const auto* u = static_cast<const scalar_t*>(p.u) + s.b * p.su.b + s.k * p.su.k + s.d0 * p.su.d;
   const auto* delta = static_cast<const scalar_t*>(p.delta) + s.b * p.sdt.b + s.k * p.sdt.k + s.d0 * p.sdt.d;
@@ -289,7 +290,7 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
         float sumB = 0.0f;
 #pragma omp simd reduction(+ : sumB)
         for (int d = 0; d < w; ++d) {
-          const float l = tmp[d] + (has_dy ? dy[d] * cn : 0.0f) + anx[d] * ln[d];
+          const float l = tmp[d] + dy[d] * cn + anx[d] * ln[d];
           ln[d] = l;
           const float wv = l * an[d] * hpn[d];  // d loss / d a_t, times a_t
           dAn[d] += wv * dt[d];
@@ -299,15 +300,18 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
         }
         o.dB[(part + pos) * N + n] = sumB;
       }
-      // ddt += lamB * u; du = lamB * dt (+ dy * D)
-      if (p.softplus) load_row(delta + pos * p.sdt.p, p.sdt.d, w, raw);
+      // ddt += lamB * u (times softplus' = sigmoid of the raw step size); du = lamB * dt (+ dy * D)
+#pragma omp simd
+      for (int d = 0; d < w; ++d) ddt[d] += lamB[d] * uu[d];
+      if (p.softplus) {
+        load_row(delta + pos * p.sdt.p, p.sdt.d, w, raw);
+#pragma omp simd
+        for (int d = 0; d < w; ++d) ddt[d] *= fast_sigmoid(raw[d] + k.bias[d]);
+      }
 #pragma omp simd
       for (int d = 0; d < w; ++d) {
-        float g = ddt[d] + lamB[d] * uu[d];
-        if (p.softplus) g *= fast_sigmoid(raw[d] + k.bias[d]);
-        ddt[d] = g;
-        dbias[d] += g;
-        tmp[d] = lamB[d] * dt[d] + (has_dy ? dy[d] * k.D[d] : 0.0f);
+        dbias[d] += ddt[d];
+        tmp[d] = lamB[d] * dt[d] + dy[d] * k.D[d];  // dy is 0 without a y gradient
       }
       if (p.sum_groups) {
         add_row(static_cast<float*>(o.du) + s.b * o.sdu.b + pos * o.sdu.p + s.d0 * o.sdu.d, o.sdu.d, w, tmp);

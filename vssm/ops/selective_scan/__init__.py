@@ -180,9 +180,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if backend == "naive":
         return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                     return_last_state, return_states)
+    out_dtype = u.dtype
+    u, delta, z, B, C = _common_dtypes(u, delta, z, B, C)
     y, last, states, _ = torch.ops.vssm.selective_scan_fwd(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_states),
         _needs_grad(u, delta, A, B, C, D, z, delta_bias), backend)
+    y, states = y.to(out_dtype), states.to(out_dtype)
     outputs = [] if C is None else [y]
     if return_last_state:
         outputs.append(last)
@@ -196,6 +199,20 @@ def _concrete(backend: str, device) -> str:
     if torch.jit.is_tracing() and backend == "naive":
         backend = "auto"
     return resolve_backend(backend, device)
+
+
+def _common_dtypes(u, delta, z, B, C):
+    """One dtype for the sequences (u, delta, z: the widest of theirs) and one for B and C (theirs, or float32),
+    as the kernels read them; mixed inputs come from autocast, e.g. bf16 tokens with fp32 step sizes."""
+    seq = [t for t in (u, delta, z) if t is not None]
+    dtype = seq[0].dtype
+    for t in seq[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    u, delta, z = (t.to(dtype) if t is not None else None for t in (u, delta, z))
+    bc = B.dtype if C is None else torch.promote_types(B.dtype, C.dtype)
+    if bc not in (dtype, torch.float32):
+        bc = torch.float32
+    return u, delta, z, B.to(bc), (C.to(bc) if C is not None else None)
 
 
 def _needs_grad(*tensors) -> bool:
@@ -260,6 +277,7 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
         u, dl, Bs, Cs = gather_map(x, delta, B, C, orders)
         y = selective_scan_naive(u, dl, A, Bs, Cs, D, None, delta_bias, delta_softplus)
         return add_to_map(y, orders, L, Dm)
+    x, delta, _, B, C = _common_dtypes(x, delta, None, B, C)
     y, _ = torch.ops.vssm.selective_scan_map_fwd(
         x, delta, A, B, C, D, delta_bias, bool(delta_softplus), orders,
         _needs_grad(x, delta, A, B, C, D, delta_bias), backend)
