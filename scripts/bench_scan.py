@@ -4,10 +4,12 @@
     python scripts/bench_scan.py --device cuda    # GPU: batch 64, also mamba_ssm when importable
 
 For each stage (K = 4 directions, N = 1): forward and forward+backward time of every backend, the
-speed-up over the naive loop, and the bytes the op must move against a plain copy of as many bytes.
-On CPU the torch backend is timed in two memory layouts: channel-major (batch, K*D, L) contiguous, and
-time-major views (what SS2D passes, so no transposes are needed). A backend whose results differ from
-the naive loop on a small check is reported as failed and not timed.
+speed-up over the naive loop and over the torch backend (time-major) of the same run, and the bytes the
+op must move against a plain copy of as many bytes. On CPU every backend is timed in two memory layouts:
+channel-major (batch, K*D, L) contiguous, and time-major views (what a scan over gathered sequences
+passes). The map rows time the fused cross-scan entry (``selective_scan_map``: four directions read from
+one (batch, L, D) map through VMamba's cross orders, outputs merged back), what SS2D now calls. A backend
+whose results differ from the naive loop on a small check is reported as failed and not timed.
 """
 import argparse
 import statistics
@@ -15,8 +17,9 @@ import time
 
 import torch
 
-from vssm.ops import selective_scan
+from vssm.ops import selective_scan, selective_scan_map
 from vssm.ops.selective_scan import available_backends
+from vssm.scans import cross_orders
 from vssm.runtime import retain_freed_memory
 
 STAGES = [(96, 3136), (192, 784), (384, 196), (768, 49)]  # (D, L) of VMamba-T at 224
@@ -66,6 +69,27 @@ def scan_call(backend, inputs, grad_out):
     return forward, forward_backward
 
 
+def make_map(batch, D, L, device, dtype):
+    """The map entry's inputs at a square stage map of L tokens: x (batch, L, D), per-direction delta, B, C."""
+    side = int(round(L ** 0.5))
+    K, N = 4, 1
+
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device, dtype=dtype) * scale).requires_grad_()
+    return dict(x=t(batch, L, D), delta=t(batch, L, K, D, scale=0.5), A=(-torch.rand(K * D, N, device=device) - 0.5),
+                B=t(batch, L, K, N), C=t(batch, L, K, N), D=torch.randn(K * D, device=device),
+                delta_bias=torch.rand(K * D, device=device) * 0.5, orders=cross_orders(side, side, device))
+
+
+def map_call(backend, inputs, grad_out):
+    def forward():
+        return selective_scan_map(**inputs, delta_softplus=True, backend=backend)
+
+    def forward_backward():
+        forward().backward(grad_out)
+    return forward, forward_backward
+
+
 def mamba_call(inputs, grad_out):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -92,6 +116,23 @@ def check(backend, device):
     return all(torch.allclose(a, b, rtol=3e-3, atol=1e-2) for a, b in zip(out[backend], out["naive"]))
 
 
+def time_both(fwd, fwd_bwd, device, repeat, warm):
+    """(forward seconds without gradients, forward+backward seconds)."""
+    with torch.no_grad():
+        t_f = timer(fwd, device, repeat, warmup=1 if warm else 0)
+    return t_f, timer(fwd_bwd, device, repeat, warmup=1 if warm else 0)
+
+
+def row(D, L, label, results, moved, t_copy):
+    """One line: times, speed-ups over naive and over the torch backend (time-major), GB/s, x copy."""
+    t_f, t_fb = results[label]
+    naive, ref = results.get("naive"), results.get("torch (time-major)")
+    ratio = f"{naive[0] / t_f:8.1f} {naive[1] / t_fb:8.1f}" if naive else f"{'-':>8} {'-':>8}"
+    vs_torch = f"{ref[0] / t_f:7.1f} {ref[1] / t_fb:7.1f}" if ref else f"{'-':>7} {'-':>7}"
+    return (f"{D:>4} {L:>5}  {label:<20} {t_f * 1e3:9.2f} {t_fb * 1e3:11.2f} {ratio} {vs_torch}"
+            f" {moved / t_fb / 1e9:7.1f} {t_fb / t_copy:7.1f} {t_f / t_copy:7.1f}")
+
+
 def copy_time(nbytes, device, repeat):
     """Time to copy nbytes/2 bytes (read + write = nbytes moved)."""
     src = torch.empty(max(1, nbytes // 8), dtype=torch.float32, device=device)
@@ -115,7 +156,8 @@ def main():
     elt = torch.finfo(dtype).bits // 8
     K, N = 4, 1
 
-    backends = [b for b in available_backends(device) if b != "naive"]
+    # the torch backend first: the other rows give their speed-up over it
+    backends = sorted((b for b in available_backends(device) if b != "naive"), key=lambda b: b != "torch")
     status = {b: check(b, device) for b in backends}
     try:
         import mamba_ssm  # noqa: F401
@@ -125,9 +167,12 @@ def main():
     checked = ", ".join(f"{b} ({'ok' if ok else 'FAILED check'})" for b, ok in status.items())
     print(f"device {device} ({torch.get_num_threads()} threads), batch {batch}, {args.dtype}, K={K}, N={N}; "
           f"backends {checked}" + (", mamba_ssm" if has_mamba else ""))
-    header = (f"{'D':>4} {'L':>5}  {'backend':<18} {'fwd ms':>9} {'fwd+bwd ms':>11} {'x naive':>8} {'x naive':>8}"
-              f" {'GB/s':>7} {'x copy':>7}" + (f" {'x mamba_ssm':>15}" if has_mamba else ""))
-    print(header + "\n" + " " * 31 + "fwd     fwd+bwd   (fwd+bwd: bytes moved / time, and time / copy time)"
+    header = (f"{'D':>4} {'L':>5}  {'backend':<20} {'fwd ms':>9} {'fwd+bwd ms':>11} {'x naive':>8} {'x naive':>8}"
+              f" {'x torch':>7} {'x torch':>7} {'GB/s':>7} {'x copy':>7} {'x copy':>7}"
+              + (f" {'x mamba_ssm':>15}" if has_mamba else ""))
+    print(header + "\n" + " " * 55 + "fwd  fwd+bwd     fwd fwd+bwd  fwd+bwd fwd+bwd     fwd"
+          + "\n(x naive, x torch: speed-up over the naive loop and over the torch backend (time-major) of this run;"
+          + " GB/s: fwd+bwd bytes moved / time; x copy: time / copy time of those bytes)"
           + ("   fwd fwd+bwd (mamba_ssm time / ours)" if has_mamba else ""))
     for D, L in STAGES:
         channels = K * D
@@ -142,31 +187,33 @@ def main():
             if not status[b]:
                 continue
             rows.append((b, False))
-            if b == "torch" and device.type == "cpu":
+            if device.type == "cpu":
                 rows.append((b, True))
         results = {}
         for name, time_major in layouts + rows:
             inputs = make(batch, K, D, N, L, device, dtype, time_major)
             grad = torch.randn_like(inputs["u"])
             fwd, fwd_bwd = scan_call(name, inputs, grad)
-            reps = 1 if name == "naive" else repeat
-            with torch.no_grad():
-                t_f = timer(fwd, device, reps, warmup=0 if name == "naive" else 1)
-            t_fb = timer(fwd_bwd, device, reps, warmup=0 if name == "naive" else 1)
             label = name + (" (time-major)" if time_major else "")
-            results[label] = (t_f, t_fb)
-            naive = results.get("naive")
-            ratio = (f"{naive[0] / t_f:8.1f} {naive[1] / t_fb:8.1f}" if naive else f"{'-':>8} {'-':>8}")
-            line = (f"{D:>4} {L:>5}  {label:<18} {t_f * 1e3:9.2f} {t_fb * 1e3:11.2f} {ratio}"
-                    f" {moved / t_fb / 1e9:7.1f} {t_fb / t_copy:7.1f}")
+            results[label] = time_both(fwd, fwd_bwd, device, 1 if name == "naive" else repeat, name != "naive")
+            line = row(D, L, label, results, moved, t_copy)
             if has_mamba and name != "naive":
                 m_f, m_fb = mamba_call(inputs, grad)
                 with torch.no_grad():
                     mt_f = timer(m_f, device, repeat)
                 mt_fb = timer(m_fb, device, repeat)
+                t_f, t_fb = results[label]
                 line += (f" {mt_f / t_f:7.2f} {mt_fb / t_fb:7.2f}"
                          f" (mamba_ssm fwd {mt_f * 1e3:.2f} ms, fwd+bwd {mt_fb * 1e3:.2f} ms)")
             print(line, flush=True)
+        if L == int(round(L ** 0.5)) ** 2:
+            for b in backends:
+                if not status[b]:
+                    continue
+                inputs = make_map(batch, D, L, device, dtype)
+                fwd, fwd_bwd = map_call(b, inputs, torch.randn_like(inputs["x"], dtype=torch.float32))
+                results[f"{b} map"] = time_both(fwd, fwd_bwd, device, repeat, True)
+                print(row(D, L, f"{b} map", results, moved, t_copy), flush=True)
         print(f"{D:>4} {L:>5}  {'copy of same bytes':<18} {'':>9} {t_copy * 1e3:11.2f}", flush=True)
 
 

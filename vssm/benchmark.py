@@ -43,8 +43,10 @@ def _autocast(device, amp):
 
 
 def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu", amp: bool = False,
-            train: bool = False, warmup: int = 2, iters: int = 5) -> dict:
+            train: bool = False, warmup: int = 2, iters: int = 5, compile: bool = False) -> dict:
     """Images/s of inference (or of a training step: forward, backward, AdamW step) and peak memory.
+
+    ``compile``: run ``torch.compile(model)`` (compiled during the warm-up, which is then at least one step).
 
     Times each iteration with the device synchronised and reports the best (CPU, least disturbed by
     other load) or the median (GPU). Peak memory is CUDA's max allocated on a GPU, and the process's
@@ -52,8 +54,10 @@ def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu
     """
     device = torch.device(device)
     model = model.to(device).train(train)
-    x = torch.randn(batch, 3, *size, device=device)
+    x = torch.randn(batch, getattr(model, "in_chans", 3), *size, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
+    if compile:
+        model, warmup = torch.compile(model), max(1, warmup)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -82,7 +86,7 @@ def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu
     else:
         peak = process_memory_mb("VmHWM")
     return {"images_per_s": batch / best, "seconds_per_batch": best, "peak_memory_mb": peak,
-            "batch": batch, "size": list(size), "device": str(device), "amp": amp, "train": train}
+            "batch": batch, "size": list(size), "device": str(device), "amp": amp, "train": train, "compile": compile}
 
 
 def measure_isolated(model_name: str, **kwargs) -> dict:
