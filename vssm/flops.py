@@ -7,14 +7,13 @@ Everything else is counted by fvcore's own handles (convolutions, matmuls, norms
 import math
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 
 SCAN_OP_NAMES = ("prim::PythonOp.SelectiveScanTorchFn",)
 
 
 def selective_scan_flop_handle(inputs, outputs):
     """fvcore handle; the op is traced with all 8 tensor inputs, empty tensors standing for absent ones."""
+    from fvcore.nn.jit_handles import get_shape
     u, _delta, A, _B, C, D, z = (get_shape(v) for v in inputs[:7])
     batch, channels, length = u
     state = A[1]
@@ -26,12 +25,13 @@ def selective_scan_flop_handle(inputs, outputs):
     return flops
 
 
-def flop_analysis(model: torch.nn.Module, inputs) -> FlopCountAnalysis:
+def flop_analysis(model: torch.nn.Module, inputs) -> "fvcore.nn.FlopCountAnalysis":
     """fvcore's analysis of ``model(*inputs)`` with the selective-scan handle and its warnings silenced.
 
     Use ``.total()`` for the FLOPs and ``.by_module()`` for a breakdown; the caller sets eval mode and
     no_grad (see ``count_flops``).
     """
+    from fvcore.nn import FlopCountAnalysis  # imported here: `import vssm` needs no fvcore
     analysis = FlopCountAnalysis(model, inputs)
     analysis.set_op_handle(**{name: selective_scan_flop_handle for name in SCAN_OP_NAMES})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")

@@ -4,7 +4,7 @@
 ``torch``  a blocked recurrence with an analytic backward in pure PyTorch: CPU, and GPU fallback (``blocked.py``).
 ``triton`` fused forward and backward Triton kernels: GPU, or CPU under ``TRITON_INTERPRET=1`` (``fused_triton.py``).
 ``cuda``   the optional compiled extension under ``kernels/selective_scan`` (``cuda.py``).
-``auto``   the fastest available for the inputs' device.
+``auto``   the fastest available for the inputs' device (on a GPU: measured per GPU and shape, ``choice.py``).
 """
 import os
 
@@ -31,14 +31,16 @@ def _triton_importable() -> bool:
     return True
 
 
-def available_backends(device) -> list:
-    """Backends that can run on ``device`` here, in the order ``auto`` prefers them."""
+def available_backends(device, shape=None) -> list:
+    """Backends that can run on ``device`` here, in the order ``auto`` prefers them for inputs of ``shape``
+    (N, L, dtype): on a GPU the measured order of ``choice.py``, else (or without a shape) a fixed one."""
+    from . import choice
     from .cuda import cuda_extension_available
     device = torch.device(device)
     if device.type == "cuda":
         found = ["triton"] if _triton_importable() else []
         found += ["cuda"] if cuda_extension_available() else []
-        found.append("torch")
+        found = choice.rank(device, found + ["torch"], shape)
     else:
         found = ["torch"]
         if device.type == "cpu" and _triton_interpreted() and _triton_importable():
@@ -46,13 +48,14 @@ def available_backends(device) -> list:
     return found + ["naive"]
 
 
-def resolve_backend(backend: str, device) -> str:
-    """The concrete backend ``backend`` means on ``device``; a clear error when it cannot run there."""
+def resolve_backend(backend: str, device, shape=None) -> str:
+    """The concrete backend ``backend`` means on ``device`` (for inputs of ``shape``, (N, L, dtype)); a clear
+    error when it cannot run there."""
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = torch.device(device)
     if backend == "auto":
-        return available_backends(device)[0]
+        return available_backends(device, shape)[0]
     if backend == "cuda":
         from .cuda import require_cuda_extension
         require_cuda_extension()
@@ -143,7 +146,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     if torch.jit.is_tracing():  # FLOP counting traces one op whatever the backend (see vssm.flops)
         backend = "torch"
-    backend = resolve_backend(backend, u.device)
+    backend = resolve_backend(backend, u.device, (N, L, u.dtype))
     if backend == "naive":
         return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                     return_last_state, return_states)
