@@ -2,6 +2,7 @@
 
     python scripts/bench_scan.py                  # CPU: batch 2; every backend that runs here
     python scripts/bench_scan.py --device cuda    # GPU: batch 64, also mamba_ssm when importable
+    python scripts/bench_scan.py --quick --json bench.json   # tiny shapes (a smoke run); figures as JSON
 
 For each stage (K = 4 directions, N = 1): forward and forward+backward time of every backend, the
 speed-up over the naive loop, and the bytes the op must move against a plain copy of as many bytes.
@@ -10,6 +11,7 @@ time-major views (what SS2D passes, so no transposes are needed). A backend whos
 the naive loop on a small check is reported as failed and not timed.
 """
 import argparse
+import json
 import statistics
 import time
 
@@ -20,6 +22,7 @@ from vssm.ops.selective_scan import available_backends
 from vssm.runtime import retain_freed_memory
 
 STAGES = [(96, 3136), (192, 784), (384, 196), (768, 49)]  # (D, L) of VMamba-T at 224
+QUICK_STAGES = [(4, 130), (8, 49)]
 
 
 def make(batch, K, D, N, L, device, dtype, time_major, requires_grad=True):
@@ -106,6 +109,8 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeat", type=int, default=None, help="timed repetitions (default 7 CPU, 30 GPU)")
     parser.add_argument("--skip-naive", action="store_true", help="do not time the naive loop (slow)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes instead of VMamba-T's stages")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
     retain_freed_memory()
@@ -129,7 +134,8 @@ def main():
               f" {'GB/s':>7} {'x copy':>7}" + (f" {'x mamba_ssm':>15}" if has_mamba else ""))
     print(header + "\n" + " " * 31 + "fwd     fwd+bwd   (fwd+bwd: bytes moved / time, and time / copy time)"
           + ("   fwd fwd+bwd (mamba_ssm time / ours)" if has_mamba else ""))
-    for D, L in STAGES:
+    figures = []
+    for D, L in QUICK_STAGES if args.quick else STAGES:
         channels = K * D
         seq_bytes = batch * channels * L * elt
         bc_bytes = batch * K * N * L * elt
@@ -159,15 +165,23 @@ def main():
             ratio = (f"{naive[0] / t_f:8.1f} {naive[1] / t_fb:8.1f}" if naive else f"{'-':>8} {'-':>8}")
             line = (f"{D:>4} {L:>5}  {label:<18} {t_f * 1e3:9.2f} {t_fb * 1e3:11.2f} {ratio}"
                     f" {moved / t_fb / 1e9:7.1f} {t_fb / t_copy:7.1f}")
+            figures.append({"D": D, "L": L, "backend": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_fb * 1e3,
+                            "gb_per_s": moved / t_fb / 1e9, "x_copy": t_fb / t_copy, "copy_ms": t_copy * 1e3})
             if has_mamba and name != "naive":
                 m_f, m_fb = mamba_call(inputs, grad)
                 with torch.no_grad():
                     mt_f = timer(m_f, device, repeat)
                 mt_fb = timer(m_fb, device, repeat)
+                figures[-1].update(mamba_ssm_fwd_ms=mt_f * 1e3, mamba_ssm_fwd_bwd_ms=mt_fb * 1e3)
                 line += (f" {mt_f / t_f:7.2f} {mt_fb / t_fb:7.2f}"
                          f" (mamba_ssm fwd {mt_f * 1e3:.2f} ms, fwd+bwd {mt_fb * 1e3:.2f} ms)")
             print(line, flush=True)
         print(f"{D:>4} {L:>5}  {'copy of same bytes':<18} {'':>9} {t_copy * 1e3:11.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "batch": batch, "dtype": args.dtype, "K": K, "N": N,
+                       "checked": status, "mamba_ssm": has_mamba, "rows": figures}, f, indent=1)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
