@@ -8,10 +8,11 @@ under 8 minutes on one H100/H200, one Markdown report and a JSON of the figures.
 Steps, each in its own process with a time budget (printed first; time a step leaves unused goes to the later
 ones, and a step that would overrun stops and reports what it skipped): environment (versions, GPU, copy
 bandwidth); the CUDA extension build, in the background from the start (skipped with a reason when there is
-no nvcc); a short real training run (vmamba_nano on the embedded digits, the CPU recipe) that must reach the CPU
-run's accuracy; throughput of the four families' tiny models beside Swin-T and ConvNeXt-T; scan parity of every
-GPU backend against the naive loop at real shapes; scripts/bench_scan.py; and the timings per shape class that
-``backend="auto"`` ranks by, written into vssm/ops/selective_scan/gpu_choice.json for this GPU.
+no nvcc); scan parity of the Triton and PyTorch backends against the naive loop at real shapes; a short real
+training run (vmamba_nano on the embedded digits, the CPU recipe) that must reach the CPU run's accuracy;
+throughput of the four families' tiny models beside Swin-T and ConvNeXt-T; scripts/bench_scan.py; the timings per
+shape class that ``backend="auto"`` ranks by, written into vssm/ops/selective_scan/gpu_choice.json for this GPU;
+and the parity of the CUDA extension once built.
 Exit status 1 when a parity check fails or the training run misses the CPU accuracy, else 0.
 """
 import argparse
@@ -31,9 +32,10 @@ sys.path.insert(0, ROOT)
 from vssm.gpu_check import report  # noqa: E402
 from vssm.gpu_check.common import write_json  # noqa: E402
 
-# (step, planned seconds) in the order they run; the CUDA extension builds in the background meanwhile
-PLAN = [("environment", 20), ("training", 90), ("throughput", 170), ("parity", 75), ("scan benchmark", 60),
-        ("auto table", 45)]
+# (step, planned seconds) in the order they run; the CUDA extension builds in the background meanwhile, and
+# joins the backends for the scan benchmark, auto's table and its own parity step
+PLAN = [("environment", 15), ("parity", 110), ("training", 100), ("throughput", 120), ("scan benchmark", 45),
+        ("auto table", 40), ("parity (cuda extension)", 30)]
 BUDGET = 480  # 8 minutes, set-up included
 DIGITS_CPU_ACC1 = 99.17  # final Acc@1 of configs/classification/vmamba/vmamba_nano.yaml on a CPU (20 epochs)
 DIGITS_TOLERANCE = 1.0  # 360 validation images: one image is 0.28 points; AMP and atomics change the last bits
@@ -188,7 +190,7 @@ class Check:
         log.close()
         seconds = time.monotonic() - started
         env = dict(self.env, PYTHONPATH=os.pathsep.join([target, self.env["PYTHONPATH"]]))
-        ok = proc.returncode == 0 and subprocess.run([self.python, "-c", "import vssm_selective_scan_cuda"],
+        ok = proc.returncode == 0 and subprocess.run([self.python, "-c", "import torch, vssm_selective_scan_cuda"],
                                                      env=env, capture_output=True).returncode == 0
         self.steps[name] = {"status": "ok" if ok else "failed", "seconds": seconds, "budget": 0,
                             "reason": "" if ok else f"see {log.name}; the cuda backend is left out"}
@@ -226,9 +228,14 @@ class Check:
                                     "device": self.device}
 
     def parity(self):
-        self.finish_cuda_build(wait=max(0.0, min(60.0, self.allowance("parity") - 60)))
         env = dict(self.env, TRITON_INTERPRET="1") if self.dry else self.env  # Triton's interpreter on the CPU
-        self.step("parity", "vssm.gpu_check.parity", env=env)
+        self.step("parity", "vssm.gpu_check.parity", "--backends", "triton", "torch", env=env)
+
+    def cuda_parity(self):
+        name = "parity (cuda extension)"
+        if self.steps.get("cuda extension build", {}).get("status") != "ok":
+            return self.skip(name, "no CUDA extension was built")
+        self.step(name, "vssm.gpu_check.parity", "--backends", "cuda")
 
     def bench(self):
         path = os.path.join(self.out, "scan_benchmark.json")
@@ -238,11 +245,20 @@ class Check:
         self.load("scan benchmark", path)
 
     def auto_table(self):
-        table = self.args.table or (os.path.join(self.out, "gpu_choice.json") if self.dry else
+        """Into the repository's table (a dry run: OUT's); a copy lands in OUT, to carry back from a lent machine."""
+        copy = os.path.join(self.out, "gpu_choice.json")
+        table = self.args.table or (copy if self.dry else
                                     os.path.join(ROOT, "vssm", "ops", "selective_scan", "gpu_choice.json"))
         self.step("auto table", "vssm.gpu_check.scan_choice", "--table", table)
+        if os.path.abspath(table) != copy and os.path.exists(table):
+            shutil.copyfile(table, copy)
 
     def main(self) -> int:
+        import torch
+        if not self.dry and not torch.cuda.is_available():
+            print("gpu_check: no GPU is visible to torch here; run it on a GPU machine, or pass --dry-run to "
+                  "exercise every step on the CPU", file=sys.stderr)
+            return 2
         os.makedirs(self.out, exist_ok=True)
         started = datetime.datetime.now().isoformat(timespec="seconds")
         print(f"GPU check{' (dry run: CPU, tiny shapes)' if self.dry else ''}: {self.args.budget:.0f} s budget, "
@@ -250,13 +266,13 @@ class Check:
               + "; the CUDA extension builds in the background", flush=True)
         self.step("environment", "vssm.gpu_check.environment")
         self.start_cuda_build()
+        self.parity()
         self.training()
         self.step("throughput", "vssm.gpu_check.throughput")
-        self.parity()
+        self.finish_cuda_build(wait=max(0.0, min(60.0, self.allowance("scan benchmark") - 30)))
         self.bench()
         self.auto_table()
-        if self.build is not None and "cuda extension build" not in self.steps:
-            self.finish_cuda_build(wait=0)
+        self.cuda_parity()
 
         problems = report.problems(self.steps)
         verdict = ("FAILED: " + "; ".join(problems)) if problems else ("dry run completed" if self.dry else "passed")

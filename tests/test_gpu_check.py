@@ -30,7 +30,7 @@ def test_dry_run_exercises_every_step(tmp_path):
                           str(tmp_path / "check"), "--data-path", data], capture_output=True, text=True, env=env,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert "planned seconds per step: environment 20, training 90, throughput 170" in out.stdout
+    assert "planned seconds per step: environment 15, parity 110, training 100, throughput 120" in out.stdout
     assert "== parity: budget" in out.stdout and "dry run completed" in out.stdout
 
     md = (tmp_path / "check" / "gpu_check.md").read_text()
@@ -39,8 +39,8 @@ def test_dry_run_exercises_every_step(tmp_path):
     assert result["dry"] and result["verdict"] == "dry run completed"
     steps = result["steps"]
     assert {n: s["status"] for n, s in steps.items()} == {
-        "environment": "ok", "cuda extension build": "skipped", "training": "ok", "throughput": "ok",
-        "parity": "ok", "scan benchmark": "ok", "auto table": "ok"}
+        "environment": "ok", "cuda extension build": "skipped", "parity": "ok", "training": "ok", "throughput": "ok",
+        "scan benchmark": "ok", "auto table": "ok", "parity (cuda extension)": "skipped"}
     assert steps["environment"]["data"]["copy_gb_per_s"] > 0
 
     rows = steps["parity"]["data"]["rows"]
@@ -67,6 +67,15 @@ def test_dry_run_exercises_every_step(tmp_path):
     assert training["epochs"] == 1 and training["verdict"] == "dry run: not judged"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no GPU")
+def test_without_a_gpu_a_real_run_says_to_use_the_dry_run(tmp_path):
+    env = dict(os.environ, VSSM_VENV=sys.prefix)
+    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 2 and "no GPU is visible" in out.stderr and "--dry-run" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def _steps(parity_rows, final_acc1=None):
     steps = {"parity": {"status": "ok", "data": {"rows": parity_rows}}}
     if final_acc1 is not None:
@@ -79,6 +88,8 @@ def test_verdict_fails_on_parity_or_training():
     ok = {"layout": "vmamba", "L": 3136, "N": 1, "dtype": "float32", "backend": "triton", "status": "ok"}
     assert report.problems(_steps([ok], 99.2)) == []
     assert report.problems(_steps([ok, dict(ok, status="FAILED")])) == ["1 parity failure(s)"]
+    cuda_failed = dict(_steps([ok]), **{"parity (cuda extension)": {"data": {"rows": [dict(ok, status="FAILED")]}}})
+    assert report.problems(cuda_failed) == ["1 parity failure(s)"]
     assert report.problems({"parity": {"status": "over budget: stopped"}}) == ["the parity step produced no results"]
     assert report.problems(_steps([ok], 90.0)) == ["the training run reached 90.00, below 98.00"]
 

@@ -3,7 +3,7 @@ code records (each module's ``launch_configs()``), with no register spills and s
 block's limit (``vssm/kernel_resources.py``, ``scripts/kernel_resources.py``).
 
 By default the configurations the models run ("shipped") are compiled; the long tail (every block-table entry,
-constexpr-flag combination and dtype mix the host can emit; about 1,300 kernels, tens of minutes on 2 cores) runs
+constexpr-flag combination and dtype mix the host can emit; 956 kernels, about an hour on 2 cores) runs
 with ``VSSM_KERNEL_TAIL=1``. Compiles run in a subprocess: the test session runs Triton's interpreter instead of
 its compiler when there is no GPU. Triton caches compiled kernels (``~/.triton/cache``), so a second run is fast.
 """
@@ -84,7 +84,7 @@ def test_shipped_configurations_compile_without_spills(tmp_path, arch):
 @pytest.mark.skipif(not TAIL, reason="the long tail of launch configurations compiles with VSSM_KERNEL_TAIL=1")
 def test_every_launch_configuration_compiles_without_spills(tmp_path):
     rows, out = _compile(tmp_path, "--tier", "all", "--jobs", str(os.cpu_count() or 1), timeout=4 * 3600)
-    assert len(rows) > 1000, out.stdout[-3000:]
+    assert len(rows) > 900, out.stdout[-3000:]  # 956 distinct kernels over both architectures
     _assert_fit(rows, out)
 
 

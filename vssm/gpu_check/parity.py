@@ -83,9 +83,13 @@ def compare(got: dict, ref: dict, dtype) -> dict:
 
 
 def main(argv=None) -> int:
-    args = step_parser(__doc__).parse_args(argv)
+    p = step_parser(__doc__)
+    p.add_argument("--backends", nargs="+", help="only these backends (default: every one available but naive)")
+    args = p.parse_args(argv)
     deadline, device = Deadline(args.seconds), torch.device(args.device)
-    backends = [b for b in available_backends(device) if b != "naive"]
+    backends = [b for b in available_backends(device) if b != "naive" and (not args.backends or b in args.backends)]
+    if not backends:
+        p.error(f"none of the backends {args.backends} is available on {device}")
     print(f"parity on {device}: backends {', '.join(backends)}", flush=True)
     rows, todo = [], cases(args.dry)
     for i, (layout, L, N, dtype) in enumerate(todo):

@@ -12,10 +12,16 @@ def parity_failures(parity: dict) -> list:
     return [r for r in (parity or {}).get("rows", []) if r.get("status") == "FAILED"]
 
 
+def parity_rows(steps: dict) -> list:
+    """The rows of both parity steps (the Triton and PyTorch backends; the CUDA extension once built)."""
+    return [r for name in ("parity", "parity (cuda extension)")
+            for r in ((steps.get(name) or {}).get("data") or {}).get("rows", [])]
+
+
 def problems(steps: dict) -> list:
     """What makes the check fail: a parity failure, no parity results, a training run short of the CPU accuracy."""
     parity = (steps.get("parity") or {}).get("data")
-    failed = parity_failures(parity)
+    failed = parity_failures({"rows": parity_rows(steps)})
     found = [f"{len(failed)} parity failure(s)"] if failed else []
     if parity is None:
         found.append("the parity step produced no results")
@@ -84,14 +90,14 @@ def markdown(result: dict) -> str:
     build = steps.get("cuda extension build", {})
     lines += [f"- CUDA extension: {build.get('status', '-')}{': ' + build['reason'] if build.get('reason') else ''}"]
 
-    parity = data.get("parity") or {}
-    failures = parity_failures(parity)
+    rows = parity_rows(steps)
+    failures, skipped = parity_failures({"rows": rows}), [r for r in rows if r["status"] == "skipped"]
     lines += ["", "## Scan parity (every backend against the naive fp32 loop)", "",
-              f"{len(failures)} failure(s) in {len(parity.get('rows', []))} checks; ratio: the worst error over its "
-              "tolerance (<= 1 passes).", ""]
+              f"{len(failures)} failure(s), {len(skipped)} skipped, in {len(rows)} checks; ratio: the worst error "
+              "over its tolerance (<= 1 passes).", ""]
     lines += _table(["layout", "L", "N", "dtype", "backend", "status", "worst", "ratio", "note"],
                     [(r["layout"], r["L"], r["N"], r["dtype"], r["backend"], r["status"], r.get("name", "-"),
-                      _fmt(r.get("ratio"), 3), r.get("reason", "")) for r in parity.get("rows", [])])
+                      _fmt(r.get("ratio"), 3), r.get("reason", "")) for r in rows])
 
     bench = data.get("scan benchmark") or {}
     lines += ["", "## Scan benchmark (scripts/bench_scan.py)", "",
