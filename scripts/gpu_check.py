@@ -55,6 +55,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.budget <= 0:
         p.error(f"--budget must be positive, got {args.budget}")
+    if args.data_path and not os.path.isdir(args.data_path):
+        p.error(f"--data-path {args.data_path} is not a folder")
     return args
 
 

@@ -3,7 +3,8 @@
 Triton: every module of the package that defines ``@triton.jit`` kernels lists the launches its host
 code can make in ``launch_configs()`` (recorded from that host code, see ``vssm.kernel_launch``).
 Each launch is specialised exactly as Triton's JIT does at launch time (argument alignment, unit
-strides, constexprs, ``num_warps``) for ``GPUTarget("cuda", arch, 32)``, compiled with
+strides, constexprs, ``num_warps``; by the JIT's own binder, an internal of Triton 3.x) for
+``GPUTarget("cuda", arch, 32)``, compiled with
 ``triton.compile``, and its PTX assembled again with ``ptxas -v`` for registers and spills (the JIT
 does not keep that log); shared memory is the kernel's metadata. Needs the Triton compiler, so
 ``TRITON_INTERPRET`` must be off in the process.
@@ -60,12 +61,11 @@ class KernelResources:
         if self.error:
             return [f"does not compile: {self.error.strip().splitlines()[-1] if self.error.strip() else '?'}"]
         found = []
-        if (self.spill_stores or self.spill_loads) and max(self.spill_stores, self.spill_loads) > self.accepted_spill()[0]:
+        if max(self.spill_stores, self.spill_loads) > self.accepted_spill()[0]:
             found.append(f"spills ({self.spill_stores} bytes stored, {self.spill_loads} loaded)")
         if self.shared > SM80_SHARED_LIMIT:
             found.append(f"{self.shared} bytes of shared memory, over sm_80's {SM80_SHARED_LIMIT}")
         return found
-
 
     def accepted_spill(self):
         """(most spill bytes accepted, why) for this kernel: (0, "") unless ``ACCEPTED_SPILLS`` names it."""
@@ -98,7 +98,7 @@ def triton_modules() -> list:
 
 
 def triton_launches(tier: str = "shipped") -> list:
-    """Every distinct launch of every Triton module's ``launch_configs()``: tier "shipped" or "all"."""
+    """The launches of every Triton module's ``launch_configs()`` of tier "shipped", or "all" of them."""
     launches = []
     for name in triton_modules():
         module = importlib.import_module(name)

@@ -29,12 +29,12 @@ ESTIMATE = {False: 12.0, True: 75.0}
 
 
 def plan(dry: bool) -> list:
-    """(model, precision, compiled) in order of importance (dry: the families' nano models)."""
+    """(model, precision, compiled) in order of importance: VMamba-T and Swin-T (the targets' scale) first, then
+    ConvNeXt-T and the other families; eager before compiled (dry: the families' nano models)."""
     families = tuple(NANO[m] for m in FAMILIES) if dry else FAMILIES
-    models = families + REFERENCES
-    eager = [(m, p, False) for p in ("fp32", "bf16") for m in models]
-    first = families[:1] + REFERENCES
-    compiled = [(m, p, True) for p in ("bf16", "fp32") for m in first + tuple(m for m in models if m not in first)]
+    order = [families[0], REFERENCES[0], REFERENCES[1], *families[1:]]
+    eager = [(m, p, False) for pair in (order[:2], order[2:3], order[3:]) for p in ("fp32", "bf16") for m in pair]
+    compiled = [(m, p, True) for p in ("bf16", "fp32") for m in order]
     return eager + compiled
 
 

@@ -367,20 +367,24 @@ def _unit_stride_l(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+_STATES_ONLY = dict(grouped=False, has_c=False, d=False, last=False, states=True, grads=("states",))
+
+
 def launch_configs():
-    """Every launch the host code above can make, recorded on CPU tensors (``vssm.kernel_resources``).
+    """Every launch the host code above can make, recorded on meta tensors (for ``vssm.kernel_resources``).
 
     Yields ``vssm.kernel_launch.Launch`` records. "shipped": what the models run, with their memory
-    layouts: VMamba's cross scan (K = 4 groups, B/C as SS2D's strided views) at N = 1 (first and last
-    stage), 4 and 16, Spatial-Mamba's states-only scan with shared B, training (forward saving the
+    layouts: VMamba's cross scan (K = 4 groups, B/C as SS2D's strided views) at N = 1 (first, third and
+    last stage), 4 and 16, Spatial-Mamba's states-only scan with shared B, training (forward saving the
     tile states, then backward) and inference, fp32 / bf16 / fp16. "tail": every other block-table
     entry (N 1..16, odd and shared groups, short sequences), every constexpr-flag combination the host
-    emits, every mix of input dtypes. Launches that compile to the same kernel are listed once.
+    emits, every mix of input dtypes (launches that specialise alike are compiled once).
     """
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
     shipped = [("vmamba stage 1", dict(N=1, L=3136)), ("vmamba stage 1", dict(N=1, L=3136, dtype=bf16)),
                ("vmamba stage 1", dict(N=1, L=3136, dtype=f16)), ("vmamba stage 1", dict(N=1, L=3136, train=False)),
-               ("vmamba stage 4", dict(N=1, L=49, width=768)), ("vmamba N=4", dict(N=4, L=3136)),
+               ("vmamba stage 3", dict(N=1, L=196, width=384)), ("vmamba stage 4", dict(N=1, L=49, width=768)),
+               ("vmamba N=4", dict(N=4, L=3136)),
                ("vmamba N=16", dict(N=16, L=3136, dtype=bf16)), ("spatialmamba", dict(N=1, L=3136, **_STATES_ONLY)),
                ("spatialmamba", dict(N=1, L=3136, dtype=bf16, **_STATES_ONLY))]
     tail = []
@@ -409,9 +413,6 @@ def launch_configs():
     for tier, cases in (("shipped", shipped), ("tail", tail)):
         for name, case in cases:
             yield from _record_case(name, tier, **case)
-
-
-_STATES_ONLY = dict(grouped=False, has_c=False, d=False, last=False, states=True, grads=("states",))
 
 
 def _record_case(name, tier, N, L, width=96, K=4, grouped=True, dtype=torch.float32, bc_dtype=None,
