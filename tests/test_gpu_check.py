@@ -119,10 +119,25 @@ def test_parity_comparison_catches_a_wrong_gradient():
     assert parity.compare(dict(ref, y=ref["y"] * float("nan")), ref, torch.float32)["ratio"] == float("inf")
 
 
-def test_training_is_skipped_with_the_missing_package_named(tmp_path, monkeypatch):
+def _script():
     spec = importlib.util.spec_from_file_location("gpu_check_script", os.path.join(ROOT, "scripts", "gpu_check.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_dry_mode_also_from_the_environment_and_bad_options_are_named(tmp_path, monkeypatch, capsys):
+    script = _script()
+    assert not script.parse_args([]).dry_run
+    monkeypatch.setenv("VSSM_GPU_CHECK_DRY", "1")
+    assert script.parse_args([]).dry_run
+    with pytest.raises(SystemExit):
+        script.parse_args(["--data-path", str(tmp_path / "nowhere")])
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_training_is_skipped_with_the_missing_package_named(tmp_path, monkeypatch):
+    script = _script()
     check = script.Check(script.parse_args(["--dry-run", "--out", str(tmp_path)]))
     monkeypatch.setattr(script, "missing_modules", lambda names: [n for n in names if n in ("yacs", "sklearn")])
     check.training()
