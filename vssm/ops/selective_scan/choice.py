@@ -13,14 +13,15 @@ order (triton, cuda, torch) and says so once per GPU.
 """
 import functools
 import json
+import logging
 import os
-import warnings
 from pathlib import Path
 
 import torch
 
 TABLE = Path(__file__).with_name("gpu_choice.json")
 FORMAT = 1
+log = logging.getLogger(__package__)  # the selective-scan package's logger: its notices say things once
 
 
 def shape_class(N: int, L: int, dtype: torch.dtype) -> str:
@@ -41,11 +42,11 @@ def _load(path: str) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        warnings.warn(f"selective_scan auto: cannot read the GPU backend table {path} ({e}); using the fixed order")
+        log.warning(f"selective_scan auto: cannot read the GPU backend table {path} ({e}); using the fixed order")
         return {}
     if table.get("format") != FORMAT:
-        warnings.warn(f"selective_scan auto: {path} has format {table.get('format')!r}, expected {FORMAT}; "
-                      "using the fixed order")
+        log.warning(f"selective_scan auto: {path} has format {table.get('format')!r}, expected {FORMAT}; "
+                    "using the fixed order")
         return {}
     return table.get("devices", {})
 
@@ -73,9 +74,9 @@ def _ranked(name: str, capability: str, klass: str, found: tuple) -> tuple:
     if not timings:
         if (name, capability) not in _told:
             _told.add((name, capability))
-            warnings.warn(f"selective_scan auto: no measured backend table for {name} ({capability}, inputs of "
-                          f"class '{klass}') in {table_path()}; using the fixed order {', '.join(found)}. "
-                          f"`bash scripts/gpu_check.sh` on this GPU measures it.", stacklevel=5)
+            log.warning(f"selective_scan auto: no measured backend table for {name} ({capability}, inputs of "
+                        f"class '{klass}') in {table_path()}; using the fixed order {', '.join(found)}. "
+                        f"`bash scripts/gpu_check.sh` on this GPU measures it.")
         return found
     measured = sorted((b for b in found if b in timings), key=lambda b: timings[b])
     return tuple(measured + [b for b in found if b not in timings])

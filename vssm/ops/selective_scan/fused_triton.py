@@ -331,32 +331,47 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, d
     return du, ddelta, dz, dA, dB, dC, dD, dbias
 
 
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states, save):
+    """(y or None, last state, states or None, residuals); absent optional tensors are None."""
+    u, delta = _unit_stride_l(u), _unit_stride_l(delta)
+    z = _unit_stride_l(z) if z is not None else None
+    y, last, states, chunks = _forward(u, delta, A.contiguous(), B, C, D, z, delta_bias, delta_softplus,
+                                       return_states, save)
+    return y, last, states, [chunks] if save else []
+
+
+def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates):
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), None for absent inputs."""
+    u, delta = _unit_stride_l(u), _unit_stride_l(delta)
+    z = _unit_stride_l(z) if z is not None else None
+    dy = _unit_stride_l(dy) if dy is not None and C is not None else None
+    du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(u, delta, A.contiguous(), B, C, D, z, delta_bias,
+                                                      delta_softplus, residuals[0], dy, dlast, dstates)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
 class SelectiveScanTritonFn(torch.autograd.Function):
-    """Autograd wrapper of the Triton kernels. Absent optional tensors arrive as empty tensors."""
+    """Autograd wrapper of ``forward`` / ``backward``. Absent optional tensors arrive as empty tensors."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, return_states):
         C, D, z, delta_bias = (t if t.numel() else None for t in (C, D, z, delta_bias))
         ctx.set_materialize_grads(False)
-        u, delta = _unit_stride_l(u), _unit_stride_l(delta)
-        z = _unit_stride_l(z) if z is not None else None
-        A = A.contiguous()
         save = any(ctx.needs_input_grad[:8])
-        y, last, states, chunks = _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                           return_states, save)
+        y, last, states, residuals = forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                             return_last_state, return_states, save)
         ctx.flags = (C is not None, return_last_state, return_states, delta_softplus)
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunks)
-        return pack_outputs(y if C is not None else None, last, states, return_last_state, return_states)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, *residuals)
+        return pack_outputs(y, last, states, return_last_state, return_states)
 
     @staticmethod
     def backward(ctx, *grads):
-        u, delta, A, B, C, D, z, delta_bias, chunks = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, *residuals = ctx.saved_tensors
         has_y, return_last_state, return_states, delta_softplus = ctx.flags
         dy, dlast, dstates = unpack_grads(grads, has_y, return_last_state, return_states)
-        dy = _unit_stride_l(dy) if dy is not None else None
-        du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, dlast, dstates)
+        du, ddelta, dA, dB, dC, dD, dz, dbias = backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                                         residuals, dy, dlast, dstates)
         return (du, ddelta, dA.to(A.dtype), dB, dC,
                 dD.to(D.dtype) if dD is not None else None, dz,
                 dbias.to(delta_bias.dtype) if dbias is not None else None, None, None, None)
@@ -427,27 +442,27 @@ def _record_case(name, tier, N, L, width=96, K=4, grouped=True, dtype=torch.floa
     param_dtype = param_dtype or dtype
 
     def seq():
-        return torch.empty(batch, L, channels, dtype=dtype, requires_grad=train, **meta).transpose(1, 2)
+        return torch.empty(batch, L, channels, dtype=dtype, **meta).transpose(1, 2)
 
     if grouped:  # SS2D: proj (batch, L, K, R + 2N) -> (batch, K, N, L)
-        proj = torch.empty(batch, L, K, R + 2 * N, dtype=bc_dtype, requires_grad=train, **meta)
+        proj = torch.empty(batch, L, K, R + 2 * N, dtype=bc_dtype, **meta)
         B, C = proj[..., R:R + N].permute(0, 2, 3, 1), proj[..., R + N:].permute(0, 2, 3, 1)
     else:  # Spatial-Mamba: proj (batch, L, R + 2N) -> (batch, N, L)
-        proj = torch.empty(batch, L, R + 2 * N, dtype=bc_dtype, requires_grad=train, **meta)
+        proj = torch.empty(batch, L, R + 2 * N, dtype=bc_dtype, **meta)
         B, C = proj[..., R:R + N].transpose(1, 2), proj[..., R + N:].transpose(1, 2)
-    absent = torch.empty(0, **meta)
 
     def param(*shape):
-        return torch.empty(*shape, dtype=param_dtype, requires_grad=train, **meta)
+        return torch.empty(*shape, dtype=param_dtype, **meta)
 
-    inputs = (seq(), seq(), param(channels, N), B, C if has_c else absent, param(channels) if d else absent,
-              seq() if z else absent, param(channels) if bias else absent)
+    inputs = (seq(), seq(), param(channels, N), B, C if has_c else None, param(channels) if d else None,
+              seq() if z else None, param(channels) if bias else None)
     with recording() as launches:
-        outputs = SelectiveScanTritonFn.apply(*inputs, softplus, last, states)
+        y, last_state, all_states, residuals = forward(*inputs, softplus, last, states, train)
         if train:
-            names = [n for n, on in (("y", has_c), ("last", last), ("states", states)) if on]
-            chosen = [out for n, out in zip(names, outputs) if n in grads]
-            torch.autograd.backward(chosen, [torch.empty_like(out) for out in chosen])
+            def grad(name, out):
+                return torch.empty_like(out) if name in grads and out is not None else None
+            backward(*inputs, softplus, residuals, grad("y", y), grad("last", last_state if last else None),
+                     grad("states", all_states))
     dtypes = f"{str(dtype)[6:]}" + (f", B/C {str(bc_dtype)[6:]}" if bc_dtype != dtype else "") + \
         (f", params {str(param_dtype)[6:]}" if param_dtype != torch.float32 else "")
     for rec in launches:
