@@ -81,7 +81,8 @@ def main(argv=None):
                     print(f"[{done}/{total}] {label} ...", flush=True)
                     try:
                         r = measure_isolated(name, batch=batch, size=size, device=args.device, amp=args.amp,
-                                             train=train, warmup=args.warmup, iters=args.iters, compile=compiled)
+                                             train=train, warmup=args.warmup, iters=args.iters,
+                                             compile_backend="inductor" if compiled else None)
                     except RuntimeError as error:  # e.g. out of memory at a large size: report, go on
                         print(f"  failed: {str(error).strip().splitlines()[-1]}", flush=True)
                         failed.append(label)

@@ -2,6 +2,7 @@
 
     python scripts/bench_scan.py                  # CPU: batch 2; every backend that runs here
     python scripts/bench_scan.py --device cuda    # GPU: batch 64, also mamba_ssm when importable
+    python scripts/bench_scan.py --quick --json bench.json   # tiny shapes (a smoke run); figures as JSON
 
 For each stage (K = 4 directions, N = 1): forward and forward+backward time of every backend, the
 speed-up over the naive loop and over the torch backend (time-major) of the same run, and the bytes the
@@ -12,6 +13,7 @@ one (batch, L, D) map through VMamba's cross orders, outputs merged back), what 
 whose results differ from the naive loop on a small check is reported as failed and not timed.
 """
 import argparse
+import json
 import statistics
 import time
 
@@ -23,6 +25,7 @@ from vssm.scans import cross_orders
 from vssm.runtime import retain_freed_memory
 
 STAGES = [(96, 3136), (192, 784), (384, 196), (768, 49)]  # (D, L) of VMamba-T at 224
+QUICK_STAGES = [(4, 130), (8, 49)]
 
 
 def make(batch, K, D, N, L, device, dtype, time_major, requires_grad=True):
@@ -133,6 +136,15 @@ def row(D, L, label, results, moved, t_copy):
             f" {moved / t_fb / 1e9:7.1f} {t_fb / t_copy:7.1f} {t_f / t_copy:7.1f}")
 
 
+def figure(D, L, label, results, moved, t_copy):
+    """One row's figures for --json."""
+    t_f, t_fb = results[label]
+    ref = results.get("torch (time-major)")
+    return {"D": D, "L": L, "backend": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_fb * 1e3,
+            "x_torch_fwd": ref[0] / t_f if ref else None, "x_torch_fwd_bwd": ref[1] / t_fb if ref else None,
+            "gb_per_s": moved / t_fb / 1e9, "x_copy": t_fb / t_copy, "x_copy_fwd": t_f / t_copy, "copy_ms": t_copy * 1e3}
+
+
 def copy_time(nbytes, device, repeat):
     """Time to copy nbytes/2 bytes (read + write = nbytes moved)."""
     src = torch.empty(max(1, nbytes // 8), dtype=torch.float32, device=device)
@@ -147,6 +159,8 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--repeat", type=int, default=None, help="timed repetitions (default 7 CPU, 30 GPU)")
     parser.add_argument("--skip-naive", action="store_true", help="do not time the naive loop (slow)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes instead of VMamba-T's stages")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
     retain_freed_memory()
@@ -174,7 +188,8 @@ def main():
           + "\n(x naive, x torch: speed-up over the naive loop and over the torch backend (time-major) of this run;"
           + " GB/s: fwd+bwd bytes moved / time; x copy: time / copy time of those bytes)"
           + ("   fwd fwd+bwd (mamba_ssm time / ours)" if has_mamba else ""))
-    for D, L in STAGES:
+    figures = []
+    for D, L in QUICK_STAGES if args.quick else STAGES:
         channels = K * D
         seq_bytes = batch * channels * L * elt
         bc_bytes = batch * K * N * L * elt
@@ -197,12 +212,14 @@ def main():
             label = name + (" (time-major)" if time_major else "")
             results[label] = time_both(fwd, fwd_bwd, device, 1 if name == "naive" else repeat, name != "naive")
             line = row(D, L, label, results, moved, t_copy)
+            figures.append(figure(D, L, label, results, moved, t_copy))
             if has_mamba and name != "naive":
                 m_f, m_fb = mamba_call(inputs, grad)
                 with torch.no_grad():
                     mt_f = timer(m_f, device, repeat)
                 mt_fb = timer(m_fb, device, repeat)
                 t_f, t_fb = results[label]
+                figures[-1].update(mamba_ssm_fwd_ms=mt_f * 1e3, mamba_ssm_fwd_bwd_ms=mt_fb * 1e3)
                 line += (f" {mt_f / t_f:7.2f} {mt_fb / t_fb:7.2f}"
                          f" (mamba_ssm fwd {mt_f * 1e3:.2f} ms, fwd+bwd {mt_fb * 1e3:.2f} ms)")
             print(line, flush=True)
@@ -214,7 +231,13 @@ def main():
                 fwd, fwd_bwd = map_call(b, inputs, torch.randn_like(inputs["x"], dtype=torch.float32))
                 results[f"{b} map"] = time_both(fwd, fwd_bwd, device, repeat, True)
                 print(row(D, L, f"{b} map", results, moved, t_copy), flush=True)
+                figures.append(figure(D, L, f"{b} map", results, moved, t_copy))
         print(f"{D:>4} {L:>5}  {'copy of same bytes':<18} {'':>9} {t_copy * 1e3:11.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "batch": batch, "dtype": args.dtype, "K": K, "N": N,
+                       "checked": status, "mamba_ssm": has_mamba, "rows": figures}, f, indent=1)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -35,42 +35,44 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _autocast(device, amp):
+def _autocast(device, amp, amp_dtype=None):
     if not amp:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    dtype = getattr(torch, amp_dtype) if amp_dtype else torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 
 
 def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu", amp: bool = False,
-            train: bool = False, warmup: int = 2, iters: int = 5, compile: bool = False) -> dict:
+            train: bool = False, warmup: int = 2, iters: int = 5, amp_dtype: str = None,
+            compile_backend: str = None) -> dict:
     """Images/s of inference (or of a training step: forward, backward, AdamW step) and peak memory.
-
-    ``compile``: run ``torch.compile(model)`` (compiled during the warm-up, which is then at least one step).
 
     Times each iteration with the device synchronised and reports the best (CPU, least disturbed by
     other load) or the median (GPU). Peak memory is CUDA's max allocated on a GPU, and the process's
     peak resident set on a CPU (meaningful when the model runs in a fresh process, see ``measure_isolated``).
+    ``amp_dtype``: "float16" or "bfloat16" (default: bf16 on a CPU, fp16 on a GPU). ``compile_backend``:
+    run ``torch.compile(model, backend=...)`` (e.g. "inductor"); the first step, compilation included, is
+    reported as ``first_step_seconds``.
     """
     device = torch.device(device)
     model = model.to(device).train(train)
     x = torch.randn(batch, getattr(model, "in_chans", 3), *size, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
-    if compile:
-        model, warmup = torch.compile(model), max(1, warmup)
+    run = torch.compile(model, backend=compile_backend) if compile_backend else model
+    warmup = max(1, warmup) if compile_backend else warmup  # compilation happens in the first step
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def step():
         if train:
-            with _autocast(device, amp):
-                loss = model(x).float().mean()
+            with _autocast(device, amp, amp_dtype):
+                loss = run(x).float().mean()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
-            with torch.inference_mode(), _autocast(device, amp):
-                model(x)
+            with torch.inference_mode(), _autocast(device, amp, amp_dtype):
+                run(x)
 
     times = []
     for i in range(warmup + iters):
@@ -78,15 +80,16 @@ def measure(model: torch.nn.Module, batch: int = 8, size=(224, 224), device="cpu
         start = time.perf_counter()
         step()
         _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    best = min(times) if device.type == "cpu" else sorted(times)[len(times) // 2]
+        times.append(time.perf_counter() - start)
+    timed = times[warmup:]
+    best = min(timed) if device.type == "cpu" else sorted(timed)[len(timed) // 2]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = process_memory_mb("VmHWM")
     return {"images_per_s": batch / best, "seconds_per_batch": best, "peak_memory_mb": peak,
-            "batch": batch, "size": list(size), "device": str(device), "amp": amp, "train": train, "compile": compile}
+            "first_step_seconds": times[0], "batch": batch, "size": list(size), "device": str(device),
+            "amp": amp, "amp_dtype": amp_dtype, "compile_backend": compile_backend, "train": train}
 
 
 def measure_isolated(model_name: str, **kwargs) -> dict:

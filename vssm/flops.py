@@ -6,8 +6,6 @@ The map entry (K directions over one map) counts as the scan of its K gathered s
 Everything else is counted by fvcore's own handles (convolutions, matmuls, norms, pooling).
 """
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 
 SCAN_OP = "vssm::selective_scan_fwd"
 MAP_OP = "vssm::selective_scan_map_fwd"
@@ -15,6 +13,7 @@ MAP_OP = "vssm::selective_scan_map_fwd"
 
 def selective_scan_flop_handle(inputs, outputs):
     """fvcore handle of the sequence operator: u, delta, A, B, C, D, z, ... (None for absent tensors)."""
+    from fvcore.nn.jit_handles import get_shape
     u, _delta, A, _B, C, D, z = (get_shape(v) for v in inputs[:7])
     batch, channels, length = u
     state = A[1]
@@ -28,6 +27,7 @@ def selective_scan_flop_handle(inputs, outputs):
 
 def selective_scan_map_flop_handle(inputs, outputs):
     """fvcore handle of the map operator: x, delta (batch, L, K, D), A, B, C, D, ..."""
+    from fvcore.nn.jit_handles import get_shape
     delta, A, D = get_shape(inputs[1]), get_shape(inputs[2]), get_shape(inputs[5])
     batch, length, K, dim = delta
     flops = 9 * batch * length * K * dim * A[1]
@@ -36,12 +36,13 @@ def selective_scan_map_flop_handle(inputs, outputs):
     return flops
 
 
-def flop_analysis(model: torch.nn.Module, inputs) -> FlopCountAnalysis:
+def flop_analysis(model: torch.nn.Module, inputs) -> "fvcore.nn.FlopCountAnalysis":
     """fvcore's analysis of ``model(*inputs)`` with the selective-scan handle and its warnings silenced.
 
     Use ``.total()`` for the FLOPs and ``.by_module()`` for a breakdown; the caller sets eval mode and
     no_grad (see ``count_flops``).
     """
+    from fvcore.nn import FlopCountAnalysis  # imported here: `import vssm` needs no fvcore
     analysis = FlopCountAnalysis(model, inputs)
     analysis.set_op_handle(**{SCAN_OP: selective_scan_flop_handle, MAP_OP: selective_scan_map_flop_handle})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")

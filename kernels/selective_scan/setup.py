@@ -14,6 +14,9 @@ import shutil
 import sys
 
 
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]  # also read by vssm/kernel_resources.py
+
+
 def find_cuda_home():
     """A CUDA toolkit directory (bin/nvcc and include/cuda_runtime.h): $CUDA_HOME, $CUDA_PATH,
     /usr/local/cuda, or the one above the nvcc on PATH. torch's own guess takes the folder above
@@ -50,7 +53,7 @@ def main():
             name="vssm_selective_scan_cuda",
             sources=sources,
             extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]},
+                                "nvcc": NVCC_FLAGS},
         )],
         cmdclass={"build_ext": BuildExtension},
     )

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,22 +84,28 @@ def _subprocess_run(argv, cwd, env_extra=None, **kwargs):
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "launch"])
-def test_two_process_gloo_training(tmp_path, data, launcher):
-    if launcher == "torchrun":
-        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    else:
-        head = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", "--master_port=29531"]
-    out = _subprocess_run(head + [MAIN, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path),
-                                  "--opts", "TRAIN.EPOCHS", "1", *FAST], cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / "vmamba_nano" / "default"
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_two_process_run(run):
     assert "2 process(es) on cpu" in (run / "log_rank0.txt").read_text()
     assert (run / "log_rank1.txt").exists()
     record = read_log(run)[0]
     assert record["val_acc1"] is not None
     # 3 classes x 12 images, 2 processes x batch 8 (drop_last): 2 steps of 16 images
     assert "Train: [0/1][2/2]" in (run / "log_rank0.txt").read_text()
+
+
+def test_two_process_gloo_training_with_the_launch_module(tmp_path, data):
+    """The seeds' launcher (torch.distributed.launch); torchrun: test_two_nodes_end_with_the_weights_of_one_node."""
+    head = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    out = _subprocess_run(head + [MAIN, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path),
+                                  "--opts", "TRAIN.EPOCHS", "1", *FAST], cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    _check_two_process_run(tmp_path / "vmamba_nano" / "default")
 
 
 def _final_state(run):
@@ -257,3 +264,35 @@ def test_model_options_reach_the_constructor_and_unknown_ones_are_named(tmp_path
     code, _, err = run_cli(capsys, "--cfg", str(cfg), "--data-path", data, "--output", str(tmp_path), "--eval",
                            "--opts", *FAST)
     assert code == 2 and "window_shift" in err
+
+
+def test_two_nodes_end_with_the_weights_of_one_node(tmp_path, data):
+    """Multi-node torchrun: two "nodes" on 127.0.0.1 (gloo), one process each, sharing the output folder as
+    a cluster file system would, end with the same weights as one node running two processes (same global batch).
+
+    Equal up to float rounding: a process alone on its node computes with all the node's cores, two share
+    them, and the thread count changes the order of float sums (with equal thread counts they are bitwise equal).
+    A wrong rank, data shard or gradient reduction would differ by orders of magnitude more."""
+    trainer = [MAIN, "--cfg", NANO_CFG, "--data-path", data, "--opts", "TRAIN.EPOCHS", "1", *FAST]
+    one_node = _subprocess_run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *trainer, "OUTPUT",
+                                str(tmp_path / "one")], cwd=str(tmp_path))
+    assert one_node.returncode == 0, one_node.stderr[-3000:]
+    _check_two_process_run(tmp_path / "one" / "vmamba_nano" / "default")
+
+    port, env = _free_port(), dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", *trainer,
+                               "OUTPUT", str(tmp_path / "two")], cwd=str(tmp_path), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    for rank, (node, out) in enumerate(zip(nodes, outputs)):
+        assert node.returncode == 0, f"node {rank}:\n{out[-3000:]}"
+    run = tmp_path / "two" / "vmamba_nano" / "default"
+    _check_two_process_run(run)
+    one = torch.load(tmp_path / "one" / "vmamba_nano" / "default" / "ckpt_epoch_0.pth", weights_only=False)
+    two = torch.load(run / "ckpt_epoch_0.pth", weights_only=False)
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f"{key} differs between one node and two nodes: {m}")
+    assert read_log(run)[0]["val_acc1"] == read_log(tmp_path / "one" / "vmamba_nano" / "default")[0]["val_acc1"]

@@ -184,18 +184,28 @@ def nvcc_path():
 
 
 @pytest.mark.skipif(nvcc_path() is None, reason="no CUDA toolkit (nvcc) to compile the kernels with")
-def test_cuda_sources_compile(tmp_path):
-    """Every kernel instantiation compiles with nvcc for sm_80 (no GPU needed); the binding compiles too."""
+def test_cuda_sources_compile():
+    """Every kernel instantiation compiles with nvcc for sm_80 and sm_90 (no GPU needed) without register spills
+    or more shared memory than an A100 block has (``ptxas -v``; the table: scripts/kernel_resources.py --only
+    cuda); the binding compiles too."""
     from torch.utils.cpp_extension import include_paths
+
+    from vssm import kernel_resources as kr
     nvcc = nvcc_path()
     includes = [f"-I{p}" for p in include_paths()]
     units = sorted(f for f in os.listdir(CSRC) if f.endswith(".cu"))
     assert len(units) == 6
-    for unit in units:
-        out = subprocess.run([nvcc, "-std=c++17", "-O1", "--expt-relaxed-constexpr", "-gencode",
-                              "arch=compute_80,code=sm_80", *includes, "-c", os.path.join(CSRC, unit),
-                              "-o", str(tmp_path / (unit + ".o"))], capture_output=True, text=True)
-        assert out.returncode == 0, f"{unit} does not compile:\n{out.stderr[-3000:]}"
+    rows = kr.cuda_resources(nvcc, kr.ARCHS)
+    failed = [r for r in rows if r.error]
+    assert not failed, f"{failed[0].label} does not compile:\n{failed[0].error}"
+    assert {r.label for r in rows} == set(units)
+    for unit in units:  # forward and backward kernels of N = 1, 4 and 16, on both architectures
+        archs = {r.arch for r in rows if r.label == unit}
+        assert archs == set(kr.ARCHS), f"{unit}: compiled for sm_{archs}"
+        assert len([r for r in rows if r.label == unit]) >= 6 * len(kr.ARCHS), f"{unit}: too few kernels"
+    assert all(r.registers > 0 for r in rows)
+    bad = [f"sm_{r.arch} {r.kernel} ({r.label}): {'; '.join(r.problems())}" for r in rows if r.problems()]
+    assert not bad, "CUDA kernels not fit to ship:\n" + "\n".join(bad) + "\n" + kr.markdown_table(rows)
     cxx = shutil.which("c++") or shutil.which("g++")
     if cxx:
         cuda_include = os.path.join(os.path.dirname(os.path.dirname(nvcc)), "include")

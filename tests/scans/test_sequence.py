@@ -109,3 +109,15 @@ def test_bad_shapes_are_named():
         gather_sequences(torch.randn(2, 4, 4, 3), orders[:, :8])
     with pytest.raises(ValueError, match="merge_sequences"):
         merge_sequences(torch.randn(2, 15, 4, 3), orders, 4, 4)
+
+
+def test_tables_cached_in_inference_mode_serve_training():
+    """A model run first under torch.inference_mode() then trained: the cached order tables are normal tensors."""
+    import vssm
+    for name in ("vmamba_nano", "quadmamba_nano", "fractalmamba_nano"):
+        model = vssm.create_model(name).eval()
+        x = torch.randn(2, 3, 40, 56)  # a size no other test uses, so the tables are built here
+        with torch.inference_mode():
+            model(x)
+        model(x).sum().backward()
+        assert model.layers[0].blocks[0].op.A_logs.grad is not None

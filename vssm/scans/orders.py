@@ -10,8 +10,12 @@ import torch
 
 def order_cache(fn):
     """lru_cache for order and index tables, bypassed while tracing (FLOP counting): a tensor made inside
-    a trace cannot be reused later in it, so traced runs rebuild their tables."""
-    cached = functools.lru_cache(maxsize=256)(fn)
+    a trace cannot be reused later in it, so traced runs rebuild their tables. Tables are built outside
+    inference mode, so a table first made under ``torch.inference_mode()`` still serves training later."""
+    def build(*args):
+        with torch.inference_mode(False):
+            return fn(*args)
+    cached = functools.lru_cache(maxsize=256)(build)
 
     @functools.wraps(fn)
     def wrapper(*args):

@@ -1,8 +1,11 @@
 """Fused Triton row gathers for the sequence layouts of ``sequence.py`` (one pass, optional sum over K)."""
+import itertools
+
 import torch
 import triton
 import triton.language as tl
 
+from ..kernel_launch import launch, recording
 from .sequence import _flat_index, _merge_index
 
 
@@ -34,8 +37,8 @@ def _gather_rows(src: torch.Tensor, idx: torch.Tensor, k_sum: int) -> torch.Tens
     block_c = min(128, triton.next_power_of_2(C))
     block_j = max(1, 2048 // block_c)
     grid = (triton.cdiv(n_out, block_j), batch)
-    _gather_rows_kernel[grid](src, idx, out, n_out, C, rows, n_out,
-                              K_SUM=k_sum, BLOCK_J=block_j, BLOCK_C=block_c)
+    launch(_gather_rows_kernel, grid, src, idx, out, n_out, C, rows, n_out,
+           K_SUM=k_sum, BLOCK_J=block_j, BLOCK_C=block_c, num_warps=8)  # 4 warps spill a few bytes (tests/kernels)
     return out
 
 
@@ -56,3 +59,27 @@ def spread(ys: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """(batch, L, K, C) sequences -> (batch, L, K, C) per-direction maps."""
     batch, L, K, C = ys.shape
     return _gather_rows(ys.view(batch, L * K, C), _merge_index(orders), 1).view(batch, L, K, C)
+
+
+def launch_configs():
+    """Every launch the host functions above can make, recorded on meta tensors (``vssm.kernel_resources``).
+
+    "shipped": VMamba's four and FractalMamba's two directions at the first and last stage widths (96, 768
+    channels) in fp32, bf16 and fp16 (the trainer's default AMP); "tail": other widths (block sizes), 8 directions.
+    """
+    from .orders import cross_orders
+    shipped = [(C, K, dtype) for C in (96, 768) for K in (4, 2) for dtype in (torch.float32, torch.bfloat16,
+                                                                              torch.float16)]
+    tail = [(C, K, dtype) for C, K, dtype in itertools.product((3, 32, 64, 96, 192, 768), (2, 4, 8),
+                                                               (torch.float32, torch.bfloat16, torch.float16))]
+    for tier, cases in (("shipped", shipped), ("tail", tail)):
+        for C, K, dtype in cases:
+            orders = cross_orders(56, 56)[torch.arange(K) % 4]  # (K, 3136)
+            L = orders.shape[1]
+            with recording() as launches:
+                gather(torch.empty(2, L, C, dtype=dtype, device="meta"), orders, per_direction=False)
+                gather(torch.empty(2, L * K, C, dtype=dtype, device="meta"), orders, per_direction=True)
+                merge(torch.empty(2, L, K, C, dtype=dtype, device="meta"), orders)
+                spread(torch.empty(2, L, K, C, dtype=dtype, device="meta"), orders)
+            for rec, what in zip(launches, ("gather", "gather per direction", "merge", "spread")):
+                yield rec.named(f"{what}: K={K} C={C} L={L} {str(dtype)[6:]}", tier)

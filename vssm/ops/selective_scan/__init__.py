@@ -5,7 +5,7 @@
 ``cpu``    compiled C++ kernels (``kernels/selective_scan_cpu``, built by scripts/setup_env.sh; ``cpu.py``).
 ``triton`` fused forward and backward Triton kernels: GPU, or CPU under ``TRITON_INTERPRET=1`` (``fused_triton.py``).
 ``cuda``   the optional compiled extension under ``kernels/selective_scan`` (``cuda.py``).
-``auto``   the fastest available for the inputs' device.
+``auto``   the fastest available for the inputs' device (on a GPU: measured per GPU and shape, ``choice.py``).
 
 Two entries: :func:`selective_scan` scans (batch, channels, L) sequences; :func:`selective_scan_map` scans a
 (batch, L, D) token map along K scan orders and adds the K outputs back onto the map (VMamba's cross scan and
@@ -54,14 +54,16 @@ def _cpu_extension_built() -> bool:
     return load_extension() is not None
 
 
-def available_backends(device) -> list:
-    """Backends that can run on ``device`` here, in the order ``auto`` prefers them."""
+def available_backends(device, shape=None) -> list:
+    """Backends that can run on ``device`` here, in the order ``auto`` prefers them for inputs of ``shape``
+    (N, L, dtype): on a GPU the measured order of ``choice.py``, else (or without a shape) a fixed one."""
+    from . import choice
     from .cuda import cuda_extension_available
     device = torch.device(device)
     if device.type == "cuda":
         found = ["triton"] if _triton_importable() else []
         found += ["cuda"] if cuda_extension_available() else []
-        found.append("torch")
+        found = choice.rank(device, found + ["torch"], shape)
     else:
         found = ["cpu"] if device.type == "cpu" and _cpu_extension_built() else []
         found.append("torch")
@@ -71,13 +73,14 @@ def available_backends(device) -> list:
 
 
 @torch.compiler.assume_constant_result  # decided while tracing, not traced: a constant of compiled graphs
-def resolve_backend(backend: str, device) -> str:
-    """The concrete backend ``backend`` means on ``device``; a clear error when it cannot run there."""
+def resolve_backend(backend: str, device, shape=None) -> str:
+    """The concrete backend ``backend`` means on ``device`` (for inputs of ``shape``, (N, L, dtype)); a clear
+    error when it cannot run there."""
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = torch.device(device)
     if backend == "auto":
-        chosen = available_backends(device)[0]
+        chosen = available_backends(device, shape)[0]
         if device.type == "cpu" and chosen == "torch":
             from .cpu import BUILD_HINT
             _notice_once(f"selective_scan: the compiled cpu backend is not built, using the slower torch backend; "
@@ -176,7 +179,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         raise ValueError("selective_scan: all tensors must be on one device, got "
                          + ", ".join(f"{k} on {v}" for k, v in devices.items()))
 
-    backend = _concrete(backend, u.device)
+    backend = _concrete(backend, u.device, (N, L, u.dtype))
     if backend == "naive":
         return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                     return_last_state, return_states)
@@ -194,11 +197,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def _concrete(backend: str, device) -> str:
-    """The backend to run; FLOP counting (a jit trace) records one operator, so the naive loop is not traced."""
+def _concrete(backend: str, device, shape) -> str:
+    """The backend to run for inputs of ``shape`` (N, L, dtype); FLOP counting (a jit trace) records one
+    operator, so the naive loop is not traced."""
     if torch.jit.is_tracing() and backend == "naive":
         backend = "auto"
-    return resolve_backend(backend, device)
+    return resolve_backend(backend, device, shape)
 
 
 def _common_dtypes(u, delta, z, B, C):
@@ -272,7 +276,7 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
         low, high = torch.aminmax(orders)
         if low < 0 or high >= L:
             raise ValueError(f"selective_scan_map: orders must hold positions in [0, {L}), got {int(low)}..{int(high)}")
-    backend = _concrete(backend, x.device)
+    backend = _concrete(backend, x.device, (N, L, x.dtype))
     if backend == "naive":
         u, dl, Bs, Cs = gather_map(x, delta, B, C, orders)
         y = selective_scan_naive(u, dl, A, Bs, Cs, D, None, delta_bias, delta_softplus)

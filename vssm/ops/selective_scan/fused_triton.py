@@ -17,12 +17,14 @@ and added once per program, the per-group reductions (dB, dC) with atomic adds i
 Layers: kernels -> host ``_forward`` / ``_backward`` (allocate, launch) -> ``forward`` / ``backward``, run by
 the ``vssm::selective_scan_*`` operators (``op.py``).
 """
+import itertools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
+from ...kernel_launch import launch, recording
 
 
 @triton.jit
@@ -235,6 +237,11 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         tl.atomic_add(dbias_ptr + offs_d, dbias_acc)
 
 
+# A tile holds up to 2048 (BLOCK_D, BLOCK_N, BLOCK_L) values, 8 per thread with 8 warps: the largest that neither
+# kernel spills registers at on sm_80 / sm_90 (4096 values spill even with 16 warps): `tests/kernels`.
+TILE, TILE_WARPS = 2048, 8
+
+
 def _block_sizes(group, N, L):
     """BLOCK_D divides ``group``, the channels every B/C group shares (a program never straddles groups)."""
     block_n = triton.next_power_of_2(N)
@@ -242,8 +249,12 @@ def _block_sizes(group, N, L):
     block_d = 1
     while block_d * 2 <= cap and group % (block_d * 2) == 0:
         block_d *= 2
-    block_l = min(triton.next_power_of_2(L), max(16, 4096 // (block_d * block_n)))
+    block_l = min(triton.next_power_of_2(L), max(16, TILE // (block_d * block_n)))
     return block_d, block_n, block_l
+
+
+def _num_warps(block_d, block_n, block_l):
+    return TILE_WARPS if block_d * block_n * block_l >= TILE else 4
 
 
 def _grouped_strides(BC):
@@ -273,7 +284,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states,
     chunks = u.new_empty((batch, channels, N, n_tiles), dtype=torch.float32) if save_chunks else None
     zz = z if z is not None else u
     yy = y if y is not None else u
-    _fwd_kernel[(channels // block_d, batch)](
+    launch(_fwd_kernel, (channels // block_d, batch),
         u, delta, A, B, C if C is not None else B, D if D is not None else A, zz,
         delta_bias if delta_bias is not None else A,
         yy, states if states is not None else last, last, chunks if chunks is not None else last,
@@ -281,7 +292,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states,
         *u.stride(), *delta.stride(), *zz.stride(), A.stride(0), *sB, *sC, *yy.stride(),
         HAS_C=C is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, STORE_STATES=return_states, SAVE_CHUNKS=save_chunks,
-        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l)
+        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=_num_warps(block_d, block_n, block_l))
     return y, last, states, chunks
 
 
@@ -302,7 +313,7 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, d
     dyy = dy if dy is not None else u
     dst = dstates.contiguous() if dstates is not None else None
     dl = dlast.float().contiguous() if dlast is not None else None
-    _bwd_kernel[(channels // block_d, batch)](
+    launch(_bwd_kernel, (channels // block_d, batch),
         u, delta, A, B, C if C is not None else B, D if D is not None else A, zz,
         delta_bias if delta_bias is not None else A, chunks,
         dyy, dl if dl is not None else dA, dst if dst is not None else dA,
@@ -313,7 +324,8 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, d
         G_B, G_C,
         HAS_C=C is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, HAS_DY=dy is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l)
+        HAS_DSTATES=dstates is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l,
+        num_warps=_num_warps(block_d, block_n, block_l))
     dB = (dB[:, 0] if B.dim() == 3 else dB).to(B.dtype)
     dC = (dC[:, 0] if C.dim() == 3 else dC).to(C.dtype) if dC is not None else None
     return du, ddelta, dz, dA, dB, dC, dD, dbias
@@ -349,3 +361,90 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy,
 def _unit_stride_l(x):
     """Kernels read along L in tiles: keep any layout whose L stride is 1, copy otherwise."""
     return x if x.stride(-1) == 1 else x.contiguous()
+
+
+_STATES_ONLY = dict(grouped=False, has_c=False, d=False, last=False, states=True, grads=("states",))
+
+
+def launch_configs():
+    """Every launch the host code above can make, recorded on meta tensors (for ``vssm.kernel_resources``).
+
+    Yields ``vssm.kernel_launch.Launch`` records. "shipped": what the models run, with their memory
+    layouts: VMamba's cross scan (K = 4 groups, B/C as SS2D's strided views) at N = 1 (first, third and
+    last stage), 4 and 16, Spatial-Mamba's states-only scan with shared B, training (forward saving the
+    tile states, then backward) and inference, fp32 / bf16 / fp16. "tail": every other block-table
+    entry (N 1..16, odd and shared groups, short sequences), every constexpr-flag combination the host
+    emits, every mix of input dtypes (launches that specialise alike are compiled once).
+    """
+    f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
+    shipped = [("vmamba stage 1", dict(N=1, L=3136)), ("vmamba stage 1", dict(N=1, L=3136, dtype=bf16)),
+               ("vmamba stage 1", dict(N=1, L=3136, dtype=f16)), ("vmamba stage 1", dict(N=1, L=3136, train=False)),
+               ("vmamba stage 3", dict(N=1, L=196, width=384)), ("vmamba stage 4", dict(N=1, L=49, width=768)),
+               ("vmamba N=4", dict(N=4, L=3136)),
+               ("vmamba N=16", dict(N=16, L=3136, dtype=bf16)), ("spatialmamba", dict(N=1, L=3136, **_STATES_ONLY)),
+               ("spatialmamba", dict(N=1, L=3136, dtype=bf16, **_STATES_ONLY))]
+    tail = []
+    for N in (1, 2, 3, 4, 8, 16):
+        for groups, width in (("grouped", 96), ("odd group", 3), ("shared", 96)):
+            for L in (3136, 49, 1):
+                for only in (False, True):
+                    case = dict(N=N, L=L, width=width, **(_STATES_ONLY if only else dict(z=True)))
+                    tail.append((f"blocks {groups}", dict(case, grouped=groups != "shared")))
+    for has_c in (True, False):
+        for d, z, bias, softplus in itertools.product((False, True), repeat=4):
+            if not has_c and (d or z):
+                continue
+            for last, states in itertools.product((False, True), repeat=2):
+                if not has_c and not states:
+                    continue
+                returned = [name for name, on in (("y", has_c), ("last", last), ("states", states)) if on]
+                flags = dict(N=1, L=3136, has_c=has_c, d=d, z=z, bias=bias, softplus=softplus, last=last,
+                             states=states)
+                tail.append(("flags", dict(flags, train=False)))
+                for n in range(1, len(returned) + 1):
+                    for grads in itertools.combinations(returned, n):
+                        tail.append(("flags", dict(flags, grads=grads)))
+    for dtype, bc_dtype, param_dtype in itertools.product((f32, bf16, f16), (f32, bf16, f16), (f32, None)):
+        tail.append(("dtypes", dict(N=1, L=3136, z=True, dtype=dtype, bc_dtype=bc_dtype, param_dtype=param_dtype)))
+    for tier, cases in (("shipped", shipped), ("tail", tail)):
+        for name, case in cases:
+            yield from _record_case(name, tier, **case)
+
+
+def _record_case(name, tier, N, L, width=96, K=4, grouped=True, dtype=torch.float32, bc_dtype=None,
+                 param_dtype=torch.float32, has_c=True, d=True, z=False, bias=True, softplus=True, last=False,
+                 states=False, grads=("y",), train=True):
+    """Record the launches of one scan (and its backward when ``train``), with the models' memory layouts:
+    u, delta, z as (batch, L, K*D) time-major memory, B/C as views of the x_proj output. Meta tensors:
+    nothing is allocated, and pointers keep the alignment of the views' offsets."""
+    batch, channels, R = 2, K * width, math.ceil(width / 16)
+    meta = dict(device="meta")
+    bc_dtype = bc_dtype or dtype
+    param_dtype = param_dtype or dtype
+
+    def seq():
+        return torch.empty(batch, L, channels, dtype=dtype, **meta).transpose(1, 2)
+
+    if grouped:  # SS2D: proj (batch, L, K, R + 2N) -> (batch, K, N, L)
+        proj = torch.empty(batch, L, K, R + 2 * N, dtype=bc_dtype, **meta)
+        B, C = proj[..., R:R + N].permute(0, 2, 3, 1), proj[..., R + N:].permute(0, 2, 3, 1)
+    else:  # Spatial-Mamba: proj (batch, L, R + 2N) -> (batch, N, L)
+        proj = torch.empty(batch, L, R + 2 * N, dtype=bc_dtype, **meta)
+        B, C = proj[..., R:R + N].transpose(1, 2), proj[..., R + N:].transpose(1, 2)
+
+    def param(*shape):
+        return torch.empty(*shape, dtype=param_dtype, **meta)
+
+    inputs = (seq(), seq(), param(channels, N), B, C if has_c else None, param(channels) if d else None,
+              seq() if z else None, param(channels) if bias else None)
+    with recording() as launches:
+        y, last_state, all_states, residuals = forward(*inputs, softplus, last, states, train)
+        if train:
+            def grad(name, out):
+                return torch.empty_like(out) if name in grads and out is not None else None
+            backward(*inputs, softplus, residuals, grad("y", y), grad("last", last_state if last else None),
+                     grad("states", all_states))
+    dtypes = f"{str(dtype)[6:]}" + (f", B/C {str(bc_dtype)[6:]}" if bc_dtype != dtype else "") + \
+        (f", params {str(param_dtype)[6:]}" if param_dtype != torch.float32 else "")
+    for rec in launches:
+        yield rec.named(f"{name}: N={N} L={L} K={K} D={width} {dtypes} {'train' if train else 'inference'}", tier)

@@ -1,0 +1,118 @@
+"""``auto`` on a GPU ranks the backends by the measured table (vssm/ops/selective_scan/choice.py); tested on CPU with
+a table written here and the GPU's name and compute capability monkeypatched."""
+import importlib
+import json
+import logging
+import re
+
+import pytest
+import torch
+
+from vssm.ops.selective_scan import available_backends, choice, resolve_backend
+
+scan_pkg = importlib.import_module("vssm.ops.selective_scan")  # the package (vssm.ops exports the function)
+cuda_binding = importlib.import_module("vssm.ops.selective_scan.cuda")
+
+H100 = ("NVIDIA H100 80GB HBM3", (9, 0))
+TABLE = {"format": 1, "devices": {
+    "NVIDIA H100 80GB HBM3": {"capability": "sm_90", "classes": {
+        "N1 L>1024 fp32": {"triton": 2.0, "cuda": 1.0, "torch": 9.0},
+        "N1 L>1024 half": {"triton": 1.0, "cuda": 1.5, "torch": 8.0},
+        "N<=16 L<=1024 fp32": {"triton": 3.0, "cuda": 2.0, "torch": 0.5},
+    }},
+    "NVIDIA A100-SXM4-80GB": {"capability": "sm_80", "classes": {"N1 L>1024 fp32": {"triton": 1.0, "torch": 3.0}}},
+}}
+
+
+@pytest.fixture
+def gpu(tmp_path, monkeypatch):
+    """A pretend GPU with the triton and cuda backends available, and the table above; returns a setter."""
+    path = tmp_path / "gpu_choice.json"
+    path.write_text(json.dumps(TABLE))
+    monkeypatch.setenv("VSSM_GPU_CHOICE", str(path))
+    monkeypatch.setattr(scan_pkg, "_triton_importable", lambda: True)
+    monkeypatch.setattr(cuda_binding, "cuda_extension_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def use(name, capability):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+        choice.reload()
+    use(*H100)
+    yield use
+    choice.reload()
+
+
+def auto(shape):
+    return resolve_backend("auto", "cuda", shape)
+
+
+def test_auto_takes_the_fastest_measured_backend_of_the_class(gpu):
+    assert auto((1, 3136, torch.float32)) == "cuda"
+    assert auto((1, 12544, torch.bfloat16)) == "triton"
+    assert auto((16, 196, torch.float32)) == "torch"
+    assert available_backends("cuda", (16, 196, torch.float32)) == ["torch", "cuda", "triton", "naive"]
+
+
+def test_a_gpu_of_the_same_capability_uses_the_entry(gpu):
+    gpu("NVIDIA H200", (9, 0))
+    assert auto((1, 3136, torch.float32)) == "cuda"
+    gpu("NVIDIA A100 80GB PCIe", (8, 0))
+    assert auto((1, 3136, torch.float32)) == "triton"
+
+
+def test_a_measured_backend_that_is_not_available_is_passed_over(gpu, monkeypatch):
+    monkeypatch.setattr(cuda_binding, "cuda_extension_available", lambda: False)
+    assert auto((1, 3136, torch.float32)) == "triton"
+
+
+def test_without_an_entry_the_fixed_order_is_kept_and_said_once(gpu, caplog):
+    gpu("NVIDIA L4", (8, 9))
+    with caplog.at_level(logging.WARNING, logger="vssm.ops.selective_scan"):
+        assert auto((1, 3136, torch.float32)) == "triton"
+        assert auto((1, 196, torch.float16)) == "triton"  # same GPU: not said again
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and re.search(r"no measured backend table for NVIDIA L4 \(sm_89.*fixed order triton, "
+                                        r"cuda, torch.*gpu_check", said[0]), said
+    caplog.clear()
+    gpu(*H100)
+    with caplog.at_level(logging.WARNING, logger="vssm.ops.selective_scan"):
+        assert auto((64, 3136, torch.float32)) == "triton"  # a class the table lacks
+    assert "class 'N>16 L>1024 fp32'" in caplog.records[0].getMessage()
+
+
+def test_without_a_shape_or_off_the_gpu_nothing_changes(gpu):
+    assert available_backends("cuda") == ["triton", "cuda", "torch", "naive"]
+    assert resolve_backend("auto", "cpu", (1, 3136, torch.float32)) == "torch"
+
+
+def test_selective_scan_passes_its_shape_class(gpu, monkeypatch):
+    seen = []
+    real = scan_pkg.resolve_backend
+    monkeypatch.setattr(scan_pkg, "resolve_backend", lambda b, d, shape=None: seen.append(shape) or real(b, d, shape))
+    u = torch.randn(1, 8, 5, dtype=torch.float64).float()
+    scan_pkg.selective_scan(u, u, -torch.ones(8, 3), torch.randn(1, 2, 3, 5), torch.randn(1, 2, 3, 5))
+    assert seen == [(3, 5, torch.float32)]
+
+
+def test_update_table_merges_one_gpu(tmp_path):
+    path = tmp_path / "table.json"
+    choice.update_table(path, "GPU A", "sm_80", {"N1 L>1024 fp32": {"triton": 1.0}}, {"measured": "today"})
+    choice.update_table(path, "GPU B", "sm_90", {"N1 L>1024 fp32": {"cuda": 1.0}})
+    choice.update_table(path, "GPU A", "sm_80", {"N1 L<=1024 half": {"torch": 2.0}})
+    table = json.loads(path.read_text())
+    assert table["format"] == choice.FORMAT
+    assert table["devices"]["GPU A"] == {"capability": "sm_80", "classes": {"N1 L<=1024 half": {"torch": 2.0}}}
+    assert table["devices"]["GPU B"]["classes"] == {"N1 L>1024 fp32": {"cuda": 1.0}}
+
+
+def test_the_shipped_table_is_readable():
+    table = json.loads(choice.TABLE.read_text())
+    assert table["format"] == choice.FORMAT and isinstance(table["devices"], dict)
+    classes = {choice.shape_class(N, L, dtype) for N in (1, 4, 16, 64) for L in (100, 5000)
+               for dtype in (torch.float32, torch.bfloat16)}
+    for name, entry in table["devices"].items():
+        assert entry["capability"].startswith("sm_"), name
+        for klass, timings in entry["classes"].items():
+            assert klass in classes, (name, klass)
+            assert all(b in ("triton", "cuda", "torch") and ms > 0 for b, ms in timings.items()), (name, klass)
