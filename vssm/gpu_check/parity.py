@@ -3,8 +3,9 @@
     python -m vssm.gpu_check.parity --json parity.json            # GPU: L 3136 / 12544, N 1 / 16, fp32/bf16/fp16
     python -m vssm.gpu_check.parity --dry --device cpu --json p.json
 
-Cases, most important first: VMamba's cross scan (K = 4 groups, D skip, delta bias, softplus, last state) and
-Spatial-Mamba's states-only scan (shared B, every state). Inputs are random with the models' magnitudes,
+Cases, most important first: VMamba's cross scan as the models run it (the map entry: four directions read
+from one map through the cross orders, outputs merged), the same as grouped sequences (K = 4 groups, D skip,
+delta bias, softplus, last state) and Spatial-Mamba's states-only scan (shared B, every state). Inputs are random with the models' magnitudes,
 rounded to the case's precision; the reference is the naive loop on fp32 copies of the same rounded inputs,
 and the tolerances are upstream's (rtol, atol) per precision, gradients scaled as in tests/ops.
 """
@@ -14,12 +15,13 @@ import time
 
 import torch
 
-from ..ops import selective_scan
+from ..ops import selective_scan, selective_scan_map
 from ..ops.selective_scan import available_backends
+from ..scans import cross_orders
 from .common import Deadline, step_parser, sync, write_json
 
 TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
-GRAD_SCALE = {"du": (2, 2), "ddelta": (5, 10), "dz": (2, 2)}
+GRAD_SCALE = {"du": (2, 2), "dx": (2, 2), "ddelta": (5, 10), "dz": (2, 2)}
 WEIGHT_GRADS = ("dA", "dD", "ddelta_bias", "dB", "dC")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -27,8 +29,9 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def cases(dry: bool) -> list:
     """(layout, L, N, dtype), most important first."""
     lengths, states = ((49,), (1, 4)) if dry else ((3136, 12544), (1, 16))
+    maps = [("map", L, N, dtype) for L, N, dtype in itertools.product(lengths, states, DTYPES)]
     grid = [("vmamba", L, N, dtype) for L, N, dtype in itertools.product(lengths, states, DTYPES)]
-    return grid + [("states-only", L, N, torch.float32) for L, N in itertools.product(lengths, states)]
+    return maps + grid + [("states-only", L, N, torch.float32) for L, N in itertools.product(lengths, states)]
 
 
 def make_inputs(layout: str, L: int, N: int, dtype, device, dry: bool, seed: int = 0) -> dict:
@@ -39,9 +42,14 @@ def make_inputs(layout: str, L: int, N: int, dtype, device, dry: bool, seed: int
     def randn(*shape, scale=1.0, dt=dtype):
         return (torch.randn(*shape, generator=g) * scale).to(dt).to(device)
 
-    inputs = dict(u=randn(batch, channels, L), delta=randn(batch, channels, L, scale=0.5),
-                  A=-(torch.rand(channels, N, generator=g) * 0.5 + 0.5).to(device),
-                  delta_bias=(torch.rand(channels, generator=g) * 0.5).to(device))
+    A = -(torch.rand(channels, N, generator=g) * 0.5 + 0.5).to(device)
+    bias = (torch.rand(channels, generator=g) * 0.5).to(device)
+    if layout == "map":  # a square map: L = side * side
+        side = int(round(L ** 0.5))
+        return dict(x=randn(batch, L, D), delta=randn(batch, L, K, D, scale=0.5), A=A, B=randn(batch, L, K, N),
+                    C=randn(batch, L, K, N), D=randn(channels, dt=torch.float32), delta_bias=bias,
+                    orders=cross_orders(side, side, device)[:K])
+    inputs = dict(u=randn(batch, channels, L), delta=randn(batch, channels, L, scale=0.5), A=A, delta_bias=bias)
     if layout == "vmamba":
         inputs.update(B=randn(batch, K, N, L), C=randn(batch, K, N, L), D=randn(channels, dt=torch.float32))
     else:
@@ -51,8 +59,15 @@ def make_inputs(layout: str, L: int, N: int, dtype, device, dry: bool, seed: int
 
 def run(backend: str, inputs: dict, seed: int = 1) -> dict:
     """Outputs and the gradients of a random projection of them, as fp32 tensors on the inputs' device."""
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
-    args = {k: leaves.get(k) for k in inputs}
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()
+              if v is not None and v.is_floating_point()}
+    args = {k: leaves.get(k, inputs[k]) for k in inputs}
+    if "orders" in inputs:
+        result = {"y": selective_scan_map(**args, delta_softplus=True, backend=backend)}
+        g = torch.Generator().manual_seed(seed)
+        (result["y"] * torch.randn(result["y"].shape, generator=g).to(result["y"].device)).sum().backward()
+        result.update({"d" + k: v.grad for k, v in leaves.items()})
+        return {k: v.detach().float() for k, v in result.items()}
     states_only = inputs["C"] is None
     out = selective_scan(**args, delta_softplus=True, return_last_state=not states_only,
                          return_states=states_only, backend=backend)
@@ -99,7 +114,8 @@ def main(argv=None) -> int:
             continue
         start = time.perf_counter()
         inputs = make_inputs(layout, L, N, dtype, device, args.dry, seed=i)
-        ref = run("naive", {k: (v.float() if v is not None else None) for k, v in inputs.items()})
+        ref = run("naive", {k: (v.float() if v is not None and v.is_floating_point() else v)
+                            for k, v in inputs.items()})
         for backend in backends:
             if backend == "cuda" and N > 16:
                 rows.append(dict(label, backend=backend, status="n/a", reason="the extension supports N <= 16"))

@@ -39,18 +39,28 @@ def _softplus(x):
 
 
 @triton.jit
-def _tile_inputs(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_l,
+def _positions(idx_ptr, offs_l, L, HAS_INDEX: tl.constexpr):
+    """Where steps ``offs_l`` read: the order table's positions (the map entry), or the steps themselves."""
+    if HAS_INDEX:
+        return tl.load(idx_ptr + offs_l, mask=offs_l < L, other=0).to(tl.int32)
+    else:
+        return offs_l
+
+
+@triton.jit
+def _tile_inputs(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_c, offs_n, offs_l, pos,
                  s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l,
                  L, N, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Load one tile and form its decays a and drives x, (BLOCK_D, BLOCK_N, BLOCK_L) fp32.
 
-    Positions past L get a = 1, x = 0, so they carry the state through unchanged.
+    offs_d: channels (of A, bias); offs_c: the same channels within their group (of u, delta); offs_l: steps;
+    pos: the positions those steps read. Steps past L get a = 1, x = 0, so they carry the state unchanged.
     """
     mask_l = offs_l < L
     mask_n = offs_n < N
     m_dl = mask_l[None, :]
-    u = tl.load(u_ptr + offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l, mask=m_dl, other=0.0).to(tl.float32)
-    dt_raw = tl.load(delta_ptr + offs_d[:, None] * s_dt_d + offs_l[None, :] * s_dt_l,
+    u = tl.load(u_ptr + offs_c[:, None] * s_u_d + pos[None, :] * s_u_l, mask=m_dl, other=0.0).to(tl.float32)
+    dt_raw = tl.load(delta_ptr + offs_c[:, None] * s_dt_d + pos[None, :] * s_dt_l,
                      mask=m_dl, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt_raw += tl.load(bias_ptr + offs_d).to(tl.float32)[:, None]
@@ -59,7 +69,7 @@ def _tile_inputs(u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_
     else:
         dt = dt_raw
     A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
-    Bt = tl.load(B_ptr + offs_n[:, None] * s_B_n + offs_l[None, :] * s_B_l,
+    Bt = tl.load(B_ptr + offs_n[:, None] * s_B_n + pos[None, :] * s_B_l,
                  mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
     a = tl.exp(dt[:, None, :] * A[:, :, None])
     a = tl.where(mask_l[None, None, :], a, 1.0)
@@ -73,18 +83,22 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 L, N, n_tiles, group_B, group_C,
                 s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l,
                 s_A_d, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-                s_y_b, s_y_d, s_y_l,
+                s_y_b, s_y_d, s_y_l, idx_ptr, s_idx_b, GROUP, s_u_k, s_dt_k, s_z_k, s_y_k,
                 HAS_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
+                HAS_INDEX: tl.constexpr, Y_ATOMIC: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     channels = tl.num_programs(0) * BLOCK_D
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    k = pid_d * BLOCK_D // GROUP  # the group (direction) of this program's channels
+    offs_c = offs_d - k * GROUP
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    u_ptr += pid_b * s_u_b
-    delta_ptr += pid_b * s_dt_b
+    u_ptr += pid_b * s_u_b + k * s_u_k
+    delta_ptr += pid_b * s_dt_b + k * s_dt_k
+    idx_ptr += pid_b * s_idx_b + k * L
     B_ptr += pid_b * s_B_b + (pid_d * BLOCK_D // group_B) * s_B_g
     C_ptr += pid_b * s_C_b + (pid_d * BLOCK_D // group_C) * s_C_g
     if HAS_D:
@@ -94,8 +108,9 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     for tile in range(n_tiles):
         offs_l = tile * BLOCK_L + tl.arange(0, BLOCK_L)
         mask_l = offs_l < L
+        pos = _positions(idx_ptr, offs_l, L, HAS_INDEX)
         u, dt_raw, dt, A, Bt, a, x = _tile_inputs(
-            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_l,
+            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_c, offs_n, offs_l, pos,
             s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l, L, N, HAS_BIAS, SOFTPLUS)
         if SAVE_CHUNKS:
             tl.store(chunk_ptr + dn_off * n_tiles + tile, h_carry, mask=mask_n[None, :])
@@ -107,17 +122,20 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
             tl.store(states_ptr + st_off, h.to(states_ptr.dtype.element_ty),
                      mask=mask_n[None, :, None] & mask_l[None, None, :])
         if HAS_C:
-            Ct = tl.load(C_ptr + offs_n[:, None] * s_C_n + offs_l[None, :] * s_C_l,
+            Ct = tl.load(C_ptr + offs_n[:, None] * s_C_n + pos[None, :] * s_C_l,
                          mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
             y = tl.sum(h * Ct[None, :, :], axis=1)
             if HAS_D:
                 y += Dv[:, None] * u
             if HAS_Z:
-                zt = tl.load(z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
+                zt = tl.load(z_ptr + pid_b * s_z_b + k * s_z_k + offs_c[:, None] * s_z_d + pos[None, :] * s_z_l,
                              mask=mask_l[None, :], other=0.0).to(tl.float32)
                 y *= zt * tl.sigmoid(zt)
-            tl.store(y_ptr + pid_b * s_y_b + offs_d[:, None] * s_y_d + offs_l[None, :] * s_y_l,
-                     y.to(y_ptr.dtype.element_ty), mask=mask_l[None, :])
+            y_off = pid_b * s_y_b + k * s_y_k + offs_c[:, None] * s_y_d + pos[None, :] * s_y_l
+            if Y_ATOMIC:  # the groups' outputs add onto one map (full-shape mask: see the backward's atomics)
+                tl.atomic_add(y_ptr + y_off, y, mask=(offs_c[:, None] >= 0) & mask_l[None, :])
+            else:
+                tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=mask_l[None, :])
     tl.store(last_ptr + dn_off, h_carry, mask=mask_n[None, :])
 
 
@@ -128,21 +146,25 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
                 L, N, n_tiles, group_B, group_C,
                 s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l,
                 s_A_d, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-                s_dy_b, s_dy_d, s_dy_l, s_g_b, s_g_d, s_g_l, G_B, G_C,
+                s_dy_b, s_dy_d, s_dy_l, s_du_b, s_du_d, s_du_l, s_dd_b, s_dd_d, s_dd_l, G_B, G_C,
+                idx_ptr, s_idx_b, GROUP, s_u_k, s_dt_k, s_z_k, s_dy_k, s_du_k, s_dd_k,
                 HAS_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, HAS_DY: tl.constexpr, HAS_DLAST: tl.constexpr,
-                HAS_DSTATES: tl.constexpr,
+                HAS_DSTATES: tl.constexpr, HAS_INDEX: tl.constexpr, DU_ATOMIC: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     channels = tl.num_programs(0) * BLOCK_D
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    k = pid_d * BLOCK_D // GROUP
+    offs_c = offs_d - k * GROUP
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     g_B = pid_d * BLOCK_D // group_B
     g_C = pid_d * BLOCK_D // group_C
-    u_ptr += pid_b * s_u_b
-    delta_ptr += pid_b * s_dt_b
+    u_ptr += pid_b * s_u_b + k * s_u_k
+    delta_ptr += pid_b * s_dt_b + k * s_dt_k
+    idx_ptr += pid_b * s_idx_b + k * L
     B_ptr += pid_b * s_B_b + g_B * s_B_g
     C_ptr += pid_b * s_C_b + g_C * s_C_g
     dB_ptr += ((pid_b * G_B + g_B) * N) * L  # fp32 (batch, G_B, N, L) buffer
@@ -160,8 +182,9 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         offs_l = tile * BLOCK_L + ar
         mask_l = offs_l < L
         m_nl = mask_n[:, None] & mask_l[None, :]
+        pos = _positions(idx_ptr, offs_l, L, HAS_INDEX)
         u, dt_raw, dt, A, Bt, a, x = _tile_inputs(
-            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_l,
+            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_c, offs_n, offs_l, pos,
             s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l, L, N, HAS_BIAS, SOFTPLUS)
         h0 = tl.load(chunk_ptr + dn_off * n_tiles + tile, mask=mask_n[None, :], other=0.0)
         a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
@@ -172,24 +195,24 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         dy = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
         if HAS_C:
             if HAS_DY:
-                dy = tl.load(dy_ptr + pid_b * s_dy_b + offs_d[:, None] * s_dy_d + offs_l[None, :] * s_dy_l,
+                dy = tl.load(dy_ptr + pid_b * s_dy_b + k * s_dy_k + offs_c[:, None] * s_dy_d + pos[None, :] * s_dy_l,
                              mask=mask_l[None, :], other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + offs_n[:, None] * s_C_n + offs_l[None, :] * s_C_l,
+            Ct = tl.load(C_ptr + offs_n[:, None] * s_C_n + pos[None, :] * s_C_l,
                          mask=m_nl, other=0.0).to(tl.float32)
             if HAS_Z:
-                zt = tl.load(z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
+                zt = tl.load(z_ptr + pid_b * s_z_b + k * s_z_k + offs_c[:, None] * s_z_d + pos[None, :] * s_z_l,
                              mask=mask_l[None, :], other=0.0).to(tl.float32)
                 sz = tl.sigmoid(zt)
                 y_pre = tl.sum(h * Ct[None, :, :], axis=1)
                 if HAS_D:
                     y_pre += Dv[:, None] * u
                 dz = dy * y_pre * sz * (1.0 + zt * (1.0 - sz))
-                tl.store(dz_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_l[None, :] * s_g_l,
+                tl.store(dz_ptr + pid_b * s_du_b + k * s_du_k + offs_c[:, None] * s_du_d + pos[None, :] * s_du_l,
                          dz.to(dz_ptr.dtype.element_ty), mask=mask_l[None, :])
                 dy = dy * zt * sz
             g += dy[:, None, :] * Ct[None, :, :]
             dC_tile = tl.sum(dy[:, None, :] * h, axis=0)
-            tl.atomic_add(dC_ptr + offs_n[:, None] * L + offs_l[None, :], dC_tile, mask=m_nl)
+            tl.atomic_add(dC_ptr + offs_n[:, None] * L + pos[None, :], dC_tile, mask=m_nl)
             if HAS_D:
                 dD_acc += tl.sum(dy * u, axis=1)
         if HAS_DSTATES:
@@ -203,7 +226,8 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
         # adjoint recurrence lambda_t = g_t + a_{t+1} lambda_{t+1}, with a_L = 0
         offs_next = offs_l + 1
         _u, _r, dt_next, _A, _B, a_next, _x = _tile_inputs(
-            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_n, offs_next,
+            u_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, offs_d, offs_c, offs_n, offs_next,
+            _positions(idx_ptr, offs_next, L, HAS_INDEX),
             s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_B_n, s_B_l, L, N, HAS_BIAS, SOFTPLUS)
         a_next = tl.where((offs_next < L)[None, None, :], a_next, 0.0)
         alpha_cum, lam = tl.associative_scan((a_next, g), axis=2, combine_fn=_combine, reverse=True)
@@ -220,14 +244,18 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, c
             if HAS_D:
                 du += dy * Dv[:, None]
         dB_tile = tl.sum(lam * (dt * u)[:, None, :], axis=0)
-        tl.atomic_add(dB_ptr + offs_n[:, None] * L + offs_l[None, :], dB_tile, mask=m_nl)
+        tl.atomic_add(dB_ptr + offs_n[:, None] * L + pos[None, :], dB_tile, mask=m_nl)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(dt_raw)
         ddt = tl.where(mask_l[None, :], ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=1)
-        g_off = pid_b * s_g_b + offs_d[:, None] * s_g_d + offs_l[None, :] * s_g_l
-        tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=mask_l[None, :])
-        tl.store(ddelta_ptr + g_off, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_l[None, :])
+        du_off = pid_b * s_du_b + k * s_du_k + offs_c[:, None] * s_du_d + pos[None, :] * s_du_l
+        if DU_ATOMIC:  # the groups read one map: their gradients add up there
+            tl.atomic_add(du_ptr + du_off, du, mask=(offs_c[:, None] >= 0) & mask_l[None, :])
+        else:
+            tl.store(du_ptr + du_off, du.to(du_ptr.dtype.element_ty), mask=mask_l[None, :])
+        tl.store(ddelta_ptr + pid_b * s_dd_b + k * s_dd_k + offs_c[:, None] * s_dd_d + pos[None, :] * s_dd_l,
+                 ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_l[None, :])
     # atomics get full-shape masks: the interpreter does not broadcast an atomic's mask
     tl.atomic_add(dA_ptr + offs_d[:, None] * N + offs_n[None, :], dA_acc,
                   mask=(offs_d[:, None] >= 0) & mask_n[None, :])
@@ -274,6 +302,12 @@ def _launch_config(u, A, B, C):
     return batch, channels, L, N, block_d, block_n, block_l, triton.cdiv(L, block_l)
 
 
+def _no_index(placeholder, channels, group_strides):
+    """The index arguments of a scan of sequences: no order table (``placeholder``, a pointer never read), one
+    group over all channels, zero group strides."""
+    return (placeholder, 0, channels) + (0,) * group_strides
+
+
 def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save_chunks):
     batch, channels, L, N, block_d, block_n, block_l, n_tiles = _launch_config(u, A, B, C)
     G_B, sB = _grouped_strides(B)
@@ -289,10 +323,11 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states,
         delta_bias if delta_bias is not None else A,
         yy, states if states is not None else last, last, chunks if chunks is not None else last,
         L, N, n_tiles, channels // G_B, channels // G_C,
-        *u.stride(), *delta.stride(), *zz.stride(), A.stride(0), *sB, *sC, *yy.stride(),
+        *u.stride(), *delta.stride(), *zz.stride(), A.stride(0), *sB, *sC, *yy.stride(), *_no_index(u, channels, 4),
         HAS_C=C is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, STORE_STATES=return_states, SAVE_CHUNKS=save_chunks,
-        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=_num_warps(block_d, block_n, block_l))
+        SOFTPLUS=delta_softplus, STORE_STATES=return_states, SAVE_CHUNKS=save_chunks, HAS_INDEX=False,
+        Y_ATOMIC=False, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l,
+        num_warps=_num_warps(block_d, block_n, block_l))
     return y, last, states, chunks
 
 
@@ -321,11 +356,11 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunks, dy, d
         dD if dD is not None else dA, dbias if dbias is not None else dA,
         L, N, n_tiles, channels // G_B, channels // G_C,
         *u.stride(), *delta.stride(), *zz.stride(), A.stride(0), *sB, *sC, *dyy.stride(), *du.stride(),
-        G_B, G_C,
+        *ddelta.stride(), G_B, G_C, *_no_index(u, channels, 6),
         HAS_C=C is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, HAS_DY=dy is not None, HAS_DLAST=dlast is not None,
-        HAS_DSTATES=dstates is not None, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l,
-        num_warps=_num_warps(block_d, block_n, block_l))
+        HAS_DSTATES=dstates is not None, HAS_INDEX=False, DU_ATOMIC=False, BLOCK_D=block_d, BLOCK_N=block_n,
+        BLOCK_L=block_l, num_warps=_num_warps(block_d, block_n, block_l))
     dB = (dB[:, 0] if B.dim() == 3 else dB).to(B.dtype)
     dC = (dC[:, 0] if C.dim() == 3 else dC).to(C.dtype) if dC is not None else None
     return du, ddelta, dz, dA, dB, dC, dD, dbias
@@ -356,6 +391,78 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy,
     du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(u, delta, A.contiguous(), B, C, D, z, delta_bias,
                                                       delta_softplus, residuals[0], dy, dlast, dstates)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def _map_config(x, delta, A):
+    """(batch, L, D, K, N, channels, BLOCK_D, BLOCK_N, BLOCK_L, n_tiles) of a map scan: groups are directions."""
+    batch, L, Dm = x.shape
+    K, N = delta.shape[2], A.shape[1]
+    block_d, block_n, block_l = _block_sizes(Dm, N, L)
+    return batch, L, Dm, K, N, K * Dm, block_d, block_n, block_l, triton.cdiv(L, block_l)
+
+
+def _map_strides(x, delta, B, C, orders):
+    """The kernels' strides of the map entry: x, delta, z (none), A, B, C as (b, d-or-g, n, l) in their order."""
+    return ((x.stride(0), x.stride(2), x.stride(1)), (delta.stride(0), delta.stride(3), delta.stride(1)),
+            (B.stride(0), B.stride(2), B.stride(3), B.stride(1)), (C.stride(0), C.stride(2), C.stride(3), C.stride(1)),
+            orders.shape[-2] * orders.shape[-1] if orders.dim() == 3 else 0)
+
+
+def map_residual_shapes(x, delta, A, B, save):
+    """The state entering each tile of each direction's sequence, (batch, K*D, N, n_tiles) fp32, when saved."""
+    if not save:
+        return []
+    batch, L, Dm, K, N, channels, _, _, _, n_tiles = _map_config(x, delta, A)
+    return [((batch, channels, N, n_tiles), torch.float32)]
+
+
+def map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save):
+    """The map entry: each program scans BLOCK_D channels of one direction, reading x, delta, B and C at the
+    positions of that direction's order and adding its outputs onto y (fp32, atomically): (y, residuals)."""
+    batch, L, Dm, K, N, channels, block_d, block_n, block_l, n_tiles = _map_config(x, delta, A)
+    orders, A = orders.contiguous(), A.contiguous()
+    s_x, s_dt, s_B, s_C, s_idx = _map_strides(x, delta, B, C, orders)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    y = torch.zeros((batch, L, Dm), **f32)
+    last = torch.empty((batch, channels, N), **f32)  # written by the kernel, not returned
+    chunks = torch.empty((batch, channels, N, n_tiles), **f32) if save else None
+    launch(_fwd_kernel, (channels // block_d, batch),
+        x, delta, A, B, C, D if D is not None else A, x, delta_bias if delta_bias is not None else A,
+        y, last, last, chunks if chunks is not None else last,
+        L, N, n_tiles, Dm, Dm, *s_x, *s_dt, 0, 0, 0, A.stride(0), *s_B, *s_C, y.stride(0), y.stride(2), y.stride(1),
+        orders, s_idx, Dm, 0, delta.stride(2), 0, 0,
+        HAS_C=True, HAS_D=D is not None, HAS_Z=False, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        STORE_STATES=False, SAVE_CHUNKS=save, HAS_INDEX=True, Y_ATOMIC=True, BLOCK_D=block_d, BLOCK_N=block_n,
+        BLOCK_L=block_l, num_warps=_num_warps(block_d, block_n, block_l))
+    return y, [chunks] if save else []
+
+
+def map_backward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy):
+    """(dx, ddelta, dA, dB, dC, dD, ddelta_bias) of ``map_forward``; dx and dB/dC summed atomically in fp32."""
+    batch, L, Dm, K, N, channels, block_d, block_n, block_l, n_tiles = _map_config(x, delta, A)
+    orders, A = orders.contiguous(), A.contiguous()
+    s_x, s_dt, s_B, s_C, s_idx = _map_strides(x, delta, B, C, orders)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    dy = dy.float()
+    dx = torch.zeros((batch, L, Dm), **f32)
+    ddelta = torch.empty((batch, L, K, Dm), dtype=delta.dtype, device=x.device)
+    dA = torch.zeros(A.shape, **f32)
+    dB = torch.zeros((batch, K, N, L), **f32)
+    dC = torch.zeros((batch, K, N, L), **f32)
+    dD = torch.zeros((channels,), **f32) if D is not None else None
+    dbias = torch.zeros((channels,), **f32) if delta_bias is not None else None
+    launch(_bwd_kernel, (channels // block_d, batch),
+        x, delta, A, B, C, D if D is not None else A, x, delta_bias if delta_bias is not None else A, residuals[0],
+        dy, dA, dA, dx, ddelta, dx, dA, dB, dC, dD if dD is not None else dA, dbias if dbias is not None else dA,
+        L, N, n_tiles, Dm, Dm, *s_x, *s_dt, 0, 0, 0, A.stride(0), *s_B, *s_C,
+        dy.stride(0), dy.stride(2), dy.stride(1), dx.stride(0), dx.stride(2), dx.stride(1),
+        ddelta.stride(0), ddelta.stride(3), ddelta.stride(1), K, K,
+        orders, s_idx, Dm, 0, delta.stride(2), 0, 0, 0, ddelta.stride(2),
+        HAS_C=True, HAS_D=D is not None, HAS_Z=False, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_DY=True, HAS_DLAST=False, HAS_DSTATES=False, HAS_INDEX=True, DU_ATOMIC=True, BLOCK_D=block_d,
+        BLOCK_N=block_n, BLOCK_L=block_l, num_warps=_num_warps(block_d, block_n, block_l))
+    # (batch, K, N, L) -> (batch, L, K, N)
+    return dx, ddelta, dA, dB.permute(0, 3, 1, 2).to(B.dtype), dC.permute(0, 3, 1, 2).to(C.dtype), dD, dbias
 
 
 def _unit_stride_l(x):
@@ -409,6 +516,15 @@ def launch_configs():
     for tier, cases in (("shipped", shipped), ("tail", tail)):
         for name, case in cases:
             yield from _record_case(name, tier, **case)
+    map_shipped = [("vmamba map", dict(K=4, L=3136)), ("vmamba map", dict(K=4, L=3136, dtype=bf16)),
+                   ("vmamba map", dict(K=4, L=3136, train=False)), ("vmamba map stage 4", dict(K=4, L=49, width=768)),
+                   ("fractalmamba map", dict(K=2, L=3136)), ("quadmamba map", dict(K=2, L=3136, per_image=True))]
+    map_tail = [("map", dict(K=4, L=3136, N=N, dtype=dtype, d=d, bias=bias, softplus=softplus))
+                for N in (1, 4, 16) for dtype in (f32, bf16, f16)
+                for d, bias, softplus in itertools.product((False, True), repeat=3)]
+    for tier, cases in (("shipped", map_shipped), ("tail", map_tail)):
+        for name, case in cases:
+            yield from _record_map_case(name, tier, **case)
 
 
 def _record_case(name, tier, N, L, width=96, K=4, grouped=True, dtype=torch.float32, bc_dtype=None,
@@ -448,3 +564,25 @@ def _record_case(name, tier, N, L, width=96, K=4, grouped=True, dtype=torch.floa
         (f", params {str(param_dtype)[6:]}" if param_dtype != torch.float32 else "")
     for rec in launches:
         yield rec.named(f"{name}: N={N} L={L} K={K} D={width} {dtypes} {'train' if train else 'inference'}", tier)
+
+
+def _record_map_case(name, tier, K, L, width=96, N=1, dtype=torch.float32, d=True, bias=True, softplus=True,
+                     per_image=False, train=True):
+    """Record the launches of one map scan (and its backward when ``train``) with SS2D's layouts: x a
+    channels-last map, delta (batch, L, K, D), B/C views of the x_proj output (batch, L, K, R + 2N)."""
+    batch, R = 2, math.ceil(width / 16)
+    meta = dict(device="meta")
+    x = torch.empty(batch, L, width, dtype=dtype, **meta)
+    delta = torch.empty(batch, L, K, width, dtype=dtype, **meta)
+    proj = torch.empty(batch, L, K, R + 2 * N, dtype=dtype, **meta)
+    orders = torch.empty((batch, K, L) if per_image else (K, L), dtype=torch.long, **meta)
+    A = torch.empty(K * width, N, **meta)
+    inputs = (x, delta, A, proj[..., R:R + N], proj[..., R + N:], torch.empty(K * width, **meta) if d else None,
+              torch.empty(K * width, **meta) if bias else None, softplus, orders)
+    with recording() as launches:
+        y, residuals = map_forward(*inputs, train)
+        if train:
+            map_backward(*inputs, residuals, torch.empty_like(y))
+    for rec in launches:
+        yield rec.named(f"{name}: N={N} L={L} K={K} D={width} {str(dtype)[6:]} {'train' if train else 'inference'}",
+                        tier)
