@@ -32,12 +32,14 @@ constexpr const char* kName = "selective_scan cpu";
 
 int64_t segment_length(int64_t N) { return std::max<int64_t>(8, 128 / std::max<int64_t>(1, N)); }
 
-// Channels per task: whole blocks of up to kBlock, smaller when that leaves threads idle.
+// Channels per task: the group's channels cut into equal blocks of at most kBlock (a multiple of 16, the
+// vector width), more of them when that would leave threads idle.
 int block_size(int64_t tasks_per_block, int64_t dim) {
   const int64_t threads = at::get_num_threads();
-  int block = vssm_cpu::kBlock;
-  while (block > 16 && tasks_per_block * ((dim + block - 1) / block) < 2 * threads) block /= 2;
-  return block;
+  int64_t blocks = (dim + vssm_cpu::kBlock - 1) / vssm_cpu::kBlock;
+  while (tasks_per_block * blocks < 2 * threads && dim / (blocks + 1) >= 16) ++blocks;
+  const int64_t block = ((dim + blocks - 1) / blocks + 15) / 16 * 16;
+  return static_cast<int>(std::min<int64_t>(block, vssm_cpu::kBlock));
 }
 
 bool present(const optional<Tensor>& t) { return t.has_value() && t->defined() && t->numel() > 0; }

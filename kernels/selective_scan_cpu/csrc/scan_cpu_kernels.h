@@ -5,6 +5,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "fast_math.h"
@@ -90,6 +91,41 @@ struct BlockConstants {
   }
 };
 
+// Rows are read a few steps ahead of their use, so the strided rows of a task arrive from memory in time.
+constexpr int64_t kPrefetch = 8;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t stride, int w, int for_write = 0) {
+  if (stride != 1) return;
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int off = 0; off < w * static_cast<int>(sizeof(T)); off += 64) {
+    if (for_write)
+      __builtin_prefetch(bytes + off, 1);
+    else
+      __builtin_prefetch(bytes + off, 0);
+  }
+}
+
+// A row of w channels as float: the source itself when it is float with unit stride, else converted into buf.
+template <typename T>
+inline const float* read_row(const T* src, int64_t stride, int w, float* buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stride == 1) return src;
+  }
+  load_row(src, stride, w, buf);
+  return buf;
+}
+
+// Where to compute an output row: the destination itself when it is float with unit stride, else buf (then
+// written with store_row or add_row).
+template <typename T>
+inline float* write_row(T* dst, int64_t stride, float* buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stride == 1) return dst;
+  }
+  return buf;
+}
+
 template <typename scalar_t, typename weight_t, int NS>
 void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
   const int N = NS ? NS : static_cast<int>(p.n_state);
@@ -97,24 +133,44 @@ void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
   const int64_t C_all = p.channels();
   const BlockConstants k(p, s, N);
   alignas(64) float h[kMaxState * kBlock];
-  alignas(64) float uu[kBlock], dt[kBlock], x[kBlock], acc[kBlock], zz[kBlock];
+  alignas(64) float uu[kBlock], draw[kBlock], dt[kBlock], x[kBlock], acc[kBlock], zz[kBlock];
   std::fill(h, h + N * kBlock, 0.0f);
   const auto* u = static_cast<const scalar_t*>(p.u) + s.b * p.su.b + s.k * p.su.k + s.d0 * p.su.d;
   const auto* delta = static_cast<const scalar_t*>(p.delta) + s.b * p.sdt.b + s.k * p.sdt.k + s.d0 * p.sdt.d;
   const auto* Bp = static_cast<const weight_t*>(p.B) + s.b * p.sB.b + (s.k / p.B_div) * p.sB.k;
   const auto* Cp = p.C ? static_cast<const weight_t*>(p.C) + s.b * p.sC.b + (s.k / p.C_div) * p.sC.k : nullptr;
   const auto* zp = p.z ? static_cast<const scalar_t*>(p.z) + s.b * p.sz.b + s.k * p.sz.k + s.d0 * p.sz.d : nullptr;
+  float* y_sum = p.sum_groups && Cp ? static_cast<float*>(o.y) + s.b * o.sy.b + s.d0 * o.sy.d : nullptr;
+  scalar_t* y_own = !p.sum_groups && Cp ? static_cast<scalar_t*>(o.y) + s.b * o.sy.b + s.k * o.sy.k + s.d0 * o.sy.d
+                                        : nullptr;
+  float* seg = o.seg ? o.seg + s.b * p.n_segments() * N * C_all + s.c0 : nullptr;
+  int64_t to_next_segment = 0;
   for (int64_t t = 0; t < p.length; ++t) {
     const int64_t pos = s.pos(t);
-    if (o.seg && t % p.seg_len == 0) {
-      float* dst = o.seg + ((s.b * p.n_segments() + t / p.seg_len) * N) * C_all + s.c0;
-      for (int n = 0; n < N; ++n) std::copy(h + n * kBlock, h + n * kBlock + w, dst + n * C_all);
+    if (t + kPrefetch < p.length) {
+      const int64_t ahead = s.pos(t + kPrefetch);
+      prefetch_row(u + ahead * p.su.p, p.su.d, w);
+      prefetch_row(delta + ahead * p.sdt.p, p.sdt.d, w);
+      if (zp) prefetch_row(zp + ahead * p.sz.p, p.sz.d, w);
+      if (y_sum) prefetch_row(y_sum + ahead * o.sy.p, o.sy.d, w, 1);
+      if (y_own) prefetch_row(y_own + ahead * o.sy.p, o.sy.d, w, 1);
     }
-    load_row(u + pos * p.su.p, p.su.d, w, uu);
-    load_row(delta + pos * p.sdt.p, p.sdt.d, w, dt);
-    step_sizes(dt, k.bias, p.softplus, w);
+    if (seg && to_next_segment-- == 0) {  // the state entering this segment, for the backward
+      for (int n = 0; n < N; ++n) std::copy(h + n * kBlock, h + n * kBlock + w, seg + n * C_all);
+      seg += N * C_all;
+      to_next_segment = p.seg_len - 1;
+    }
+    const float* ur = read_row(u + pos * p.su.p, p.su.d, w, uu);
+    const float* dr = read_row(delta + pos * p.sdt.p, p.sdt.d, w, draw);
+    if (p.softplus) {
 #pragma omp simd
-    for (int d = 0; d < w; ++d) x[d] = dt[d] * uu[d];
+      for (int d = 0; d < w; ++d) dt[d] = fast_softplus(dr[d] + k.bias[d]);
+    } else {
+#pragma omp simd
+      for (int d = 0; d < w; ++d) dt[d] = dr[d] + k.bias[d];
+    }
+#pragma omp simd
+    for (int d = 0; d < w; ++d) x[d] = dt[d] * ur[d];
     for (int n = 0; n < N; ++n) {
       const float bn = to_float(Bp[pos * p.sB.p + n * p.sB.d]);
       float* hn = h + n * kBlock;
@@ -128,25 +184,24 @@ void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
         for (int d = 0; d < w; ++d) st[d * N + n] = static_cast<scalar_t>(h[n * kBlock + d]);
     }
     if (Cp) {
+      float* out = y_sum ? acc : write_row(y_own + pos * o.sy.p, o.sy.d, acc);
 #pragma omp simd
-      for (int d = 0; d < w; ++d) acc[d] = k.D[d] * uu[d];
+      for (int d = 0; d < w; ++d) out[d] = k.D[d] * ur[d];
       for (int n = 0; n < N; ++n) {
         const float cn = to_float(Cp[pos * p.sC.p + n * p.sC.d]);
         const float* hn = h + n * kBlock;
 #pragma omp simd
-        for (int d = 0; d < w; ++d) acc[d] += cn * hn[d];
+        for (int d = 0; d < w; ++d) out[d] += cn * hn[d];
       }
       if (zp) {
-        load_row(zp + pos * p.sz.p, p.sz.d, w, zz);
+        const float* zr = read_row(zp + pos * p.sz.p, p.sz.d, w, zz);
 #pragma omp simd
-        for (int d = 0; d < w; ++d) acc[d] *= zz[d] * fast_sigmoid(zz[d]);
+        for (int d = 0; d < w; ++d) out[d] *= zr[d] * fast_sigmoid(zr[d]);
       }
-      if (p.sum_groups) {
-        add_row(static_cast<float*>(o.y) + s.b * o.sy.b + pos * o.sy.p + s.d0 * o.sy.d, o.sy.d, w, acc);
-      } else {
-        store_row(static_cast<scalar_t*>(o.y) + s.b * o.sy.b + pos * o.sy.p + s.k * o.sy.k + s.d0 * o.sy.d,
-                  o.sy.d, w, acc);
-      }
+      if (y_sum)
+        add_row(y_sum + pos * o.sy.p, o.sy.d, w, out);
+      else if (out == acc)
+        store_row(y_own + pos * o.sy.p, o.sy.d, w, out);
     }
   }
   if (o.last) {
@@ -162,22 +217,24 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
   const int w = s.w;
   const int64_t C_all = p.channels(), L = p.length, T = p.seg_len;
   const BlockConstants k(p, s, N);
-  // per segment: states H[i][n][d], decays Ad[i][n][d], step sizes DT[i][d]
+  // per segment: states H[i][n][d], decays Ad[i][n][d], step sizes DT[i][d] and their softplus' SG[i][d]
   const int64_t stride_i = N * kBlock;
-  work.resize(2 * T * stride_i + T * kBlock);
+  work.resize(2 * T * stride_i + 2 * T * kBlock);
   float* H = work.data();
   float* Ad = H + T * stride_i;
   float* DT = Ad + T * stride_i;
+  float* SG = DT + T * kBlock;
   alignas(64) float h0[kMaxState * kBlock], lam[kMaxState * kBlock], a_next[kMaxState * kBlock];
   alignas(64) float dA[kMaxState * kBlock];
-  alignas(64) float uu[kBlock], raw[kBlock], dy[kBlock], zz[kBlock], ddt[kBlock], lamB[kBlock], tmp[kBlock];
-  alignas(64) float dD[kBlock], dbias[kBlock];
+  alignas(64) float uu[kBlock], draw[kBlock], dybuf[kBlock], zz[kBlock], ddt[kBlock], lamB[kBlock], tmp[kBlock];
+  alignas(64) float gbuf[kBlock], dD[kBlock], dbias[kBlock], zeros[kBlock];
   std::fill(lam, lam + N * kBlock, 0.0f);
   std::fill(a_next, a_next + N * kBlock, 0.0f);
   std::fill(dA, dA + N * kBlock, 0.0f);
   std::fill(dD, dD + kBlock, 0.0f);
   std::fill(dbias, dbias + kBlock, 0.0f);
-  std::fill(dy, dy + kBlock, 0.0f);  // stays 0 when no gradient reaches y
+  std::fill(zeros, zeros + kBlock, 0.0f);
+  const float* anx = a_next;  // the decays of the step after the current one (0 after the last step)
 
   const auto* u = static_cast<const scalar_t*>(p.u) + s.b * p.su.b + s.k * p.su.k + s.d0 * p.su.d;
   const auto* delta = static_cast<const scalar_t*>(p.delta) + s.b * p.sdt.b + s.k * p.sdt.k + s.d0 * p.sdt.d;
@@ -192,8 +249,13 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
     else
       dyp = static_cast<const scalar_t*>(in.dy) + s.b * in.sdy.b + s.k * in.sdy.k + s.d0 * in.sdy.d;
   }
+  const bool has_dy = dyp || dy_sum;
   const auto* dstates = in.dstates ? static_cast<const scalar_t*>(in.dstates) + s.b * in.dst_b + s.c0 * in.dst_c
                                    : nullptr;
+  float* du_sum = p.sum_groups ? static_cast<float*>(o.du) + s.b * o.sdu.b + s.d0 * o.sdu.d : nullptr;
+  scalar_t* du_own = p.sum_groups ? nullptr
+                                  : static_cast<scalar_t*>(o.du) + s.b * o.sdu.b + s.k * o.sdu.k + s.d0 * o.sdu.d;
+  auto* ddelta = static_cast<scalar_t*>(o.ddelta) + s.b * o.sddt.b + s.k * o.sddt.k + s.d0 * o.sddt.d;
   const int64_t part = ((s.k * p.n_blocks() + blk) * p.batch + s.b) * L;  // row of dB / dC partials
 
   for (int64_t seg = p.n_segments() - 1; seg >= 0; --seg) {
@@ -203,10 +265,22 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
     // recompute the segment's step sizes, decays and states
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = t - t0, pos = s.pos(t);
+      if (t + kPrefetch < t1) {
+        const int64_t ahead = s.pos(t + kPrefetch);
+        prefetch_row(u + ahead * p.su.p, p.su.d, w);
+        prefetch_row(delta + ahead * p.sdt.p, p.sdt.d, w);
+      }
       float* dt = DT + i * kBlock;
-      load_row(u + pos * p.su.p, p.su.d, w, uu);
-      load_row(delta + pos * p.sdt.p, p.sdt.d, w, dt);
-      step_sizes(dt, k.bias, p.softplus, w);
+      float* sg = SG + i * kBlock;
+      const float* ur = read_row(u + pos * p.su.p, p.su.d, w, uu);
+      const float* dr = read_row(delta + pos * p.sdt.p, p.sdt.d, w, draw);
+      if (p.softplus) {
+#pragma omp simd
+        for (int d = 0; d < w; ++d) fast_softplus_sigmoid(dr[d] + k.bias[d], dt[d], sg[d]);
+      } else {
+#pragma omp simd
+        for (int d = 0; d < w; ++d) dt[d] = dr[d] + k.bias[d];
+      }
       const float* hp = i ? H + (i - 1) * stride_i : h0;
       for (int n = 0; n < N; ++n) {
         const float bn = to_float(Bp[pos * p.sB.p + n * p.sB.d]);
@@ -217,28 +291,34 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
 #pragma omp simd
         for (int d = 0; d < w; ++d) {
           an[d] = fast_exp(dt[d] * An[d]);
-          hn[d] = an[d] * hpn[d] + dt[d] * uu[d] * bn;
+          hn[d] = an[d] * hpn[d] + dt[d] * ur[d] * bn;
         }
       }
     }
     // adjoint recurrence backwards over the segment
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t i = t - t0, pos = s.pos(t);
+      if (t - kPrefetch >= 0) {  // the reverse pass reads and writes rows at decreasing steps
+        const int64_t ahead = s.pos(t - kPrefetch);
+        if (dyp) prefetch_row(dyp + ahead * in.sdy.p, in.sdy.d, w);
+        if (dy_sum) prefetch_row(dy_sum + ahead * in.sdy.p, in.sdy.d, w);
+        if (zp) prefetch_row(zp + ahead * p.sz.p, p.sz.d, w);
+        prefetch_row(ddelta + ahead * o.sddt.p, o.sddt.d, w, 1);
+        if (du_sum) prefetch_row(du_sum + ahead * o.sdu.p, o.sdu.d, w, 1);
+        if (du_own) prefetch_row(du_own + ahead * o.sdu.p, o.sdu.d, w, 1);
+      }
       const float* dt = DT + i * kBlock;
       const float* Hi = H + i * stride_i;
       const float* hp = i ? H + (i - 1) * stride_i : h0;
-      load_row(u + pos * p.su.p, p.su.d, w, uu);
-      bool has_dy = false;
-      if (dyp || dy_sum) {
-        if (dy_sum)
-          load_row(dy_sum + pos * in.sdy.p, in.sdy.d, w, dy);
-        else
-          load_row(dyp + pos * in.sdy.p, in.sdy.d, w, dy);
-        has_dy = true;
+      const float* ur = read_row(u + pos * p.su.p, p.su.d, w, uu);
+      const float* dy = zeros;  // the gradient reaching y_pre (before the gate): 0 without a y gradient
+      if (has_dy) {
+        dy = dy_sum ? read_row(dy_sum + pos * in.sdy.p, in.sdy.d, w, dybuf)
+                    : read_row(dyp + pos * in.sdy.p, in.sdy.d, w, dybuf);
         if (zp) {  // y = y_pre * silu(z)
-          load_row(zp + pos * p.sz.p, p.sz.d, w, zz);
+          const float* zr = read_row(zp + pos * p.sz.p, p.sz.d, w, zz);
 #pragma omp simd
-          for (int d = 0; d < w; ++d) tmp[d] = k.D[d] * uu[d];
+          for (int d = 0; d < w; ++d) tmp[d] = k.D[d] * ur[d];
           for (int n = 0; n < N; ++n) {
             const float cn = to_float(Cp[pos * p.sC.p + n * p.sC.d]);
             const float* hn = Hi + n * kBlock;
@@ -247,16 +327,17 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
           }
 #pragma omp simd
           for (int d = 0; d < w; ++d) {
-            const float sz = fast_sigmoid(zz[d]);
+            const float sz = fast_sigmoid(zr[d]);
             const float g = dy[d];
-            tmp[d] = g * tmp[d] * sz * (1.0f + zz[d] * (1.0f - sz));  // dz
-            dy[d] = g * zz[d] * sz;
+            tmp[d] = g * tmp[d] * sz * (1.0f + zr[d] * (1.0f - sz));  // dz
+            gbuf[d] = g * zr[d] * sz;
           }
+          dy = gbuf;
           store_row(static_cast<scalar_t*>(o.dz) + s.b * o.sdz.b + pos * o.sdz.p + s.k * o.sdz.k +
                         s.d0 * o.sdz.d, o.sdz.d, w, tmp);
         }
 #pragma omp simd
-        for (int d = 0; d < w; ++d) dD[d] += dy[d] * uu[d];
+        for (int d = 0; d < w; ++d) dD[d] += dy[d] * ur[d];
         for (int n = 0; n < N; ++n) {  // dC: sum over the block's channels of dy * h
           const float* hn = Hi + n * kBlock;
           float sum = 0.0f;
@@ -273,56 +354,67 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
         const float cn = has_dy ? to_float(Cp[pos * p.sC.p + n * p.sC.d]) : 0.0f;
         const float bn = to_float(Bp[pos * p.sB.p + n * p.sB.d]);
         float* ln = lam + n * kBlock;
-        const float* anx = a_next + n * kBlock;
+        const float* anxn = anx + n * kBlock;
         const float* an = Ad + i * stride_i + n * kBlock;
         const float* hpn = hp + n * kBlock;
         const float* An = k.A + n * kBlock;
         float* dAn = dA + n * kBlock;
-        if (dstates) {
-          const scalar_t* g = dstates + n * in.dst_n + t * in.dst_t;
-          for (int d = 0; d < w; ++d) tmp[d] = to_float(g[d * in.dst_c]);
-        } else {
+        const float* g = zeros;  // the gradient reaching h_t directly: dstates, and dlast at the last step
+        if (dstates || (in.dlast && t == L - 1)) {
           std::fill(tmp, tmp + w, 0.0f);
-        }
-        if (in.dlast && t == L - 1) {
-          for (int d = 0; d < w; ++d) tmp[d] += in.dlast[(s.b * C_all + s.c0 + d) * N + n];
+          if (dstates) {
+            const scalar_t* gs = dstates + n * in.dst_n + t * in.dst_t;
+            for (int d = 0; d < w; ++d) tmp[d] = to_float(gs[d * in.dst_c]);
+          }
+          if (in.dlast && t == L - 1) {
+            for (int d = 0; d < w; ++d) tmp[d] += in.dlast[(s.b * C_all + s.c0 + d) * N + n];
+          }
+          g = tmp;
         }
         float sumB = 0.0f;
 #pragma omp simd reduction(+ : sumB)
         for (int d = 0; d < w; ++d) {
-          const float l = tmp[d] + dy[d] * cn + anx[d] * ln[d];
+          const float l = g[d] + dy[d] * cn + anxn[d] * ln[d];
           ln[d] = l;
           const float wv = l * an[d] * hpn[d];  // d loss / d a_t, times a_t
           dAn[d] += wv * dt[d];
           ddt[d] += wv * An[d];
           lamB[d] += l * bn;
-          sumB += l * dt[d] * uu[d];
+          sumB += l * dt[d] * ur[d];
         }
         o.dB[(part + pos) * N + n] = sumB;
       }
-      // ddt += lamB * u (times softplus' = sigmoid of the raw step size); du = lamB * dt (+ dy * D)
-#pragma omp simd
-      for (int d = 0; d < w; ++d) ddt[d] += lamB[d] * uu[d];
+      // ddt += lamB * u (times softplus' = sigmoid of the raw step size); du = lamB * dt + dy * D
+      float* ddt_out = write_row(ddelta + pos * o.sddt.p, o.sddt.d, tmp);
       if (p.softplus) {
-        load_row(delta + pos * p.sdt.p, p.sdt.d, w, raw);
+        const float* sg = SG + i * kBlock;
 #pragma omp simd
-        for (int d = 0; d < w; ++d) ddt[d] *= fast_sigmoid(raw[d] + k.bias[d]);
-      }
-#pragma omp simd
-      for (int d = 0; d < w; ++d) {
-        dbias[d] += ddt[d];
-        tmp[d] = lamB[d] * dt[d] + dy[d] * k.D[d];  // dy is 0 without a y gradient
-      }
-      if (p.sum_groups) {
-        add_row(static_cast<float*>(o.du) + s.b * o.sdu.b + pos * o.sdu.p + s.d0 * o.sdu.d, o.sdu.d, w, tmp);
+        for (int d = 0; d < w; ++d) {
+          const float v = (ddt[d] + lamB[d] * ur[d]) * sg[d];
+          dbias[d] += v;
+          ddt_out[d] = v;
+        }
       } else {
-        store_row(static_cast<scalar_t*>(o.du) + s.b * o.sdu.b + pos * o.sdu.p + s.k * o.sdu.k + s.d0 * o.sdu.d,
-                  o.sdu.d, w, tmp);
+#pragma omp simd
+        for (int d = 0; d < w; ++d) {
+          const float v = ddt[d] + lamB[d] * ur[d];
+          dbias[d] += v;
+          ddt_out[d] = v;
+        }
       }
-      store_row(static_cast<scalar_t*>(o.ddelta) + s.b * o.sddt.b + pos * o.sddt.p + s.k * o.sddt.k +
-                    s.d0 * o.sddt.d, o.sddt.d, w, ddt);
-      std::copy(Ad + i * stride_i, Ad + i * stride_i + N * kBlock, a_next);
+      if (ddt_out == tmp) store_row(ddelta + pos * o.sddt.p, o.sddt.d, w, tmp);
+      float* du_out = du_sum ? ddt : write_row(du_own + pos * o.sdu.p, o.sdu.d, ddt);  // ddt is free now
+#pragma omp simd
+      for (int d = 0; d < w; ++d) du_out[d] = lamB[d] * dt[d] + dy[d] * k.D[d];
+      if (du_sum)
+        add_row(du_sum + pos * o.sdu.p, o.sdu.d, w, du_out);
+      else if (du_out == ddt)
+        store_row(du_own + pos * o.sdu.p, o.sdu.d, w, du_out);
+      anx = Ad + i * stride_i;
     }
+    // the next segment to recompute overwrites Ad: keep the decays of its successor step
+    std::copy(Ad, Ad + N * kBlock, a_next);
+    anx = a_next;
   }
   for (int d = 0; d < w; ++d) {
     for (int n = 0; n < N; ++n) o.dA[(s.b * C_all + s.c0 + d) * N + n] = dA[n * kBlock + d];
