@@ -4,9 +4,11 @@
     python analyze/compare.py --device cuda --erf-images 50
     python analyze/compare.py --checkpoint vmamba_tiny_s1l8=vssm1_tiny.pth ...   # ERF of trained weights
     python analyze/compare.py --quick              # nano models, small sizes (a minute; what the tests run)
+    python analyze/compare.py --compile            # also every model torch.compile'd, side by side
 
 For each model (and the reference, timm's convnext_tiny): parameters, FLOPs at 224, inference and
-training images/s and peak memory (analyze/throughput.py's method, each run in a fresh process), the
+training images/s and peak memory (analyze/throughput.py's method, each run in a fresh process; with
+--compile also torch.compile'd, the ratio then taken to the compiled reference), the
 effective receptive field's spread (analyze/erf.py's method: area holding 50% / 99% of the contribution,
 mean distance from the centre), and inference time and peak memory at each resolution (batch 1).
 Writes OUT/compare.md, OUT/erf.png, OUT/resolution_time.png, OUT/resolution_memory.png and
@@ -45,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=positive, default=torch.get_num_threads())
     p.add_argument("--iters", type=positive, default=3, help="timed iterations per throughput measurement")
+    p.add_argument("--compile", action="store_true", help="also measure throughput torch.compile'd (inductor)")
     p.add_argument("--out", default="output/compare", help="output folder")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
@@ -91,12 +94,13 @@ def main(argv=None):
         results[name]["flops"] = vssm.count_flops(model, (3, S, S))
         del model
 
-    for train in (False, True):
-        kind = "train" if train else "inference"
-        for name in models:
-            step(f"{kind} throughput of {name}, batch {args.batch_size} at {S}x{S}")
-            r = measure_isolated(name, train=train, **measure_kw)
-            results[name][kind] = {"images_per_s": r["images_per_s"], "peak_memory_mb": r["peak_memory_mb"]}
+    for compiled in ([False, True] if args.compile else [False]):
+        for train in (False, True):
+            kind = ("train" if train else "inference") + (" compiled" if compiled else "")
+            for name in models:
+                step(f"{kind} throughput of {name}, batch {args.batch_size} at {S}x{S}")
+                r = measure_isolated(name, train=train, compile_backend="inductor" if compiled else None, **measure_kw)
+                results[name][kind] = {"images_per_s": r["images_per_s"], "peak_memory_mb": r["peak_memory_mb"]}
 
     images, _ = load_images(args.data_path, args.erf_images, S)
     maps, notes = {}, {}
@@ -172,6 +176,18 @@ def markdown(results, models, args, figures) -> str:
                      f"{r['train']['images_per_s']:.2f}{ratio} | {r['inference']['peak_memory_mb']:.0f} | "
                      f"{r['train']['peak_memory_mb']:.0f} | {r['erf']['area_50']:.3f} | {r['erf']['area_99']:.3f} | "
                      f"{r['erf']['mean_distance']:.3f} |")
+    if "inference compiled" in results[models[0]]:
+        lines += ["", "## Eager and torch.compile'd (inductor), images/s" + (f" and ratio to {args.reference}" if ref else ""),
+                  "", "| model | infer eager | infer compiled | train eager | train compiled"
+                  + (" | infer x ref (eager) | infer x ref (compiled) | train x ref (eager) | train x ref (compiled)"
+                     if ref else "") + " |", "|---|---|---|---|---|" + ("---|---|---|---|" if ref else "")]
+        for name in models:
+            r = results[name]
+            kinds = ("inference", "inference compiled", "train", "train compiled")
+            cells = [f"{r[k]['images_per_s']:.2f}" for k in kinds]
+            if ref:
+                cells += [f"{r[k]['images_per_s'] / ref[k]['images_per_s']:.2f}" for k in kinds]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Against resolution (batch 1): seconds / image, peak MB", "",
               "| model | " + " | ".join(f"{s}x{s}" for s in args.sizes) + " |", "|---|" + "---|" * len(args.sizes)]
     for name in models:
