@@ -136,6 +136,17 @@ def check_size(size, dynamic: bool):
                           f"smaller ones included")
 
 
+def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None):
+    """``module(*args)`` as a ``torch.onnx.ONNXProgram`` in standard ONNX operators (inference, under no_grad),
+    and the ``torch.export`` program it was converted from. ``dynamic_shapes`` as for ``torch.export.export``."""
+    with torch.no_grad():
+        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
+        onnx_program = torch.onnx.export(program, args, dynamo=True, verbose=False,
+                                         custom_translation_table=translation_table(), input_names=input_names,
+                                         output_names=output_names)
+    return onnx_program, program
+
+
 def export_onnx(model: torch.nn.Module, path: str, size=(224, 224), dynamic_size: bool = False,
                 metadata: dict = None, progress=None):
     """Export ``model`` (eval mode, CPU, fp32) to ``path`` with a dynamic batch (and H, W when ``dynamic_size``).
@@ -153,13 +164,8 @@ def export_onnx(model: torch.nn.Module, path: str, size=(224, 224), dynamic_size
     names = output_names(model)
     model = model.eval()
     started = time.time()
-    say(f"tracing with torch.export (batch{', H, W' if dynamic_size else ''} dynamic) ...")
-    with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=(dims,))
-        say(f"converting to ONNX ({time.time() - started:.0f}s) ...")
-        onnx_program = torch.onnx.export(program, (example,), dynamo=True, verbose=False,
-                                         custom_translation_table=translation_table(), input_names=[INPUT_NAME],
-                                         output_names=names)
+    say(f"tracing with torch.export (batch{', H, W' if dynamic_size else ''} dynamic), converting to ONNX ...")
+    onnx_program, program = to_onnx(model, (example,), (dims,), input_names=[INPUT_NAME], output_names=names)
     _name_dynamic_dims(onnx_program.model, program, dynamic_size)
     onnx_program.model.metadata_props.update({f"vssm.{k}": v if isinstance(v, str) else json.dumps(v)
                                               for k, v in (metadata or {}).items()})
