@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -141,7 +142,8 @@ def check_size(size, dynamic: bool):
 def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None):
     """``module(*args)`` as a ``torch.onnx.ONNXProgram`` in standard ONNX operators (inference, under no_grad),
     and the ``torch.export`` program it was converted from. ``dynamic_shapes`` as for ``torch.export.export``."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal notice
         program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
         onnx_program = torch.onnx.export(program, args, dynamo=True, verbose=False,
                                          custom_translation_table=translation_table(), input_names=input_names,
