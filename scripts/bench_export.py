@@ -80,8 +80,8 @@ def bench_model(name: str, batches, size, threads: int, warmup: int, iters: int,
 
 
 def markdown(rows) -> str:
-    lines = ["| model | batch | PyTorch eager img/s | ONNX Runtime img/s | ORT / PyTorch | max abs diff | max rel diff |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | batch | PyTorch eager img/s | ONNX Runtime img/s | ORT / PyTorch | max abs diff | "
+             "max rel diff |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['torch_images_per_s']:.2f} | "
                      f"{r['onnxruntime_images_per_s']:.2f} | "
@@ -153,7 +153,8 @@ def main(argv=None) -> int:
             rows += bench_model(name, args.batch, (args.size, args.size), args.threads, args.warmup, args.iters,
                                 folder, say)
             elapsed = time.time() - started
-            say(f"[{i + 1}/{len(args.models)}] {elapsed:.0f}s, eta {elapsed / (i + 1) * (len(args.models) - i - 1):.0f}s")
+            eta = elapsed / (i + 1) * (len(args.models) - i - 1)
+            say(f"[{i + 1}/{len(args.models)}] {elapsed:.0f}s, eta {eta:.0f}s")
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -208,7 +208,8 @@ def _map_inputs(device, per_image: bool):
 
     inputs = {"x": rand(batch, L, D), "delta": rand(batch, L, K, D, scale=0.5),
               "A": (-torch.exp(torch.randn(K * D, N, generator=g) * 0.5)).to(device).requires_grad_(),
-              "B": rand(batch, L, K, N), "C": rand(batch, L, K, N), "D": rand(K * D), "delta_bias": rand(K * D, scale=0.5)}
+              "B": rand(batch, L, K, N), "C": rand(batch, L, K, N), "D": rand(K * D),
+              "delta_bias": rand(K * D, scale=0.5)}
     return inputs, orders.to(device), torch.randn(batch, L, D, generator=g).to(device)
 
 

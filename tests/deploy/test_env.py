@@ -51,7 +51,8 @@ def test_json_report_and_exit_status(report, monkeypatch, capsys):
     assert data["packages"]["torch"] == torch.__version__
     torch_row = next(r for r in data["scan_backends"] if r["backend"] == "torch")
     assert torch_row["parity"]["status"] == "PASS" and torch_row["parity"]["worst"]
-    assert torch_row["map_parity"]["status"] == "PASS" and torch_row["map_parity"]["worst"].startswith(("cross.", "per_image."))
+    map_parity = torch_row["map_parity"]
+    assert map_parity["status"] == "PASS" and map_parity["worst"].startswith(("cross.", "per_image."))
 
 
 def test_parity_check_fails_a_wrong_backend():

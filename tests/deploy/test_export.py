@@ -111,7 +111,7 @@ def test_command_line_export(name, in_chans, tmp_path, capsys):
     trained = trainer_checkpoint(name, ckpt, classes, in_chans)
     assert export.main(["--model", name, "--checkpoint", ckpt, "--out", out]) == 0
     err = capsys.readouterr().err
-    assert f"batch dynamic, H x W fixed at 32x32" in err and err.count(" ok\n") == 2
+    assert "batch dynamic, H x W fixed at 32x32" in err and err.count(" ok\n") == 2
     assert input_dims(out) == ["batch", in_chans, 32, 32]
     meta = {p.key: p.value for p in onnx.load(out, load_external_data=False).metadata_props}
     assert meta["vssm.model"] == name and json.loads(meta["vssm.classes"]) == classes

@@ -20,13 +20,15 @@ trained (strongly decaying) states. Sizes are read in the graph, so batch, L and
 dynamic. Arithmetic is fp32, as in every backend.
 """
 import torch
-from onnxscript import FLOAT, INT64, script
+from onnxscript import FLOAT, script
 from onnxscript import opset18 as op
 
 
+SEQUENCES = FLOAT["batch", "L", "M"]  # noqa: F821 (symbolic dimension names, not Python names)
+
 
 @script()
-def linear_recurrence(a: FLOAT["batch", "L", "M"], x: FLOAT["batch", "L", "M"]) -> FLOAT["batch", "L", "M"]:
+def linear_recurrence(a: SEQUENCES, x: SEQUENCES) -> SEQUENCES:
     """Every state of h_t = a_t * h_{t-1} + x_t (h_{-1} = 0) along axis 1: (batch, L, M) -> (batch, L, M)."""
     shape = op.Shape(x)
     batch = op.Slice(shape, [0], [1])
@@ -59,7 +61,7 @@ def linear_recurrence(a: FLOAT["batch", "L", "M"], x: FLOAT["batch", "L", "M"]) 
         return s_next, s_in
 
     start0 = op.ConstantOfShape(op.Concat(batch, width, axis=0))
-    s_last, starts = op.Scan(start0, op.Transpose(p_end, perm=[1, 0, 2]), op.Transpose(h_end, perm=[1, 0, 2]),
+    _, starts = op.Scan(start0, op.Transpose(p_end, perm=[1, 0, 2]), op.Transpose(h_end, perm=[1, 0, 2]),
                              body=carry_step, num_scan_inputs=2)
     # starts: (n_blocks, batch, M) -> (1, batch, n_blocks, M)
     entering = op.Unsqueeze(op.Transpose(starts, perm=[1, 0, 2]), [0])
