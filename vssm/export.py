@@ -47,10 +47,9 @@ class SizePolicy:
 SIZES = {  # per family module: whether H and W are dynamic in the exported graph, and why
     "vmamba": SizePolicy(True, "the cross orders are a reshape and transpose of range(H*W), computed in the graph"),
     "spatial_mamba": SizePolicy(True, "one raster-order scan: no order table"),
-    "quadmamba": SizePolicy(False, "its quadrant scores and locality context average the map over 2 x 2 regions "
-                                   "(adaptive pooling), which the ONNX converter writes with the traced size's "
-                                   "kernel, and its ceil-padding to multiples of 4 uses floor division of negative "
-                                   "sizes, which ONNX's truncating division does not reproduce"),
+    "quadmamba": SizePolicy(False, "the 2 x 2 averages of its quadrant scores (adaptive pooling) convert with the "
+                                   "traced size's pooling kernel, and its padding to multiples of 4, -(-H // 4) * 4, "
+                                   "floors a negative number, which ONNX's truncating integer division does not"),
     "fractal_mamba": SizePolicy(False, "generalised Hilbert curves are built by a recursion whose structure depends "
                                        "on H and W; the tables are constants of the graph"),
 }
