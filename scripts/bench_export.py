@@ -9,7 +9,9 @@ batch; H x W as the family allows), checked against PyTorch (max |onnxruntime - 
 benchmark's inputs), then timed on the same inputs: PyTorch eager under ``torch.inference_mode`` with the
 ``auto`` scan backend, and an ONNX Runtime session on the CPU execution provider, both with ``--threads``
 intra-op threads. Each figure is the best of ``--iters`` timed runs after ``--warmup`` runs (on a CPU the
-least disturbed by other load). Run it on an otherwise idle machine.
+least disturbed by other load). Run it on an otherwise idle machine with at least ``--threads`` free cores:
+where another process holds one of them, PyTorch's OpenMP regions wait for a descheduled thread at every
+operator (on a busy 2-core machine, 2 threads made a nano model 60 times slower than 1 thread).
 """
 import argparse
 import json
