@@ -3,8 +3,9 @@
 It lists the versions of Python and of the packages vssm uses (torch and its CUDA build, triton, timm, the
 OpenMMLab stack, onnx / onnxruntime, ...), the CPU (model, cores, instruction sets such as AVX2 / AVX-512 /
 AMX, the kernels torch picked) and CUDA devices (compute capability, memory), every selective-scan backend of
-``vssm.ops.selective_scan.BACKENDS`` on each device (available or why not, and a tiny fp32 parity check of its
-outputs and gradients against ``naive``), and the compiled extensions (vssm's own ``vssm_*`` modules and
+``vssm.ops.selective_scan.BACKENDS`` on each device (available or why not, and tiny fp32 parity checks of its
+outputs and gradients against ``naive``, for the sequence entry ``selective_scan`` and the map entry
+``selective_scan_map``), and the compiled extensions (vssm's own ``vssm_*`` modules and
 mmcv's ops) with the GPU architectures their embedded CUDA code was built for, read from the fat-binary
 headers of the shared library (no CUDA toolkit needed). The exit status is 1 when an available backend
 fails its parity check.
@@ -192,11 +193,51 @@ def _scan_outputs(backend: str, device) -> dict:
     return {k: v.detach().float().cpu() for k, v in out.items()}
 
 
-def parity(backend: str, device, reference: dict = None) -> dict:
-    """Max abs and relative (to the reference's max) error of ``backend``'s outputs and gradients vs naive."""
-    reference = reference if reference is not None else _scan_outputs("naive", device)
+def _map_inputs(device, per_image: bool):
+    from .scans import cross_orders
+    g = torch.Generator().manual_seed(1 + per_image)
+    batch, H, W, K, D, N = 2, 5, 7, 4, 4, 4
+    L = H * W
+    if per_image:  # a scan order per image, as QuadMamba's quadtree
+        orders = torch.stack([torch.stack([torch.randperm(L, generator=g) for _ in range(K)]) for _ in range(batch)])
+    else:
+        orders = cross_orders(H, W)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device).requires_grad_()
+
+    inputs = {"x": rand(batch, L, D), "delta": rand(batch, L, K, D, scale=0.5),
+              "A": (-torch.exp(torch.randn(K * D, N, generator=g) * 0.5)).to(device).requires_grad_(),
+              "B": rand(batch, L, K, N), "C": rand(batch, L, K, N), "D": rand(K * D),
+              "delta_bias": rand(K * D, scale=0.5)}
+    return inputs, orders.to(device), torch.randn(batch, L, D, generator=g).to(device)
+
+
+def _map_outputs(backend: str, device) -> dict:
+    """y and the gradients of every input of small map scans (cross orders, and per-image orders) with D, bias and
+    softplus; keys ``cross.y``, ``per_image.dx``, ..."""
+    from .ops.selective_scan import selective_scan_map
+    out = {}
+    for per_image in (False, True):
+        inputs, orders, wy = _map_inputs(device, per_image)
+        y = selective_scan_map(**inputs, orders=orders, delta_softplus=True, backend=backend)
+        grads = torch.autograd.grad((y.float() * wy).sum(), list(inputs.values()))
+        prefix = "per_image." if per_image else "cross."
+        out[prefix + "y"] = y
+        out.update({f"{prefix}d{name}": grad for name, grad in zip(inputs, grads)})
+    return {k: v.detach().float().cpu() for k, v in out.items()}
+
+
+ENTRIES = {"sequence": _scan_outputs, "map": _map_outputs}  # the scan's two entries, as the parity check runs them
+
+
+def parity(backend: str, device, reference: dict = None, entry: str = "sequence") -> dict:
+    """Max abs and relative (to the reference's max) error of ``backend``'s outputs and gradients vs naive, for the
+    sequence entry (``selective_scan``) or the map entry (``selective_scan_map``)."""
+    outputs = ENTRIES[entry]
+    reference = reference if reference is not None else outputs("naive", device)
     try:
-        got = _scan_outputs(backend, device)
+        got = outputs(backend, device)
     except Exception as e:  # noqa: BLE001 - the failure itself is the report
         return {"status": "FAIL", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     worst = {"max_abs": 0.0, "max_rel": 0.0, "worst": None}
@@ -211,14 +252,15 @@ def parity(backend: str, device, reference: dict = None) -> dict:
 
 
 def scan_backends(devices=None, progress=None) -> list:
-    """One row per (device, backend): availability (or why not), ``auto``'s choice, and the parity check."""
+    """One row per (device, backend): availability (or why not), ``auto``'s choice, and the parity checks of the
+    sequence entry (``parity``) and of the map entry (``map_parity``)."""
     ops = importlib.import_module("vssm.ops.selective_scan")  # the module (vssm.ops.selective_scan is the function)
     devices = devices or (["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
     rows = []
     for device in map(torch.device, devices):
         available = ops.available_backends(device)
         auto = ops.resolve_backend("auto", device)
-        reference = None
+        references = {}
         for backend in (b for b in ops.BACKENDS if b != "auto"):
             row = {"device": str(device), "backend": backend, "available": backend in available,
                    "auto": backend == auto}
@@ -229,12 +271,14 @@ def scan_backends(devices=None, progress=None) -> list:
                 except (RuntimeError, ValueError, ImportError) as e:
                     row["reason"] = str(e).removeprefix("selective_scan: ")
             elif backend == "naive":
-                row["parity"] = {"status": "reference"}
+                row["parity"] = row["map_parity"] = {"status": "reference"}
             else:
                 if progress is not None:
                     progress(f"checking scan backend {backend} on {device} against naive ...")
-                reference = reference if reference is not None else _scan_outputs("naive", device)
-                row["parity"] = parity(backend, device, reference)
+                for entry, key in (("sequence", "parity"), ("map", "map_parity")):
+                    if entry not in references:
+                        references[entry] = ENTRIES[entry]("naive", device)
+                    row[key] = parity(backend, device, references[entry], entry)
             rows.append(row)
     return rows
 
@@ -377,15 +421,19 @@ def to_markdown(report: dict) -> str:
         lines.append("- Apple MPS: available")
     lines += ["", f"### Scan backends (parity vs `naive`: fp32 outputs and gradients, max error relative to the "
               f"largest value, pass <= {PARITY_TOLERANCE:g})", "",
-              "| device | backend | available | parity | max abs error | max rel error | note |",
-              "|---|---|---|---|---|---|---|"]
+              "| device | backend | available | sequence parity | max abs error | max rel error | map parity | "
+              "max abs error | max rel error | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["scan_backends"]:
-        p = r.get("parity", {})
-        status = p.get("status", "-")
-        errs = (f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}") if "max_abs" in p else ("", "")
-        note = r.get("reason") or p.get("error") or (f"worst: {p['worst']}" if p.get("worst") else "")
+        cells, notes = [], [r["reason"]] if r.get("reason") else []
+        for key, label in (("parity", "sequence"), ("map_parity", "map")):
+            p = r.get(key, {})
+            cells += [p.get("status", "-")] + ([f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}"] if "max_abs" in p
+                                                else ["", ""])
+            if p.get("error") or p.get("worst"):
+                notes.append(f"{label}: " + (p.get("error") or f"worst {p['worst']}"))
         avail = ("yes" + (" (auto)" if r["auto"] else "")) if r["available"] else "no"
-        lines.append(f"| {r['device']} | {r['backend']} | {avail} | {status} | {errs[0]} | {errs[1]} | {_cell(note)} |")
+        lines.append(f"| {r['device']} | {r['backend']} | {avail} | {' | '.join(cells)} | {_cell('; '.join(notes))} |")
     lines += ["", "### Compiled extensions", "", "| module | file | loads | GPU code (cubin) | PTX | note |",
               "|---|---|---|---|---|---|"]
     for e in report["extensions"]:
@@ -407,8 +455,12 @@ def to_markdown(report: dict) -> str:
 
 
 def failed_backends(report: dict) -> list:
-    return [f"{r['backend']} on {r['device']}" for r in report["scan_backends"]
-            if r.get("parity", {}).get("status") == "FAIL"]
+    failed = []
+    for r in report["scan_backends"]:
+        for key, label in (("parity", ""), ("map_parity", " (map entry)")):
+            if r.get(key, {}).get("status") == "FAIL":
+                failed.append(f"{r['backend']}{label} on {r['device']}")
+    return failed
 
 
 def main(argv=None) -> int:

@@ -77,10 +77,11 @@ def load_classifier(name: str, checkpoint: str = None, trust_checkpoint: bool = 
     """The model ``name`` with the checkpoint's weights (strict), and what the checkpoint says about it.
 
     Returns (model in eval mode on CPU, info) with info ``classes`` (list or None), ``data_config`` (dict or
-    None) and ``source``. Without a checkpoint the model keeps its random initial weights.
+    None), ``source`` and ``report`` (the load report of ``vssm.load_checkpoint``, or None). Without a checkpoint
+    the model keeps its random initial weights.
     """
     if checkpoint is None:
-        return create_model(name).eval(), {"classes": None, "data_config": None, "source": None}
+        return create_model(name).eval(), {"classes": None, "data_config": None, "source": None, "report": None}
     saved = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
     saved_name, options = _saved_options(saved)
     state, _ = select_prefix(strip_prefix(extract_state_dict(saved), "module."), "backbone.")
@@ -89,16 +90,17 @@ def load_classifier(name: str, checkpoint: str = None, trust_checkpoint: bool = 
     except TypeError as e:
         raise CheckpointMismatchError(f"the options {options} saved in {checkpoint} do not fit {name}: {e}") from None
     try:
-        load_checkpoint(model, saved)
+        report = load_checkpoint(model, saved)
     except CheckpointMismatchError as e:
         hint = f" (it was trained as {saved_name}: use --model {saved_name})" if saved_name and saved_name != name \
             else ""
         raise CheckpointMismatchError(f"--checkpoint {checkpoint} does not fit --model {name}{hint}:\n{e}") from None
+    report.source = checkpoint
     classes = saved.get("classes")
     data_config = saved.get("data_config")
     return model.eval(), {"classes": list(classes) if isinstance(classes, (list, tuple)) else None,
                           "data_config": dict(data_config) if isinstance(data_config, dict) else None,
-                          "source": checkpoint}
+                          "source": checkpoint, "report": report}
 
 
 def class_names(model: torch.nn.Module, saved=None) -> list:

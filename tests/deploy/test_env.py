@@ -29,13 +29,15 @@ def test_markdown_report(report):
     for backend in (b for b in BACKENDS if b != "auto"):  # every backend, available or not, has its row
         row = next(line for line in text.splitlines() if line.startswith(f"| cpu | {backend} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 10, row
         if backend == "naive":
-            assert cells[2] == "yes" and cells[3] == "reference"
+            assert cells[2] == "yes" and cells[3] == cells[6] == "reference"
         elif backend in available:
-            assert cells[2].startswith("yes") and cells[3] == "PASS", row
-            assert float(cells[4]) < 1e-4 and float(cells[5]) <= env.PARITY_TOLERANCE
+            assert cells[2].startswith("yes") and cells[3] == cells[6] == "PASS", row  # sequence and map entries
+            for abs_err, rel_err in ((cells[4], cells[5]), (cells[7], cells[8])):
+                assert float(abs_err) < 1e-4 and float(rel_err) <= env.PARITY_TOLERANCE
         else:
-            assert cells[2] == "no" and cells[6], f"{backend}: no reason given: {row}"
+            assert cells[2] == "no" and cells[9], f"{backend}: no reason given: {row}"
     auto = [r["backend"] for r in report["scan_backends"] if r["auto"]]
     assert auto == [available[0]]
     assert "| vssm_selective_scan_cuda | " in text
@@ -49,6 +51,8 @@ def test_json_report_and_exit_status(report, monkeypatch, capsys):
     assert data["packages"]["torch"] == torch.__version__
     torch_row = next(r for r in data["scan_backends"] if r["backend"] == "torch")
     assert torch_row["parity"]["status"] == "PASS" and torch_row["parity"]["worst"]
+    map_parity = torch_row["map_parity"]
+    assert map_parity["status"] == "PASS" and map_parity["worst"].startswith(("cross.", "per_image."))
 
 
 def test_parity_check_fails_a_wrong_backend():
@@ -57,6 +61,31 @@ def test_parity_check_fails_a_wrong_backend():
     shifted = dict(reference, dB=reference["dB"] + 0.5)  # as if the backend's B gradient were off by 0.5
     result = env.parity("torch", "cpu", shifted)
     assert result["status"] == "FAIL" and result["worst"] == "dB" and result["max_abs"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_map_parity_check_fails_a_wrong_backend():
+    reference = env._map_outputs("naive", "cpu")
+    assert {"cross.y", "cross.dx", "per_image.y", "per_image.dB"} <= set(reference)
+    assert env.parity("torch", "cpu", reference, entry="map")["status"] == "PASS"
+    shifted = dict(reference, **{"per_image.dx": reference["per_image.dx"] + 0.5})
+    result = env.parity("torch", "cpu", shifted, entry="map")
+    assert result["status"] == "FAIL" and result["worst"] == "per_image.dx"
+
+
+def test_failed_map_parity_sets_the_exit_status(monkeypatch, capsys):
+    parity = env.parity
+
+    def map_fails(backend, device, reference=None, entry="sequence"):
+        if entry == "map":
+            return {"status": "FAIL", "max_abs": 1.0, "max_rel": 1.0, "worst": "cross.y"}
+        return parity(backend, device, reference, entry)
+    monkeypatch.setattr(env, "parity", map_fails)
+    assert env.main(["--device", "cpu"]) == 1
+    out = capsys.readouterr()
+    row = next(line for line in out.out.splitlines() if line.startswith("| cpu | torch | yes"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "PASS" and cells[6] == "FAIL" and "map: worst cross.y" in cells[9]
+    assert "parity check failed for torch (map entry) on cpu" in out.err
 
 
 def test_failed_parity_sets_the_exit_status(monkeypatch, capsys):

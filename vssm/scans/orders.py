@@ -56,9 +56,9 @@ def _cross_orders_cpu(H: int, W: int) -> torch.Tensor:
 
 def cross_orders(H: int, W: int, device=None) -> torch.Tensor:
     """VMamba's 4 directions: row-major, column-major, and the reverse of each. (4, H*W)."""
-    H, W = int(H), int(W)  # shapes are tensors while tracing
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # H and W stay symbolic: dynamic sizes (the ONNX export computes the table)
         return graph_order_table("cross", H, W, "", device)
+    H, W = int(H), int(W)  # shapes are tensors while tracing
     return on_device(_cross_orders_cpu(H, W), device)
 
 

@@ -42,13 +42,13 @@ def _orders_cpu(H: int, W: int, quad_order: str):
 
 def quadtree_orders(H: int, W: int, quad_order: str = "nested", device=None):
     """(fine, coarse, fine_inverse, coarse_inverse) LongTensors of length H*W; H, W multiples of 4."""
-    H, W = int(H), int(W)  # shapes are tensors while tracing (FLOP counting)
     if quad_order not in QUAD_ORDERS:
         raise ValueError(f"quad_order must be one of {', '.join(QUAD_ORDERS)}, got {quad_order!r}")
     if H % 4 or W % 4:
         raise ValueError(f"the quadtree scan needs H and W divisible by 4 (pad first), got {H}x{W}")
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # H and W stay symbolic: dynamic sizes (the ONNX export computes the tables)
         return tuple(graph_order_table("quadtree", H, W, quad_order, device).unbind(0))
+    H, W = int(H), int(W)  # shapes are tensors while tracing (FLOP counting)
     return tuple(on_device(t, device) for t in _orders_cpu(H, W, quad_order))
 
 

@@ -1,0 +1,365 @@
+"""Export a vssm classifier or dense backbone to ONNX, run by a stock ONNX Runtime (no custom operators).
+
+    python -m vssm.export --model vmamba_tiny_s1l8 --checkpoint vssm1_tiny_0230s_ckpt_epoch_264.pth --out vmamba.onnx
+    python -m vssm.export --model spatialmamba_nano --backbone --size 512 512 --out backbone.onnx
+
+The model is traced with ``torch.export`` and converted by ``torch.onnx.export(dynamo=True)``; the selective
+scan and the scan-order tables are PyTorch operators (``vssm::selective_scan_fwd``, ``selective_scan_map_fwd``,
+``scan_orders``) that the converter writes in standard ONNX operators through ``custom_translation_table``
+(``vssm.ops.selective_scan.onnx``, ``vssm.scans.onnx``): the recurrence is two ONNX ``Scan`` loops over a
+blocked sequence. The batch dimension is always dynamic; H and W are dynamic where the family's scan orders
+can be computed in the graph (:data:`SIZES`), else the file is for the ``--size`` it was exported at.
+
+The file is checked before the command returns: ONNX Runtime (CPU) and PyTorch run the same random images
+(the export's size at two batch sizes, and a second, non-square size where H and W are dynamic), and the
+largest difference of every output is printed, absolute and relative to the output's largest value. Exit
+status 1 when one exceeds ``TOLERANCE`` (the file is kept for inspection), 2 on unusable arguments.
+
+Inputs are the images as the model takes them (resized and normalised, ``(batch, in_chans, H, W)`` float32);
+the file's metadata (``vssm.*``) holds the model name, the mean, std and interpolation of its preprocessing
+and, for classifiers, the class names.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, read_checkpoint
+from .models import create_model, family_of
+
+TOLERANCE = 1e-4  # max |onnxruntime - torch| / max |torch|, per output
+INPUT_NAME = "images"
+EXAMPLE_BATCH = 2  # traced batch size (torch.export specialises sizes 0 and 1)
+MIN_DYNAMIC_SIDE = 33  # traced H, W of a dynamic export: the last stage's map must be at least 2 x 2
+
+
+@dataclass(frozen=True)
+class SizePolicy:
+    dynamic: bool
+    why: str
+
+
+SIZES = {  # per family module: whether H and W are dynamic in the exported graph, and why
+    "vmamba": SizePolicy(True, "the cross orders are a reshape and transpose of range(H*W), computed in the graph"),
+    "spatial_mamba": SizePolicy(True, "one raster-order scan: no order table"),
+    "quadmamba": SizePolicy(False, "the 2 x 2 averages of its quadrant scores (adaptive pooling) convert with the "
+                                   "traced size's pooling kernel, and its padding to multiples of 4, -(-H // 4) * 4, "
+                                   "floors a negative number, which ONNX's truncating integer division does not"),
+    "fractal_mamba": SizePolicy(False, "generalised Hilbert curves are built by a recursion whose structure depends "
+                                       "on H and W; the tables are constants of the graph"),
+}
+
+
+class ExportError(ValueError):
+    """Arguments that cannot be exported (unknown model, bad size, missing packages)."""
+
+
+def size_policy(name: str) -> SizePolicy:
+    """Whether a registered model's export has a dynamic H x W (:data:`SIZES`)."""
+    return SIZES[family_of(name).__name__.rsplit(".", 1)[-1]]
+
+
+def translation_table() -> dict:
+    """``custom_translation_table`` for torch.onnx.export: the vssm operators in standard ONNX operators."""
+    from .ops.selective_scan.onnx import TRANSLATIONS as scan
+    from .scans.onnx import TRANSLATIONS as orders
+    return {**scan, **orders}
+
+
+def require_packages(verify: bool = True):
+    """A clear error when the packages of the export (onnx, onnxscript) or of its check (onnxruntime) are missing."""
+    import importlib.util
+    needed = ("onnx", "onnxscript") + (("onnxruntime",) if verify else ())
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"the ONNX export needs {', '.join(missing)}: pip install {' '.join(missing)} "
+                          f"(requirements.txt pins the tested versions)")
+
+
+# ---- the model ---------------------------------------------------------------------------------------------
+def load_backbone(name: str, checkpoint: str = None, trust_checkpoint: bool = False):
+    """The dense backbone of a registered size with a checkpoint's weights (strict; a classification checkpoint
+    leaves its output norms initialised, reported), in eval mode, and the load report (None without one)."""
+    from .predict import _saved_options
+    family = family_of(name)
+    if checkpoint is None:
+        return family.dense_backbone(name).eval(), None
+    saved = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+    _, options = _saved_options(saved)
+    options = {k: v for k, v in options.items() if k not in ("num_classes", "global_pool")}
+    probe = family.dense_backbone(name, **options)
+    model = _with_checkpoint_channels(probe, saved, lambda chans: family.dense_backbone(name, in_chans=chans,
+                                                                                          **options))
+    try:
+        report = load_checkpoint(model, saved)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f"--checkpoint {checkpoint} does not fit the backbone of {name}:\n{e}") from None
+    report.source = checkpoint
+    return model.eval(), report
+
+
+def _with_checkpoint_channels(model, saved: dict, rebuild):
+    """``model``, rebuilt for the checkpoint's number of input channels when its stem has another."""
+    from .checkpoint import extract_state_dict, select_prefix, strip_prefix
+    state, _ = select_prefix(strip_prefix(extract_state_dict(saved), "module."), "backbone.")
+    state = model.convert_checkpoint(state)
+    weight = state.get(f"{model.first_conv}.weight")
+    own = model.get_submodule(model.first_conv).in_channels
+    if isinstance(weight, torch.Tensor) and weight.dim() == 4 and weight.shape[1] != own:
+        return rebuild(weight.shape[1])
+    return model
+
+
+def input_channels(model) -> int:
+    return model.get_submodule(model.first_conv).in_channels
+
+
+def output_names(model) -> list:
+    """``logits`` (``features`` without a classifier) for a classifier, ``stage{i}`` per output of a backbone."""
+    indices = getattr(model, "out_indices", None)
+    if indices is not None:
+        return [f"stage{i}" for i in sorted(set(indices))]
+    return ["logits" if model.num_classes else "features"]
+
+
+# ---- export ------------------------------------------------------------------------------------------------
+def check_size(size, dynamic: bool):
+    H, W = size
+    if H < 1 or W < 1:
+        raise ExportError(f"--size must be two positive integers H W, got {H} {W}")
+    if dynamic and min(H, W) < MIN_DYNAMIC_SIDE:
+        raise ExportError(f"--size {H} {W}: a dynamic-size export is traced at H, W >= {MIN_DYNAMIC_SIDE} (the last "
+                          f"stage's map must be at least 2 x 2 to stay symbolic); the file then runs at any size, "
+                          f"smaller ones included")
+
+
+def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None):
+    """``module(*args)`` as a ``torch.onnx.ONNXProgram`` in standard ONNX operators (inference, under no_grad),
+    and the ``torch.export`` program it was converted from. ``dynamic_shapes`` as for ``torch.export.export``."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal notice
+        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
+        onnx_program = torch.onnx.export(program, args, dynamo=True, verbose=False,
+                                         custom_translation_table=translation_table(), input_names=input_names,
+                                         output_names=output_names)
+    return onnx_program, program
+
+
+def export_onnx(model: torch.nn.Module, path: str, size=(224, 224), dynamic_size: bool = False,
+                metadata: dict = None, progress=None):
+    """Export ``model`` (eval mode, CPU, fp32) to ``path`` with a dynamic batch (and H, W when ``dynamic_size``).
+
+    Written to ``<path>.tmp<PID>`` and renamed. Returns the input and output names.
+    """
+    from torch.export import Dim
+    say = progress or (lambda message: None)
+    H, W = size
+    check_size(size, dynamic_size)
+    example = torch.randn(EXAMPLE_BATCH, input_channels(model), H, W)
+    dims = {0: Dim.DYNAMIC}
+    if dynamic_size:
+        dims.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
+    names = output_names(model)
+    model = model.eval()
+    started = time.time()
+    say(f"tracing with torch.export (batch{', H, W' if dynamic_size else ''} dynamic), converting to ONNX ...")
+    onnx_program, program = to_onnx(model, (example,), (dims,), input_names=[INPUT_NAME], output_names=names)
+    _name_dynamic_dims(onnx_program.model, program, dynamic_size)
+    onnx_program.model.metadata_props.update({f"vssm.{k}": v if isinstance(v, str) else json.dumps(v)
+                                              for k, v in (metadata or {}).items()})
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        onnx_program.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    say(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {time.time() - started:.0f}s")
+    return [INPUT_NAME], names
+
+
+def _name_dynamic_dims(model, program, dynamic_size: bool):
+    """Call the input's symbolic sizes batch, height and width everywhere in the graph (torch.export's s0, s1...)."""
+    import re
+
+    from onnxscript import ir
+    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
+                       and n.name in program.graph_signature.user_inputs)
+    wanted = ("batch", "height", "width")
+    renames = {}
+    for axis, label in zip((0, 2, 3), wanted):
+        dim = placeholder.meta["val"].shape[axis]
+        if isinstance(dim, torch.SymInt) and (axis == 0 or dynamic_size):
+            renames[str(dim)] = label
+    if not renames:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+
+    def rename(value):
+        if value.shape is None:
+            return
+        dims = [ir.SymbolicDim(pattern.sub(lambda m: renames[m.group(1)], d.value))
+                if isinstance(d, ir.SymbolicDim) and d.value else d for d in value.shape]
+        value.shape = ir.Shape(dims)
+
+    graph = model.graph
+    for value in list(graph.inputs) + list(graph.outputs):
+        rename(value)
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for value in node.outputs:
+            rename(value)
+
+
+# ---- verification ------------------------------------------------------------------------------------------
+def verification_inputs(in_chans: int, size, dynamic_size: bool, seed: int = 0) -> list:
+    """Random images: the export's size at batch 2 and 1, and a second, non-square size where H, W are dynamic."""
+    H, W = size
+    shapes = [(EXAMPLE_BATCH, in_chans, H, W), (1, in_chans, H, W)]
+    if dynamic_size:
+        shapes.append((1, in_chans, H + 16, W + 48))
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for shape in shapes]
+
+
+def compare_outputs(session, model, images: torch.Tensor) -> dict:
+    """{output name: (max abs difference, max abs difference / max |torch output|)} of one input."""
+    names = [o.name for o in session.get_outputs()]
+    got = session.run(names, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        expected = model(images)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    result = {}
+    for name, g, e in zip(names, got, expected):
+        e = e.float()
+        g = torch.from_numpy(g)
+        if g.shape != e.shape:
+            result[name] = (float("inf"), float("inf"))
+            continue
+        err = (g - e).abs().max().item()
+        err = float("inf") if err != err else err
+        result[name] = (err, err / max(e.abs().max().item(), 1e-12))
+    return result
+
+
+def verify(path: str, model, size, dynamic_size: bool, progress=None, threads: int = 0) -> list:
+    """ONNX Runtime (CPU) against PyTorch on :func:`verification_inputs`.
+
+    Returns one dict per input: shape, ``outputs`` ({name: (max abs, max rel)}), ``max_rel`` (the worst).
+    """
+    import onnxruntime as ort
+    say = progress or (lambda message: None)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT warns about buffer reuse across dynamic shapes
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    checks = []
+    for images in verification_inputs(input_channels(model), size, dynamic_size):
+        outputs = compare_outputs(session, model, images)
+        check = {"shape": tuple(images.shape), "outputs": outputs, "max_rel": max(r for _, r in outputs.values()),
+                 "max_abs": max(a for a, _ in outputs.values())}
+        checks.append(check)
+        say(format_check(check))
+    return checks
+
+
+def format_check(check: dict) -> str:
+    batch, _, H, W = check["shape"]
+    worst = max(check["outputs"], key=lambda name: check["outputs"][name][1])
+    status = "ok" if check["max_rel"] <= TOLERANCE else f"FAIL (> {TOLERANCE:g})"
+    return (f"onnxruntime vs torch, batch {batch} at {H}x{W}: max abs difference {check['max_abs']:.2e}, "
+            f"max rel {check['max_rel']:.2e} ({worst}) {status}")
+
+
+# ---- command line ------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser("python -m vssm.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a registered model (vssm.list_models())")
+    p.add_argument("--checkpoint", help="weights: a checkpoint of our trainer, the authors' release, a state dict or "
+                                        "(with --backbone) a detection/segmentation checkpoint; without it the "
+                                        "weights are random")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input size traced (the size of the file where H, W are fixed); default: the checkpoint's "
+                        "or the model's input size (224 224)")
+    p.add_argument("--backbone", action="store_true",
+                   help="export the dense backbone (its stage outputs stage0..stage3) instead of the classifier")
+    p.add_argument("--out", required=True, help="the ONNX file to write")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="DANGEROUS: read --checkpoint with plain pickle, which runs any code the file holds")
+    return p.parse_args(argv)
+
+
+def _metadata(name: str, model, info: dict, config: dict, size, policy: SizePolicy, backbone: bool) -> dict:
+    from .predict import class_names
+    meta = {"model": name, "kind": "backbone" if backbone else "classifier",
+            "input": {"name": INPUT_NAME, "channels": input_channels(model), "traced_size": list(size),
+                      "dynamic": ["batch", "height", "width"] if policy.dynamic else ["batch"]},
+            "preprocessing": {k: config.get(k) for k in ("mean", "std", "interpolation", "crop_pct")}}
+    if info.get("source"):
+        meta["checkpoint"] = os.path.basename(info["source"])
+    if not backbone and model.num_classes:
+        meta["classes"] = class_names(model, info.get("classes"))
+    return meta
+
+
+def main(argv=None) -> int:
+    """Run the command line: 0 when the file matches PyTorch, 1 when it does not, 2 on unusable arguments."""
+    from .predict import data_config, load_classifier
+    from .runtime import retain_freed_memory
+    args = parse_args(argv)
+    retain_freed_memory()
+
+    def say(message):
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        require_packages()
+        policy = size_policy(args.model)
+        if args.backbone:
+            model, report = load_backbone(args.model, args.checkpoint, args.trust_checkpoint)
+            info = {"source": args.checkpoint, "classes": None, "data_config": None}
+            config = data_config(create_model(args.model), None)
+        else:
+            model, info = load_classifier(args.model, args.checkpoint, args.trust_checkpoint)
+            report = info["report"]
+            config = data_config(model, info["data_config"])
+        size = tuple(args.size) if args.size else tuple(config["input_size"][1:])
+        check_size(size, policy.dynamic)
+    except (ExportError, CheckpointError, CheckpointMismatchError) as e:
+        say(f"error: {e}")
+        return 2
+    except ValueError as e:
+        if "unknown model" not in str(e):
+            raise
+        say(f"error: {e}")
+        return 2
+    if report is not None:
+        say(f"loaded {report.describe()}")
+    else:
+        say("WARNING: no --checkpoint: the exported model has RANDOM weights")
+    kind = "dense backbone" if args.backbone else "classifier"
+    dims = "batch, H and W dynamic" if policy.dynamic else f"batch dynamic, H x W fixed at {size[0]}x{size[1]}"
+    say(f"exporting the {kind} of {args.model} ({input_channels(model)} channels, traced at {size[0]}x{size[1]}; "
+        f"{dims}: {policy.why})")
+    export_onnx(model, args.out, size, policy.dynamic,
+                _metadata(args.model, model, info, config, size, policy, args.backbone), progress=say)
+    checks = verify(args.out, model, size, policy.dynamic, progress=say)
+    worst = max(c["max_rel"] for c in checks)
+    if worst > TOLERANCE:
+        say(f"error: {args.out} differs from PyTorch by {worst:.2e} relative (> {TOLERANCE:g}); the file is kept "
+            f"for inspection")
+        return 1
+    print(f"{args.out}: ONNX Runtime matches PyTorch (max rel difference {worst:.2e} <= {TOLERANCE:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
