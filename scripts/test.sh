@@ -9,5 +9,5 @@ bash scripts/setup_mm.sh  # the detection/segmentation tests need the OpenMMLab 
 VENV=${VSSM_VENV:-$PWD/.venv}
 start=$(date +%s)
 # two workers on two cores, one intra-op thread each
-OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -n "${VSSM_TEST_WORKERS:-2}" -q "$@"
+OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -n "${VSSM_TEST_WORKERS:-2}" -q --durations=30 "$@"
 echo "[test] finished in $(( $(date +%s) - start )) s"
