@@ -137,8 +137,6 @@ def sync_buffers(model):
 def main(args):
     config = config_from_args(args)
     rank, world, device = setup_distributed(args)
-    if device.type == "cpu" and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))  # an explicit cap wins
     out_dir = run_dir(config)
     os.makedirs(out_dir, exist_ok=True)
     setup_logging(out_dir, rank)

@@ -82,9 +82,11 @@ def setup_distributed(args):
     if world > 1:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if device.type == "cpu":
+    if device.type == "cpu":  # the cores shared among this machine's processes; an explicit OMP_NUM_THREADS wins
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(max(1, int(threads) if threads.isdigit()
+                                  else (os.cpu_count() or 1) // max(1, local_world)))
     return rank, world, device
 
 

@@ -117,9 +117,10 @@ def test_cpu_matches_naive(L, N, K, grouped):
 
 
 @needs_cpu_ext
-@pytest.mark.parametrize("D,L", [(96, 3136), (20, 49)])
+@pytest.mark.parametrize("D,L", [(96, 3136), (300, 784), (20, 49)])
 def test_cpu_wide_channel_blocks(D, L):
-    """Several channel blocks per direction, and a partial last block (VMamba-T stage 1 at batch 1)."""
+    """One block of a whole direction (VMamba-T stage 1 at batch 1), several blocks per direction with a
+    partial last one (D = 300 > 256 channels per task), and a narrow one."""
     inputs = make_inputs(1, 2, D, 1, L, with_z=False, seed=D)
     assert_close(run("cpu", inputs, states=False), reference(inputs, states=False), torch.float32)
 

@@ -178,7 +178,7 @@ Standard describe(const Tensor& u_in, const Tensor& delta_in, const Tensor& A, c
   }
   s.c = constants(A, D, bias);
   fill_constants(p, s.c, softplus);
-  p.block = block_size(p.groups, p.dim);
+  p.block = block_size(p.batch * p.groups, p.dim);
   return s;
 }
 
@@ -345,7 +345,7 @@ Cross describe_cross(const Tensor& x, const Tensor& delta, const Tensor& A, cons
   p.sum_groups = true;
   s.c = constants(A, D, bias);
   fill_constants(p, s.c, softplus);
-  p.block = block_size(1, p.dim);
+  p.block = block_size(p.batch, p.dim);  // a task owns every direction of its block
   return s;
 }
 

@@ -126,6 +126,16 @@ inline float* write_row(T* dst, int64_t stride, float* buf) {
   return buf;
 }
 
+// Calls fn(std::true_type) when the step sizes go through softplus, else fn(std::false_type), so the fused
+// N = 1 loops are compiled once per case with no branch inside.
+template <typename F>
+inline void with_softplus(bool softplus, F&& fn) {
+  if (softplus)
+    fn(std::true_type{});
+  else
+    fn(std::false_type{});
+}
+
 template <typename scalar_t, typename weight_t, int NS>
 void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
   const int N = NS ? NS : static_cast<int>(p.n_state);
@@ -162,21 +172,37 @@ void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
     }
     const float* ur = read_row(u + pos * p.su.p, p.su.d, w, uu);
     const float* dr = read_row(delta + pos * p.sdt.p, p.sdt.d, w, draw);
-    if (p.softplus) {
+    float* out = Cp && !y_sum ? write_row(y_own + pos * o.sy.p, o.sy.d, acc) : acc;
+    if constexpr (NS == 1) {  // one pass: step size, decay, state and output of every channel
+      const float bn = to_float(Bp[pos * p.sB.p]);
+      const float cn = Cp ? to_float(Cp[pos * p.sC.p]) : 0.0f;
+      with_softplus(p.softplus, [&](auto softplus) {
 #pragma omp simd
-      for (int d = 0; d < w; ++d) dt[d] = fast_softplus(dr[d] + k.bias[d]);
+        for (int d = 0; d < w; ++d) {
+          const float raw = dr[d] + k.bias[d];
+          const float dtv = decltype(softplus)::value ? fast_softplus(raw) : raw;
+          const float hv = fast_exp(dtv * k.A[d]) * h[d] + dtv * ur[d] * bn;
+          h[d] = hv;
+          out[d] = k.D[d] * ur[d] + cn * hv;
+        }
+      });
     } else {
+      if (p.softplus) {
 #pragma omp simd
-      for (int d = 0; d < w; ++d) dt[d] = dr[d] + k.bias[d];
-    }
+        for (int d = 0; d < w; ++d) dt[d] = fast_softplus(dr[d] + k.bias[d]);
+      } else {
 #pragma omp simd
-    for (int d = 0; d < w; ++d) x[d] = dt[d] * ur[d];
-    for (int n = 0; n < N; ++n) {
-      const float bn = to_float(Bp[pos * p.sB.p + n * p.sB.d]);
-      float* hn = h + n * kBlock;
-      const float* An = k.A + n * kBlock;
+        for (int d = 0; d < w; ++d) dt[d] = dr[d] + k.bias[d];
+      }
 #pragma omp simd
-      for (int d = 0; d < w; ++d) hn[d] = fast_exp(dt[d] * An[d]) * hn[d] + x[d] * bn;
+      for (int d = 0; d < w; ++d) x[d] = dt[d] * ur[d];
+      for (int n = 0; n < N; ++n) {
+        const float bn = to_float(Bp[pos * p.sB.p + n * p.sB.d]);
+        float* hn = h + n * kBlock;
+        const float* An = k.A + n * kBlock;
+#pragma omp simd
+        for (int d = 0; d < w; ++d) hn[d] = fast_exp(dt[d] * An[d]) * hn[d] + x[d] * bn;
+      }
     }
     if (o.states) {
       auto* st = static_cast<scalar_t*>(o.states) + ((s.b * p.length + t) * C_all + s.c0) * N;
@@ -184,14 +210,15 @@ void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
         for (int d = 0; d < w; ++d) st[d * N + n] = static_cast<scalar_t>(h[n * kBlock + d]);
     }
     if (Cp) {
-      float* out = y_sum ? acc : write_row(y_own + pos * o.sy.p, o.sy.d, acc);
+      if constexpr (NS != 1) {
 #pragma omp simd
-      for (int d = 0; d < w; ++d) out[d] = k.D[d] * ur[d];
-      for (int n = 0; n < N; ++n) {
-        const float cn = to_float(Cp[pos * p.sC.p + n * p.sC.d]);
-        const float* hn = h + n * kBlock;
+        for (int d = 0; d < w; ++d) out[d] = k.D[d] * ur[d];
+        for (int n = 0; n < N; ++n) {
+          const float cn = to_float(Cp[pos * p.sC.p + n * p.sC.d]);
+          const float* hn = h + n * kBlock;
 #pragma omp simd
-        for (int d = 0; d < w; ++d) out[d] += cn * hn[d];
+          for (int d = 0; d < w; ++d) out[d] += cn * hn[d];
+        }
       }
       if (zp) {
         const float* zr = read_row(zp + pos * p.sz.p, p.sz.d, w, zz);
@@ -208,6 +235,68 @@ void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
     for (int d = 0; d < w; ++d)
       for (int n = 0; n < N; ++n) o.last[(s.b * C_all + s.c0 + d) * N + n] = h[n * kBlock + d];
   }
+}
+
+// One step of the adjoint recurrence at N = 1 in a single pass over the block's channels: the state's
+// adjoint lambda, the gradients of the decay (dA), the step size (ddelta, d delta_bias), the input (du),
+// D, and the step's sums over channels (dB, dC).
+template <typename scalar_t, typename weight_t>
+inline void adjoint_step_n1(const Problem& p, const BackwardIn& in, const BackwardOut& o, const Block& s,
+                            const BlockConstants& k, int64_t t, int64_t pos, const float* ur, const float* dy,
+                            bool has_dy, const weight_t* Cp, const weight_t* Bp, const scalar_t* dstates,
+                            const float* an, const float* anx, const float* hp, const float* hi, const float* dt,
+                            const float* sg, float* lam, float* dA, float* dD, float* dbias, scalar_t* ddelta,
+                            float* du_sum, scalar_t* du_own, int64_t part) {
+  const int w = s.w;
+  const int64_t C_all = p.channels();
+  alignas(64) static const float kZeros[kBlock] = {};
+  alignas(64) float gbuf[kBlock], ddt_buf[kBlock], du_buf[kBlock];
+  const float* gdir = kZeros;  // the gradient reaching h_t directly: dstates, and dlast at the last step
+  if (dstates || (in.dlast && t == p.length - 1)) {
+    std::fill(gbuf, gbuf + w, 0.0f);
+    if (dstates) {
+      const scalar_t* gs = dstates + t * in.dst_t;
+      for (int d = 0; d < w; ++d) gbuf[d] = to_float(gs[d * in.dst_c]);
+    }
+    if (in.dlast && t == p.length - 1) {
+      for (int d = 0; d < w; ++d) gbuf[d] += in.dlast[s.b * C_all + s.c0 + d];
+    }
+    gdir = gbuf;
+  }
+  const float cn = has_dy ? to_float(Cp[pos * p.sC.p]) : 0.0f;
+  const float bn = to_float(Bp[pos * p.sB.p]);
+  float* ddt_out = write_row(ddelta + pos * o.sddt.p, o.sddt.d, ddt_buf);
+  float* du_out = du_sum ? du_buf : write_row(du_own + pos * o.sdu.p, o.sdu.d, du_buf);
+  float sumB = 0.0f, sumC = 0.0f;
+  with_softplus(p.softplus, [&](auto softplus) {
+#pragma omp simd reduction(+ : sumB, sumC)
+    for (int d = 0; d < w; ++d) {
+      const float g = dy[d];
+      const float l = gdir[d] + g * cn + anx[d] * lam[d];
+      lam[d] = l;
+      const float wv = l * an[d] * hp[d];  // d loss / d a_t, times a_t
+      dA[d] += wv * dt[d];
+      const float lb = l * bn;
+      sumB += l * dt[d] * ur[d];
+      sumC += g * hi[d];
+      dD[d] += g * ur[d];
+      float v = wv * k.A[d] + lb * ur[d];
+      if constexpr (decltype(softplus)::value) v *= sg[d];
+      dbias[d] += v;
+      ddt_out[d] = v;
+      du_out[d] = lb * dt[d] + g * k.D[d];
+    }
+  });
+  if (has_dy)
+    o.dC[part + pos] = sumC;
+  else if (Cp && o.dC)
+    o.dC[part + pos] = 0.0f;
+  o.dB[part + pos] = sumB;
+  if (ddt_out == ddt_buf) store_row(ddelta + pos * o.sddt.p, o.sddt.d, w, ddt_buf);
+  if (du_sum)
+    add_row(du_sum + pos * o.sdu.p, o.sdu.d, w, du_out);
+  else if (du_out == du_buf)
+    store_row(du_own + pos * o.sdu.p, o.sdu.d, w, du_buf);
 }
 
 template <typename scalar_t, typename weight_t, int NS>
@@ -274,6 +363,29 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
       float* sg = SG + i * kBlock;
       const float* ur = read_row(u + pos * p.su.p, p.su.d, w, uu);
       const float* dr = read_row(delta + pos * p.sdt.p, p.sdt.d, w, draw);
+      const float* hp = i ? H + (i - 1) * stride_i : h0;
+      if constexpr (NS == 1) {
+        const float bn = to_float(Bp[pos * p.sB.p]);
+        float* an = Ad + i * stride_i;
+        float* hn = H + i * stride_i;
+        with_softplus(p.softplus, [&](auto softplus) {
+#pragma omp simd
+          for (int d = 0; d < w; ++d) {
+            const float raw = dr[d] + k.bias[d];
+            float dtv = raw;
+            if constexpr (decltype(softplus)::value) {
+              float sgv;
+              fast_softplus_sigmoid(raw, dtv, sgv);
+              sg[d] = sgv;
+            }
+            dt[d] = dtv;
+            const float av = fast_exp(dtv * k.A[d]);
+            an[d] = av;
+            hn[d] = av * hp[d] + dtv * ur[d] * bn;
+          }
+        });
+        continue;
+      }
       if (p.softplus) {
 #pragma omp simd
         for (int d = 0; d < w; ++d) fast_softplus_sigmoid(dr[d] + k.bias[d], dt[d], sg[d]);
@@ -281,7 +393,6 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
 #pragma omp simd
         for (int d = 0; d < w; ++d) dt[d] = dr[d] + k.bias[d];
       }
-      const float* hp = i ? H + (i - 1) * stride_i : h0;
       for (int n = 0; n < N; ++n) {
         const float bn = to_float(Bp[pos * p.sB.p + n * p.sB.d]);
         const float* An = k.A + n * kBlock;
@@ -336,6 +447,14 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
           store_row(static_cast<scalar_t*>(o.dz) + s.b * o.sdz.b + pos * o.sdz.p + s.k * o.sdz.k +
                         s.d0 * o.sdz.d, o.sdz.d, w, tmp);
         }
+      }
+      if constexpr (NS == 1) {
+        adjoint_step_n1(p, in, o, s, k, t, pos, ur, dy, has_dy, Cp, Bp, dstates, Ad + i * stride_i, anx, hp, Hi, dt,
+                        SG + i * kBlock, lam, dA, dD, dbias, ddelta, du_sum, du_own, part);
+        anx = Ad + i * stride_i;
+        continue;
+      }
+      if (has_dy) {
 #pragma omp simd
         for (int d = 0; d < w; ++d) dD[d] += dy[d] * ur[d];
         for (int n = 0; n < N; ++n) {  // dC: sum over the block's channels of dy * h

@@ -19,7 +19,7 @@
 
 namespace vssm_cpu {
 
-constexpr int kBlock = 64;      // channels per task at most (the inner loops' length)
+constexpr int kBlock = 256;     // channels per task at most (the inner loops' length)
 constexpr int kMaxState = 16;   // N
 
 // Strides, in elements, of a tensor read as [batch][position][group][channel] (or [..][state] for B and C).
