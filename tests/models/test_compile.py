@@ -61,6 +61,20 @@ def test_quadmamba_training_compiles_as_one_graph():
     assert all(p.grad is not None for p in predictor.parameters()), "gradients reach the quadrant predictor"
 
 
+def test_inductor_training_step_matches_eager():
+    """Inductor's code and stride rules, not only dynamo's trace: Spatial-Mamba's state fusion (replicate
+    padding of channels-last states) once failed a stride check in the compiled backward."""
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for compiled in (False, True):
+        model = _model("spatialmamba_nano", train=True)
+        run = torch.compile(model, fullgraph=True) if compiled else model
+        run(x).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-3, atol=1e-5, msg=lambda m: f"{n}: {m}")
+
+
 def test_inductor_matches_eager():
     model = _model("vmamba_nano")
     x = torch.randn(2, 3, 64, 64)

@@ -4,7 +4,7 @@ import torch
 
 import vssm
 from vssm.checkpoint import load_checkpoint
-from vssm.models.spatial_mamba import StateFusion, dense_backbone
+from vssm.models.spatial_mamba import StateFusion, _replicate_pad, _replicate_pad_by_index, dense_backbone
 
 from .reference_spatial_mamba import reference_forward
 
@@ -62,6 +62,19 @@ def test_folded_kernel_equals_the_three_dilated_ones():
     with torch.no_grad():
         folded = fusion(h)
     torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("d,size", [(1, (5, 7)), (5, (3, 4)), (3, (1, 1))])
+def test_replicate_padding_by_index_equals_replicate_padding(d, size):
+    """The compiled state fusion pads by index: the same values and gradients as F.pad(mode="replicate")."""
+    h = torch.randn(2, 4, *size).permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # channels-last-like
+    grads = []
+    for pad in (_replicate_pad, _replicate_pad_by_index):
+        leaf = h.clone().requires_grad_()
+        out = pad(leaf, d)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape))
+        grads.append((out.detach(), leaf.grad))
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_fold_follows_weight_changes_after_an_eval_pass():

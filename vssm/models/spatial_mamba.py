@@ -38,6 +38,17 @@ from .staged import DenseBackbone, StagedModel, check_head
 __all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock"]
 
 
+def _replicate_pad(h: torch.Tensor, d: int) -> torch.Tensor:
+    return F.pad(h, (d, d, d, d), mode="replicate")
+
+
+def _replicate_pad_by_index(h: torch.Tensor, d: int) -> torch.Tensor:
+    """The same as :func:`_replicate_pad`: (batch, E, H, W) -> (batch, E, H + 2d, W + 2d), by clamped indices."""
+    rows = torch.arange(-d, h.shape[-2] + d, device=h.device).clamp(0, h.shape[-2] - 1)
+    cols = torch.arange(-d, h.shape[-1] + d, device=h.device).clamp(0, h.shape[-1] - 1)
+    return h.index_select(-2, rows).index_select(-1, cols)
+
+
 class StateFusion(nn.Module):
     """h' = sum_k alpha_k * depthwise 3x3 (dilation 1, 3, 5, replicate padding) of h: (batch, E, H, W)."""
 
@@ -76,9 +87,12 @@ class StateFusion(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.training or torch.jit.is_tracing() or torch.is_grad_enabled() and self.alpha.requires_grad:
+            # compiled: replicate padding as an index, because inductor's stride rule for
+            # replication_pad2d_backward disagrees with eager's (channels-last) gradient and its check fails
+            pad = _replicate_pad_by_index if torch.compiler.is_compiling() else _replicate_pad
             out = 0
             for a, k, d in zip(self.alpha, self._kernels(), self.dilations):
-                out = out + a * F.conv2d(F.pad(h, (d, d, d, d), mode="replicate"), k, dilation=d, groups=self.dim)
+                out = out + a * F.conv2d(pad(h, d), k, dilation=d, groups=self.dim)
             return out
         return F.conv2d(F.pad(h, (5, 5, 5, 5), mode="replicate"), self.folded_kernel().to(h.dtype), groups=self.dim)
 
