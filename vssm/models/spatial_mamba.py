@@ -43,10 +43,10 @@ def _replicate_pad(h: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def _replicate_pad_by_index(h: torch.Tensor, d: int) -> torch.Tensor:
-    """The same as :func:`_replicate_pad`: (batch, E, H, W) -> (batch, E, H + 2d, W + 2d), by clamped indices."""
-    rows = torch.arange(-d, h.shape[-2] + d, device=h.device).clamp(0, h.shape[-2] - 1)
-    cols = torch.arange(-d, h.shape[-1] + d, device=h.device).clamp(0, h.shape[-1] - 1)
-    return h.index_select(-2, rows).index_select(-1, cols)
+    """The same as :func:`_replicate_pad`: (batch, E, H, W) -> (batch, E, H + 2d, W + 2d), the edge rows and
+    columns repeated by concatenation (plain slices and sums in the backward)."""
+    h = torch.cat([h[:, :, :1].expand(-1, -1, d, -1), h, h[:, :, -1:].expand(-1, -1, d, -1)], dim=2)
+    return torch.cat([h[..., :1].expand(-1, -1, -1, d), h, h[..., -1:].expand(-1, -1, -1, d)], dim=3)
 
 
 class StateFusion(nn.Module):
