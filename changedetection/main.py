@@ -30,8 +30,8 @@ from changedetection.data import DataError, build_datasets, build_loaders  # noq
 from changedetection.engine import evaluate, train_one_epoch  # noqa: E402
 from classification.checkpoints import latest_checkpoint, save_atomic, save_epoch_checkpoint  # noqa: E402
 from classification.engine import format_eta  # noqa: E402
-from classification.main import (build_optimizer, build_scheduler, seed_everything, setup_distributed,  # noqa: E402
-                                 setup_logging)
+from classification.main import (build_optimizer, build_scheduler, run_cli, seed_everything,  # noqa: E402
+                                 setup_distributed, setup_logging)
 from vssm.changedetection import ChangeLoss, build_change_detector  # noqa: E402
 from vssm.changedetection.metrics import METRIC_NAMES  # noqa: E402
 from vssm.checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint  # noqa: E402
@@ -254,21 +254,8 @@ def _message(error: Exception) -> str:
 
 
 def cli(argv=None):
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (ConfigError, DataError, CheckpointError, CheckpointMismatchError) as e:
-        print(f"error: {_message(e)}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # e.g. an unknown model name
-        if "unknown model" not in str(e):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_cli(main, parse_args(argv), (ConfigError, DataError, CheckpointError, CheckpointMismatchError),
+                   describe=_message)
 
 
 if __name__ == "__main__":

@@ -314,12 +314,13 @@ def main(args):
              f"max Acc@1 {best:.2f}" + (f", max EMA Acc@1 {best_ema:.2f}" if ema is not None else ""))
 
 
-def cli(argv=None):
-    args = parse_args(argv)
+def run_cli(run, args, errors, describe=str) -> int:
+    """Run ``run(args)``: exit status 0, or 2 with one ``error:`` line (``describe(e)``) for a bad input (one of
+    ``errors``, or an unknown model name)."""
     try:
-        main(args)
-    except (ConfigError, DataError, CheckpointError, CheckpointMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        run(args)
+    except errors as e:
+        print(f"error: {describe(e)}", file=sys.stderr)
         return 2
     except ValueError as e:  # e.g. an unknown model name
         if "unknown model" not in str(e):
@@ -330,6 +331,10 @@ def cli(argv=None):
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def cli(argv=None):
+    return run_cli(main, parse_args(argv), (ConfigError, DataError, CheckpointError, CheckpointMismatchError))
 
 
 if __name__ == "__main__":
