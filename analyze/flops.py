@@ -25,7 +25,6 @@ from vssm.analysis import analysis_model
 from vssm.analysis.cli import check_models, command, positive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODELS = ["vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fractalmamba_tiny"]
 TASKS = {  # task: (config folder, file pattern for a size, default (H, W))
     "det": ("detection", "mask_rcnn_*_coco_{size}.py", (800, 1280)),
     "seg": ("segmentation", "upernet_*_ade20k-512x512_{size}.py", (512, 2048)),
@@ -34,10 +33,14 @@ TASKS = {  # task: (config folder, file pattern for a size, default (H, W))
 NANO_PATTERNS = {"det": "mask_rcnn_*_shapes_nano.py", "seg": "upernet_*_shapes-128x128_nano.py"}
 
 
+def default_models() -> list:
+    """Each registered family's tiny model (the size the papers' tables report)."""
+    return [family.tiny for family in vssm.models.families()]
+
+
 def default_config(model: str, task: str) -> str:
     """configs/<detection|segmentation>/<family>/<the 1x / 160k config of the model's size>."""
-    from vssm.models._registry import family_of
-    family = family_of(model).__name__.rsplit(".", 1)[-1].replace("_", "")
+    family = vssm.models.family_of(model).name
     size = model.split("_")[1]
     folder, pattern, _ = TASKS[task]
     pattern = NANO_PATTERNS[task] if size == "nano" and task in NANO_PATTERNS else pattern.format(size=size,
@@ -51,7 +54,7 @@ def default_config(model: str, task: str) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", help=f"vssm (or timm) model names (default: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--model", nargs="+", help="vssm (or timm) model names (default: each registered family's tiny model)")
     p.add_argument("--size", type=positive, nargs="+", help="input S or H W (default: 224; det 800 1280; seg 512 2048)")
     p.add_argument("--task", choices=sorted(TASKS), help="count the detector / segmentor instead of the classifier")
     p.add_argument("--config", nargs="+", help="mmdet / mmseg configs (with --task; default: from --model)")
@@ -74,7 +77,7 @@ def main(argv=None):
     print(f"classifiers at {size[0]}x{size[1]}, batch 1")
     print("| model | params (M) | GFLOPs |")
     print("|---|---|---|")
-    for name in args.model or DEFAULT_MODELS:
+    for name in args.model or default_models():
         model = analysis_model(name)
         params = sum(p.numel() for p in model.parameters())
         flops = vssm.count_flops(model, (3, *size))
@@ -98,7 +101,7 @@ def task_table(args, size):
         from vssm.mm.flops import task_flops
 
     warnings.filterwarnings("ignore", category=UserWarning)  # the libraries' deprecation notices
-    configs = args.config or [default_config(name, args.task) for name in args.model or DEFAULT_MODELS]
+    configs = args.config or [default_config(name, args.task) for name in args.model or default_models()]
     for config in configs:
         if not os.path.isfile(config):
             raise SystemExit(f"error: config file not found: {config}")

@@ -5,7 +5,7 @@ timm's CI runs ``pytest -m MARKER tests/test_models.py`` once per marker; the te
 fxbackward and torchscript, with vssm imported first (its models join timm's registry) and every test
 whose ``model_name`` is not one of the selected vssm models deselected. timm skips its own non-scriptable
 models through ``EXCLUDE_JIT_FILTERS`` in that file; vssm's are skipped here with the reason its token
-mixers give (``vssm.models.layers.TORCHSCRIPT_UNSUPPORTED``).
+mixers give (``vssm.models.blocks.TORCHSCRIPT_UNSUPPORTED``).
 
 timm parametrizes ``test_model_forward_intermediates`` and ``..._features`` over a list of its own modules,
 which no outside model can join; the script then calls those two test functions unchanged for each model.
@@ -31,18 +31,15 @@ INTERMEDIATES_TESTS = ("test_model_forward_intermediates", "test_model_forward_i
 def selected_models(sizes):
     """The registered vssm models of the given sizes (tiny: each family's T model)."""
     import vssm
-    tiny = {"vmamba": "vmamba_tiny_s1l8", "spatialmamba": "spatialmamba_tiny", "quadmamba": "quadmamba_tiny",
-            "fractalmamba": "fractalmamba_tiny"}
     names = []
-    for family, tiny_name in tiny.items():
-        names += [f"{family}_nano"] * ("nano" in sizes) + [tiny_name] * ("tiny" in sizes)
-    assert set(names) <= set(vssm.list_models()), names
+    for family in vssm.models.families():
+        names += [family.nano] * ("nano" in sizes) + [family.tiny] * ("tiny" in sizes)
     return names
 
 
 def family(model_name: str) -> str:
     import vssm
-    return vssm.models.family_of(model_name.split(".")[0]).__name__.rsplit(".", 1)[-1]
+    return vssm.models.family_of(model_name).name
 
 
 class VssmSelection:
@@ -58,7 +55,7 @@ class VssmSelection:
             config.addinivalue_line("markers", f"{marker}: timm test marker")
 
     def pytest_collection_modifyitems(self, config, items):
-        from vssm.models.layers import TORCHSCRIPT_UNSUPPORTED
+        from vssm.models.blocks import TORCHSCRIPT_UNSUPPORTED
         import pytest
         keep, drop = [], []
         for item in items:

@@ -8,7 +8,7 @@ scan and the scan-order tables are PyTorch operators (``vssm::selective_scan_fwd
 ``scan_orders``) that the converter writes in standard ONNX operators through ``custom_translation_table``
 (``vssm.ops.selective_scan.onnx``, ``vssm.scans.onnx``): the recurrence is two ONNX ``Scan`` loops over a
 blocked sequence. The batch dimension is always dynamic; H and W are dynamic where the family's scan orders
-can be computed in the graph (:data:`SIZES`), else the file is for the ``--size`` it was exported at.
+can be computed in the graph (its family's ``export`` policy), else the file is for the ``--size`` it was exported at.
 
 The file is checked before the command returns: ONNX Runtime (CPU) and PyTorch run the same random images
 (the export's size at two batch sizes, and a second, non-square size where H and W are dynamic), and the
@@ -25,12 +25,11 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 
 from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, read_checkpoint
-from .models import create_model, family_of
+from .models import ExportPolicy, create_model, family_of
 
 TOLERANCE = 1e-4  # max |onnxruntime - torch| / max |torch|, per output
 INPUT_NAME = "images"
@@ -38,30 +37,13 @@ EXAMPLE_BATCH = 2  # traced batch size (torch.export specialises sizes 0 and 1)
 MIN_DYNAMIC_SIDE = 33  # traced H, W of a dynamic export: the last stage's map must be at least 2 x 2
 
 
-@dataclass(frozen=True)
-class SizePolicy:
-    dynamic: bool
-    why: str
-
-
-SIZES = {  # per family module: whether H and W are dynamic in the exported graph, and why
-    "vmamba": SizePolicy(True, "the cross orders are a reshape and transpose of range(H*W), computed in the graph"),
-    "spatial_mamba": SizePolicy(True, "one raster-order scan: no order table"),
-    "quadmamba": SizePolicy(False, "the 2 x 2 averages of its quadrant scores (adaptive pooling) convert with the "
-                                   "traced size's pooling kernel, and its padding to multiples of 4, -(-H // 4) * 4, "
-                                   "floors a negative number, which ONNX's truncating integer division does not"),
-    "fractal_mamba": SizePolicy(False, "generalised Hilbert curves are built by a recursion whose structure depends "
-                                       "on H and W; the tables are constants of the graph"),
-}
-
-
 class ExportError(ValueError):
     """Arguments that cannot be exported (unknown model, bad size, missing packages)."""
 
 
-def size_policy(name: str) -> SizePolicy:
-    """Whether a registered model's export has a dynamic H x W (:data:`SIZES`)."""
-    return SIZES[family_of(name).__name__.rsplit(".", 1)[-1]]
+def size_policy(name: str) -> ExportPolicy:
+    """Whether a registered model's export has a dynamic H x W, and why (its family's ``export``)."""
+    return family_of(name).export
 
 
 def translation_table() -> dict:
@@ -297,7 +279,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _metadata(name: str, model, info: dict, config: dict, size, policy: SizePolicy, backbone: bool) -> dict:
+def _metadata(name: str, model, info: dict, config: dict, size, policy: ExportPolicy, backbone: bool) -> dict:
     from .predict import class_names
     meta = {"model": name, "kind": "backbone" if backbone else "classifier",
             "input": {"name": INPUT_NAME, "channels": input_channels(model), "traced_size": list(size),

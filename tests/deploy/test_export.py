@@ -58,8 +58,9 @@ def exported(tmp_path_factory):
 
 
 def test_size_policy_covers_every_family():
-    families = {family_of(name).__name__.rsplit(".", 1)[-1] for name in vssm.list_models()}
-    assert families == set(export.SIZES)
+    for name in vssm.list_models():
+        policy = export.size_policy(name)
+        assert isinstance(policy.dynamic, bool) and len(policy.why) > 20, (name, policy)
     assert export.size_policy("vmamba_nano").dynamic and export.size_policy("spatialmamba_tiny").dynamic
     assert not export.size_policy("fractalmamba_nano").dynamic and not export.size_policy("quadmamba_nano").dynamic
 

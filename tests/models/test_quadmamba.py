@@ -78,5 +78,5 @@ def test_authors_key_layout_loads_strictly():
     state = source.state_dict()
     assert any(".op.score_predictor.in_conv.1.weight" in k for k in state)
     assert any(".op.score_predictor.out_conv.4.weight" in k for k in state)
-    target = QuadMamba(**{**vssm.models.family_of("quadmamba_nano").CONFIGS["quadmamba_nano"]})
+    target = QuadMamba(**{**vssm.models.family_of("quadmamba_nano").sizes["quadmamba_nano"]})
     assert load_checkpoint(target, {"model": state}).ok

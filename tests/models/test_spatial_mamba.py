@@ -4,7 +4,8 @@ import torch
 
 import vssm
 from vssm.checkpoint import load_checkpoint
-from vssm.models.spatial_mamba import StateFusion, _replicate_pad, _replicate_pad_by_index, dense_backbone
+from vssm.models import dense_backbone
+from vssm.models.spatial_mamba import StateFusion, _replicate_pad, _replicate_pad_by_index
 
 from .reference_spatial_mamba import reference_forward
 

@@ -17,7 +17,7 @@ from yacs.config import CfgNode
 
 import vssm
 from vssm.checkpoint import CheckpointMismatchError
-from vssm.models.layers import TORCHSCRIPT_UNSUPPORTED
+from vssm.models.blocks import TORCHSCRIPT_UNSUPPORTED
 
 from .reference_vmamba import to_conv_layout
 

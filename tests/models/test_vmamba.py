@@ -5,7 +5,7 @@ from yacs.config import CfgNode
 
 import vssm
 from vssm.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint
-from vssm.models.vmamba import dense_backbone
+from vssm.models import dense_backbone
 
 from .reference_vmamba import reference_forward, to_conv_layout, to_per_direction_layout
 

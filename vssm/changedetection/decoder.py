@@ -24,10 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.blocks import SS2D, VSSBlock, to_nchw, to_nhwc
 from ..models.fractal_mamba import FractalSS2D
-from ..models.layers import to_nchw, to_nhwc
 from ..models.staged import StagedModel
-from ..models.vmamba import SS2D, VSSBlock
 
 __all__ = ["ChangeDecoder", "SpatioTemporalStage", "ResidualBlock", "vss_block", "MIXERS"]
 

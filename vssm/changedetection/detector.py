@@ -1,7 +1,7 @@
 """Binary change detection: one Siamese encoder, a change decoder and a 2-class head.
 
 ``ChangeDetector(backbone=..., decoder=...)`` takes any family's dense backbone
-(``vssm.models.family_of(name).dense_backbone(name, out_indices=(0, 1, 2, 3))``) and a
+(``vssm.models.dense_backbone(name)``) and a
 :class:`~vssm.changedetection.decoder.ChangeDecoder`; ``build_change_detector("fractalmamba_tiny")`` builds
 both from a registered name. The encoder's weights are shared by the two time steps: both images go
 through it as one batch (so the BatchNorm layers of Spatial-Mamba's stem see both time steps' statistics,
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import family_of
+from ..models import dense_backbone
 from .decoder import ChangeDecoder, vss_block
 
 __all__ = ["ChangeDetector", "build_change_detector"]
@@ -66,7 +66,7 @@ def build_change_detector(backbone: str, width: int = 128, mixer: str = "ss2d", 
             blocks (see :func:`vss_block`).
         backbone_kwargs: the backbone's constructor arguments (e.g. drop_path_rate, quad_order).
     """
-    encoder = family_of(backbone).dense_backbone(backbone, out_indices=(0, 1, 2, 3), scan_backend=scan_backend,
+    encoder = dense_backbone(backbone, out_indices=(0, 1, 2, 3), scan_backend=scan_backend,
                                                  **backbone_kwargs)
 
     def make_block(dim):

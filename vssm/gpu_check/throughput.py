@@ -18,12 +18,10 @@ import torch
 
 from ..analysis.models import analysis_model
 from ..benchmark import measure
+from ..models import families as registered_families
 from .common import Deadline, step_parser, write_json
 
-FAMILIES = ("vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fractalmamba_tiny")
 REFERENCES = ("swin_tiny_patch4_window7_224", "convnext_tiny")
-NANO = {"vmamba_tiny_s1l8": "vmamba_nano", "spatialmamba_tiny": "spatialmamba_nano",
-        "quadmamba_tiny": "quadmamba_nano", "fractalmamba_tiny": "fractalmamba_nano"}
 # rough seconds one measurement takes on an H100 (model build, warm-up, iterations; compiled: compilation)
 ESTIMATE = {False: 12.0, True: 75.0}
 
@@ -31,7 +29,7 @@ ESTIMATE = {False: 12.0, True: 75.0}
 def plan(dry: bool) -> list:
     """(model, precision, compiled) in order of importance: VMamba-T and Swin-T (the targets' scale) first, then
     ConvNeXt-T and the other families; eager before compiled (dry: the families' nano models)."""
-    families = tuple(NANO[m] for m in FAMILIES) if dry else FAMILIES
+    families = tuple(f.nano if dry else f.tiny for f in registered_families())
     order = [families[0], REFERENCES[0], REFERENCES[1], *families[1:]]
     eager = [(m, p, False) for pair in (order[:2], order[2:3], order[3:]) for p in ("fp32", "bf16") for m in pair]
     compiled = [(m, p, True) for p in ("bf16", "fp32") for m in order]
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
     for i, (name, precision, compiled) in enumerate(todo):
         row = {"model": name, "precision": precision, "mode": "compiled" if compiled else "eager"}
         rows.append(row)
-        if args.dry and compiled and (name, precision) != (NANO[FAMILIES[0]], "bf16"):
+        if args.dry and compiled and (name, precision) != (registered_families()[0].nano, "bf16"):
             row["skipped"] = "dry run: torch.compile is exercised on one model's inference"
             continue
         # training first: vssm's scan-order caches made under inference_mode cannot serve autograd later

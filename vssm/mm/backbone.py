@@ -7,12 +7,12 @@ As mmdet's Swin: ``out_indices``; ``frozen_stages`` (-1: none; 0: the stem; k: t
 checkpoints (or a detector/segmentor's ``backbone.``) strictly through ``vssm.load_checkpoint``. The
 module *is* the dense backbone, so its keys are the authors' (``backbone.layers...``, ``backbone.outnorm0...``).
 """
-import importlib
 import logging
 
 import torch.nn as nn
 
 from ..checkpoint import load_checkpoint
+from ..models import Family, families
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +26,23 @@ def _local_path(path: str) -> str:
         return local
 
 
-def make_backbone(family: str, dense_cls):
-    """An OpenMMLab backbone class for a family, given its dense backbone class."""
+def make_backbone(family: Family):
+    """An OpenMMLab backbone class (named ``family.title``) over a family's dense backbone."""
 
-    class Backbone(dense_cls):
-        __doc__ = f"""{family} backbone for OpenMMLab (see vssm.mm.backbone).
+    class Backbone(family.backbone):
+        __doc__ = f"""{family.title} backbone for OpenMMLab (see vssm.mm.backbone).
 
         Args:
-            arch: a registered {family} size (its defaults; other keyword arguments override them).
+            arch: a registered {family.title} size (its defaults; other keyword arguments override them).
             out_indices, frozen_stages, norm_eval, with_cp, init_cfg: as mmdet's Swin.
         """
 
         def __init__(self, arch: str, out_indices=(0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
                      with_cp: bool = False, init_cfg=None, **overrides):
-            configs = importlib.import_module(dense_cls.__module__).CONFIGS
-            if arch not in configs:
-                raise ValueError(f"{family}: unknown arch {arch!r}; choose one of {', '.join(sorted(configs))}")
-            super().__init__(out_indices=out_indices, **{**configs[arch], **overrides})
+            if arch not in family.sizes:
+                raise ValueError(f"{family.title}: unknown arch {arch!r}; choose one of "
+                                 f"{', '.join(sorted(family.sizes))}")
+            super().__init__(out_indices=out_indices, **{**family.sizes[arch], **overrides})
             if not -1 <= frozen_stages <= len(self.dims):
                 raise ValueError(f"frozen_stages must be in -1..{len(self.dims)}, got {frozen_stages}")
             if init_cfg is not None and (not isinstance(init_cfg, dict) or init_cfg.get("type") != "Pretrained"
@@ -86,16 +86,10 @@ def make_backbone(family: str, dense_cls):
                         m.eval()
             return self
 
-    Backbone.__name__ = Backbone.__qualname__ = f"{family}"
+    Backbone.__name__ = Backbone.__qualname__ = family.title
     return Backbone
 
 
 def backbones():
-    """{registry name: class} of the four families."""
-    from ..models.fractal_mamba import FractalMambaBackbone
-    from ..models.quadmamba import QuadMambaBackbone
-    from ..models.spatial_mamba import SpatialMambaBackbone
-    from ..models.vmamba import VMambaBackbone
-    return {name: make_backbone(name, cls) for name, cls in (
-        ("VMamba", VMambaBackbone), ("SpatialMamba", SpatialMambaBackbone), ("QuadMamba", QuadMambaBackbone),
-        ("FractalMamba", FractalMambaBackbone))}
+    """{OpenMMLab type name: backbone class} of every registered family (plugins of ``VSSM_PLUGINS`` included)."""
+    return {family.title: make_backbone(family) for family in families()}

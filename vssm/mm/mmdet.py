@@ -1,4 +1,4 @@
-"""Register the four backbones in mmdet's MODELS registry (import this module from a config's custom_imports)."""
+"""Register every family's backbone in mmdet's MODELS registry (import this module from a config's custom_imports)."""
 from mmdet.registry import MODELS
 
 from .backbone import backbones

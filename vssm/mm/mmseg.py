@@ -1,4 +1,4 @@
-"""Register the four backbones in mmseg's MODELS registry (import this module from a config's custom_imports)."""
+"""Register every family's backbone in mmseg's MODELS registry (import this module from a config's custom_imports)."""
 from mmseg.registry import MODELS
 
 from .backbone import backbones

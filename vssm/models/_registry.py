@@ -1,23 +1,36 @@
-"""The model registry: every family registers here and in timm's registry, and builds through timm.
+"""The model registry and the family contract: every family registers here, in timm's registry, and builds through timm.
 
-A family file defines ``default_cfgs = generate_default_cfgs({...})`` of :func:`pretrained_cfg` entries (one
-per registered size; ``name.in1k`` where the authors released ImageNet-1k weights) *before* its
-``@register_model`` functions, which call :func:`build`. timm's ``build_model_with_cfg`` then attaches the
-pretrained config, wraps ``features_only=True`` models (``forward_intermediates`` through timm's
-``FeatureGetterNet``), and loads ``pretrained=True`` weights from a local file only: vssm never downloads.
+A family is one module that declares a :class:`Family` — its classifier and dense-backbone classes, its
+registered sizes, pretrained configs, the sizes tests and benchmarks use, its export policy — and calls
+:func:`register_family`. Everything else in vssm (trainers, OpenMMLab adapters, export, benchmarks, FLOP
+tables, the GPU check) reads families from here; none keeps a list of names. Families written outside the
+package register the same way, from modules named in the environment variable ``VSSM_PLUGINS`` (imported when
+vssm is, see :func:`load_plugins`) or imported by the user before building a model.
+
+Building goes through timm's ``build_model_with_cfg``, which attaches the pretrained config, wraps
+``features_only=True`` models (``forward_intermediates`` through timm's ``FeatureGetterNet``), and loads
+``pretrained=True`` weights from a local file only: vssm never downloads.
 """
+import dataclasses
 import fnmatch
 import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import warnings
+from typing import Mapping
 
 import timm
+import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import PretrainedCfg, build_model_with_cfg, get_pretrained_cfg
-from timm.models._features import FeatureGetterNet
+from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg
 from timm.models import register_model as _timm_register
+from timm.models._features import FeatureGetterNet
 
-_MODELS = {}
 FEATURE_CFG = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")  # the four stages, via forward_intermediates
 LOCAL_SOURCES = ("file", "state_dict")  # where pretrained weights may come from: never a URL or a hub
+PLUGINS_ENV = "VSSM_PLUGINS"
 
 
 def pretrained_cfg(**kwargs) -> dict:
@@ -26,12 +39,6 @@ def pretrained_cfg(**kwargs) -> dict:
     ``kwargs`` add or override timm's fields (first_conv, classifier, license, paper_ids, origin_url, ...)."""
     return dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
                 interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, **kwargs)
-
-
-def register_model(fn):
-    """Register a model function under its name in vssm and in timm (with its module's ``default_cfgs``)."""
-    _MODELS[fn.__name__] = fn
-    return _timm_register(fn)
 
 
 def _convert(state_dict: dict, model) -> dict:
@@ -74,21 +81,201 @@ def build(cls, variant: str, pretrained: bool = False, **kwargs):
                                 **kwargs)
 
 
+class UnknownModelError(ValueError):
+    """A model name that no registered family declares."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPolicy:
+    """How ``python -m vssm.export`` may export a family: with H and W dynamic in the graph, or for one size."""
+    dynamic: bool  # H and W are dynamic in the exported graph (else the file is for the size it was exported at)
+    why: str  # the reason (printed by the export, documented in the README's table)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Everything the rest of vssm reads about a model family.
+
+    Attributes:
+        name: the family's short name, the prefix of its model names and its folder under ``configs/<task>/``.
+        title: its display name, also the ``type`` of its OpenMMLab backbone (``dict(type="VMamba", arch=...)``).
+        classifier: the classifier class (a :class:`vssm.models.staged.StagedModel`).
+        backbone: its dense form, ``class XBackbone(DenseBackbone, X)`` (detection, segmentation, change detection).
+        sizes: registered model name -> the classifier's constructor arguments for it.
+        nano: the smallest size: tests, CI smoke runs, dry runs.
+        tiny: the size benchmarks, ``gpu_check`` and the FLOP tables report.
+        export: :class:`ExportPolicy`.
+        pretrained_cfgs: timm pretrained configs by ``name`` or ``name.tag`` (see :func:`pretrained_cfg`); a size
+            without one gets the default ImageNet-1k config.
+        docs: model name -> the one-line description of its entry point (``help(timm.list_models)``...).
+    """
+    name: str
+    title: str
+    classifier: type
+    backbone: type
+    sizes: Mapping[str, dict]
+    nano: str
+    tiny: str
+    export: ExportPolicy
+    pretrained_cfgs: Mapping[str, dict] = dataclasses.field(default_factory=dict)
+    docs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        """The module that defines the family (its classifier's)."""
+        return self.classifier.__module__
+
+    def dense_backbone(self, name: str, out_indices=(0, 1, 2, 3), **kwargs) -> nn.Module:
+        """The dense backbone of size ``name``; ``kwargs`` override the size's arguments."""
+        return self.backbone(out_indices=out_indices, **{**self.sizes[name], **kwargs})
+
+
+_FAMILIES = {}  # family name -> Family, in registration order
+_MODELS = {}  # model name -> Family
+_PLUGIN_ERRORS = {}  # plugin -> why it could not be loaded
+
+
+def _check_family(family: Family):
+    from .staged import DenseBackbone, StagedModel
+    problems = []
+    if not (isinstance(family.classifier, type) and issubclass(family.classifier, StagedModel)):
+        problems.append(f"classifier {family.classifier!r} is not a vssm.models.staged.StagedModel subclass")
+    if not (isinstance(family.backbone, type) and issubclass(family.backbone, DenseBackbone)
+            and issubclass(family.backbone, family.classifier)):
+        problems.append(f"backbone {family.backbone!r} is not `class XBackbone(DenseBackbone, classifier)`")
+    if not family.sizes:
+        problems.append("it declares no sizes")
+    for role in ("nano", "tiny"):
+        if getattr(family, role) not in family.sizes:
+            problems.append(f"{role} {getattr(family, role)!r} is not one of its sizes {sorted(family.sizes)}")
+    if not isinstance(family.export, ExportPolicy):
+        problems.append(f"export must be an ExportPolicy, got {family.export!r}")
+    unknown = sorted({key.split(".")[0] for key in family.pretrained_cfgs} - set(family.sizes))
+    if unknown:
+        problems.append(f"pretrained configs for sizes it does not declare: {unknown}")
+    if problems:
+        raise ValueError(f"family {family.name!r}: " + "; ".join(problems))
+
+
+def _source(family: Family) -> str:
+    """The file defining a family (the same for a module imported as a plugin and run as a script)."""
+    return os.path.abspath(inspect.getsourcefile(family.classifier) or family.module)
+
+
+def _entrypoint(family: Family, name: str):
+    """timm's entry point of one size: ``fn(pretrained=False, **kwargs)`` building it through :func:`build`."""
+    def entrypoint(pretrained=False, **kwargs):
+        return build(family.classifier, name, pretrained, **{**family.sizes[name], **kwargs})
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = family.module
+    entrypoint.__doc__ = family.docs.get(name, f"{family.title} size {name} ({family.module}).")
+    return entrypoint
+
+
+def register_family(family: Family) -> Family:
+    """Register a family and each of its sizes (in vssm and in timm, with their pretrained configs).
+
+    Registering the family of the same name again from the same module replaces it (a module run as a script
+    and also imported as a plugin); anything else that reuses a name is an error.
+    """
+    _check_family(family)
+    previous = _FAMILIES.get(family.name)
+    if previous is not None and _source(previous) != _source(family):
+        raise ValueError(f"family {family.name!r} is already registered by {previous.module} ({_source(previous)})")
+    for name in family.sizes:
+        owner = _MODELS.get(name)
+        if owner is not None and owner.name != family.name:
+            raise ValueError(f"model {name!r} of family {family.name!r} is already registered by family "
+                             f"{owner.name!r}")
+    module = sys.modules[family.module]
+    cfgs = {**{name: pretrained_cfg() for name in family.sizes
+               if not any(key.split(".")[0] == name for key in family.pretrained_cfgs)},
+            **family.pretrained_cfgs}
+    module.default_cfgs = {**getattr(module, "default_cfgs", {}), **generate_default_cfgs(cfgs)}  # read by timm
+    _FAMILIES[family.name] = family
+    for name in family.sizes:
+        _MODELS[name] = family
+        with warnings.catch_warnings():  # re-registration of the same family (see above)
+            warnings.filterwarnings("ignore", message="Overwriting", category=UserWarning)
+            _timm_register(_entrypoint(family, name))
+    return family
+
+
+def families() -> list:
+    """The registered families, built-in ones first."""
+    return list(_FAMILIES.values())
+
+
+def _unknown(name: str) -> UnknownModelError:
+    plugins = "".join(f"; {PLUGINS_ENV} entry {p!r} could not be loaded: {why}" for p, why in _PLUGIN_ERRORS.items())
+    return UnknownModelError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}{plugins}")
+
+
+def family_of(name: str) -> Family:
+    """The :class:`Family` of a registered model name (a pretrained tag such as ``.in1k`` may follow it)."""
+    family = _MODELS.get(name.split(".")[0])
+    if family is None:
+        raise _unknown(name)
+    return family
+
+
 def create_model(name: str, **kwargs):
     """Build a registered model with ``timm.create_model`` (``name`` may carry a pretrained tag, e.g. ``.in1k``);
     ``kwargs`` override the size's defaults (e.g. ``num_classes``) or are timm's (``features_only=True``, ...)."""
-    if name.split(".")[0] not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
+    family_of(name)
     return timm.create_model(name, **kwargs)
 
 
-def family_of(name: str):
-    """The module of a registered model's family (it defines CONFIGS and dense_backbone)."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
-    return importlib.import_module(_MODELS[name].__module__)
+def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> nn.Module:
+    """The dense backbone of a registered model (detection, segmentation, change detection)."""
+    return family_of(name).dense_backbone(name.split(".")[0], out_indices=out_indices, **kwargs)
 
 
 def list_models(pattern: str = "*"):
     """Names of the registered models matching a shell-style pattern."""
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def _import_plugin(entry: str):
+    if entry.endswith(".py"):
+        path = os.path.abspath(os.path.expanduser(entry))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such file {path}")
+        module_name = os.path.splitext(os.path.basename(path))[0]
+        loaded = sys.modules.get(module_name)
+        if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "") or "") == path:
+            return loaded
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+        return module
+    return importlib.import_module(entry)
+
+
+def load_plugins(spec: str = None) -> list:
+    """Import the families named in ``spec`` (default: the environment variable ``VSSM_PLUGINS``): a
+    comma-separated list of importable module names or paths to ``.py`` files, each registering its families
+    with :func:`register_family` when imported. A plugin that fails to import is reported (a warning now, and
+    in the error for any model name that is then unknown), never silently dropped. Returns the modules loaded."""
+    spec = os.environ.get(PLUGINS_ENV, "") if spec is None else spec
+    loaded = []
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        try:
+            loaded.append(_import_plugin(entry))
+            _PLUGIN_ERRORS.pop(entry, None)
+        except Exception as e:  # reported, and named by every "unknown model" error
+            _PLUGIN_ERRORS[entry] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"{PLUGINS_ENV}: cannot load {entry!r}: {type(e).__name__}: {e}", stacklevel=2)
+    return loaded
+
+
+def plugin_errors() -> dict:
+    """Plugins of ``VSSM_PLUGINS`` that could not be loaded, and why."""
+    return dict(_PLUGIN_ERRORS)

@@ -29,14 +29,15 @@ the paper's 30M / 4.8G. ``directions`` and ``ffp_levels`` are constructor option
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs
 
 from ..scans import inverse_orders
 from ..scans.hilbert import hilbert_orders
-from ._registry import build, pretrained_cfg, register_model
-from .vmamba import SS2D, DirectionalScan, VMamba, VMambaBackbone
+from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
+from .blocks import SS2D, DirectionalScan
+from .staged import DenseBackbone
+from .vss import VSSNet
 
-__all__ = ["FractalMamba", "FractalMambaBackbone", "FractalSS2D"]
+__all__ = ["FractalMamba", "FractalMambaBackbone", "FractalSS2D", "FAMILY"]
 
 DIRECTION_VARIANTS = {2: ("hilbert", "reversed"), 4: ("hilbert", "transposed", "reversed", "transposed_reversed")}
 
@@ -89,15 +90,13 @@ class FractalSS2D(SS2D):
         return context
 
 
-class FractalMamba(VMamba):
-    """FractalMamba classifier: VMamba's arguments, plus
+class FractalMamba(VSSNet):
+    """FractalMamba classifier: :class:`~vssm.models.vss.VSSNet`'s arguments (VMamba's), plus
 
     Args:
         directions: Hilbert scan directions per block (2 or 4).
         ffp_levels: Fractal Fusion Pathway levels (0 disables it).
     """
-
-    first_conv = "patch_embed.0"  # VMamba's stem
 
     def __init__(self, depths=(2, 2, 8, 2), dims=96, directions: int = 2, ffp_levels: int = 1, **kwargs):
         if directions not in DIRECTION_VARIANTS:
@@ -107,26 +106,22 @@ class FractalMamba(VMamba):
         self.hilbert_directions, self.ffp_levels = directions, ffp_levels
         super().__init__(depths=depths, dims=dims, **kwargs)
 
-    def _make_op(self, stage, index, block_index, dim, ssm):
+    def make_mixer(self, stage, index, block_index, dim, ssm):
         return FractalSS2D(dim, directions=self.hilbert_directions, ffp_levels=self.ffp_levels, **ssm)
 
 
-class FractalMambaBackbone(FractalMamba, VMambaBackbone):
+class FractalMambaBackbone(DenseBackbone, FractalMamba):
     """Dense backbone of FractalMamba (``outnorm{i}`` per selected stage), as for VMamba."""
 
 
-CONFIGS = {  # VMamba's skeletons (T: s1l8, S and B: s2l15) with the fractal mixer
+SIZES = {  # VMamba's skeletons (T: s1l8, S and B: s2l15) with the fractal mixer
     "fractalmamba_nano": dict(depths=(1, 1, 2, 1), dims=32, ssm_ratio=1.0, drop_path_rate=0.0),
     "fractalmamba_tiny": dict(depths=(2, 2, 8, 2), dims=96, ssm_ratio=1.0, drop_path_rate=0.2),
     "fractalmamba_small": dict(depths=(2, 2, 15, 2), dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
     "fractalmamba_base": dict(depths=(2, 2, 15, 2), dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
 }
-for _cfg in CONFIGS.values():
-    _cfg.update(d_state=1)
-
-
-def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> FractalMambaBackbone:
-    return FractalMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
+for _size in SIZES.values():
+    _size.update(d_state=1)
 
 
 def _cfg(**kwargs) -> dict:
@@ -135,33 +130,21 @@ def _cfg(**kwargs) -> dict:
                                                                    "Scanning", license="apache-2.0", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({  # our design from the paper's claims: no released code or weights
-    "fractalmamba_nano": _cfg(notes=("vssm's size for tests and CPU demos; no released weights",)),
-    "fractalmamba_tiny": _cfg(notes=("no released weights",)),
-    "fractalmamba_small": _cfg(notes=("by analogy with VMamba-S; no released weights",)),
-    "fractalmamba_base": _cfg(notes=("by analogy with VMamba-B; no released weights",)),
-})
-
-
-@register_model
-def fractalmamba_nano(pretrained=False, **kwargs) -> FractalMamba:
-    """A small FractalMamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
-    return build(FractalMamba, "fractalmamba_nano", pretrained, **{**CONFIGS["fractalmamba_nano"], **kwargs})
-
-
-@register_model
-def fractalmamba_tiny(pretrained=False, **kwargs) -> FractalMamba:
-    """FractalMamba-T (paper: 83.0% top-1, 30M, 4.8 GFLOPs): 30.2M parameters, 4.80 GFLOPs at 224."""
-    return build(FractalMamba, "fractalmamba_tiny", pretrained, **{**CONFIGS["fractalmamba_tiny"], **kwargs})
-
-
-@register_model
-def fractalmamba_small(pretrained=False, **kwargs) -> FractalMamba:
-    """FractalMamba-S by analogy with VMamba-S (no published size)."""
-    return build(FractalMamba, "fractalmamba_small", pretrained, **{**CONFIGS["fractalmamba_small"], **kwargs})
-
-
-@register_model
-def fractalmamba_base(pretrained=False, **kwargs) -> FractalMamba:
-    """FractalMamba-B by analogy with VMamba-B (no published size)."""
-    return build(FractalMamba, "fractalmamba_base", pretrained, **{**CONFIGS["fractalmamba_base"], **kwargs})
+FAMILY = register_family(Family(
+    name="fractalmamba", title="FractalMamba", classifier=FractalMamba, backbone=FractalMambaBackbone, sizes=SIZES,
+    nano="fractalmamba_nano", tiny="fractalmamba_tiny",
+    export=ExportPolicy(False, "generalised Hilbert curves are built by a recursion whose structure depends on H and W; "
+                               "the tables are constants of the graph"),
+    pretrained_cfgs={  # our design from the paper's claims: no released code or weights
+        "fractalmamba_nano": _cfg(notes=("vssm's size for tests and CPU demos; no released weights",)),
+        "fractalmamba_tiny": _cfg(notes=("no released weights",)),
+        "fractalmamba_small": _cfg(notes=("by analogy with VMamba-S; no released weights",)),
+        "fractalmamba_base": _cfg(notes=("by analogy with VMamba-B; no released weights",)),
+    },
+    docs={
+        "fractalmamba_nano": "A small FractalMamba for tests and CPU demos: dims 32, depths 1,1,2,1.",
+        "fractalmamba_tiny": "FractalMamba-T (paper: 83.0% top-1, 30M, 4.8 GFLOPs): 30.2M parameters, 4.80 GFLOPs at "
+                             "224.",
+        "fractalmamba_small": "FractalMamba-S by analogy with VMamba-S (no published size).",
+        "fractalmamba_base": "FractalMamba-B by analogy with VMamba-B (no published size).",
+    }))

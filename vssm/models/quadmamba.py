@@ -26,14 +26,14 @@ Differences from the original code (three defects fixed, each documented where i
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs
 
 from ..scans.quadtree import QUAD_ORDERS, quadrant_mask, quadtree_gather, quadtree_merge, quadtree_permutation
-from ._registry import build, pretrained_cfg, register_model
-from .layers import to_nchw, to_nhwc
-from .vmamba import SS2D, VMamba, VMambaBackbone, checkpoint_filter_fn
+from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
+from .blocks import SS2D, to_nchw, to_nhwc
+from .staged import DenseBackbone
+from .vss import VSSNet
 
-__all__ = ["QuadMamba", "QuadMambaBackbone", "QuadSS2D", "LocalityPredictor"]
+__all__ = ["QuadMamba", "QuadMambaBackbone", "QuadSS2D", "LocalityPredictor", "FAMILY"]
 
 
 class LocalityPredictor(nn.Module):
@@ -124,16 +124,14 @@ class QuadSS2D(SS2D):
 SHIFT_CYCLE = ((1, 1), (-1, -1), (1, -1), (-1, 1))
 
 
-class QuadMamba(VMamba):
-    """QuadMamba classifier: VMamba's arguments, plus
+class QuadMamba(VSSNet):
+    """QuadMamba classifier: :class:`~vssm.models.vss.VSSNet`'s arguments (VMamba's), plus
 
     Args:
         quad_stages: stages that scan the learned quadtree (the others use the cross scan).
         quad_order: "nested" (default, a true permutation) or "legacy" (the authors' layout).
         gumbel_tau: Gumbel-Softmax temperature of the quadrant choice in training.
     """
-
-    first_conv = "patch_embed.0"  # VMamba's stem
 
     def __init__(self, depths=(2, 2, 5, 2), dims=96, quad_stages=(0, 1), quad_order: str = "nested",
                  gumbel_tau: float = 1.0, **kwargs):
@@ -146,21 +144,18 @@ class QuadMamba(VMamba):
         self.quad_stages, self.quad_order, self.gumbel_tau = tuple(quad_stages), quad_order, gumbel_tau
         super().__init__(depths=depths, dims=dims, **kwargs)
 
-    def _make_op(self, stage, index, block_index, dim, ssm):
+    def make_mixer(self, stage, index, block_index, dim, ssm):
         if stage not in self.quad_stages:
             return SS2D(dim, **ssm)
         shift = SHIFT_CYCLE[(block_index // 2) % 4] if index % 2 == 1 else None
         return QuadSS2D(dim, shift=shift, quad_order=self.quad_order, gumbel_tau=self.gumbel_tau, **ssm)
 
-    def convert_checkpoint(self, state_dict: dict) -> dict:
-        return checkpoint_filter_fn(state_dict, self)
 
-
-class QuadMambaBackbone(QuadMamba, VMambaBackbone):
+class QuadMambaBackbone(DenseBackbone, QuadMamba):
     """Dense backbone of QuadMamba (``outnorm{i}`` per selected stage), as for VMamba."""
 
 
-CONFIGS = {
+SIZES = {
     "quadmamba_nano": dict(depths=(1, 1, 2, 1), dims=32, ssm_ratio=2.0, drop_path_rate=0.0),
     # not a published config: the paper lists a 6.5M / 1.1 GFLOPs model (75.5% top-1) without one. The
     # closest configuration of this skeleton we found (a grid over width 32-64, depths, ssm_ratio 1 or 2)
@@ -169,12 +164,8 @@ CONFIGS = {
     "quadmamba_tiny": dict(depths=(2, 2, 5, 2), dims=96, ssm_ratio=2.0, drop_path_rate=0.2),
     "quadmamba_small": dict(depths=(2, 2, 15, 2), dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
 }
-for _cfg in CONFIGS.values():
-    _cfg.update(d_state=1)
-
-
-def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> QuadMambaBackbone:
-    return QuadMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
+for _size in SIZES.values():
+    _size.update(d_state=1)
 
 
 def _cfg(**kwargs) -> dict:
@@ -183,33 +174,22 @@ def _cfg(**kwargs) -> dict:
                           license="apache-2.0", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({  # the authors released code, no weights
-    "quadmamba_nano": _cfg(notes=("vssm's size for tests and CPU demos; no released weights",)),
-    "quadmamba_lite": _cfg(notes=("a derived config for the paper's 6.5M / 1.1G entry; no released weights",)),
-    "quadmamba_tiny": _cfg(notes=("no released weights",)),
-    "quadmamba_small": _cfg(notes=("no released weights",)),
-})
-
-
-@register_model
-def quadmamba_nano(pretrained=False, **kwargs) -> QuadMamba:
-    """A small QuadMamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
-    return build(QuadMamba, "quadmamba_nano", pretrained, **{**CONFIGS["quadmamba_nano"], **kwargs})
-
-
-@register_model
-def quadmamba_lite(pretrained=False, **kwargs) -> QuadMamba:
-    """A derived 6.65M / 1.06 GFLOPs QuadMamba matching the paper's 6.5M / 1.1G entry (see CONFIGS)."""
-    return build(QuadMamba, "quadmamba_lite", pretrained, **{**CONFIGS["quadmamba_lite"], **kwargs})
-
-
-@register_model
-def quadmamba_tiny(pretrained=False, **kwargs) -> QuadMamba:
-    """QuadMamba-T (82.2% top-1, the README's "QuadMamba-v3"): 31.3M parameters, ~5.5 GFLOPs at 224."""
-    return build(QuadMamba, "quadmamba_tiny", pretrained, **{**CONFIGS["quadmamba_tiny"], **kwargs})
-
-
-@register_model
-def quadmamba_small(pretrained=False, **kwargs) -> QuadMamba:
-    """QuadMamba-S: 50.7M parameters, ~9.3 GFLOPs at 224."""
-    return build(QuadMamba, "quadmamba_small", pretrained, **{**CONFIGS["quadmamba_small"], **kwargs})
+FAMILY = register_family(Family(
+    name="quadmamba", title="QuadMamba", classifier=QuadMamba, backbone=QuadMambaBackbone, sizes=SIZES,
+    nano="quadmamba_nano", tiny="quadmamba_tiny",
+    export=ExportPolicy(False, "the 2 x 2 averages of its quadrant scores (adaptive pooling) convert with the traced "
+                               "size's pooling kernel, and its padding to multiples of 4, -(-H // 4) * 4, floors a "
+                               "negative number, which ONNX's truncating integer division does not"),
+    pretrained_cfgs={  # the authors released code, no weights
+        "quadmamba_nano": _cfg(notes=("vssm's size for tests and CPU demos; no released weights",)),
+        "quadmamba_lite": _cfg(notes=("a derived config for the paper's 6.5M / 1.1G entry; no released weights",)),
+        "quadmamba_tiny": _cfg(notes=("no released weights",)),
+        "quadmamba_small": _cfg(notes=("no released weights",)),
+    },
+    docs={
+        "quadmamba_nano": "A small QuadMamba for tests and CPU demos: dims 32, depths 1,1,2,1.",
+        "quadmamba_lite": "A derived 6.65M / 1.06 GFLOPs QuadMamba matching the paper's 6.5M / 1.1G entry (see SIZES).",
+        "quadmamba_tiny": "QuadMamba-T (82.2% top-1, the README's \"QuadMamba-v3\"): 31.3M parameters, ~5.5 GFLOPs "
+                          "at 224.",
+        "quadmamba_small": "QuadMamba-S: 50.7M parameters, ~9.3 GFLOPs at 224.",
+    }))

@@ -28,14 +28,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module
-from timm.models import generate_default_cfgs
 
 from ..ops import selective_scan
-from ._registry import build, pretrained_cfg, register_model
-from .layers import Mlp, refuse_torchscript, to_nchw, to_nhwc
+from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
+from .blocks import Mlp, refuse_torchscript, to_nchw, to_nhwc
 from .staged import DenseBackbone, StagedModel, check_head
 
-__all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock"]
+__all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock", "FAMILY"]
 
 
 def _replicate_pad(h: torch.Tensor, d: int) -> torch.Tensor:
@@ -260,6 +259,7 @@ class SpatialMamba(StagedModel):
 
     first_conv = "patch_embed.conv1.conv"
     head_norm = "norm"
+    head_modules = ("norm", "head_drop", "head")
     has_batchnorm = True
 
     def __init__(self, depths=(2, 4, 8, 4), dims=64, in_chans: int = 3, num_classes: int = 1000,
@@ -313,25 +313,13 @@ class SpatialMamba(StagedModel):
 class SpatialMambaBackbone(DenseBackbone, SpatialMamba):
     """Dense backbone: the stage outputs selected by ``out_indices``, each through ``outnorm{i}``."""
 
-    unused_checkpoint_prefixes = ("norm.", "head.")
 
-    def __init__(self, out_indices=(0, 1, 2, 3), **kwargs):
-        kwargs["num_classes"] = 0
-        super().__init__(**kwargs)
-        del self.norm, self.head, self.head_drop
-        self._add_outnorms(out_indices)
-
-
-CONFIGS = {
+SIZES = {
     "spatialmamba_nano": dict(depths=(1, 1, 2, 1), dims=32, drop_path_rate=0.0),
     "spatialmamba_tiny": dict(depths=(2, 4, 8, 4), dims=64, drop_path_rate=0.2),
     "spatialmamba_small": dict(depths=(2, 4, 21, 5), dims=64, drop_path_rate=0.3),
     "spatialmamba_base": dict(depths=(2, 4, 21, 5), dims=96, drop_path_rate=0.5),
 }
-
-
-def dense_backbone(name: str, out_indices=(0, 1, 2, 3), **kwargs) -> SpatialMambaBackbone:
-    return SpatialMambaBackbone(out_indices=out_indices, **{**CONFIGS[name], **kwargs})
 
 
 def _cfg(**kwargs) -> dict:
@@ -348,34 +336,20 @@ def _release(name: str, drive_id: str) -> dict:
                        f"pretrained_cfg_overlay=dict(file=PATH)",))
 
 
-default_cfgs = generate_default_cfgs({
-    "spatialmamba_nano": _cfg(license="apache-2.0",
-                              notes=("vssm's size for tests and CPU demos; no released weights",)),
-    "spatialmamba_tiny.in1k": _release("Spatial-Mamba-T", "19kXoqGSTuKKs4AHbdUSrdKZTwTWenLIW"),
-    "spatialmamba_small.in1k": _release("Spatial-Mamba-S", "1Wb3sYoWLpgmWrmHMYKwdgDwGPZaqM28O"),
-    "spatialmamba_base.in1k": _release("Spatial-Mamba-B", "1k8dHp2QRCOqBSgAi36YkhZp_O8LqOPjM"),
-})
-
-
-@register_model
-def spatialmamba_nano(pretrained=False, **kwargs) -> SpatialMamba:
-    """A small Spatial-Mamba for tests and CPU demos: dims 32, depths 1,1,2,1."""
-    return build(SpatialMamba, "spatialmamba_nano", pretrained, **{**CONFIGS["spatialmamba_nano"], **kwargs})
-
-
-@register_model
-def spatialmamba_tiny(pretrained=False, **kwargs) -> SpatialMamba:
-    """Spatial-Mamba-T (83.5% top-1): 26.7M parameters, 4.47 GFLOPs at 224."""
-    return build(SpatialMamba, "spatialmamba_tiny", pretrained, **{**CONFIGS["spatialmamba_tiny"], **kwargs})
-
-
-@register_model
-def spatialmamba_small(pretrained=False, **kwargs) -> SpatialMamba:
-    """Spatial-Mamba-S (84.6% top-1): 43.1M parameters, 7.12 GFLOPs at 224."""
-    return build(SpatialMamba, "spatialmamba_small", pretrained, **{**CONFIGS["spatialmamba_small"], **kwargs})
-
-
-@register_model
-def spatialmamba_base(pretrained=False, **kwargs) -> SpatialMamba:
-    """Spatial-Mamba-B (85.3% top-1): 95.8M parameters, 15.80 GFLOPs at 224."""
-    return build(SpatialMamba, "spatialmamba_base", pretrained, **{**CONFIGS["spatialmamba_base"], **kwargs})
+FAMILY = register_family(Family(
+    name="spatialmamba", title="SpatialMamba", classifier=SpatialMamba, backbone=SpatialMambaBackbone,
+    sizes=SIZES, nano="spatialmamba_nano", tiny="spatialmamba_tiny",
+    export=ExportPolicy(True, "one raster-order scan: no order table"),
+    pretrained_cfgs={
+        "spatialmamba_nano": _cfg(license="apache-2.0",
+                                  notes=("vssm's size for tests and CPU demos; no released weights",)),
+        "spatialmamba_tiny.in1k": _release("Spatial-Mamba-T", "19kXoqGSTuKKs4AHbdUSrdKZTwTWenLIW"),
+        "spatialmamba_small.in1k": _release("Spatial-Mamba-S", "1Wb3sYoWLpgmWrmHMYKwdgDwGPZaqM28O"),
+        "spatialmamba_base.in1k": _release("Spatial-Mamba-B", "1k8dHp2QRCOqBSgAi36YkhZp_O8LqOPjM"),
+    },
+    docs={
+        "spatialmamba_nano": "A small Spatial-Mamba for tests and CPU demos: dims 32, depths 1,1,2,1.",
+        "spatialmamba_tiny": "Spatial-Mamba-T (83.5% top-1): 26.7M parameters, 4.47 GFLOPs at 224.",
+        "spatialmamba_small": "Spatial-Mamba-S (84.6% top-1): 43.1M parameters, 7.12 GFLOPs at 224.",
+        "spatialmamba_base": "Spatial-Mamba-B (85.3% top-1): 95.8M parameters, 15.80 GFLOPs at 224.",
+    }))

@@ -4,9 +4,9 @@ A family's classifier subclasses :class:`StagedModel` and sets ``patch_embed`` (
 C)), ``layers`` (each with ``blocks`` and a ``downsample``, applied after the stage, unused after the last),
 ``dims``, ``depths``, ``in_chans``, ``num_classes``, ``global_pool``, ``num_features``, ``head_hidden_size``,
 ``feature_info`` and ``grad_checkpointing``; the class attributes ``first_conv`` (the stem's first
-convolution) and ``head_norm`` (the head's LayerNorm over the last stage); and defines ``forward_head``,
-``get_classifier`` and ``reset_classifier``. Its dense backbone mixes in :class:`DenseBackbone` (before the
-classifier class) and calls ``_add_outnorms`` once the classifier's head is removed.
+convolution), ``head_norm`` (the head's LayerNorm over the last stage) and ``head_modules`` (the attributes
+that make up the head); and defines ``forward_head``, ``get_classifier`` and ``reset_classifier``. Its dense
+backbone is ``class XBackbone(DenseBackbone, X)``: nothing more to write.
 
 Everything here traces with torch.fx as timm does it (``timm.models.create_feature_extractor``, timm's
 ``features_only`` wrappers): the families register their token mixers (dynamic scan orders, the selective
@@ -19,7 +19,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 
-from .layers import checkpoint_seq, to_nchw
+from .blocks import checkpoint_seq, to_nchw
 
 GLOBAL_POOLS = ("avg", "")  # average pooling, or none (forward returns the normalised feature map)
 
@@ -69,6 +69,7 @@ class StagedModel(nn.Module):
     """timm's model API over the stages of a family's classifier (see the module docstring)."""
 
     new_layer_prefixes = ()  # layers absent from classification checkpoints (vssm.load_checkpoint)
+    head_modules = ()  # the attributes holding the head (norm, pooling, classifier): a dense backbone drops them
     first_conv = ""  # the stem's first convolution (timm's pretrained_cfg ``first_conv``)
     head_norm = ""  # the head's LayerNorm over the last stage (``forward_intermediates(norm=True)``)
     has_batchnorm = False  # BatchNorm after the stem and in the downsamples: batch statistics in training
@@ -180,10 +181,28 @@ class StagedModel(nn.Module):
 
 
 class DenseBackbone:
-    """Mixin turning a :class:`StagedModel` into a dense backbone: the stage outputs selected by
-    ``out_indices``, each through a LayerNorm ``outnorm{i}`` (the authors' detection/segmentation names)."""
+    """Mixin turning a :class:`StagedModel` classifier into a dense backbone, ``class XBackbone(DenseBackbone, X)``:
+    the classifier without its ``head_modules``, returning the stage outputs selected by ``out_indices``, each
+    through a LayerNorm ``outnorm{i}`` (the authors' detection/segmentation names). Key-compatible with the
+    authors' detection/segmentation backbones (after the ``backbone.`` prefix).
+
+    Args:
+        out_indices: the stages returned, among 0..len(dims) - 1.
+        kwargs: the classifier's arguments (``num_classes`` is 0: no head).
+    """
 
     new_layer_prefixes = ("outnorm",)  # absent from classification checkpoints: left initialised, reported
+
+    def __init__(self, out_indices=(0, 1, 2, 3), **kwargs):
+        super().__init__(**{**kwargs, "num_classes": 0})
+        for name in self.head_modules:
+            delattr(self, name)
+        self._add_outnorms(out_indices)
+
+    @property
+    def unused_checkpoint_prefixes(self) -> tuple:
+        """The head's keys in classification checkpoints: skipped when loading, and reported."""
+        return tuple(f"{name}." for name in self.head_modules)
 
     def _add_outnorms(self, out_indices):
         self.out_indices = tuple(out_indices)

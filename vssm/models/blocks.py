@@ -1,0 +1,213 @@
+"""Building blocks shared by the families. Feature maps inside blocks are channels-last, (batch, H, W, C).
+
+- layout helpers and the MLP (``Permute``, ``to_nchw`` / ``to_nhwc``, ``Mlp``, ``checkpoint_seq``);
+- ``DirectionalScan``: the selective-scan parameters of K directions and the scans over them (sequences already
+  gathered, or a map read through order tables);
+- ``SS2D``: VMamba's 2-D selective-scan mixer (in_proj, depthwise conv, K-direction scan, out_norm, out_proj),
+  whose ``mix`` the families that scan in other orders override (QuadMamba, FractalMamba, plugins);
+- ``VSSBlock``: pre-norm residual block of a mixer and an MLP.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, register_notrace_module
+
+from ..ops import selective_scan, selective_scan_map
+from ..scans import cross_orders
+
+
+class Permute(nn.Module):
+    """x.permute(*dims) as a module (keeps the authors' Sequential indices, e.g. NCHW <-> NHWC)."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+    def extra_repr(self) -> str:
+        return ", ".join(map(str, self.dims))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 over the last dimension."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(batch, H, W, C) -> (batch, C, H, W) view (channels-last memory)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(batch, C, H, W) -> (batch, H, W, C) view."""
+    return x.permute(0, 2, 3, 1)
+
+
+def checkpoint_seq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run ``module`` under activation checkpointing (recomputed in the backward)."""
+    return torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+
+
+TORCHSCRIPT_UNSUPPORTED = (
+    "TorchScript cannot compile vssm's token mixers (and is deprecated since PyTorch 2.5): they compute their "
+    "scan orders in Python for each input size and run the selective scan through a Python autograd.Function "
+    "over interchangeable backends. Use torch.fx (timm's feature extraction traces them as leaf modules) or "
+    "torch.compile instead")
+
+
+def refuse_torchscript(module: nn.Module):
+    """``__prepare_scriptable__`` of the token mixers: ``torch.jit.script`` of any model holding one stops here
+    with the reason, instead of deep inside TorchScript's compiler."""
+    raise RuntimeError(f"{type(module).__name__}: {TORCHSCRIPT_UNSUPPORTED}")
+
+
+class DirectionalScan(nn.Module):
+    """The selective-scan parameters of K directions over D channels, and the scan of K sequences.
+
+    x_proj_weight (K, R + 2N, D) maps a token to its step-size rank-R code and B, C; dt_projs_weight
+    (K, D, R) and dt_projs_bias (K, D) give the per-channel step sizes; A_logs (K*D, N) and Ds (K*D) the
+    decay and skip. Initialised as published (S4D-real A, unit D, step sizes in [dt_min, dt_max]).
+
+    ``linearized`` (an analysis switch, off in normal use): dt, B and C are computed from detached tokens
+    and the D skip is left out, so a mixer's output is the linear map the scans apply to its input, the
+    implicit attention that ``vssm.analysis.implicit_attention`` reads out.
+    """
+
+    linearized = False
+
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, directions: int, dt_min: float = 1e-3,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan_backend: str = "auto"):
+        super().__init__()
+        K = self.directions = directions
+        self.d_inner, self.d_state, self.dt_rank = d_inner, d_state, dt_rank
+        self.scan_backend = scan_backend
+        self.x_proj_weight = nn.Parameter(torch.empty(K, dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(K, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(K * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(K * d_inner))
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        dt_min, dt_max, floor = self._dt_range
+        bound = 1 / math.sqrt(self.d_inner)  # nn.Linear's default for the x projections
+        nn.init.uniform_(self.x_proj_weight, -bound, bound)
+        nn.init.uniform_(self.dt_projs_weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        dt = torch.exp(torch.rand(self.dt_projs_bias.shape) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) tokens -> (..., K, R + 2N): every direction's x_proj of every token."""
+        if self.linearized:
+            x = x.detach()
+        return F.linear(x, self.x_proj_weight.view(-1, x.shape[-1])).unflatten(-1, (self.directions, -1))
+
+    def scan(self, us: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+        """Selective scan of K sequences.
+
+        us: (batch, L, K, D) tokens; proj: (batch, L, K, R + 2N) their x_proj outputs (dt, B, C).
+        Returns (batch, L, K, D), in the time-major memory the scan writes.
+        """
+        batch, L, K, D = us.shape
+        R, N = self.dt_rank, self.d_state
+        dts = torch.einsum("blkr,kdr->blkd", proj[..., :R], self.dt_projs_weight).reshape(batch, L, K * D)
+        Bs, Cs = proj[..., R:R + N].permute(0, 2, 3, 1), proj[..., R + N:].permute(0, 2, 3, 1)  # (batch, K, N, L)
+        ys = selective_scan(us.reshape(batch, L, K * D).transpose(1, 2), dts.transpose(1, 2),
+                            -torch.exp(self.A_logs.float()), Bs, Cs, None if self.linearized else self.Ds.float(),
+                            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                            backend=self.scan_backend)  # (batch, K*D, L), time-major memory
+        return ys.transpose(1, 2).view(batch, L, K, D)
+
+    def scan_map(self, x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+        """Selective scans of the (batch, H, W, D) map along K orders, added back onto the map.
+
+        orders: (K, H*W) or (batch, K, H*W) positions (see ``vssm.ops.selective_scan_map``). Every token is
+        projected to its K directions' (dt, B, C) in map order and the scan reads the map through the orders,
+        so no gathered copies are made. Returns (batch, H, W, D) float32.
+        """
+        batch, H, W, D = x.shape
+        L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
+        proj = self.project(x).reshape(batch, L, K, R + 2 * N)
+        dts = torch.einsum("blkr,kdr->blkd", proj[..., :R], self.dt_projs_weight)
+        y = selective_scan_map(x.reshape(batch, L, D), dts, -torch.exp(self.A_logs.float()), proj[..., R:R + N],
+                               proj[..., R + N:], orders, D=None if self.linearized else self.Ds.float(),
+                               delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                               backend=self.scan_backend)
+        return y.view(batch, H, W, D)
+
+
+@register_notrace_module  # an fx leaf (as are QuadSS2D, FractalSS2D): scan orders depend on the input's size
+class SS2D(DirectionalScan):
+    """2-D selective scan: in_proj -> dwconv3x3 -> SiLU -> 4-way cross selective scan -> out_norm -> out_proj.
+
+    (batch, H, W, C) -> (batch, H, W, C).
+
+    Args:
+        dim: channels of the block (C).
+        d_state: state size N of the scan.
+        ssm_ratio: inner width D = ssm_ratio * C.
+        dt_rank: rank R of the step-size projection ("auto": ceil(C / 16)).
+        directions: number of scan directions K (each has its own projections and dynamics).
+        scan_backend: selective_scan backend.
+
+    ``mix`` scans the (batch, H, W, D) map along its K orders and merges the results (the cross scan here;
+    QuadMamba and FractalMamba override it) through ``scan_map``, the part every order shares; ``scan``
+    scans K sequences already gathered.
+    """
+
+    __prepare_scriptable__ = refuse_torchscript
+
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank="auto", directions: int = 4,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 scan_backend: str = "auto"):
+        d_inner = int(ssm_ratio * dim)
+        super().__init__(d_inner, d_state, math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank), directions,
+                         dt_min, dt_max, dt_init_floor, scan_backend)
+        self.in_proj = nn.Linear(dim, d_inner, bias=False)
+        self.act = nn.SiLU()
+        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False)
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv2d(to_nchw(self.in_proj(x)))).permute(0, 2, 3, 1)  # (batch, H, W, D)
+        return self.out_proj(self.out_norm(self.mix(x).to(x.dtype)))
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4-way cross scan: (batch, H, W, D) -> (batch, H, W, D) float32."""
+        return self.scan_map(x, cross_orders(x.shape[1], x.shape[2], x.device))
+
+
+class VSSBlock(nn.Module):
+    """x + DropPath(op(norm(x))); x + DropPath(MLP(norm2(x))), on (batch, H, W, C); op is SS2D by default."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 4.0, drop: float = 0.0,
+                 op: nn.Module = None, **ssm_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = op if op is not None else SS2D(dim, **ssm_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.op(self.norm(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
