@@ -87,10 +87,9 @@ def main(argv=None):
 
 def change_detector_flops(config: str, size) -> dict:
     """The change detector of a configs/changedetection config, counted on one pair of (H, W) images."""
-    sys.path.insert(0, ROOT)
-    from changedetection.config import get_config
-    from changedetection.main import build_model
+    from vssm.changedetection.config import get_config
     from vssm.changedetection.flops import detector_flops
+    from vssm.changedetection.task import build_model
     return detector_flops(build_model(get_config(config)), size)
 
 

@@ -150,7 +150,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("flag", ["--pretrained", "--resume"])
 def test_trainer_refuses_the_gadget_and_writes_nothing(tmp_path, flag, capsys):
-    from classification.main import cli
+    from vssm.classification.main import cli
     target = tmp_path / "written_by_gadget.bin"
     array = np.frombuffer(b"owned", dtype=np.uint8).copy()
     path = _save(tmp_path, _Reduce(_Reduce(getattr, array, "tofile"), str(target)))

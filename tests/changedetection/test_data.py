@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from changedetection.data import ChangeDetectionDataset, DataError, list_pairs, read_label
+from vssm.changedetection.data import ChangeDetectionDataset, DataError, list_pairs, read_label
 from vssm.changedetection import synthetic
 
 from .helpers import CHANGEMAMBA, make_pairs

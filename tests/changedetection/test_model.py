@@ -127,8 +127,8 @@ def test_detector_is_built_from_parts():
 
 def test_flops_tool_counts_the_change_detector(capsys):
     from ..analyze.test_cli import tool
-    from changedetection.config import get_config
-    from changedetection.main import build_model
+    from vssm.changedetection.config import get_config
+    from vssm.changedetection.task import build_model
 
     assert tool("flops").main(["--model", "vmamba_nano", "--task", "cd", "--size", "64"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "_nano.yaml |" in line]

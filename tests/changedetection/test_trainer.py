@@ -13,8 +13,8 @@ import yaml
 from PIL import Image
 
 import vssm
-from changedetection.config import get_config
-from changedetection.main import cli
+from vssm.changedetection.config import get_config
+from vssm.changedetection.main import cli
 
 from .helpers import make_pairs
 
@@ -159,7 +159,7 @@ def test_unreadable_image_is_named_without_a_traceback(tmp_path, data, capsys):
 
 
 @pytest.mark.parametrize("opts,message", [
-    (["TRAIN.EPOCH", "3"], "unknown config key: TRAIN.EPOCH (see changedetection/config.py)"),
+    (["TRAIN.EPOCH", "3"], "unknown config key: TRAIN.EPOCH (see vssm/changedetection/config.py)"),
     (["MODEL.DECODER.MIXER", "quad"], "MODEL.DECODER.MIXER must be one of ss2d, fractal"),
     (["MODEL.BACKBONE", "vmamba_huge"], "unknown model"),
     (["DATA.CROP_SIZE", "-1"], "DATA.CROP_SIZE must be 0"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from classification.main import cli
+from vssm.classification.main import cli
 
 from .test_trainer import FAST, NANO_CFG, make_folder, read_log, run_cli
 
@@ -61,17 +61,17 @@ def test_unreadable_image_with_mixup_trains_and_resumes_exactly(tmp_path, data, 
     straight = tmp_path / "a" / "vmamba_nano" / "default"
     assert [r["skipped_images"] for r in read_log(straight)] == [1, 1]
 
-    import classification.main as trainer
-    real = trainer.train_one_epoch
+    from vssm.engine.trainer import EpochLoop
+    real = EpochLoop.run
 
-    def dies_in_epoch_1(*args, **kwargs):
-        if args[7] == 1:
+    def dies_in_epoch_1(loop, epoch):
+        if epoch == 1:
             raise _Killed
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "train_one_epoch", dies_in_epoch_1)
+        return real(loop, epoch)
+    monkeypatch.setattr(EpochLoop, "run", dies_in_epoch_1)
     with pytest.raises(_Killed):
         cli(argv[:4] + ["--output", str(tmp_path / "b")] + argv[4:])
-    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    monkeypatch.setattr(EpochLoop, "run", real)
     code, out, err = run_cli(capsys, *argv[:4], "--output", str(tmp_path / "b"), *argv[4:])
     assert code == 0 and "resumed from" in out, err
     resumed = tmp_path / "b" / "vmamba_nano" / "default"

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-import classification.main as trainer
-from classification.checkpoints import read_records, remove_stale_temporaries, restore_bookkeeping
-from classification.main import cli
+import vssm.engine.trainer as trainer
+from vssm.classification.main import cli
+from vssm.engine.checkpoints import read_records, remove_stale_temporaries, restore_bookkeeping
 from vssm.checkpoint import read_checkpoint
 
 from .test_trainer import FAST, MAIN, NANO_CFG, ROOT, make_folder, read_log

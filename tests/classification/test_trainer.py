@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import vssm
-from classification.main import cli
+from vssm.classification.main import cli
 
 from ..models.reference_vmamba import to_conv_layout
 

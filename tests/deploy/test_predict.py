@@ -9,8 +9,8 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 import vssm
-from classification.checkpoints import run_metadata
-from classification.config import get_config
+from vssm.classification.config import get_config
+from vssm.classification.task import run_metadata
 from vssm.cam import CAM_METHODS, class_activation_maps, displayable, map_size, overlay_map
 from vssm.image_io import read_image
 from vssm.predict import build_transform, data_config, load_classifier, main

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import vssm
-from classification.main import cli
+from vssm.classification.main import cli
 from vssm.predict import main as predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -109,8 +109,8 @@ def test_images_and_config_that_disagree(tmp_path, capsys):
 
 @pytest.mark.parametrize("chans", [1, 4])
 def test_grayscale_and_rgba_pngs_read_for_their_channels(tmp_path, chans):
-    from classification.config import get_config
-    from classification.data import build_datasets
+    from vssm.classification.config import get_config
+    from vssm.classification.data import build_datasets
 
     def rgba_png(path, mean, rng):
         Image.fromarray(np.full((20, 20, 4), mean, np.uint8), "RGBA").save(path + ".png")

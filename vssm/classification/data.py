@@ -15,30 +15,37 @@ import random
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 from PIL import UnidentifiedImageError
 from timm.data import Mixup, create_transform
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from classification.config import uses_mixup
-from vssm.digits import prepare_digits
-from vssm.image_io import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, is_image_file,
-                           read_image, tensor_transform)
+from ..digits import prepare_digits
+from ..engine.data import DataError, seeded_loaders
+from ..image_io import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, is_image_file,
+                        read_image, tensor_transform)
+from .config import uses_mixup
 
 log = logging.getLogger("train")
 
 
-class DataError(ValueError):
-    """A dataset that cannot be used (missing folders, no images, mismatched classes, unreadable image)."""
-
-
 def find_classes(folder: str):
+    """The class sub-folders of a split, sorted. A sub-folder that links back to the split (or above it) or to
+    another class folder is refused: it would count its images twice or make a class of the whole split."""
     if not os.path.isdir(folder):
         raise DataError(f"missing folder {folder} (expected train/ and val/ with one sub-folder per class)")
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
+    entries = sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    if not entries:
         raise DataError(f"{folder} has no class sub-folders")
-    return classes
+    split, seen = os.path.realpath(folder), {}
+    for entry in entries:
+        real = os.path.realpath(entry.path)
+        if split == real or split.startswith(real + os.sep):
+            raise DataError(f"class folder {entry.path} links to {real}, which holds the split {folder} itself; "
+                            f"remove the link")
+        if real in seen:
+            raise DataError(f"class folders {seen[real]} and {entry.path} are the same folder ({real}); remove one")
+        seen[real] = entry.path
+    return [e.name for e in entries]
 
 
 class Unreadable(NamedTuple):
@@ -52,7 +59,8 @@ REPLACEMENT_TRIES = 32  # other images tried in place of an unreadable one befor
 
 
 class ImageFolderDataset(Dataset):
-    """Images under root/<class>/... read with ``in_chans`` channels; each item is (image, label, 1 if it stands in for an unreadable image).
+    """Images under root/<class>/... read with ``in_chans`` channels; each item is (image, label, 1 if it stands in
+    for an unreadable image, the path of the image read).
 
     ``unreadable`` says what happens to an image that cannot be decoded (logged with its path):
     "replace" (training) returns another image in its place, chosen by the index alone (the same on every
@@ -86,7 +94,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index):
         img, error = self._read(index)
         if img is not None:
-            return self.transform(img), self.samples[index][1], 0
+            return self.transform(img), self.samples[index][1], 0, self.samples[index][0]
         path = self.samples[index][0]
         if self.unreadable == "error":
             return Unreadable(path, f"cannot read image {path}: {error} (DATA.SKIP_UNREADABLE True skips such "
@@ -99,7 +107,7 @@ class ImageFolderDataset(Dataset):
             other = rng.randrange(len(self.samples))
             img, other_error = self._read(other)
             if img is not None:
-                return self.transform(img), self.samples[other][1], 1
+                return self.transform(img), self.samples[other][1], 1, self.samples[other][0]
             _warn_once(self.samples[other][0], other_error)
         return Unreadable(path, f"cannot read training image {path} ({error}) nor any of {REPLACEMENT_TRIES} "
                                 f"others tried in its place (the last: {self.samples[other][0]}: {other_error}); "
@@ -115,32 +123,42 @@ def _warn_once(path, error):
         log.warning("skipping unreadable image %s (%s)", path, error)
 
 
+class Batch(NamedTuple):
+    """What the loaders yield: images (batch, C, H, W) and labels (batch,), or None when no image of the batch
+    could be read; how many images were skipped (replaced in training, left out in evaluation); the paths."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: int
+    paths: list
+
+
 def collate_skipping_unreadable(batch):
-    """(images, labels, images skipped, fatal Unreadable items): default collation of the readable samples."""
+    """(Batch of the readable samples, fatal Unreadable items)."""
     kept = [b for b in batch if not isinstance(b, Unreadable)]
     fatal = [b for b in batch if isinstance(b, Unreadable) and b.fatal]
     skipped = sum(b[2] for b in kept) + sum(1 for b in batch if isinstance(b, Unreadable) and not b.fatal)
     if not kept:
-        return None, None, skipped, fatal
+        return Batch(None, None, skipped, []), fatal
     images, labels = torch.utils.data.default_collate([b[:2] for b in kept])
-    return images, labels, skipped, fatal
+    return Batch(images, labels, skipped, [b[3] for b in kept]), fatal
 
 
 class Loader:
-    """A DataLoader yielding (images, labels, images skipped as unreadable); stops with a DataError, in the
-    main process, at an image the dataset could not use or replace."""
+    """A DataLoader yielding :class:`Batch` es; stops with a DataError, in the main process, at an image the
+    dataset could not use or replace."""
 
     def __init__(self, loader: DataLoader):
         self.loader = loader
+        self.dataset = loader.dataset
 
     def __len__(self):
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels, skipped, fatal in self.loader:
+        for batch, fatal in self.loader:
             if fatal:
                 raise DataError(fatal[0].message)
-            yield images, labels, skipped
+            yield batch
 
 
 def build_transforms(config, train: bool):
@@ -195,6 +213,9 @@ def build_datasets(config):
         only_val = sorted(set(val_classes) - set(train_classes))
         raise DataError(f"train/ and val/ of {root} have different classes: only in train {only_train[:10]}, "
                         f"only in val {only_val[:10]}")
+    if len(train_classes) == 1:
+        log.warning(f"{root} holds a single class ({train_classes[0]}): every prediction is that class, so the "
+                    f"accuracy is 100 % whatever the model learns; add the other classes' folders")
     skip, chans = config.DATA.SKIP_UNREADABLE, config.DATA.IN_CHANS
     train = ImageFolderDataset(os.path.join(root, "train"), train_classes, build_image_transforms(config, True),
                                "replace" if skip else "error", chans)
@@ -205,41 +226,11 @@ def build_datasets(config):
     return train, val, root
 
 
-class ShardSampler(torch.utils.data.Sampler):
-    """Every world-th index from rank: each sample is evaluated exactly once across processes (no padding)."""
-
-    def __init__(self, size: int, world: int, rank: int):
-        self.indices = list(range(rank, size, world))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
 def build_loaders(config, train_set, val_set, seed: int):
-    """Loaders whose order and augmentations depend only on (seed, epoch): call ``set_epoch`` on both."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                       drop_last=True)
-    val_sampler = ShardSampler(len(val_set), world, rank)
-    if len(train_set) < config.DATA.BATCH_SIZE * world:
-        raise DataError(f"{len(train_set)} training images cannot fill one batch of {config.DATA.BATCH_SIZE} x "
-                        f"{world} processes; lower --batch-size")
-    generator = torch.Generator()
-    common = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
-                  collate_fn=collate_skipping_unreadable, persistent_workers=False)
-    train_loader = DataLoader(train_set, batch_size=config.DATA.BATCH_SIZE, sampler=train_sampler, drop_last=True,
-                              generator=generator, **common)
-    val_loader = DataLoader(val_set, batch_size=config.DATA.BATCH_SIZE, sampler=val_sampler, **common)
-
-    def set_epoch(epoch: int):
-        train_sampler.set_epoch(epoch)
-        generator.manual_seed(seed * 100003 + epoch * 1009 + rank)  # worker seeds of this epoch
-
-    return Loader(train_loader), Loader(val_loader), set_epoch
+    """Loaders whose order and augmentations depend only on (seed, epoch): call ``set_epoch`` each epoch."""
+    train, val, set_epoch = seeded_loaders(config, train_set, val_set, seed, collate_skipping_unreadable,
+                                           config.DATA.BATCH_SIZE, "images")
+    return Loader(train), Loader(val), set_epoch
 
 
 def build_mixup(config, num_classes: int):

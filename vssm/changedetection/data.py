@@ -18,22 +18,16 @@ import os
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
-from classification.data import ShardSampler
-from vssm.changedetection.synthetic import prepare_change_pairs
+from ..engine.data import DataError, seeded_loaders
+from .synthetic import prepare_change_pairs
 
 log = logging.getLogger("train")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LAYOUTS = {"levir": ("A", "B", "label"), "changemamba": ("T1", "T2", "GT")}
-
-
-class DataError(ValueError):
-    """A change-detection dataset that cannot be used (missing folders, unpaired or unreadable files, sizes
-    that differ, labels other than 0 / 255)."""
 
 
 def detect_layout(split_dir: str) -> str:
@@ -200,24 +194,4 @@ def collate_pairs(batch):
 
 def build_loaders(config, train_set, test_set, seed: int):
     """Loaders whose order and augmentations depend only on (seed, epoch): call ``set_epoch`` each epoch."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    common = dict(num_workers=config.DATA.NUM_WORKERS, collate_fn=collate_pairs,
-                  pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available())
-    test_loader = DataLoader(test_set, batch_size=config.DATA.EVAL_BATCH_SIZE,
-                             sampler=ShardSampler(len(test_set), world, rank), **common)
-    if train_set is None:
-        return None, test_loader, lambda epoch: None
-    if len(train_set) < config.DATA.BATCH_SIZE * world:
-        raise DataError(f"{len(train_set)} training pairs cannot fill one batch of {config.DATA.BATCH_SIZE} x "
-                        f"{world} processes; lower --batch-size")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    generator = torch.Generator()
-    train_loader = DataLoader(train_set, batch_size=config.DATA.BATCH_SIZE, sampler=sampler, drop_last=True,
-                              generator=generator, **common)
-
-    def set_epoch(epoch: int):
-        sampler.set_epoch(epoch)
-        generator.manual_seed(seed * 100003 + epoch * 1009 + rank)  # worker seeds of this epoch
-
-    return train_loader, test_loader, set_epoch
+    return seeded_loaders(config, train_set, test_set, seed, collate_pairs, config.DATA.EVAL_BATCH_SIZE, "pairs")

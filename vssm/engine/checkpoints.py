@@ -1,13 +1,11 @@
-"""Training checkpoints: written atomically, the newest few kept, the newest found for auto-resume.
+"""Training checkpoints: written atomically, the newest few kept, the newest found for auto-resume, and an epoch's
+bookkeeping that survives a kill anywhere in it.
 
-Besides the weights, every checkpoint carries what inference needs (:func:`run_metadata`): the class names in
-label order, timm's data config of the run (input size with channels, mean, std, interpolation, crop) and the
-run's config. ``python -m vssm.predict`` reads them; a resumed run checks that its classes are the same.
-
-An epoch's bookkeeping is its checkpoint (which also carries the epoch's log record and which epoch was
-best), then ``best.pth`` when it improved, then its line in ``log.jsonl``. A run killed anywhere in
-between is repaired when it resumes (:func:`restore_bookkeeping`), and the temporary files of killed
-writes are removed when a run starts (:func:`remove_stale_temporaries`).
+An epoch's bookkeeping is its checkpoint (which carries the epoch's log record, which epoch was best and the
+task's metadata), then ``best.pth`` when it improved, then its line in ``log.jsonl``. A run killed anywhere in
+between is repaired when it resumes (:func:`restore_bookkeeping`), and the temporary files of killed writes
+are removed when a run starts (:func:`remove_stale_temporaries`). A write that fails (full disk, read-only
+file system) stops the run with an error naming the file and the cause; the files already written stay whole.
 """
 import glob
 import json
@@ -17,24 +15,34 @@ import re
 
 import torch
 
-from vssm.checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint
+from ..checkpoint import CheckpointError, read_checkpoint
+from .process import OutputError, describe_os_error
 
 PATTERN = re.compile(r"ckpt_epoch_(\d+)\.pth$")
 TEMPORARY = re.compile(r"\.tmp(\d+)$")  # save_atomic's temporary files: <target>.tmp<PID>
 LOG = "log.jsonl"
 BEST = "best.pth"
+METADATA = ("classes", "data_config", "config")  # what a task stores beside the weights (read by vssm.predict)
 
 log = logging.getLogger("train")
 
 
 def save_atomic(obj, path: str):
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a partial file."""
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a partial file.
+    A failed write (full disk, read-only file system) is an :class:`OutputError` naming the file and the cause."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         torch.save(obj, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {describe_os_error(e)}") from None
+    except RuntimeError as e:  # torch.save's zip writer reports a failed write as a RuntimeError
+        if "enforce fail" not in str(e) and "write" not in str(e).lower():
+            raise
+        raise OutputError(f"cannot write {path}: the write failed ({str(e).splitlines()[0][:120]}); is the disk "
+                          f"full or read-only?") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -63,29 +71,6 @@ def save_epoch_checkpoint(state: dict, folder: str, epoch: int, keep: int) -> st
     return path
 
 
-def data_config(config) -> dict:
-    """The run's evaluation preprocessing as timm's data config (``timm.data.create_transform(**it)``)."""
-    return {"input_size": (config.DATA.IN_CHANS, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE),
-            "interpolation": config.DATA.INTERPOLATION, "mean": tuple(config.DATA.MEAN), "std": tuple(config.DATA.STD),
-            "crop_pct": config.TEST.CROP_PCT if config.TEST.CROP else 1.0, "crop_mode": "center"}
-
-
-def run_metadata(config, classes) -> dict:
-    """What a checkpoint holds besides weights: ``classes`` (names in label order), ``data_config``, ``config``."""
-    return {"classes": list(classes), "data_config": data_config(config), "config": config.dump()}
-
-
-def check_classes(state: dict, classes, path: str):
-    """A checkpoint to resume must have been trained on the same classes, in the same order."""
-    saved = state.get("classes")
-    if saved is not None and list(saved) != list(classes):
-        only_saved = sorted(set(saved) - set(classes))[:10]
-        only_data = sorted(set(classes) - set(saved))[:10]
-        raise CheckpointMismatchError(
-            f"{path} was trained on other classes than the data's ({len(saved)} vs {len(classes)}; only in the "
-            f"checkpoint: {only_saved}, only in the data: {only_data}"
-            + ("; same names in another order" if not only_saved and not only_data else "")
-            + "); use another --output/--tag for a new run, or --pretrained with MODEL.RESET_HEAD to fine-tune")
 def _running(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine."""
     if pid <= 0:
@@ -111,15 +96,26 @@ def remove_stale_temporaries(folder: str) -> list:
     return removed
 
 
-def save_best(folder: str, model_state: dict, epoch: int, acc1: float, metadata: dict):
-    """best.pth: the weights of the best epoch with the run's :func:`run_metadata`."""
-    save_atomic({"model": model_state, "epoch": epoch, "acc1": acc1, **metadata}, os.path.join(folder, BEST))
+def best_payload(state: dict, fields: dict) -> dict:
+    """What best.pth holds: the weights and epoch of an epoch checkpoint ``state``, the task's ``fields`` (its
+    metric), and the metadata the checkpoint carries (``METADATA``)."""
+    return {"model": state["model"], "epoch": state["epoch"], **fields,
+            **{k: state[k] for k in METADATA if k in state}}
+
+
+def save_best(folder: str, payload: dict):
+    """best.pth (see :func:`best_payload`)."""
+    save_atomic(payload, os.path.join(folder, BEST))
 
 
 def append_record(folder: str, record: dict):
     """One epoch's line of log.jsonl."""
-    with open(os.path.join(folder, LOG), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    path = os.path.join(folder, LOG)
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {describe_os_error(e)}") from None
 
 
 def read_records(folder: str):
@@ -141,7 +137,7 @@ def read_records(folder: str):
     return records, whole
 
 
-def restore_bookkeeping(folder: str, start_epoch: int, resumed: dict = None) -> list:
+def restore_bookkeeping(folder: str, start_epoch: int, resumed: dict = None, best_fields=None) -> list:
     """Make log.jsonl and best.pth what an uninterrupted run would have written before ``start_epoch``.
 
     ``resumed`` is the checkpoint the run continues from (None: a fresh start). A kill after that
@@ -175,7 +171,6 @@ def restore_bookkeeping(folder: str, start_epoch: int, resumed: dict = None) -> 
         except CheckpointError:
             written = -1
         if written < best_epoch:
-            metadata = {k: resumed[k] for k in ("classes", "data_config", "config") if k in resumed}
-            save_best(folder, resumed["model"], best_epoch, resumed.get("max_accuracy", 0.0), metadata)
+            save_best(folder, best_payload(resumed, best_fields(resumed["record"]) if best_fields else {}))
             repaired.append(f"best.pth of epoch {best_epoch} restored from the checkpoint")
     return repaired

@@ -1,0 +1,165 @@
+"""Binary change detection over the training engine: the detector on a registered backbone, its loss, the six
+change metrics over whole images, and side-by-side result pictures."""
+import logging
+import os
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import load_checkpoint
+from ..checkpoint import CheckpointMismatchError
+from ..engine.process import format_eta
+from ..engine.trainer import Step, Task
+from .config import ConfigError, run_dir
+from .data import build_datasets, build_loaders
+from .detector import build_change_detector
+from .losses import ChangeLoss
+from .metrics import METRIC_NAMES, ChangeMetrics
+
+log = logging.getLogger("train")
+
+
+def build_model(config):
+    """The ChangeDetector of a config (encoder MODEL.BACKBONE, decoder MODEL.DECODER)."""
+    c, d = config, config.MODEL.DECODER
+    try:
+        return build_change_detector(c.MODEL.BACKBONE, width=d.WIDTH, mixer=d.MIXER, ssm_ratio=d.SSM_RATIO,
+                                     d_state=d.D_STATE, mlp_ratio=d.MLP_RATIO, decoder_drop_path=d.DROP_PATH,
+                                     scan_backend=c.MODEL.SCAN_BACKEND, drop_path_rate=c.MODEL.DROP_PATH_RATE,
+                                     **dict(c.MODEL.OPTIONS))
+    except TypeError as e:
+        raise ConfigError(f"MODEL.OPTIONS {dict(c.MODEL.OPTIONS)} do not fit {c.MODEL.BACKBONE}: {e}") from None
+
+
+class ChangeDetectionTask(Task):
+    """Change detection of image pairs (LEVIR-CD+ layouts, or the embedded generated pairs)."""
+
+    unit, unit_short = "pairs", "pairs"
+    metric_prefix, metric_names = "test", tuple(k.lower() for k in METRIC_NAMES)
+    score, score_label = "f1", "F1"
+
+    def __init__(self, config):
+        self.config = config
+
+    def run_dir(self) -> str:
+        return run_dir(self.config)
+
+    def describe_model(self) -> str:
+        return f"{self.config.MODEL.BACKBONE} encoder + change decoder"
+
+    def build_data(self, train: bool):
+        c = self.config
+        train_set, test_set, root = build_datasets(c, train=train)
+        self.train_names = train_set.names if train_set is not None else []
+        log.info(f"data {root} ({test_set.layout} layout): "
+                 + (f"{len(train_set)} {c.DATA.TRAIN_SPLIT} / " if train_set is not None else "")
+                 + f"{len(test_set)} {c.DATA.TEST_SPLIT} pairs")
+        return build_loaders(c, train_set, test_set, c.SEED)
+
+    def build_model(self):
+        return build_model(self.config)
+
+    def load_pretrained(self, model, trust_checkpoint: bool):
+        """Classification weights into the encoder, strictly (its new output norms are reported)."""
+        c = self.config
+        try:
+            report = load_checkpoint(model.backbone, c.MODEL.PRETRAINED, trust_checkpoint=trust_checkpoint)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"--pretrained {c.MODEL.PRETRAINED} does not fit the encoder "
+                                          f"{c.MODEL.BACKBONE}:\n{e}") from None
+        log.info(f"loaded pretrained encoder weights {c.MODEL.PRETRAINED}"
+                 + (f" ({len(report.initialized)} new output-norm tensors initialised)" if report.initialized else ""))
+
+    def build_criterion(self):
+        return ChangeLoss(self.config.LOSS.LOVASZ_WEIGHT)
+
+    def training_loss(self, model, batch, criterion, epoch, autocast, ema):
+        pre, post, labels, _ = batch
+        device = next(model.parameters()).device
+        pre, post = pre.to(device, non_blocking=True), post.to(device, non_blocking=True)
+        with autocast():
+            logits = model(pre, post)
+        return Step(criterion(logits, labels.to(device, non_blocking=True)), pre.shape[0])
+
+    def batch_samples(self, batch) -> list:
+        return [self.train_names[i] for i in batch[3].tolist()]
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device, autocast, label="test", save_outputs=False) -> dict:
+        """The six metrics (percent) over the whole evaluation split (all processes); with SAVE_MAPS (the final
+        evaluation or --eval) a PNG per pair in that folder: pre | post | ground truth | prediction."""
+        c = self.config
+        save_maps = c.SAVE_MAPS if save_outputs else ""
+        model.eval()
+        metrics = ChangeMetrics(device)
+        steps, start = len(loader), time.time()
+        if save_maps:
+            os.makedirs(save_maps, exist_ok=True)
+        picture_names = map_file_names(loader.dataset.names)
+        for idx, (pre, post, labels, indices) in enumerate(loader):
+            pre, post = pre.to(device, non_blocking=True), post.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with autocast():
+                logits = model(pre, post)
+            preds = logits.argmax(1)
+            metrics.update(preds, labels)
+            if save_maps:
+                for i, index in enumerate(indices.tolist()):
+                    save_change_map(os.path.join(save_maps, picture_names[index]), pre[i], post[i], labels[i],
+                                    preds[i], c.DATA.MEAN, c.DATA.STD)
+            if (idx + 1) % c.PRINT_FREQ == 0 and idx + 1 < steps:
+                elapsed = time.time() - start
+                log.info(f"Test: [{idx + 1}/{steps}]  eta {format_eta(elapsed / (idx + 1) * (steps - idx - 1))}")
+        counts = metrics.counts()
+        result = {k.lower(): 100.0 * v for k, v in metrics.compute().items()}
+        log.info(" * " + " ".join(f"{k} {result[k.lower()]:.2f}" for k in METRIC_NAMES)
+                 + f"  ({len(loader.dataset)} pairs, {int(counts.sum())} pixels, {int(counts[1].sum())} changed)"
+                 + (f" [{label}]" if label == "EMA" else ""))
+        if save_maps:
+            log.info(f"wrote pre | post | ground truth | prediction PNGs to {save_maps}")
+        return result
+
+    def summary(self, metrics: dict) -> str:
+        return f"F1 {metrics['f1']:.2f} IoU {metrics['iou']:.2f}"
+
+    def best_fields(self, record: dict) -> dict:
+        return {"metrics": {k: record[f"test_{k.lower()}"] for k in METRIC_NAMES}}
+
+
+def map_file_names(names) -> list:
+    """The picture file of each pair: its name's stem + .png, or the whole name when two pairs share a stem
+    (``dup.png`` and ``dup.bmp`` -> ``dup.png.png``, ``dup.bmp.png``), so no picture overwrites another."""
+    stems = [os.path.splitext(n)[0] for n in names]
+    shared = {s for s, count in Counter(stems).items() if count > 1}
+    return [f"{n}.png" if s in shared else f"{s}.png" for n, s in zip(names, stems)]
+
+
+def _to_uint8(image: torch.Tensor, mean, std) -> np.ndarray:
+    """A normalised (3, H, W) image back to (H, W, 3) uint8."""
+    mean = torch.tensor(mean, device=image.device).view(3, 1, 1)
+    std = torch.tensor(std, device=image.device).view(3, 1, 1)
+    return ((image.float() * std + mean) * 255).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def change_map_colours(labels: torch.Tensor, preds: torch.Tensor) -> np.ndarray:
+    """(H, W) labels and predictions -> (H, W, 3) uint8: white correct change, black correct no-change,
+    red false alarm, green missed change (ignored pixels grey)."""
+    labels, preds = labels.cpu(), preds.cpu()
+    out = np.zeros((*labels.shape, 3), np.uint8)
+    out[(preds == 1) & (labels == 1)] = (255, 255, 255)
+    out[(preds == 1) & (labels == 0)] = (230, 30, 30)
+    out[(preds == 0) & (labels == 1)] = (40, 200, 40)
+    out[labels == 255] = (128, 128, 128)
+    return out
+
+
+def save_change_map(path: str, pre, post, labels, preds, mean, std, gap: int = 4):
+    """pre | post | ground truth | prediction (coloured by :func:`change_map_colours`), side by side."""
+    truth = np.repeat(np.where(labels.cpu().numpy() == 1, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+    panels = [_to_uint8(pre, mean, std), _to_uint8(post, mean, std), truth, change_map_colours(labels, preds)]
+    spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
+    row = np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1)
+    Image.fromarray(row).save(path)
