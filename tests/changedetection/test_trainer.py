@@ -1,10 +1,6 @@
 """The change-detection trainer end to end on small generated pairs (CPU)."""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -90,61 +86,6 @@ def test_pretrained_encoder_weights(tmp_path, data, capsys):
     code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "b"),
                            "--pretrained", str(path), "--eval", "--opts", *FAST)
     assert code == 2 and "does not fit the encoder vmamba_nano" in err and "shape mismatch" in err
-
-
-def _subprocess_run(argv, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_two_process_gloo_training_with_bfloat16_autocast(tmp_path, data):
-    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    out = _subprocess_run(head + [MAIN, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path),
-                                  "--opts", "TRAIN.EPOCHS", "1", "AMP_CPU", "True", *FAST], cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = run_of(tmp_path)
-    log0 = (run / "log_rank0.txt").read_text()
-    assert "2 process(es) on cpu" in log0 and (run / "log_rank1.txt").exists()
-    assert "Train: [0/1][1/1]" in log0  # 12 pairs, 2 processes x batch 4 (drop_last): 1 step
-    assert "(4 pairs, 9216 pixels" in log0  # the metrics count every test pixel once, across processes
-    record = read_log(run)[0]
-    assert record["test_f1"] is not None and np.isfinite(record["train_loss"])
-
-
-def _final_state(run):
-    state = torch.load(os.path.join(run, "ckpt_epoch_2.pth"), map_location="cpu", weights_only=False)
-    return state["model"], state["optimizer"]["state"]
-
-
-def test_killed_run_resumes_to_identical_weights(tmp_path, data):
-    argv = [sys.executable, MAIN, "--cfg", NANO_CFG, "--data-path", data, "--opts", "TRAIN.EPOCHS", "3",
-            *FAST[:6], "DATA.NUM_WORKERS", "2", *FAST[8:]]
-    straight = _subprocess_run(argv + ["OUTPUT", str(tmp_path / "a")], cwd=str(tmp_path))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    run_b = run_of(tmp_path / "b")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.Popen(argv + ["OUTPUT", str(tmp_path / "b")], cwd=str(tmp_path), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_b / "ckpt_epoch_0.pth").exists():  # kill in the middle of epoch 1
-        assert proc.poll() is None and time.time() < deadline, "run b ended before it could be killed"
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_b / "ckpt_epoch_2.pth").exists()
-    resumed = _subprocess_run(argv + ["OUTPUT", str(tmp_path / "b")], cwd=str(tmp_path))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in (run_b / "log_rank0.txt").read_text()
-
-    model_a, opt_a = _final_state(run_of(tmp_path / "a"))
-    model_b, opt_b = _final_state(run_b)
-    for key in model_a:
-        assert torch.equal(model_a[key], model_b[key]), f"{key} differs after resuming"
-    for key in opt_a:
-        for k in opt_a[key]:
-            assert torch.equal(opt_a[key][k], opt_b[key][k]), f"optimizer state {key}.{k} differs"
 
 
 def test_unreadable_image_is_named_without_a_traceback(tmp_path, data, capsys):

@@ -1,11 +1,9 @@
 """The classification trainer end to end on small generated image folders (CPU)."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -106,46 +104,6 @@ def test_two_process_gloo_training_with_the_launch_module(tmp_path, data):
                                   "--opts", "TRAIN.EPOCHS", "1", *FAST], cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     _check_two_process_run(tmp_path / "vmamba_nano" / "default")
-
-
-def _final_state(run):
-    state = torch.load(os.path.join(run, "ckpt_epoch_3.pth"), map_location="cpu", weights_only=False)
-    return state["model"], state["model_ema"], state["optimizer"]["state"]
-
-
-def test_killed_run_resumes_to_identical_weights(tmp_path, data):
-    argv = [sys.executable, MAIN, "--cfg", NANO_CFG, "--data-path", data, "--opts", "TRAIN.EPOCHS", "4",
-            "DATA.NUM_WORKERS", "2", *FAST[:4], *FAST[6:]]
-    straight = _subprocess_run(argv + ["OUTPUT", str(tmp_path / "a")], cwd=str(tmp_path))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    run_b = tmp_path / "b" / "vmamba_nano" / "default"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.Popen(argv + ["OUTPUT", str(tmp_path / "b")], cwd=str(tmp_path), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_b / "ckpt_epoch_1.pth").exists():  # kill in the middle of epoch 2
-        assert proc.poll() is None and time.time() < deadline, "run b ended before it could be killed"
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_b / "ckpt_epoch_3.pth").exists()
-    resumed = _subprocess_run(argv + ["OUTPUT", str(tmp_path / "b")], cwd=str(tmp_path))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in (run_b / "log_rank0.txt").read_text()
-    assert [r["epoch"] for r in read_log(run_b)] == [0, 1, 2, 3], "each epoch logged once"
-
-    a = _final_state(tmp_path / "a" / "vmamba_nano" / "default")
-    b = _final_state(run_b)
-    for part_a, part_b in zip(a, b):
-        for key in part_a:
-            va, vb = part_a[key], part_b[key]
-            if isinstance(va, dict):
-                for k in va:
-                    assert torch.equal(va[k], vb[k]), f"optimizer state {key}.{k} differs"
-            else:
-                assert torch.equal(va, vb), f"{key} differs after resuming"
 
 
 def test_eval_with_authors_layout_checkpoint(tmp_path, data, capsys):
@@ -264,35 +222,3 @@ def test_model_options_reach_the_constructor_and_unknown_ones_are_named(tmp_path
     code, _, err = run_cli(capsys, "--cfg", str(cfg), "--data-path", data, "--output", str(tmp_path), "--eval",
                            "--opts", *FAST)
     assert code == 2 and "window_shift" in err
-
-
-def test_two_nodes_end_with_the_weights_of_one_node(tmp_path, data):
-    """Multi-node torchrun: two "nodes" on 127.0.0.1 (gloo), one process each, sharing the output folder as
-    a cluster file system would, end with the same weights as one node running two processes (same global batch).
-
-    Equal up to float rounding: a process alone on its node computes with all the node's cores, two share
-    them, and the thread count changes the order of float sums (with equal thread counts they are bitwise equal).
-    A wrong rank, data shard or gradient reduction would differ by orders of magnitude more."""
-    trainer = [MAIN, "--cfg", NANO_CFG, "--data-path", data, "--opts", "TRAIN.EPOCHS", "1", *FAST]
-    one_node = _subprocess_run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *trainer, "OUTPUT",
-                                str(tmp_path / "one")], cwd=str(tmp_path))
-    assert one_node.returncode == 0, one_node.stderr[-3000:]
-    _check_two_process_run(tmp_path / "one" / "vmamba_nano" / "default")
-
-    port, env = _free_port(), dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
-                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", *trainer,
-                               "OUTPUT", str(tmp_path / "two")], cwd=str(tmp_path), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [node.communicate(timeout=600)[0] for node in nodes]
-    for rank, (node, out) in enumerate(zip(nodes, outputs)):
-        assert node.returncode == 0, f"node {rank}:\n{out[-3000:]}"
-    run = tmp_path / "two" / "vmamba_nano" / "default"
-    _check_two_process_run(run)
-    one = torch.load(tmp_path / "one" / "vmamba_nano" / "default" / "ckpt_epoch_0.pth", weights_only=False)
-    two = torch.load(run / "ckpt_epoch_0.pth", weights_only=False)
-    for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=1e-5, atol=1e-6,
-                                   msg=lambda m: f"{key} differs between one node and two nodes: {m}")
-    assert read_log(run)[0]["val_acc1"] == read_log(tmp_path / "one" / "vmamba_nano" / "default")[0]["val_acc1"]

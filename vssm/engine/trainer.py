@@ -217,7 +217,7 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         criterion = task.build_criterion()
 
-        start_epoch, best, best_ema, best_epoch, state = c.TRAIN.START_EPOCH, 0.0, 0.0, None, None
+        start_epoch, best, best_ema, best_epoch, state = c.TRAIN.START_EPOCH, None, None, None, None
         if resume:
             state = self._read_state(resume, TRAINING_KEYS)
             optimizer.load_state_dict(state["optimizer"])
@@ -231,9 +231,10 @@ class Trainer:
                     log.info(f"{resume} holds no EMA weights: the EMA restarts from the resumed weights")
                 ema.module.load_state_dict(state.get("model_ema", state["model"]))
             start_epoch = state["epoch"] + 1
-            best, best_ema = state.get("best_score", 0.0), state.get("best_ema_score", 0.0)
+            best, best_ema = state.get("best_score"), state.get("best_ema_score")
             best_epoch = state.get("best_epoch")
-            log.info(f"resumed from {resume} (epoch {state['epoch']}, best {task.score_label} {best:.2f})")
+            log.info(f"resumed from {resume} (epoch {state['epoch']}"
+                     + (f", best {task.score_label} {best:.2f} at epoch {best_epoch})" if best is not None else ")"))
         if self.rank == 0:
             for repair in restore_bookkeeping(self.out_dir, start_epoch, state, task.best_fields):
                 log.info(f"completed the bookkeeping of an interrupted run: {repair}")
@@ -263,8 +264,8 @@ class Trainer:
                 metrics = task.evaluate(model, eval_loader, self.device, self.autocast, label="val", save_outputs=last)
                 if ema is not None:
                     ema_metrics = task.evaluate(ema.module, eval_loader, self.device, self.autocast, label="EMA")
-                    best_ema = max(best_ema, ema_metrics[task.score])
-            improved = metrics is not None and metrics[task.score] > best
+                    best_ema = max(best_ema if best_ema is not None else -float("inf"), ema_metrics[task.score])
+            improved = metrics is not None and (best is None or metrics[task.score] > best)
             if improved:
                 best, best_epoch = metrics[task.score], epoch
             record = {"epoch": epoch, "train_loss": loss, "lr": optimizer.param_groups[0]["lr"],
@@ -302,8 +303,8 @@ class Trainer:
             writer.close()
         log.info(f"done in {time.time() - started:.0f}s: final "
                  + (task.summary(metrics) if metrics else "(not evaluated)")
-                 + f", max {task.score_label} {best:.2f}" + (f", max EMA {task.score_label} {best_ema:.2f}"
-                                                             if ema is not None else ""))
+                 + (f", max {task.score_label} {best:.2f}" if best is not None else "")
+                 + (f", max EMA {task.score_label} {best_ema:.2f}" if best_ema is not None else ""))
 
 
 def sync_buffers(model):
@@ -354,7 +355,7 @@ class EpochLoop:
                 raise TrainingError(
                     f"the loss is {step.loss.item()} at epoch {epoch} step {idx + 1}/{steps}"
                     + (f" (batch of {shown})" if samples else "") + "; lower TRAIN.BASE_LR, raise TRAIN.WARMUP_EPOCHS "
-                    f"or disable AMP (--disable-amp); the run resumes from its last checkpoint when started again")
+                    "or disable AMP (--disable-amp); the run resumes from its last checkpoint when started again")
             self.scaler.scale(step.loss / accum).backward()
             grad_norm = None
             if (idx + 1) % accum == 0 or idx + 1 == steps:
