@@ -27,16 +27,19 @@ from vssm.analysis import analysis_model, contribution_area_ratios, effective_re
 from vssm.analysis.cli import check_models, command, positive
 from vssm.benchmark import measure_isolated
 
-FULL = dict(models=["vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fractalmamba_tiny"],
-            reference="convnext_tiny", sizes=[224, 384, 512, 768, 1024], size=224, erf_images=8)
-QUICK = dict(models=["vmamba_nano", "spatialmamba_nano", "quadmamba_nano", "fractalmamba_nano"],
-             reference="convnext_atto", sizes=[64, 96], size=64, erf_images=2)
+FULL = dict(size_role="tiny", reference="convnext_tiny", sizes=[224, 384, 512, 768, 1024], size=224, erf_images=8)
+QUICK = dict(size_role="nano", reference="convnext_atto", sizes=[64, 96], size=64, erf_images=2)
+
+
+def preset_models(preset: dict) -> list:
+    """Each registered family's tiny model (or nano, ``--quick``)."""
+    return [getattr(family, preset["size_role"]) for family in vssm.models.families()]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="nano models and small sizes (smoke run)")
-    p.add_argument("--models", nargs="+", help=f"default: {' '.join(FULL['models'])}")
+    p.add_argument("--models", nargs="+", help="default: each registered family's tiny model (nano with --quick)")
     p.add_argument("--reference", help=f"reference model (default: {FULL['reference']}; 'none' to skip)")
     p.add_argument("--sizes", type=positive, nargs="+", help=f"resolutions (default: {FULL['sizes']})")
     p.add_argument("--size", type=positive, help="resolution of the main table and the ERF (default: 224)")
@@ -51,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="output/compare", help="output folder")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
-    args.models = args.models or preset["models"]
+    args.models = args.models or preset_models(preset)
     args.reference = args.reference or preset["reference"]
     args.reference = None if args.reference.lower() == "none" else args.reference
     args.sizes = args.sizes or preset["sizes"]

@@ -375,7 +375,16 @@ def collect(devices=None, progress=None) -> dict:
     report["cpu"], report["cuda"] = cpu(), cuda()
     report["scan_backends"] = scan_backends(devices, progress)
     report["extensions"] = extensions([d["capability"] for d in report["cuda"]["devices"]])
+    report["families"] = families()
     return report
+
+
+def families() -> dict:
+    """The registered model families (plugins of VSSM_PLUGINS included) and the plugins that failed to load."""
+    from .models import families as registered, plugin_errors
+    return {"registered": [{"name": f.name, "title": f.title, "module": f.module, "sizes": sorted(f.sizes)}
+                           for f in registered()],
+            "plugin_errors": plugin_errors()}
 
 
 def _sm(values, prefix="sm_"):
@@ -448,6 +457,10 @@ def to_markdown(report: dict) -> str:
             note += " CPU code only"
         lines.append(f"| {e['module']} | `{e['file']}` | {'yes' if e['loads'] else 'no'} | {_sm(e['sass'])} | "
                      f"{_sm(e['ptx'], 'compute_')} | {_cell(note.strip())} |")
+    lines += ["", "### Model families", "", "| family | module | sizes |", "|---|---|---|"]
+    lines += [f"| {f['title']} | `{f['module']}` | {', '.join(f['sizes'])} |" for f in report["families"]["registered"]]
+    lines += [f"- VSSM_PLUGINS entry `{entry}` could not be loaded: {_cell(why)}"
+              for entry, why in report["families"]["plugin_errors"].items()]
     env = report["environment"]
     lines += ["", "### Environment variables", ""]
     lines += [f"- `{k}={val}`" for k, val in env.items()] or ["- (none of " + ", ".join(ENV_VARS) + ", VSSM_*)"]
