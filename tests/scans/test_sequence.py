@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vssm.scans import cross_orders, gather_sequences, inverse_orders, locality, merge_sequences
-from vssm.scans.sequence import _merge_index
+from vssm.scans.orders import merge_index
 
 GPU = torch.cuda.is_available()
 TRITON_DEVICE = "cuda" if GPU else "cpu"
@@ -52,7 +52,7 @@ def test_merge_plan_handles_any_order_set(orders_kind):
               "reversed_pair": torch.stack([p := torch.randperm(L, generator=g), p.flip(0)]),
               "cross": cross_orders(H, W)}[orders_kind]
     ys = torch.randn(2, L, orders.shape[0], 4, dtype=torch.float64)
-    expected = ys.reshape(2, -1, 4).index_select(1, _merge_index(orders)).view(2, L, orders.shape[0], 4).sum(2)
+    expected = ys.reshape(2, -1, 4).index_select(1, merge_index(orders)).view(2, L, orders.shape[0], 4).sum(2)
     torch.testing.assert_close(merge_sequences(ys, orders, H, W, backend="torch").view(2, L, 4), expected)
 
 

@@ -2,12 +2,11 @@
 names checked up front, and errors that end in one ``error:`` line and exit status 2, not a traceback."""
 import argparse
 import functools
-import sys
 
-from ..checkpoint import CheckpointError, CheckpointMismatchError
+from ..cli import UsageError, run_command
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """An input an analysis cannot use: an unknown model, a missing or empty image folder, no images asked."""
 
 
@@ -47,12 +46,9 @@ def check_models(parser: argparse.ArgumentParser, names):
 
 
 def command(main):
-    """Wrap a tool's ``main(argv)``: InputError and checkpoint errors print ``error: ...`` and return 2."""
+    """Wrap a tool's ``main(argv)`` in vssm's one CLI error path (:func:`vssm.cli.run_command`): InputError,
+    unknown models and checkpoint errors print ``error: ...`` and return 2."""
     @functools.wraps(main)
     def run(argv=None):
-        try:
-            return main(argv)
-        except (InputError, CheckpointError, CheckpointMismatchError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        return run_command(main, argv)
     return run

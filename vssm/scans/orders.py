@@ -84,6 +84,25 @@ def inverse_orders(orders: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
+@order_cache
+def sequence_index(orders: torch.Tensor, per_direction: bool) -> torch.Tensor:
+    """Index into (batch, L[*K], C) rows giving (batch, L*K, C) in sequence order (``per_direction``: the
+    source holds one row per direction, (batch, L*K, C))."""
+    K, L = orders.shape
+    t_major = orders.t()  # (L, K): position read at step t by direction k
+    if per_direction:
+        t_major = t_major * K + torch.arange(K, device=orders.device)
+    return t_major.reshape(-1).contiguous()
+
+
+@order_cache
+def merge_index(orders: torch.Tensor) -> torch.Tensor:
+    """Index into (batch, L*K, C) sequence rows giving, for each position, its K tokens: (L*K,)."""
+    K, L = orders.shape
+    steps = inverse_orders(orders).t()  # (L, K): step of position p in direction k
+    return (steps * K + torch.arange(K, device=orders.device)).reshape(-1).contiguous()
+
+
 def locality(orders: torch.Tensor, H: int, W: int, near: int = 4) -> dict:
     """How far apart 2-D neighbours land in the sequences of ``orders`` (K, H*W).
 

@@ -13,25 +13,7 @@ import os
 
 import torch
 
-from .orders import inverse_orders, order_cache
-
-
-@order_cache
-def _flat_index(orders: torch.Tensor, per_direction: bool) -> torch.Tensor:
-    """Index into (batch, L[*K], C) rows giving (batch, L*K, C) in sequence order."""
-    K, L = orders.shape
-    t_major = orders.t()  # (L, K): position read at step t by direction k
-    if per_direction:
-        t_major = t_major * K + torch.arange(K, device=orders.device)
-    return t_major.reshape(-1).contiguous()
-
-
-@order_cache
-def _merge_index(orders: torch.Tensor) -> torch.Tensor:
-    """Index into (batch, L*K, C) sequence rows giving, for each position, its K tokens: (L*K,)."""
-    K, L = orders.shape
-    steps = inverse_orders(orders).t()  # (L, K): step of position p in direction k
-    return (steps * K + torch.arange(K, device=orders.device)).reshape(-1).contiguous()
+from .orders import inverse_orders, merge_index, order_cache, sequence_index
 
 
 @order_cache
@@ -93,7 +75,7 @@ def _gather(x_rows, orders, per_direction, backend):
     if _triton_wanted(x_rows, backend):
         from .sequence_triton import gather
         return gather(x_rows, orders, per_direction)
-    return x_rows.index_select(1, _flat_index(orders, per_direction)).view(batch, L, K, C)
+    return x_rows.index_select(1, sequence_index(orders, per_direction)).view(batch, L, K, C)
 
 
 def _merge(ys, orders, backend):
@@ -111,7 +93,7 @@ def _spread(ys, orders, backend):
     if _triton_wanted(ys, backend):
         from .sequence_triton import spread
         return spread(ys, orders)
-    return ys.reshape(batch, L * K, C).index_select(1, _merge_index(orders)).view(batch, L, K, C)
+    return ys.reshape(batch, L * K, C).index_select(1, merge_index(orders)).view(batch, L, K, C)
 
 
 class _Gather(torch.autograd.Function):

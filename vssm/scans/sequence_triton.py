@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..kernel_launch import launch, recording
-from .sequence import _flat_index, _merge_index
+from .orders import merge_index, sequence_index
 
 
 @triton.jit
@@ -45,20 +45,20 @@ def _gather_rows(src: torch.Tensor, idx: torch.Tensor, k_sum: int) -> torch.Tens
 def gather(x_rows: torch.Tensor, orders: torch.Tensor, per_direction: bool) -> torch.Tensor:
     """(batch, L[*K], C) -> (batch, L, K, C)."""
     K, L = orders.shape
-    out = _gather_rows(x_rows, _flat_index(orders, per_direction), 1)
+    out = _gather_rows(x_rows, sequence_index(orders, per_direction), 1)
     return out.view(x_rows.shape[0], L, K, x_rows.shape[-1])
 
 
 def merge(ys: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """(batch, L, K, C) -> (batch, L, C), the K tokens of each position summed."""
     batch, L, K, C = ys.shape
-    return _gather_rows(ys.view(batch, L * K, C), _merge_index(orders), K)
+    return _gather_rows(ys.view(batch, L * K, C), merge_index(orders), K)
 
 
 def spread(ys: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """(batch, L, K, C) sequences -> (batch, L, K, C) per-direction maps."""
     batch, L, K, C = ys.shape
-    return _gather_rows(ys.view(batch, L * K, C), _merge_index(orders), 1).view(batch, L, K, C)
+    return _gather_rows(ys.view(batch, L * K, C), merge_index(orders), 1).view(batch, L, K, C)
 
 
 def launch_configs():
