@@ -131,3 +131,18 @@ def test_every_registered_size_has_a_config():
         if not name.endswith("_nano"):  # ChangeMamba's recipe and decoder width
             assert config.DATA.CROP_SIZE == 256 and config.DATA.BATCH_SIZE == 16 and config.TRAIN.BASE_LR == 1e-4
             assert config.MODEL.DECODER.WIDTH == 128 and "DATA" not in raw
+
+
+def test_save_maps_of_pairs_sharing_a_name_do_not_overwrite_each_other(tmp_path, data, capsys):
+    """Before: pairs dup.png and dup.bmp wrote one map over the other."""
+    from vssm.changedetection.task import map_file_names
+    assert map_file_names(["a.png", "dup.png", "dup.bmp", "b.tif"]) == ["a.png", "dup.png.png", "dup.bmp.png", "b.png"]
+    for part in ("A", "B", "label"):
+        folder = os.path.join(data, "test", part)
+        Image.open(os.path.join(folder, "test_0.png")).save(os.path.join(folder, "test_1.bmp"))
+    maps = tmp_path / "maps"
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path), "--eval",
+                           "--save-maps", str(maps), "--opts", *FAST)
+    assert code == 0, err
+    assert sorted(p.name for p in maps.glob("*.png")) == ["test_0.png", "test_1.bmp.png", "test_1.png.png",
+                                                          "test_2.png", "test_3.png"]

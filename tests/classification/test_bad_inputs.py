@@ -197,3 +197,29 @@ def test_resume_without_scaler_or_ema_state(tmp_path, data, trained, capsys):
     assert code == 0, err
     assert "resumed from" in out and "holds no EMA weights: the EMA restarts from the resumed weights" in out
     assert [r["epoch"] for r in read_log(tmp_path / "vmamba_nano" / "default")] == [0, 1]
+
+
+def test_a_class_folder_linking_back_to_the_split_is_refused(tmp_path, data, capsys):
+    """Before: train/x -> train/ was counted as an extra class."""
+    import shutil
+    root = tmp_path / "linked"
+    shutil.copytree(data, root)
+    os.symlink(root / "train", root / "train" / "x")
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", str(root), "--output", str(tmp_path / "out"),
+                           "--opts", *FAST)
+    assert code == 2 and f"class folder {root / 'train' / 'x'} links to" in err and "remove the link" in err, err
+    os.remove(root / "train" / "x")
+    os.symlink(root / "train" / "a", root / "train" / "z")
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", str(root), "--output", str(tmp_path / "out"),
+                           "--opts", *FAST)
+    assert code == 2 and "are the same folder" in err, err
+
+
+def test_a_single_class_is_warned_about(tmp_path, capsys):
+    """Before: a one-class training set trained to a trivial 100 % without a word."""
+    from .test_trainer import make_folder
+    data = make_folder(tmp_path / "one", classes=("only",))
+    code, out, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "out"),
+                             "--opts", "TRAIN.EPOCHS", "1", *FAST)
+    assert code == 0, err
+    assert "holds a single class (only): every prediction is that class, so the accuracy is 100 %" in out
