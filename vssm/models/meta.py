@@ -1,0 +1,92 @@
+"""Models on the meta device: their size and a forward's memory, known before anything is allocated.
+
+``with on_meta_device(): model = create_model(...)`` builds a model whose parameters have shapes but no data
+(the small tensors a constructor computes values from, ``torch.linspace(...).tolist()`` of a drop-path schedule,
+stay on the CPU). :func:`weight_bytes` is its size; :func:`forward_bytes` measures the peak of live tensors of a
+no-grad forward on meta images at a reference size and scales it to the size asked (activations grow with the
+pixels), so a command can refuse a run that cannot fit with the estimate instead of being killed midway.
+"""
+import contextlib
+import weakref
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+_CPU_FACTORIES = {torch.linspace, torch.arange, torch.tensor, torch.as_tensor, torch.logspace}
+REFERENCE_SIDE = 224  # the forward measured on meta images; larger sizes are scaled from it
+
+
+class _SmallTablesOnCpu(TorchFunctionMode):
+    """Under ``torch.device("meta")``: the factories of schedules and index tables stay on the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _CPU_FACTORIES and kwargs.get("device") is None:
+            kwargs["device"] = "cpu"
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def on_meta_device():
+    """Build models without memory: parameters and buffers on the meta device."""
+    with torch.device("meta"), _SmallTablesOnCpu():
+        yield
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (meta or real)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+class _PeakMemory(TorchDispatchMode):
+    """The peak total size of the tensors that ops create and that are alive at once (views count as nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _free(self, nbytes: int):
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = getattr(getattr(func, "_schema", None), "returns", ())
+        aliases = any(getattr(r, "alias_info", None) is not None for r in returns)
+        if not aliases:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    nbytes = t.numel() * t.element_size()
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, nbytes)
+        return out
+
+
+def forward_bytes(meta_model: torch.nn.Module, in_chans: int, size, batch: int = 1) -> int:
+    """Estimated peak bytes of the activations of a no-grad forward of ``batch`` images of ``size`` (H, W).
+
+    Measured once on meta images of :data:`REFERENCE_SIDE` x :data:`REFERENCE_SIDE` (or ``size`` when smaller)
+    and scaled by the ratio of pixels; the weights are not included (:func:`weight_bytes`).
+    """
+    H, W = (int(s) for s in size)
+    ref = (min(H, REFERENCE_SIDE), min(W, REFERENCE_SIDE))
+    cache = meta_model.__dict__.setdefault("_vssm_forward_bytes", {})
+    if ref not in cache:
+        was_training = meta_model.training
+        meta_model.eval()
+        tracker = _PeakMemory()
+        images = torch.empty(1, in_chans, *ref, device="meta")
+        with torch.no_grad(), tracker:
+            meta_model(images)
+        meta_model.train(was_training)
+        cache[ref] = tracker.peak + images.numel() * images.element_size()
+    return int(cache[ref] * batch * (H * W) / (ref[0] * ref[1]))
+
+
+def format_bytes(n: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
