@@ -16,16 +16,21 @@ def _module_name(model: torch.nn.Module, module: torch.nn.Module):
     return next((name for name, m in model.named_modules() if m is module), None)
 
 
-def shape_from_weights(probe: torch.nn.Module, state: dict) -> dict:
-    """The ``num_classes`` and ``in_chans`` the weights in ``state`` (already in the model's layout) were made
-    for, where they hold a classifier head and a stem."""
+def shape_from_weights(probe: torch.nn.Module, state: dict, keys=("num_classes", "in_chans")) -> dict:
+    """The ``num_classes`` and ``in_chans`` (those in ``keys``) the weights in ``state`` (already in the model's
+    layout) were made for, where they hold a classifier head and a stem."""
     found = {}
-    head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
+    head = None
+    if "num_classes" in keys:
+        try:
+            head = probe.get_classifier()
+        except AttributeError:  # a dense backbone has no classifier
+            head = None
     head_key = f"{_module_name(probe, head)}.weight" if isinstance(head, torch.nn.Linear) else None
     if head_key in state and state[head_key].dim() == 2:
         found["num_classes"] = int(state[head_key].shape[0])
     stem = getattr(probe, "first_conv", None)
-    if stem and f"{stem}.weight" in state and state[f"{stem}.weight"].dim() == 4:
+    if "in_chans" in keys and stem and f"{stem}.weight" in state and state[f"{stem}.weight"].dim() == 4:
         found["in_chans"] = int(state[f"{stem}.weight"].shape[1])
     return found
 
@@ -47,13 +52,14 @@ def _build(build, name: str, options: dict, source: str, meta: bool):
 
 
 def load_fitted(name: str, saved, info=None, source: str = "", before_build=None, build=None,
-                drop=("num_classes", "in_chans")):
+                drop=("num_classes", "in_chans"), from_weights=("num_classes", "in_chans")):
     """``name`` built with the checkpoint's options and its weights' classes and channels, loaded strictly.
 
     ``saved``: what ``read_checkpoint`` returned; ``info``: its :class:`~.metadata.CheckpointInfo` (options).
     ``build(name, **kwargs)``: the constructor (default ``vssm.create_model``; a family's ``dense_backbone``).
     ``before_build(meta_model)``: called with the model on the meta device once it matches the weights, before
-    the real one is built (memory checks raise there). Options named in ``drop`` are decided by the weights.
+    the real one is built (memory checks raise there). Options named in ``drop`` are not taken from the
+    checkpoint's options; those in ``from_weights`` are read from the weights' shapes.
     Returns (model, load report); raises CheckpointMismatchError with the report when the weights do not fit.
     """
     from ..models import create_model
@@ -63,7 +69,7 @@ def load_fitted(name: str, saved, info=None, source: str = "", before_build=None
     probe = _build(build, name, options, source, meta=True)
     if hasattr(probe, "convert_checkpoint"):
         state = probe.convert_checkpoint(dict(state))
-    found = shape_from_weights(probe, state)
+    found = shape_from_weights(probe, state, from_weights)
     if found:
         options = {**options, **found}
         probe = _build(build, name, options, source, meta=True)

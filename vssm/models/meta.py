@@ -90,3 +90,36 @@ def format_bytes(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
+
+
+class InsufficientMemoryError(ValueError):
+    """A run whose estimated memory exceeds what is available (the message holds both figures)."""
+
+
+def available_bytes(device) -> int:
+    """Free memory of ``device``: CUDA's free memory, else the CPU's (``vssm.runtime.available_memory``; None when
+    it cannot be read)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    from ..runtime import available_memory
+    return available_memory()
+
+
+def check_memory(meta_model: torch.nn.Module, in_chans: int, size, batch: int = 1, device="cpu", what: str = "",
+                 copies_of_weights: int = 1, forward_passes: int = 1) -> int:
+    """Raise :class:`InsufficientMemoryError` with the estimate when a forward of ``batch`` images of ``size``
+    (H, W) through ``meta_model`` cannot fit on ``device``: ``copies_of_weights`` x its weights plus
+    ``forward_passes`` x the forward's peak activations (:func:`forward_bytes`). Returns the estimate."""
+    weights = weight_bytes(meta_model)
+    activations = forward_bytes(meta_model, in_chans, size, batch)
+    estimate = copies_of_weights * weights + forward_passes * activations
+    available = available_bytes(device)
+    if available is not None and estimate > available:
+        H, W = size
+        raise InsufficientMemoryError(
+            f"{what or 'this run'} needs about {format_bytes(estimate)} of memory ({format_bytes(weights)} of weights"
+            f"{f' x {copies_of_weights}' if copies_of_weights > 1 else ''}, {format_bytes(activations)} for a "
+            f"forward of {batch} image(s) of {H}x{W}) and {format_bytes(available)} is available on {device}")
+    return estimate
