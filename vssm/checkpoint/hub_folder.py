@@ -126,7 +126,7 @@ def imagenet_labels(num_classes: int):
 
 
 def save_hub_folder(model, folder: str, classes=None, class_descriptions=None, data_config=None,
-                    model_args=None, overwrite: bool = True) -> str:
+                    model_args=None, overwrite: bool = True, notes=None) -> str:
     """Write timm's hub folder for ``model`` (a registered vssm classifier): ``config.json`` (timm's
     ``save_config_for_hf``: architecture, num_classes, model arguments, the complete pretrained config with input
     size, mean/std, interpolation and crop, and ``label_names`` when ``classes`` are given) and
@@ -147,7 +147,7 @@ def save_hub_folder(model, folder: str, classes=None, class_descriptions=None, d
     if getattr(model, "pretrained_cfg", None) is None:
         raise CheckpointError("save_hub_folder needs a model built by vssm.create_model / timm.create_model")
     channels = model.in_chans
-    model_config = {}
+    model_config = {"pretrained_cfg": {"notes": tuple(notes) if notes else None, "origin_url": None}}
     if classes is not None:
         if len(classes) != model.num_classes:
             raise CheckpointError(f"{len(classes)} class names for a model of {model.num_classes} classes")
@@ -213,6 +213,10 @@ def export_hub_folder(checkpoint, folder: str, model: str = None, trust_checkpoi
         classes, descriptions = imagenet_labels(built.num_classes)
     if classes is not None and len(classes) != built.num_classes:
         classes, descriptions = None, None
-    options = {k: v for k, v in info.options.items() if k not in ("num_classes", "in_chans", "global_pool")}
-    save_hub_folder(built, folder, classes, descriptions, info.data_config, options, overwrite=overwrite)
+    options = {k: v for k, v in info.options.items() if k not in ("num_classes", "in_chans", "global_pool")
+               and not k.endswith("drop_rate") and k != "drop_path_rate"}  # training-only, as timm leaves them out
+    notes = [f"weights of {os.path.basename(source.rstrip(os.sep))}, written by vssm"
+             + (f" (trained as {info.model})" if info.model else "")]
+    save_hub_folder(built, folder, classes, descriptions, info.data_config, options, overwrite=overwrite,
+                    notes=notes)
     return folder, report
