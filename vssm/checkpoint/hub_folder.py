@@ -173,8 +173,17 @@ def save_hub_folder(model, folder: str, classes=None, class_descriptions=None, d
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
         del tensors
-        save_config_for_hf(model, os.path.join(tmp, CONFIG_FILE), model_config=model_config,
-                           model_args=dict(model_args or {}), data_config=data)
+        config_path = os.path.join(tmp, CONFIG_FILE)
+        save_config_for_hf(model, config_path, model_config=model_config, model_args=dict(model_args or {}),
+                           data_config=data)
+        with open(config_path) as f:
+            config = json.load(f)
+        pretrained = config["pretrained_cfg"]
+        for key in ("notes", "origin_url"):  # replaced or dropped above; timm writes the Nones out
+            if pretrained.get(key) is None:
+                pretrained.pop(key, None)
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
         old = None
         if os.path.isdir(folder):
             old = f"{folder}.old{os.getpid()}"

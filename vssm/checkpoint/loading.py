@@ -142,16 +142,20 @@ def compare_state_dict(own: dict, state: dict, source: str = "") -> LoadReport:
     return report
 
 
-def prepare_state(model: torch.nn.Module, checkpoint, key: str = None, skip=(), trust_checkpoint: bool = False):
+def prepare_state(model: torch.nn.Module, checkpoint, key: str = None, skip=(), trust_checkpoint: bool = False,
+                  source: str = None):
     """The checkpoint's weights in ``model``'s keys and shapes, and the report of loading them (nothing loaded).
 
     ``checkpoint``: a path (file or hub folder) or what :func:`read_checkpoint` returns. ``model`` may live on
-    the meta device. Returns (state, report); the state holds only what would be loaded.
+    the meta device. ``source`` names the checkpoint in the report (default: its path). Returns (state, report);
+    the state holds only what would be loaded.
     """
-    source = ""
+    source = source or ""
     if isinstance(checkpoint, (str, os.PathLike)):
-        source = os.fspath(checkpoint)
+        source = source or os.fspath(checkpoint)
         checkpoint = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("weights_file"), str):  # a hub folder's
+        source = checkpoint["weights_file"]
     state = extract_state_dict(checkpoint, key)
     state, outside = select_prefix(strip_prefix(state, "module."), "backbone.")
     convert = getattr(model, "convert_checkpoint", None)
@@ -189,7 +193,7 @@ def prepare_state(model: torch.nn.Module, checkpoint, key: str = None, skip=(), 
 
 
 def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key: str = None,
-                    skip=(), trust_checkpoint: bool = False) -> LoadReport:
+                    skip=(), trust_checkpoint: bool = False, source: str = None) -> LoadReport:
     """Load a checkpoint into ``model``.
 
     Args:
@@ -203,6 +207,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
             reported as skipped.
         trust_checkpoint: read the file with plain pickle (see :func:`read_checkpoint`): DANGEROUS, only for
             files you made or fully trust.
+        source: how the report names the checkpoint (default: its path).
 
     A checkpoint's first convolution with another number of input channels than the model's is adapted
     (:func:`adapt_input_channels`) and reported under ``adapted``.
@@ -210,7 +215,7 @@ def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True, key
     Returns:
         LoadReport of what was loaded, adapted, left initialised or skipped.
     """
-    loadable, report = prepare_state(model, checkpoint, key, skip, trust_checkpoint)
+    loadable, report = prepare_state(model, checkpoint, key, skip, trust_checkpoint, source)
     if strict and not report.ok:
         raise CheckpointMismatchError(f"{type(model).__name__} does not match the checkpoint:\n" + report.describe())
     model.load_state_dict(loadable, strict=False)

@@ -156,19 +156,26 @@ class StagedModel(nn.Module):
         """timm's loader for ``pretrained=True`` with a local source: ``pretrained_cfg_overlay=dict(file=PATH)`` (a
         ``.pth`` or ``.safetensors`` file or a hub folder), ``local-dir:FOLDER``, ``hf-hub:ORG/NAME`` (the cached
         file), or in-memory weights (``state_dict=``, a dict). ``vssm.load_checkpoint``: safe read, the authors'
-        layouts converted, a 3-channel stem adapted, strict (CheckpointMismatchError with the report). The
-        classifier is skipped, and reported, when ``num_classes`` differs from the pretrained config's. The report
-        is logged and kept as ``self.pretrained_report``."""
+        layouts converted, a 3-channel stem adapted, strict (CheckpointMismatchError with the report). When
+        ``num_classes`` differs from the pretrained config's and the checkpoint's classifier does not fit, the
+        classifier alone is skipped, and reported (fine-tuning); a classifier that fits is loaded. The report is
+        logged and kept as ``self.pretrained_report``."""
         import logging
+        import os
 
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint, prepare_state, read_checkpoint
+        source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "(in-memory weights)"
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint = read_checkpoint(checkpoint)
         cfg = getattr(self, "pretrained_cfg", {})
         skip = ()
         if cfg.get("classifier") and self.num_classes != cfg.get("num_classes", self.num_classes):
-            skip = (cfg["classifier"] + ".",)
-        report = load_checkpoint(self, checkpoint, skip=skip)
-        if not report.source:
-            report.source = "(in-memory weights)"
+            head = cfg["classifier"] + "."
+            _, report = prepare_state(self, checkpoint, source=source)
+            wrong = report.missing + report.unexpected + [k for k, *_ in report.mismatched]
+            if wrong and all(k.startswith(head) for k in wrong):
+                skip = (head,)
+        report = load_checkpoint(self, checkpoint, skip=skip, source=source)
         logging.getLogger("vssm.checkpoint").info("pretrained weights loaded: %s", report.describe())
         self.pretrained_report = report
 
