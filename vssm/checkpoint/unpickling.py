@@ -122,6 +122,14 @@ def _scalar(dtype, data):
     return np.frombuffer(bytes(data), dtype=dtype.dtype)[0]
 
 
+def _empty_bytes(*args):
+    """``bytes()``: how protocol-2 pickles write an empty byte string (the data of an empty array). Nothing else:
+    ``bytes(n)`` would allocate n bytes."""
+    if args:
+        raise pickle.UnpicklingError("bytes(...) with arguments is not allowed (only the empty byte string)")
+    return b""
+
+
 def _history_buffer_method(cls, name):
     """The one use of ``getattr`` in mmengine checkpoints: a statistics method of its HistoryBuffer, by name."""
     from mmengine.logging.history_buffer import HistoryBuffer
@@ -155,7 +163,7 @@ def checkpoint_globals() -> tuple:
     """
     extra = [(_PlainConfig, "yacs.config.CfgNode"), (_PlainNamespace, "argparse.Namespace"),
              (frozenset, "builtins.frozenset"), (slice, "builtins.slice"),
-             (ArraySpec, "numpy.ndarray"), (DtypeSpec, "numpy.dtype")]
+             (ArraySpec, "numpy.ndarray"), (DtypeSpec, "numpy.dtype"), (_empty_bytes, "builtins.bytes")]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and numpy 2 pickles
         extra += [(_reconstruct, f"{module}._reconstruct"), (_scalar, f"{module}.scalar")]
     history_buffer = _history_buffer_class()
