@@ -144,7 +144,7 @@ def test_predict_refuses_crafted_checkpoint_values(case, tmp_path, photos, capsy
         expected = "cannot be read as YAML"
     elif case == "MODEL a number":
         _edit(checkpoint, config="MODEL: 5\n")
-        expected = "MODEL must be a mapping, got a int"
+        expected = "MODEL must be a mapping, got an int"
     elif case == "OPTIONS a list":
         _edit(checkpoint, config=_config(checkpoint, OPTIONS=[1, 2]))
         expected = "MODEL.OPTIONS must be a mapping of model options, got a list"

@@ -33,6 +33,12 @@ class CheckpointInfo:
     data_config: dict = None
 
 
+def _kind(value) -> str:
+    """'a list', 'an int': the type of ``value`` for a message."""
+    name = type(value).__name__
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -48,7 +54,7 @@ def check_options(options, where: str) -> dict:
     if options is None:
         return {}
     if not isinstance(options, dict):
-        raise CheckpointError(f"{where} must be a mapping of model options, got a {type(options).__name__}")
+        raise CheckpointError(f"{where} must be a mapping of model options, got {_kind(options)}")
     checked = {}
     for name, value in options.items():
         if not isinstance(name, str) or not name.isidentifier():
@@ -60,7 +66,7 @@ def check_options(options, where: str) -> dict:
             value = list(value)
         elif not _plain(value):
             raise CheckpointError(f"{where}.{name} must be a plain value (number, string, boolean) or a short list "
-                                  f"of them, got a {type(value).__name__}")
+                                  f"of them, got {_kind(value)}")
         checked[name] = value
     return checked
 
@@ -79,7 +85,7 @@ def check_data_config(config, where: str) -> dict:
     finite numbers (std > 0), ``interpolation`` a PIL filter name, ``crop_pct`` in (0, 1], ``crop_mode``.
     Returns the known keys only."""
     if not isinstance(config, dict):
-        raise CheckpointError(f"{where} must be a dict (timm's data config), got a {type(config).__name__}")
+        raise CheckpointError(f"{where} must be a dict (timm's data config), got {_kind(config)}")
     checked = {}
     size = config.get("input_size")
     if size is not None:
@@ -130,7 +136,7 @@ def _trainer_config(text, source: str):
     """(MODEL.NAME, MODEL.OPTIONS) of our trainer's YAML config."""
     where = f"the config stored in {source or 'the checkpoint'}"
     if not isinstance(text, str):
-        raise CheckpointError(f"{where} must be YAML text, got a {type(text).__name__}")
+        raise CheckpointError(f"{where} must be YAML text, got {_kind(text)}")
     if len(text) > MAX_CONFIG_CHARS:
         raise CheckpointError(f"{where} is {len(text):,} characters long; a run's config is a few thousand")
     try:
@@ -140,10 +146,10 @@ def _trainer_config(text, source: str):
     if config is None:
         return None, {}
     if not isinstance(config, dict):
-        raise CheckpointError(f"{where} must be a mapping of settings, got a {type(config).__name__}")
+        raise CheckpointError(f"{where} must be a mapping of settings, got {_kind(config)}")
     model = config.get("MODEL") or {}
     if not isinstance(model, dict):
-        raise CheckpointError(f"{where}: MODEL must be a mapping, got a {type(model).__name__}")
+        raise CheckpointError(f"{where}: MODEL must be a mapping, got {_kind(model)}")
     name = model.get("NAME")
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise CheckpointError(f"{where}: MODEL.NAME must be a model name, got {str(name)[:80]}")

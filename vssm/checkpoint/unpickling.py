@@ -61,6 +61,9 @@ class DtypeSpec:
             raise pickle.UnpicklingError(f"numpy dtype {code!r} is not allowed (only plain numeric arrays are read)")
         self.dtype = dtype
 
+    def __repr__(self):
+        return f"numpy.dtype({self.dtype.str!r})"
+
     def __setstate__(self, state):
         """Accept only the state numpy writes for a plain numeric dtype: (3, byte order, None, None, None, -1, -1,
         0); fields, offsets, item sizes, alignments and flags are refused, never applied."""
@@ -84,6 +87,9 @@ class ArraySpec:
             raise pickle.UnpicklingError("numpy.ndarray(...) is not allowed in a checkpoint (arrays are read from "
                                          "their pickled state only)")
         self.array = None
+
+    def __repr__(self):
+        return "numpy.ndarray(...)"
 
     def __setstate__(self, state):
         if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
