@@ -142,7 +142,8 @@ def check_size(size, dynamic: bool, source: str = None):
 def check_output(path: str):
     """``--out`` must name a file whose folder exists or can be made, before any work is done."""
     if os.path.isdir(path):
-        raise ExportError(f"--out {path} is a folder; name the ONNX file to write, e.g. {os.path.join(path, 'model.onnx')}")
+        raise ExportError(f"--out {path} is a folder; name the ONNX file to write, e.g. "
+                          f"{os.path.join(path, 'model.onnx')}")
     folder = os.path.dirname(os.path.abspath(path))
     parent = folder
     while not os.path.exists(parent):

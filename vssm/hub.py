@@ -1,4 +1,4 @@
-"""Write timm's hub folder for any checkpoint vssm reads: config.json (the complete pretrained config) + model.safetensors.
+"""Write timm's hub folder for any checkpoint vssm reads: config.json (the full pretrained config), model.safetensors.
 
     python -m vssm.hub --checkpoint output/vmamba_nano/default/best.pth --out hub/vmamba_nano_digits
     python -m vssm.hub --model vmamba_tiny_s1l8 --checkpoint vssm1_tiny_0230s_ckpt_epoch_264.pth --out hub/vmamba_tiny

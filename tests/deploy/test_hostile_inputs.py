@@ -13,9 +13,9 @@ from PIL import Image
 
 import vssm
 import vssm.runtime
-from vssm.image_io import (ChannelMismatchError, ImageReadError, class_folders, image_files, read_image)
+from vssm.image_io import ChannelMismatchError, ImageReadError, class_folders, image_files, read_image
 
-from .test_predict import CLASSES, SIZE, run, trainer_checkpoint
+from .test_predict import run, trainer_checkpoint
 
 NANO = [n for n in vssm.list_models() if n.endswith("_nano")]
 
@@ -40,7 +40,8 @@ def bomb_png(path, width=20000, height=20000):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                + chunk(b"IEND", b""))
 
 
 def bomb_npy(path, values=120 * 10**9):
@@ -58,7 +59,8 @@ def test_declared_bombs_are_unreadable_images(tmp_path):
     assert os.path.getsize(tmp_path / "bomb.png") < 100 and os.path.getsize(tmp_path / "bomb.npy") < 200
     with pytest.raises(ImageReadError, match=r"bomb\.png is refused as a decompression bomb"):
         read_image(tmp_path / "bomb.png", 3)
-    with pytest.raises(ImageReadError, match=r"bomb\.npy declares an array of shape \(120000000000,\).*holds 0 bytes"):
+    with pytest.raises(ImageReadError, match=r"bomb\.npy declares an array of shape \(120000000000,\)"
+                                             r".*holds 0 bytes"):
         read_image(tmp_path / "bomb.npy", 3)
     bomb_npy(tmp_path / "wide.npy", values=10**9)  # all its data present, but past the limit of an image
     with open(tmp_path / "wide.npy", "ab") as f:  # a sparse file: the data is "there" without using disk

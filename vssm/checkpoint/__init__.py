@@ -16,8 +16,7 @@
 """
 from .errors import CheckpointError, CheckpointMismatchError
 from .fitting import load_fitted, shape_from_weights
-from .hub_folder import (cached_hub_weights, export_hub_folder, read_hub_folder, save_hub_folder,
-                         weights_in_folder)
+from .hub_folder import cached_hub_weights, export_hub_folder, read_hub_folder, save_hub_folder, weights_in_folder
 from .loading import (WEIGHT_KEYS, LoadReport, adapt_input_channels, compare_state_dict, extract_state_dict,
                       load_checkpoint, prepare_state, read_training_checkpoint, select_prefix, strip_prefix)
 from .metadata import CheckpointInfo, check_data_config, checkpoint_info

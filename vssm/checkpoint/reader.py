@@ -68,8 +68,9 @@ def _check_archive(path: str, names: list, infos: list):
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED \
                 and info.file_size > MAX_EXPANSION * info.compress_size + 2**20:
+            ratio = info.file_size / max(info.compress_size, 1)
             raise CheckpointError(
-                f"refusing to load {path}: its record {info.filename} is compressed {info.file_size / max(info.compress_size, 1):,.0f}:1 "
+                f"refusing to load {path}: its record {info.filename} is compressed {ratio:,.0f}:1 "
                 f"({_size(info.compress_size)} in the file expands to {_size(info.file_size)}), which weights never "
                 f"are; torch.save never compresses (a decompression bomb, or a re-zipped checkpoint: unzip it and "
                 f"save it again with torch.save)")

@@ -14,8 +14,8 @@ import warnings
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import PretrainedCfg, build_model_with_cfg, get_pretrained_cfg
-from timm.models._features import FeatureGetterNet
 from timm.models import register_model as _timm_register
+from timm.models._features import FeatureGetterNet
 
 from .staged import check_arguments
 
