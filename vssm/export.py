@@ -28,8 +28,8 @@ import warnings
 
 import torch
 
-from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, read_checkpoint
-from .models import ExportPolicy, create_model, family_of
+from .checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint
+from .models import ExportPolicy, family_of
 
 TOLERANCE = 1e-4  # max |onnxruntime - torch| / max |torch|, per output
 INPUT_NAME = "images"
@@ -64,37 +64,35 @@ def require_packages(verify: bool = True):
 
 
 # ---- the model ---------------------------------------------------------------------------------------------
-def load_backbone(name: str, checkpoint: str = None, trust_checkpoint: bool = False):
+def load_backbone(name: str = None, checkpoint: str = None, trust_checkpoint: bool = False, before_build=None):
     """The dense backbone of a registered size with a checkpoint's weights (strict; a classification checkpoint
-    leaves its output norms initialised, reported), in eval mode, and the load report (None without one)."""
-    from .predict import _saved_options
-    family = family_of(name)
+    leaves its output norms initialised, reported), in eval mode, and the load report (None without one).
+
+    Built for the checkpoint's input channels and stored model options, on the meta device first and checked
+    against the weights (:func:`vssm.checkpoint.load_fitted`); ``before_build(meta_model)`` may refuse it.
+    ``checkpoint``: a path, or what ``read_checkpoint`` returned for one."""
+    from .checkpoint import checkpoint_info, load_fitted
+    from .models.meta import on_meta_device
     if checkpoint is None:
+        family = family_of(name)
+        if before_build is not None:
+            with on_meta_device():
+                before_build(family.dense_backbone(name))
         return family.dense_backbone(name).eval(), None
-    saved = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
-    _, options = _saved_options(saved)
-    options = {k: v for k, v in options.items() if k not in ("num_classes", "global_pool")}
-    probe = family.dense_backbone(name, **options)
-    model = _with_checkpoint_channels(probe, saved, lambda chans: family.dense_backbone(name, in_chans=chans,
-                                                                                          **options))
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else ""
+    saved = read_checkpoint(source, trust_checkpoint=trust_checkpoint) if source else checkpoint
+    info = checkpoint_info(saved, source)
+    name = name or info.model
+    if name is None:
+        raise ExportError(f"{source or 'the checkpoint'} does not say which model it holds: give --model")
+    family = family_of(name)
     try:
-        report = load_checkpoint(model, saved)
+        model, report = load_fitted(name, saved, info, source=source, before_build=before_build,
+                                    build=family.dense_backbone, drop=("num_classes", "global_pool", "in_chans"),
+                                    from_weights=("in_chans",))
     except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"--checkpoint {checkpoint} does not fit the backbone of {name}:\n{e}") from None
-    report.source = checkpoint
+        raise CheckpointMismatchError(f"--checkpoint {source} does not fit the backbone of {name}:\n{e}") from None
     return model.eval(), report
-
-
-def _with_checkpoint_channels(model, saved: dict, rebuild):
-    """``model``, rebuilt for the checkpoint's number of input channels when its stem has another."""
-    from .checkpoint import extract_state_dict, select_prefix, strip_prefix
-    state, _ = select_prefix(strip_prefix(extract_state_dict(saved), "module."), "backbone.")
-    state = model.convert_checkpoint(state)
-    weight = state.get(f"{model.first_conv}.weight")
-    own = model.get_submodule(model.first_conv).in_channels
-    if isinstance(weight, torch.Tensor) and weight.dim() == 4 and weight.shape[1] != own:
-        return rebuild(weight.shape[1])
-    return model
 
 
 def input_channels(model) -> int:
@@ -110,14 +108,32 @@ def output_names(model) -> list:
 
 
 # ---- export ------------------------------------------------------------------------------------------------
-def check_size(size, dynamic: bool):
+def check_size(size, dynamic: bool, source: str = None):
+    """The traced size: two integers >= 1, and >= MIN_DYNAMIC_SIDE for a dynamic-size export. ``source`` names
+    where the size came from in the error (default ``--size H W``)."""
     H, W = size
+    source = source or f"--size {H} {W}"
     if H < 1 or W < 1:
-        raise ExportError(f"--size must be two positive integers H W, got {H} {W}")
+        raise ExportError(f"{source}: the size must be two positive integers H W, got {H} {W}")
     if dynamic and min(H, W) < MIN_DYNAMIC_SIDE:
-        raise ExportError(f"--size {H} {W}: a dynamic-size export is traced at H, W >= {MIN_DYNAMIC_SIDE} (the last "
-                          f"stage's map must be at least 2 x 2 to stay symbolic); the file then runs at any size, "
-                          f"smaller ones included")
+        raise ExportError(f"{source}: a dynamic-size export is traced at H, W >= {MIN_DYNAMIC_SIDE} (the last "
+                          f"stage's map must be at least 2 x 2 to stay symbolic; got {H}x{W}); the file then runs at "
+                          f"any size, smaller ones included (give --size)")
+
+
+def check_output(path: str):
+    """``--out`` must name a file whose folder exists or can be made, before any work is done."""
+    if os.path.isdir(path):
+        raise ExportError(f"--out {path} is a folder; name the ONNX file to write, e.g. "
+                          f"{os.path.join(path, 'model.onnx')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ExportError(f"--out {path}: {parent} is a file, so the folder {folder} cannot be made")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"--out {path}: the folder {parent} is not writable")
 
 
 def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None):
@@ -264,10 +280,11 @@ def format_check(check: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser("python -m vssm.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a registered model (vssm.list_models())")
-    p.add_argument("--checkpoint", help="weights: a checkpoint of our trainer, the authors' release, a state dict or "
-                                        "(with --backbone) a detection/segmentation checkpoint; without it the "
-                                        "weights are random")
+    p.add_argument("--model", help="a registered model (vssm.list_models()); default: the model the checkpoint "
+                                   "names (our trainer's checkpoints and hub folders do)")
+    p.add_argument("--checkpoint", help="weights: a checkpoint of our trainer, the authors' release, a state dict, a "
+                                        ".safetensors file, a hub folder or (with --backbone) a detection/segmentation "
+                                        "checkpoint; without it the weights are random")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="input size traced (the size of the file where H, W are fixed); default: the checkpoint's "
                         "or the model's input size (224 224)")
@@ -294,7 +311,9 @@ def _metadata(name: str, model, info: dict, config: dict, size, policy: ExportPo
 
 def main(argv=None) -> int:
     """Run the command line: 0 when the file matches PyTorch, 1 when it does not, 2 on unusable arguments."""
-    from .predict import data_config, load_classifier
+    from .checkpoint import checkpoint_info
+    from .models.meta import InsufficientMemoryError, check_memory
+    from .predict import PredictError, data_config, load_classifier
     from .runtime import retain_freed_memory
     args = parse_args(argv)
     retain_freed_memory()
@@ -304,18 +323,44 @@ def main(argv=None) -> int:
 
     try:
         require_packages()
-        policy = size_policy(args.model)
+        check_output(args.out)
+        if args.model is None and args.checkpoint is None:
+            raise ExportError("--model is needed without --checkpoint")
+        if args.size:
+            check_size(tuple(args.size), False)
+        chosen = {}
+
+        def fits(meta_model, info=None):
+            """The size is checked, and the export's memory estimated before the model is built: refused with
+            the estimate when it cannot fit (the model, its trace and ONNX Runtime's session at batch 2)."""
+            config = data_config(meta_model, (info or {}).get("data_config"))
+            size = tuple(args.size) if args.size else tuple(config["input_size"][1:])
+            source = None if args.size else (f"the input size {size[0]}x{size[1]} of the checkpoint's data_config "
+                                             f"(no --size given)" if (info or {}).get("data_config") else
+                                             f"the model's input size {size[0]}x{size[1]} (no --size given)")
+            name = type(meta_model).__name__
+            check_size(size, size_policy((info or {}).get("model") or args.model).dynamic, source)
+            check_memory(meta_model, input_channels(meta_model), size, EXAMPLE_BATCH, "cpu",
+                         f"exporting {name} at {size[0]}x{size[1]}", copies_of_weights=3, forward_passes=2)
+            chosen.update(config=config, size=size)
+
         if args.backbone:
-            model, report = load_backbone(args.model, args.checkpoint, args.trust_checkpoint)
+            saved = read_checkpoint(args.checkpoint, args.trust_checkpoint) if args.checkpoint else None
+            args.model = args.model or checkpoint_info(saved, args.checkpoint).model
+            if args.model is None:
+                raise ExportError(f"{args.checkpoint} does not say which model it holds: give --model")
+            model, report = load_backbone(args.model, saved, before_build=lambda meta_model: fits(meta_model))
+            if report is not None:
+                report.source = args.checkpoint
+            saved = None
             info = {"source": args.checkpoint, "classes": None, "data_config": None}
-            config = data_config(create_model(args.model), None)
         else:
-            model, info = load_classifier(args.model, args.checkpoint, args.trust_checkpoint)
+            model, info = load_classifier(args.model, args.checkpoint, args.trust_checkpoint, before_build=fits)
+            args.model = info["model"]
             report = info["report"]
-            config = data_config(model, info["data_config"])
-        size = tuple(args.size) if args.size else tuple(config["input_size"][1:])
-        check_size(size, policy.dynamic)
-    except (ExportError, CheckpointError, CheckpointMismatchError) as e:
+        policy = size_policy(args.model)
+        config, size = chosen["config"], chosen["size"]
+    except (ExportError, CheckpointError, CheckpointMismatchError, InsufficientMemoryError, PredictError) as e:
         say(f"error: {e}")
         return 2
     except ValueError as e:

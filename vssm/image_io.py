@@ -11,19 +11,26 @@ Files are read by their extension (:func:`read_image`):
   (grayscale, palette, CMYK and alpha images alike, as ImageNet needs). For other channel counts the image's
   own bands must number ``in_chans`` (RGBA or CMYK for 4); it is returned as a tensor.
 
+A file is read only when what it declares can be held: an image of more than twice PIL's
+``Image.MAX_IMAGE_PIXELS`` pixels (PIL's decompression-bomb limit, 179 M by default), an array of more values than
+that per channel, a ``.npy`` whose declared size exceeds the data it holds, or anything whose decoded size exceeds
+the memory available is an unreadable image (:class:`ImageReadError`, with what it declares), checked from the
+file's header before decoding.
+
 ``read_image`` returns a PIL image (1 or 3 channels) or a float32 (C, H, W) tensor in [0, 1];
 :class:`ImageTransform` sends each kind through its own pipeline: timm's transforms for PIL images, and
 :func:`tensor_transform` (resize / crop / flip / normalise / erase) for tensors.
 """
 import math
 import os
+import struct
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 ARRAY_EXTENSIONS = (".npy", ".tif", ".tiff")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp") + ARRAY_EXTENSIONS
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".gif") + ARRAY_EXTENSIONS
 PIL_MODES = {1: "L", 3: "RGB"}  # channel counts PIL images are converted to
 
 
@@ -39,10 +46,64 @@ def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _load_array(path: str) -> np.ndarray:
+def pixel_limit() -> int:
+    """The most pixels an image may declare: twice PIL's ``Image.MAX_IMAGE_PIXELS`` (its bomb limit), or no limit
+    when that is None."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+
+
+def _check_declared(path: str, shape, itemsize: int, in_chans: int, copies: int = 2):
+    """Refuse (ImageReadError) an image whose declared ``shape`` holds more values than ``pixel_limit()`` per
+    channel, or whose decoded bytes (``copies`` of them while converting) exceed the memory available."""
+    from .runtime import available_memory
+    values = math.prod(int(n) for n in shape)
+    limit = pixel_limit()
+    if limit is not None and values > limit * max(in_chans, 3):
+        raise ImageReadError(f"{path} declares {values:,} values (shape {tuple(shape)}), more than an image may hold "
+                             f"({limit:,} pixels x {max(in_chans, 3)} channels: twice PIL's Image.MAX_IMAGE_PIXELS); "
+                             f"a decompression bomb or a corrupt header")
+    available = available_memory()
+    needed = copies * values * itemsize
+    if available is not None and needed > available:
+        raise ImageReadError(f"{path} declares shape {tuple(shape)}: decoding it needs about {needed / 2**30:.1f} GiB "
+                             f"and {available / 2**30:.1f} GiB is available")
+
+
+def _npy_header(path: str, in_chans: int):
+    """Check a .npy file's header before reading it: a numeric dtype, data of the declared size in the file."""
+    from numpy.lib import format as npy
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    with open(path, "rb") as f:
+        version = npy.read_magic(f)
+        if version not in readers:
+            raise ImageReadError(f"cannot read image {path}: .npy format version {version} (1.0 and 2.0 are read)")
+        shape, _, dtype = readers[version](f)
+        offset = f.tell()
+    if dtype.hasobject or dtype.fields is not None:
+        raise ImageReadError(f"{path} holds {dtype} values; integer, float or boolean arrays are read")
+    declared = math.prod(shape) * dtype.itemsize
+    held = os.path.getsize(path) - offset
+    if declared > held:
+        raise ImageReadError(f"{path} declares an array of shape {shape} ({dtype}, {declared:,} bytes) but holds "
+                             f"{held:,} bytes of data: truncated or corrupt")
+    _check_declared(path, shape, dtype.itemsize, in_chans)
+
+
+def _tiff_header(path: str, in_chans: int):
+    import tifffile
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ImageReadError(f"cannot read image {path}: a TIFF without images")
+        series = tif.series[0]
+        _check_declared(path, series.shape, np.dtype(series.dtype).itemsize, in_chans)
+
+
+def _load_array(path: str, in_chans: int) -> np.ndarray:
     if path.lower().endswith(".npy"):
+        _npy_header(path, in_chans)
         return np.load(path, allow_pickle=False)
     import tifffile
+    _tiff_header(path, in_chans)
     return tifffile.imread(path)
 
 
@@ -52,11 +113,16 @@ def _channels_first(array: np.ndarray, in_chans: int, path: str) -> np.ndarray:
         array = array[None]
     elif array.ndim == 3 and array.shape[-1] == in_chans:
         array = np.moveaxis(array, -1, 0)
-    elif array.ndim != 3 or array.shape[0] != in_chans:
-        held = f"{array.shape[-1]} channels" if array.ndim == 3 else f"{array.ndim} dimensions"
-        raise ChannelMismatchError(f"{path} holds {held} (array of shape {array.shape}) but {in_chans} channels are "
-                             f"expected (DATA.IN_CHANS / the model's in_chans); arrays are (H, W), (H, W, C) or "
-                             f"(C, H, W)")
+    elif array.ndim != 3:
+        raise ChannelMismatchError(f"{path} holds an array of {array.ndim} dimensions (shape {array.shape}); images "
+                                   f"are (H, W), (H, W, C) or (C, H, W) arrays of {in_chans} channels "
+                                   f"(DATA.IN_CHANS / the model's in_chans)")
+    elif array.shape[0] != in_chans:
+        first = array.shape[0] <= array.shape[-1]  # the channel axis is the shorter end: (4, 40, 40) or (40, 40, 4)
+        held, layout = (array.shape[0], "(C, H, W)") if first else (array.shape[-1], "(H, W, C)")
+        raise ChannelMismatchError(f"{path} holds {held} channels (array of shape {array.shape}, read as {layout}) but "
+                                   f"{in_chans} channels are expected (DATA.IN_CHANS / the model's in_chans); arrays "
+                                   f"are (H, W), (H, W, C) or (C, H, W)")
     if array.shape[0] != in_chans:
         raise ChannelMismatchError(f"{path} holds 1 channel (array of shape {array.shape[1:]}) but {in_chans} channels "
                              f"are expected (DATA.IN_CHANS / the model's in_chans)")
@@ -78,8 +144,10 @@ def _to_unit_float(array: np.ndarray, path: str) -> torch.Tensor:
 def read_array_image(path: str, in_chans: int):
     """A ``.npy`` / ``.tif`` image: a PIL image when 8-bit with 1 or 3 channels, else (C, H, W) float32."""
     try:
-        array = _load_array(path)
-    except (OSError, ValueError, TypeError, EOFError, KeyError, IndexError) as e:
+        array = _load_array(path, in_chans)
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, TypeError, EOFError, KeyError, IndexError, MemoryError, struct.error) as e:
         raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
     array = _channels_first(np.asarray(array), in_chans, path)
     if array.dtype == np.uint8 and in_chans in PIL_MODES:
@@ -92,6 +160,10 @@ def read_pil_image(path: str, in_chans: int):
     """A file PIL decodes: L / RGB for 1 / 3 channels, else its own bands as a (C, H, W) float32 tensor."""
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            bands = max(len(img.getbands()), 1)
+            bytes_per_value = 4 if img.mode.startswith(("I", "F")) else 1
+            _check_declared(path, (height, width, bands), bytes_per_value, in_chans, copies=3)
             img.load()
             if in_chans in PIL_MODES:
                 if img.mode.startswith("I"):  # 16-bit grayscale (PNG, PGM): to 8 bits by scale, not by clipping
@@ -106,8 +178,10 @@ def read_pil_image(path: str, in_chans: int):
             array = np.asarray(img)
     except ImageReadError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ImageReadError(f"cannot read image {path}: {e}") from e
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path} is refused as a decompression bomb: {e}") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, MemoryError, EOFError) as e:
+        raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
     return _to_unit_float(np.moveaxis(array.reshape(array.shape[:2] + (-1,)), -1, 0), path)
 
 
@@ -183,3 +257,20 @@ class ImageTransform:
 
     def __repr__(self):
         return f"ImageTransform(pil={self.pil!r}, tensor={self.tensor!r})"
+
+
+def class_folders(root: str) -> list:
+    """The class names of an image-folder dataset (``root/<class>/...``): its sub-folders, hidden ones skipped,
+    sorted. A sub-folder that links to ``root`` itself or to a folder above it is refused (ImageReadError): it
+    would count the dataset as one of its own classes."""
+    real_root = os.path.realpath(root)
+    names = []
+    for entry in os.scandir(root):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        target = os.path.realpath(entry.path)
+        if real_root == target or real_root.startswith(target.rstrip(os.sep) + os.sep):
+            raise ImageReadError(f"{entry.path} links to {target}, which holds {root} itself: a class folder cannot "
+                                 f"contain its own dataset")
+        names.append(entry.name)
+    return sorted(names)

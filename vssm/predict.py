@@ -2,13 +2,18 @@
 
     python -m vssm.predict --model vmamba_tiny_s1l8 --checkpoint vssm1_tiny_0230s_ckpt_epoch_264.pth cat.png photos/
     python -m vssm.predict --model vmamba_nano --checkpoint output/vmamba_nano/default/best.pth --cam cams/ digit.png
+    python -m vssm.predict --checkpoint hub/vmamba_nano_digits photos/        # a hub folder names its model
 
-Class names: the folder names a checkpoint of our trainer stores (``classes``), ImageNet's (timm's
-``ImageNetInfo``) for a 1000-class head, else ``class <i>``. Preprocessing: the data config a checkpoint of our
-trainer stores, else timm's ``resolve_data_config`` of the model's ``pretrained_cfg``, else ImageNet's defaults
-(224 x 224, bicubic, crop 0.875, ImageNet mean and std). The number of classes and of input channels are read
-from the checkpoint's weights, and the trainer's ``MODEL.OPTIONS`` from its config. Folders are searched
-recursively for images (``vssm.image_io``: PIL images, ``.npy`` and ``.tif`` arrays).
+Checkpoints: our trainer's, the authors' releases, state dicts, ``.safetensors`` files and timm's hub folders.
+Class names: the names a checkpoint stores (our trainer's class folders, a hub folder's ``label_names``),
+ImageNet's (timm's ``ImageNetInfo``) for a 1000-class head, else ``class <i>``. Preprocessing: the data config a
+checkpoint stores, else timm's ``resolve_data_config`` of the model's ``pretrained_cfg`` (224 x 224, bicubic, crop
+0.875, ImageNet mean and std). The number of classes and of input channels are read from the checkpoint's
+weights, the model options from its config. All of these come from a file and are checked: the model is built
+on the meta device and compared with the weights first, and the memory of the model and of a batch at the input
+size is estimated before anything is allocated (refused with the estimate when it does not fit). Folders are
+searched recursively for images (``vssm.image_io``: PIL images, ``.npy`` and ``.tif`` arrays); an image that
+cannot be read is named and the others are still classified (exit status 1).
 
 ``--cam OUT_DIR`` writes, for each image, ``OUT_DIR/<name>_<method>.png``: the attribution of its top class
 (Grad-CAM family methods of the ``grad-cam`` package, ``--cam-method``) over the image as the model sees it
@@ -21,12 +26,12 @@ import sys
 import time
 
 import torch
-import yaml
 
-from .checkpoint import (CheckpointError, CheckpointMismatchError, extract_state_dict, load_checkpoint,
-                         read_checkpoint, select_prefix, strip_prefix)
+from .checkpoint import (CheckpointError, CheckpointMismatchError, check_data_config, checkpoint_info, load_fitted,
+                         read_checkpoint)
 from .image_io import ImageReadError, ImageTransform, image_files, read_image, tensor_transform
 from .models import create_model
+from .models.meta import InsufficientMemoryError, check_memory, on_meta_device
 
 RANDOM_WEIGHTS_WARNING = ("WARNING: no --checkpoint: the model has RANDOM weights, so its predictions and "
                           "attribution maps are MEANINGLESS (use it only to try the command)")
@@ -37,77 +42,50 @@ class PredictError(ValueError):
 
 
 # ---- model and its metadata -------------------------------------------------------------------------------
-def _module_name(model: torch.nn.Module, module: torch.nn.Module):
-    return next((name for name, m in model.named_modules() if m is module), None)
-
-
-def _saved_options(checkpoint: dict) -> tuple:
-    """(MODEL.NAME, MODEL.OPTIONS) of a checkpoint of our trainer (its YAML config), else (None, {})."""
-    text = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(text, str):
-        return None, {}
-    try:
-        model = (yaml.safe_load(text) or {}).get("MODEL", {})
-    except yaml.YAMLError:
-        return None, {}
-    return model.get("NAME"), dict(model.get("OPTIONS") or {})
-
-
-def _model_for(name: str, state: dict, options: dict):
-    """The model ``name`` (with ``options``) shaped for the weights in ``state``: their number of classes and of
-    input channels, where present."""
-    probe = create_model(name, **options)
-    if hasattr(probe, "convert_checkpoint"):
-        state = probe.convert_checkpoint(state)
-    found = {}
-    head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
-    head_key = f"{_module_name(probe, head)}.weight" if isinstance(head, torch.nn.Linear) else None
-    if head_key in state and state[head_key].dim() == 2:
-        found["num_classes"] = state[head_key].shape[0]
-    stem = getattr(probe, "first_conv", None)
-    if f"{stem}.weight" in state and state[f"{stem}.weight"].dim() == 4:
-        found["in_chans"] = state[f"{stem}.weight"].shape[1]
-    own = {"num_classes": probe.num_classes, "in_chans": probe.get_submodule(stem).in_channels if stem else None}
-    if all(own[k] == v for k, v in found.items()):
-        return probe
-    return create_model(name, **options, **found)
-
-
-def load_classifier(name: str, checkpoint: str = None, trust_checkpoint: bool = False):
+def load_classifier(name: str = None, checkpoint: str = None, trust_checkpoint: bool = False, before_build=None):
     """The model ``name`` with the checkpoint's weights (strict), and what the checkpoint says about it.
 
-    Returns (model in eval mode on CPU, info) with info ``classes`` (list or None), ``data_config`` (dict or
-    None), ``source`` and ``report`` (the load report of ``vssm.load_checkpoint``, or None). Without a checkpoint
-    the model keeps its random initial weights.
+    ``checkpoint``: our trainer's checkpoint, the authors' release, a state dict, a ``.safetensors`` file or a hub
+    folder; the model is built for its weights (their classes and input channels, the stored model options) on
+    the meta device first and checked against them (:func:`vssm.checkpoint.load_fitted`), then
+    ``before_build(meta_model, info)`` may refuse it (memory), then it is built and loaded. ``name`` defaults to
+    the model the checkpoint names. Returns (model in eval mode on CPU, info) with info ``model``, ``classes``
+    (list or None), ``class_descriptions``, ``data_config`` (dict or None), ``source`` and ``report`` (the load
+    report, or None). Without a checkpoint the model keeps its random initial weights.
     """
+    info = {"model": name, "classes": None, "class_descriptions": None, "data_config": None, "source": None,
+            "report": None}
     if checkpoint is None:
-        return create_model(name).eval(), {"classes": None, "data_config": None, "source": None, "report": None}
+        if name is None:
+            raise PredictError("--model is needed without --checkpoint")
+        if before_build is not None:
+            with on_meta_device():
+                before_build(create_model(name), info)
+        return create_model(name).eval(), info
     saved = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
-    saved_name, options = _saved_options(saved)
-    state, _ = select_prefix(strip_prefix(extract_state_dict(saved), "module."), "backbone.")
+    stored = checkpoint_info(saved, checkpoint)
+    name = name or stored.model
+    if name is None:
+        raise PredictError(f"{checkpoint} does not say which model it holds: give --model")
+    info.update(model=name, classes=stored.classes, class_descriptions=stored.class_descriptions,
+                data_config=stored.data_config, source=checkpoint)
     try:
-        model = _model_for(name, state, options)
-    except TypeError as e:
-        raise CheckpointMismatchError(f"the options {options} saved in {checkpoint} do not fit {name}: {e}") from None
-    try:
-        report = load_checkpoint(model, saved)
+        model, report = load_fitted(name, saved, stored, source=checkpoint, before_build=(
+            None if before_build is None else lambda meta_model: before_build(meta_model, info)))
     except CheckpointMismatchError as e:
-        hint = f" (it was trained as {saved_name}: use --model {saved_name})" if saved_name and saved_name != name \
-            else ""
+        hint = f" (it was trained as {stored.model}: use --model {stored.model})" \
+            if stored.model and stored.model != name else ""
         raise CheckpointMismatchError(f"--checkpoint {checkpoint} does not fit --model {name}{hint}:\n{e}") from None
-    report.source = checkpoint
-    classes = saved.get("classes")
-    data_config = saved.get("data_config")
-    return model.eval(), {"classes": list(classes) if isinstance(classes, (list, tuple)) else None,
-                          "data_config": dict(data_config) if isinstance(data_config, dict) else None,
-                          "source": checkpoint, "report": report}
+    info["report"] = report
+    return model.eval(), info
 
 
-def class_names(model: torch.nn.Module, saved=None) -> list:
-    """Names of the model's outputs: the checkpoint's classes, ImageNet's for ImageNet-sized heads, or class <i>."""
+def class_names(model: torch.nn.Module, saved=None, descriptions: dict = None) -> list:
+    """Names of the model's outputs: the checkpoint's classes (by their descriptions where given, e.g. ImageNet
+    synsets), ImageNet's for ImageNet-sized heads, or class <i>."""
     num_classes = model.num_classes
     if saved is not None and len(saved) == num_classes:
-        return [str(c) for c in saved]
+        return [str((descriptions or {}).get(c, c)) for c in saved]
     from timm.data import ImageNetInfo, infer_imagenet_subset
     subset = infer_imagenet_subset(model)
     if subset is not None:
@@ -139,12 +117,15 @@ def _per_channel(values, in_chans: int) -> tuple:
 
 
 def data_config(model: torch.nn.Module, saved: dict = None, img_size: int = None) -> dict:
-    """timm's data config for the model: the checkpoint's (our trainer's), else the model's pretrained_cfg through
-    ``resolve_data_config``, else ImageNet's defaults; channels fitted to the model, ``img_size`` overriding."""
+    """timm's data config for the model: the checkpoint's (our trainer's, a hub folder's), completed by the model's
+    pretrained_cfg through ``resolve_data_config`` (ImageNet's defaults); checked (std > 0, crop in (0, 1], ...:
+    CheckpointError naming the value), channels fitted to the model, ``img_size`` overriding."""
     from timm.data import resolve_data_config
     in_chans = model.get_submodule(model.first_conv).in_channels if getattr(model, "first_conv", None) else 3
-    config = dict(saved) if saved else resolve_data_config(args={"in_chans": in_chans},
-                                                           pretrained_cfg=_pretrained_cfg(model))
+    config = resolve_data_config(args={"in_chans": in_chans}, pretrained_cfg=_pretrained_cfg(model))
+    config.update(check_data_config(config, f"{type(model).__name__}'s pretrained_cfg"))
+    if saved:
+        config.update(check_data_config(saved, "the checkpoint's data_config"))
     size = tuple(config["input_size"][-2:]) if img_size is None else (img_size, img_size)
     config["input_size"] = (in_chans,) + size
     config["mean"], config["std"] = _per_channel(config["mean"], in_chans), _per_channel(config["std"], in_chans)
@@ -189,8 +170,8 @@ class _Images(torch.utils.data.Dataset):
     def __getitem__(self, index):
         try:
             return index, self.transform(read_image(self.files[index], self.in_chans)), None
-        except (ImageReadError, OSError, ValueError, RuntimeError) as e:
-            return index, None, str(e)
+        except (ImageReadError, OSError, ValueError, RuntimeError, MemoryError) as e:
+            return index, None, str(e) or type(e).__name__
 
 
 def _collate(items):
@@ -280,9 +261,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files and folders (searched recursively)")
-    p.add_argument("--model", required=True, help="a registered model (vssm.list_models())")
-    p.add_argument("--checkpoint", help="weights: a checkpoint of our trainer, the authors' release or a state dict "
-                                        "(without it the weights are random and the predictions meaningless)")
+    p.add_argument("--model", help="a registered model (vssm.list_models()); default: the model the checkpoint "
+                                   "names (our trainer's checkpoints and hub folders do)")
+    p.add_argument("--checkpoint", help="weights: a checkpoint of our trainer, the authors' release, a state dict, "
+                                        "a .safetensors file or a hub folder (config.json + weights); without it the "
+                                        "weights are random and the predictions meaningless")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
@@ -318,8 +301,19 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         files = collect_images(args.images)
-        model, saved = load_classifier(args.model, args.checkpoint, args.trust_checkpoint)
-        names = class_names(model, saved["classes"])
+
+        def fits(meta_model, info):
+            """The model and a batch at the input size must fit in the device's memory: refused with the estimate."""
+            config = data_config(meta_model, info["data_config"], args.img_size)
+            size = config["input_size"][1:]
+            source = "--img-size" if args.img_size else (
+                "the checkpoint's data_config" if info["data_config"] else "the model's pretrained_cfg")
+            check_memory(meta_model, config["input_size"][0], size, min(args.batch_size, len(files)), device,
+                         f"classifying at {size[0]}x{size[1]} (the input size of {source}) in batches of "
+                         f"{min(args.batch_size, len(files))}")
+        model, saved = load_classifier(args.model, args.checkpoint, args.trust_checkpoint, before_build=fits)
+        args.model = saved["model"]
+        names = class_names(model, saved["classes"], saved["class_descriptions"])
         config = data_config(model, saved["data_config"], args.img_size)
         if args.cam:
             from .cam import cam_target_layer
@@ -327,8 +321,10 @@ def main(argv=None) -> int:
                 cam_target_layer(model, args.cam_stage)
             except ValueError as e:
                 raise PredictError(f"--cam-stage: {e}") from None
+            if os.path.exists(args.cam) and not os.path.isdir(args.cam):
+                raise PredictError(f"--cam {args.cam} is a file, not a folder")
             os.makedirs(args.cam, exist_ok=True)
-    except (PredictError, CheckpointError, CheckpointMismatchError) as e:
+    except (PredictError, CheckpointError, CheckpointMismatchError, InsufficientMemoryError) as e:
         say(f"error: {e}")
         return 2
     except ValueError as e:

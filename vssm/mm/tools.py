@@ -181,6 +181,9 @@ def train_main(argv=None, description="train a detector or segmentor"):
 def test_main(argv=None, description="test a detector or segmentor"):
     args = _parser(description, test=True).parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if os.path.isdir(args.checkpoint):
+        raise SystemExit(f"error: the checkpoint {args.checkpoint} is a folder; give the checkpoint file "
+                         f"(e.g. {os.path.join(args.checkpoint, 'iter_1000.pth')})")
     if not os.path.isfile(args.checkpoint):
         raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
     cfg = _load_config(args)

@@ -8,10 +8,16 @@ convolution), ``head_norm`` (the head's LayerNorm over the last stage) and ``hea
 that make up the head); and defines ``forward_head``, ``get_classifier`` and ``reset_classifier``. Its dense
 backbone is ``class XBackbone(DenseBackbone, X)``: nothing more to write.
 
+The constructor arguments every family shares are checked when any subclass is built (``check_arguments``,
+applied to each subclass's ``__init__`` by ``StagedModel.__init_subclass__``): a bad ``in_chans`` or drop rate
+is refused with its name instead of failing deep inside a layer.
+
 Everything here traces with torch.fx as timm does it (``timm.models.create_feature_extractor``, timm's
 ``features_only`` wrappers): the families register their token mixers (dynamic scan orders, the selective
 scan) as fx leaf modules, and the input checks below are one wrapped call.
 """
+import functools
+import inspect
 import numbers
 
 import torch
@@ -65,8 +71,58 @@ def check_head(model: str, num_classes, global_pool: str):
                          f"take: use num_classes=0 with it")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_arguments(model: str, arguments: dict):
+    """Validate the constructor arguments the families share, where given: ``in_chans`` an integer >= 1, every
+    ``*drop_rate`` and ``drop_path_rate`` a number in [0, 1), ``depths`` and ``dims`` integers >= 1 (one, or one per
+    stage)."""
+    in_chans = arguments.get("in_chans")
+    if in_chans is not None and not (_is_int(in_chans) and in_chans >= 1):
+        raise ValueError(f"{model}: in_chans must be an integer >= 1 (3 for RGB, 1 for grayscale, N for N-band "
+                         f"images), got {in_chans!r}")
+    for name, value in arguments.items():
+        if (name == "drop_path_rate" or name.endswith("drop_rate")) and value is not None:
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1):
+                raise ValueError(f"{model}: {name} must be a probability in [0, 1), got {value!r}")
+    for name in ("depths", "dims"):
+        value = arguments.get(name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if value is not None and not (values and all(_is_int(v) and v >= 1 for v in values)):
+            raise ValueError(f"{model}: {name} must be an integer >= 1 or one per stage, got {value!r}")
+
+
+def _checking_arguments(cls, init):
+    """``init`` preceded by :func:`check_arguments` on its bound arguments (``**kwargs`` flattened)."""
+    signature = inspect.signature(init)
+    var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            return init(self, *args, **kwargs)  # Python names the wrong argument
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.update(arguments.pop(var_keyword, None) or {})
+        check_arguments(cls.__name__, arguments)
+        return init(self, *args, **kwargs)
+
+    checked_init.checks_arguments = True
+    return checked_init
+
+
 class StagedModel(nn.Module):
     """timm's model API over the stages of a family's classifier (see the module docstring)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "checks_arguments", False):
+            cls.__init__ = _checking_arguments(cls, init)
 
     new_layer_prefixes = ()  # layers absent from classification checkpoints (vssm.load_checkpoint)
     head_modules = ()  # the attributes holding the head (norm, pooling, classifier): a dense backbone drops them
@@ -97,16 +153,32 @@ class StagedModel(nn.Module):
         """An authors' state dict in this implementation's keys and shapes (families override it)."""
         return state_dict
 
-    def load_pretrained(self, checkpoint_path: str):
-        """timm's loader for ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``: ``vssm.load_checkpoint``
-        (safe read, the authors' layouts converted, strict, report logged). The classifier is skipped, and
-        reported, when ``num_classes`` differs from the pretrained config's."""
-        from ..checkpoint import load_checkpoint
+    def load_pretrained(self, checkpoint):
+        """timm's loader for ``pretrained=True`` with a local source: ``pretrained_cfg_overlay=dict(file=PATH)`` (a
+        ``.pth`` or ``.safetensors`` file or a hub folder), ``local-dir:FOLDER``, ``hf-hub:ORG/NAME`` (the cached
+        file), or in-memory weights (``state_dict=``, a dict). ``vssm.load_checkpoint``: safe read, the authors'
+        layouts converted, a 3-channel stem adapted, strict (CheckpointMismatchError with the report). When
+        ``num_classes`` differs from the pretrained config's and the checkpoint's classifier does not fit, the
+        classifier alone is skipped, and reported (fine-tuning); a classifier that fits is loaded. The report is
+        logged and kept as ``self.pretrained_report``."""
+        import logging
+        import os
+
+        from ..checkpoint import load_checkpoint, prepare_state, read_checkpoint
+        source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "(in-memory weights)"
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint = read_checkpoint(checkpoint)
         cfg = getattr(self, "pretrained_cfg", {})
         skip = ()
         if cfg.get("classifier") and self.num_classes != cfg.get("num_classes", self.num_classes):
-            skip = (cfg["classifier"] + ".",)
-        load_checkpoint(self, checkpoint_path, skip=skip)
+            head = cfg["classifier"] + "."
+            _, report = prepare_state(self, checkpoint, source=source)
+            wrong = report.missing + report.unexpected + [k for k, *_ in report.mismatched]
+            if wrong and all(k.startswith(head) for k in wrong):
+                skip = (head,)
+        report = load_checkpoint(self, checkpoint, skip=skip, source=source)
+        logging.getLogger("vssm.checkpoint").info("pretrained weights loaded: %s", report.describe())
+        self.pretrained_report = report
 
     # ---- forward ------------------------------------------------------------------------------------------
     def _checked(self, x: torch.Tensor, last_stage: int) -> torch.Tensor:
