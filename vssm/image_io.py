@@ -156,14 +156,19 @@ def read_array_image(path: str, in_chans: int):
     return _to_unit_float(array, path)
 
 
+def check_pil_header(img, path: str, in_chans: int = 3):
+    """Refuse (ImageReadError) an opened, not yet decoded PIL image whose declared size is a bomb or does not
+    fit in memory (see ``_check_declared``)."""
+    width, height = img.size
+    bytes_per_value = 4 if img.mode.startswith(("I", "F")) else 1
+    _check_declared(path, (height, width, max(len(img.getbands()), 1)), bytes_per_value, in_chans, copies=3)
+
+
 def read_pil_image(path: str, in_chans: int):
     """A file PIL decodes: L / RGB for 1 / 3 channels, else its own bands as a (C, H, W) float32 tensor."""
     try:
         with Image.open(path) as img:
-            width, height = img.size
-            bands = max(len(img.getbands()), 1)
-            bytes_per_value = 4 if img.mode.startswith(("I", "F")) else 1
-            _check_declared(path, (height, width, bands), bytes_per_value, in_chans, copies=3)
+            check_pil_header(img, path, in_chans)
             img.load()
             if in_chans in PIL_MODES:
                 if img.mode.startswith("I"):  # 16-bit grayscale (PNG, PGM): to 8 bits by scale, not by clipping
@@ -261,16 +266,18 @@ class ImageTransform:
 
 def class_folders(root: str) -> list:
     """The class names of an image-folder dataset (``root/<class>/...``): its sub-folders, hidden ones skipped,
-    sorted. A sub-folder that links to ``root`` itself or to a folder above it is refused (ImageReadError): it
-    would count the dataset as one of its own classes."""
-    real_root = os.path.realpath(root)
-    names = []
-    for entry in os.scandir(root):
+    sorted. A sub-folder that links to ``root`` itself or to a folder above it, or to the same folder as another
+    class, is refused (ImageReadError): it would count the dataset as one of its own classes, or images twice."""
+    real_root, seen = os.path.realpath(root), {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         target = os.path.realpath(entry.path)
         if real_root == target or real_root.startswith(target.rstrip(os.sep) + os.sep):
-            raise ImageReadError(f"{entry.path} links to {target}, which holds {root} itself: a class folder cannot "
-                                 f"contain its own dataset")
-        names.append(entry.name)
-    return sorted(names)
+            raise ImageReadError(f"class folder {entry.path} links to {target}, which holds {root} itself: a class "
+                                 f"folder cannot contain its own dataset; remove the link")
+        if target in seen:
+            raise ImageReadError(f"class folders {seen[target]} and {entry.path} are the same folder ({target}); "
+                                 f"remove one")
+        seen[target] = entry.path
+    return [os.path.basename(path) for path in seen.values()]

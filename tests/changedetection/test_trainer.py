@@ -146,3 +146,11 @@ def test_save_maps_of_pairs_sharing_a_name_do_not_overwrite_each_other(tmp_path,
     assert code == 0, err
     assert sorted(p.name for p in maps.glob("*.png")) == ["test_0.png", "test_1.bmp.png", "test_1.png.png",
                                                           "test_2.png", "test_3.png"]
+
+
+def test_a_decompression_bomb_label_is_named(tmp_path, data, capsys):
+    from ..deploy.test_hostile_inputs import bomb_png
+    bomb_png(os.path.join(data, "test", "label", "test_1.png"), width=48, height=48 * 10**6)
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path), "--eval",
+                           "--opts", *FAST)
+    assert code == 2 and "test_1.png" in err and "Traceback" not in err, err

@@ -223,3 +223,19 @@ def test_a_single_class_is_warned_about(tmp_path, capsys):
                              "--opts", "TRAIN.EPOCHS", "1", *FAST)
     assert code == 0, err
     assert "holds a single class (only): every prediction is that class, so the accuracy is 100 %" in out
+
+
+def test_decompression_bombs_in_training_are_unreadable_images(tmp_path, data, capsys):
+    """Before: a 69-byte PNG declaring 20000 x 20000 and a 129-byte .npy declaring 120 G values crashed the run
+    mid-epoch; they are unreadable images, replaced in training like any other."""
+    import shutil
+    from ..deploy.test_hostile_inputs import bomb_npy, bomb_png
+    root = tmp_path / "bombs"
+    shutil.copytree(data, root)
+    bomb_png(root / "train" / "a" / "bomb.png")
+    bomb_npy(root / "train" / "b" / "bomb.npy")
+    code, out, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", str(root), "--output", str(tmp_path / "out"),
+                             "--opts", "TRAIN.EPOCHS", "1", "DATA.BATCH_SIZE", "38", *FAST[:2], *FAST[4:])
+    assert code == 0, err
+    assert read_log(tmp_path / "out" / "vmamba_nano" / "default")[0]["skipped_images"] == 2
+    assert "bomb.png (" in out and "decompression bomb" in out and "bomb.npy (" in out

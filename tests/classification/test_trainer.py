@@ -222,3 +222,20 @@ def test_model_options_reach_the_constructor_and_unknown_ones_are_named(tmp_path
     code, _, err = run_cli(capsys, "--cfg", str(cfg), "--data-path", data, "--output", str(tmp_path), "--eval",
                            "--opts", *FAST)
     assert code == 2 and "window_shift" in err
+
+
+def test_a_run_ends_with_timms_hub_folder_of_its_best_weights(tmp_path, data, capsys):
+    import timm
+    code, out, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path),
+                             "--opts", "TRAIN.EPOCHS", "1", *FAST)
+    assert code == 0, err
+    run = tmp_path / "vmamba_nano" / "default"
+    hub = run / "hub"
+    assert sorted(p.name for p in hub.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((hub / "config.json").read_text())
+    assert config["architecture"] == "vmamba_nano" and config["num_classes"] == 3
+    assert config["label_names"] == ["a", "b", "c"]
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    model = timm.create_model(f"local-dir:{hub}", pretrained=True).eval()
+    best = torch.load(run / "best.pth", weights_only=True)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())

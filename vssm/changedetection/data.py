@@ -22,11 +22,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..engine.data import DataError, seeded_loaders
+from ..image_io import IMAGE_EXTENSIONS, ImageReadError, check_pil_header, read_pil_image
 from .synthetic import prepare_change_pairs
 
 log = logging.getLogger("train")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LAYOUTS = {"levir": ("A", "B", "label"), "changemamba": ("T1", "T2", "GT")}
 
 
@@ -78,25 +78,27 @@ def _size(path: str):
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
 def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8."""
+    """(H, W, 3) uint8, through :func:`vssm.image_io.read_pil_image` (declared sizes checked before decoding)."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        return np.asarray(read_pil_image(path, 3))
+    except ImageReadError as e:
+        raise DataError(str(e)) from None
 
 
 def read_label(path: str) -> np.ndarray:
     """(H, W) uint8 of 0 (no change) and 1 (change) from a 0 / 255 label image."""
     try:
         with Image.open(path) as img:
+            check_pil_header(img, path, 1)  # before anything is decoded
             label = np.asarray(img.convert("RGB") if img.mode == "P" else img)  # a palette: its colours
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except ImageReadError as e:
+        raise DataError(f"cannot read label {path}: {e}") from None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read label {path}: {e}") from None
     if label.dtype == bool:
         label = label.astype(np.uint8) * 255

@@ -246,8 +246,9 @@ TRAINING_ENTRIES = {  # entry: (check, what it must be)
     "scaler": (lambda v: isinstance(v, dict), "a loss-scaler state dict"),
     "epoch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "best_epoch": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0 or None"),
-    "max_accuracy": (_is_number, "a number"),
-    "max_accuracy_ema": (_is_number, "a number"),
+    "best_score": (lambda v: v is None or _is_number(v), "a number or None"),
+    "best_ema_score": (lambda v: v is None or _is_number(v), "a number or None"),
+    "record": (lambda v: isinstance(v, dict), "a dict (the epoch's log record)"),
     "classes": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v),
                 "a list of class names"),
     "data_config": (lambda v: isinstance(v, dict), "a dict"),
@@ -261,12 +262,12 @@ def read_training_checkpoint(path, required=("model", "optimizer", "lr_scheduler
     is a string raise CheckpointError naming the entry). ``hint`` follows the error for a missing entry."""
     state = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a training checkpoint: it holds a {type(state).__name__}, not a dict "
-                              f"with {', '.join(required)}")
+        listed = ", ".join(required[:-1]) + (" and " if len(required) > 1 else "") + required[-1]
+        raise CheckpointError(f"{path} is not a training checkpoint of this trainer: it holds a "
+                              f"{type(state).__name__}, not a dict with {listed}")
     missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(f"{path} is not a training checkpoint of this trainer (no {', '.join(missing)}); "
-                              f"{hint}")
+        raise CheckpointError(f"{path} is not a training checkpoint of this trainer (no {missing}); {hint}")
     for name, (check, what) in TRAINING_ENTRIES.items():
         if name in state and not check(state[name]):
             value = state[name]

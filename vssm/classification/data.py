@@ -21,31 +21,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..digits import prepare_digits
 from ..engine.data import DataError, seeded_loaders
-from ..image_io import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, is_image_file,
-                        read_image, tensor_transform)
+from ..image_io import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, class_folders,
+                        is_image_file, read_image, tensor_transform)
 from .config import uses_mixup
 
 log = logging.getLogger("train")
 
 
 def find_classes(folder: str):
-    """The class sub-folders of a split, sorted. A sub-folder that links back to the split (or above it) or to
-    another class folder is refused: it would count its images twice or make a class of the whole split."""
+    """The class sub-folders of a split, sorted (:func:`vssm.image_io.class_folders`: a sub-folder linking back to
+    the split or to another class folder is refused)."""
     if not os.path.isdir(folder):
         raise DataError(f"missing folder {folder} (expected train/ and val/ with one sub-folder per class)")
-    entries = sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
-    if not entries:
+    try:
+        classes = class_folders(folder)
+    except ImageReadError as e:
+        raise DataError(str(e)) from None
+    if not classes:
         raise DataError(f"{folder} has no class sub-folders")
-    split, seen = os.path.realpath(folder), {}
-    for entry in entries:
-        real = os.path.realpath(entry.path)
-        if split == real or split.startswith(real + os.sep):
-            raise DataError(f"class folder {entry.path} links to {real}, which holds the split {folder} itself; "
-                            f"remove the link")
-        if real in seen:
-            raise DataError(f"class folders {seen[real]} and {entry.path} are the same folder ({real}); remove one")
-        seen[real] = entry.path
-    return [e.name for e in entries]
+    return classes
 
 
 class Unreadable(NamedTuple):

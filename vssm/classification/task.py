@@ -1,6 +1,7 @@
 """Image classification over the training engine: the model, its loss (label smoothing or mixup / cutmix, Spatial-
 Mamba's EMA distillation), top-1 / top-5 evaluation and the throughput mode."""
 import logging
+import os
 import time
 
 import torch
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from .. import load_checkpoint
-from ..checkpoint import CheckpointMismatchError
+from ..checkpoint import CheckpointMismatchError, export_hub_folder
+from ..engine.checkpoints import BEST
 from ..engine.data import DataError
 from ..engine.trainer import Step, Task
 from ..models import create_model
@@ -158,6 +160,16 @@ class ClassificationTask(Task):
 
     def check_resume(self, state: dict, path: str):
         check_classes(state, self.classes, path)
+
+    def finish(self, out_dir: str):
+        """timm's hub folder (config.json + model.safetensors) of best.pth in ``out_dir/hub``."""
+        best = os.path.join(out_dir, BEST)
+        if not os.path.isfile(best):
+            return
+        folder, _ = export_hub_folder(best, os.path.join(out_dir, "hub"))
+        log.info(f"wrote timm's hub folder of best.pth to {folder}: timm.create_model('local-dir:{folder}', "
+                 f"pretrained=True), python -m vssm.predict --checkpoint {folder}, or publish it (README: Sharing "
+                 f"weights)")
 
     def skip_training(self, model, loader, device, autocast) -> bool:
         if self.config.THROUGHPUT_MODE:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint
+from ..checkpoint import CheckpointMismatchError, read_training_checkpoint
 from ..cli import UsageError
 from ..runtime import retain_freed_memory
 from .checkpoints import (append_record, best_payload, latest_checkpoint, remove_stale_temporaries,
@@ -111,6 +111,9 @@ class Task:
         """Modes that run instead of training (True when one ran)."""
         return False
 
+    def finish(self, out_dir: str):
+        """After the last epoch, on rank 0: what the task publishes from the run (e.g. timm's hub folder)."""
+
 
 class Trainer:
     """One run of ``task``: ``Trainer(task, args).run()`` (``args``: local_rank, trust_checkpoint)."""
@@ -147,20 +150,7 @@ class Trainer:
         seed_everything(c.SEED + self.rank)
 
     def _read_state(self, path: str, need) -> dict:
-        state = read_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path} is not a training checkpoint of this trainer: it holds a "
-                                  f"{type(state).__name__}, not a dict with {', '.join(need[:-1])}"
-                                  f"{' and ' if len(need) > 1 else ''}{need[-1]}")
-        missing = [k for k in need if k not in state]
-        if missing:
-            raise CheckpointError(f"{path} is not a training checkpoint of this trainer (no {missing}); use "
-                                  f"--pretrained to start from its weights")
-        if not isinstance(state["model"], dict):
-            raise CheckpointError(f"{path}: its 'model' is a {type(state['model']).__name__}, not a state dict")
-        if "epoch" in need and (isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int)
-                                or state["epoch"] < 0):
-            raise CheckpointError(f"{path}: its epoch {state['epoch']!r} is not a non-negative integer")
+        state = read_training_checkpoint(path, required=need, trust_checkpoint=self.trust_checkpoint)
         self.task.check_resume(state, path)
         try:
             self.model.load_state_dict(state["model"])
@@ -301,6 +291,8 @@ class Trainer:
                      + format_eta((time.time() - started) / done * (c.TRAIN.EPOCHS - epoch - 1)))
         if writer is not None:
             writer.close()
+        if self.rank == 0:
+            task.finish(self.out_dir)
         log.info(f"done in {time.time() - started:.0f}s: final "
                  + (task.summary(metrics) if metrics else "(not evaluated)")
                  + (f", max {task.score_label} {best:.2f}" if best is not None else "")
