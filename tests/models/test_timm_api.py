@@ -53,10 +53,7 @@ def test_pretrained_cfg_is_complete(name):
     assert cfg["input_size"] == (3, 224, 224) and cfg["pool_size"] == (7, 7)
     assert cfg["crop_pct"] == 0.875 and cfg["interpolation"] == "bicubic" and cfg["num_classes"] == 1000
     assert cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN and cfg["std"] == timm.data.IMAGENET_DEFAULT_STD
-    family = vssm.models.family_of(name)
-    cls = {"vmamba": "VMamba", "spatial_mamba": "SpatialMamba", "quadmamba": "QuadMamba",
-           "fractal_mamba": "FractalMamba"}[family.__name__.rsplit(".", 1)[-1]]
-    assert cfg["first_conv"] == getattr(family, cls).first_conv
+    assert cfg["first_conv"] == vssm.models.family_of(name).classifier.first_conv
     assert cfg["classifier"] in ("classifier.head", "head")
     assert cfg["license"] in ("mit", "apache-2.0")
     assert cfg["paper_ids"].startswith("arXiv:") and cfg["paper_name"]

@@ -267,15 +267,8 @@ class SpatialMamba(StagedModel):
                  mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.2,
                  scan_backend: str = "auto", grad_checkpointing: bool = False):
         super().__init__()
-        check_head(type(self).__name__, num_classes, global_pool)
-        depths = tuple(depths)
-        dims = tuple(dims) if isinstance(dims, (list, tuple)) else tuple(dims * 2 ** i for i in range(len(depths)))
-        if len(dims) != len(depths):
-            raise ValueError(f"SpatialMamba: dims {dims} and depths {depths} must have one entry per stage")
-        self.dims, self.depths, self.in_chans = dims, depths, in_chans
-        self.num_classes, self.global_pool = num_classes, global_pool
-        self.num_features = self.head_hidden_size = dims[-1]
-        self.grad_checkpointing = grad_checkpointing
+        self._set_stages(depths, dims, in_chans, num_classes, global_pool, grad_checkpointing)
+        depths, dims = self.depths, self.dims
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = Stem(in_chans, dims[0])
         self.layers = nn.ModuleList([

@@ -141,6 +141,19 @@ class StagedModel(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def _set_stages(self, depths, dims, in_chans: int, num_classes: int, global_pool: str, grad_checkpointing: bool):
+        """Check and set what every family's classifier derives from its shared arguments: ``depths``, ``dims`` (a
+        list, or the first stage's doubled per stage), ``in_chans``, the head's settings, ``num_features``."""
+        check_head(type(self).__name__, num_classes, global_pool)
+        depths = tuple(depths)
+        dims = tuple(dims) if isinstance(dims, (list, tuple)) else tuple(dims * 2 ** i for i in range(len(depths)))
+        if len(dims) != len(depths):
+            raise ValueError(f"{type(self).__name__}: dims {dims} and depths {depths} must have one entry per stage")
+        self.dims, self.depths, self.in_chans = dims, depths, in_chans
+        self.num_classes, self.global_pool = num_classes, global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.grad_checkpointing = grad_checkpointing
+
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
 
