@@ -136,7 +136,7 @@ def check_size(size, dynamic: bool):
     if dynamic and min(H, W) < MIN_DYNAMIC_SIDE:
         raise ExportError(f"--size {H} {W}: a dynamic-size export is traced at H, W >= {MIN_DYNAMIC_SIDE} (the last "
                           f"stage's map must be at least 2 x 2 to stay symbolic); the file then runs at any size, "
-                          f"smaller ones included")
+                          f"smaller ones included. --static exports a file of this fixed size")
 
 
 def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None,

@@ -136,46 +136,60 @@ def unrolled_recurrence(a, x, length: int, chunk: int = None):
     return states if n_chunks * T == length else op.Slice(states, [0], [length], [1])
 
 
+def chunk_geometry(length: int, chunk: int = None) -> tuple:
+    """(T, n_chunks, padded length) of a fixed ``length`` in chunks of about ``chunk`` (:func:`chunk_size`)."""
+    T = min(chunk_size(length, chunk or CHUNK), length)
+    n_chunks = -(-length // T)
+    return T, n_chunks, n_chunks * T
+
+
+def split_steps(t, length: int, trailing, chunk: int = None) -> list:
+    """(batch, L, *trailing) -> the T steps of every chunk: T x (batch, n_chunks, 1, *trailing)."""
+    T, n_chunks, padded = chunk_geometry(length, chunk)
+    if padded != length:  # zero padding at the end changes no earlier state
+        rank = 2 + len(trailing)
+        t = op.Pad(t, [0] * rank + [0, padded - length] + [0] * len(trailing))
+    return _pieces(op.Reshape(t, [0, n_chunks, T] + list(trailing)), T, 2)
+
+
+def gather_steps(table, rows, length: int, K: int, chunk: int = None) -> list:
+    """Rows of ``table`` (R, F) at ``rows`` (batch, L, K) indices, gathered straight into the T steps of every
+    chunk: T x (batch, n_chunks, 1, K, F), with no full (batch, L, K, F) copy to split (padded steps read row 0)."""
+    return [op.Gather(table, r, axis=0) for r in split_steps(rows, length, (K,), chunk)]
+
+
 def chunked_scan(delta, delta_bias, softplus: bool, A, u, B, C, length: int, sizes, want_states: bool,
                  chunk: int = None):
     """The selective scan in plain operators for a fixed ``length``, step by step inside chunks of ``T`` steps.
 
     delta, u: (batch, L, K, G) in step order (delta before its bias and softplus); delta_bias: (K, G) or None;
-    A: (K, G, N); B, C: (batch, L, K, 1, N) (C may be None); ``sizes`` = (K, G, N), ints. Returns
+    A: (K, G, N); B, C: (batch, L, K, N) (C may be None); ``sizes`` = (K, G, N), ints. Each of delta, u, B, C
+    may instead be given as its steps, T x (batch, n_chunks, 1, K, G or N) (:func:`gather_steps`). Returns
     (y (batch, L, K, G) = sum_n C h, or None without C; states (batch, L, K, G, N) or None; the last state
-    (batch, K, G, N)). The inputs are split into the ``T`` steps of every chunk once; each step's step size,
-    decay and drive are computed on its slice and used by both passes of :func:`unrolled_recurrence`'s scheme
-    (a slice is 1/T of a tensor: the operators of one step work in cache instead of passing over whole
-    tensors). The chunk ends go through :func:`unrolled_recurrence`.
+    (batch, K, G, N)). Each step's step size, decay and drive are computed on its slice of every chunk and
+    used by both passes of :func:`unrolled_recurrence`'s scheme (a slice is 1/T of a tensor: the operators of
+    one step work in cache instead of passing over whole tensors). The chunk ends go through
+    :func:`unrolled_recurrence`.
     """
-    chunk = chunk or CHUNK
     K, G, N = sizes
-    T = min(chunk_size(length, chunk), length)
-    n_chunks = -(-length // T)
-    padded = n_chunks * T
+    T, n_chunks, padded = chunk_geometry(length, chunk)
 
-    def steps(t, trailing):  # (batch, L, *trailing) -> T x (batch, n_chunks, 1, *trailing)
-        if padded != length:  # zero padding at the end changes no earlier state
-            rank = 2 + len(trailing)
-            t = op.Pad(t, [0] * rank + [0, padded - length] + [0] * len(trailing))
-        return _pieces(op.Reshape(t, [0, n_chunks, T] + list(trailing)), T, 2)
+    def steps(t, trailing):
+        return t if isinstance(t, list) else split_steps(t, length, trailing, chunk)
 
     # with one state per channel (N = 1) the state axis is left out: plain (K, G) broadcasts are the fastest
     state = (K, G, N) if N > 1 else (K, G)
-    bc = (K, 1, N) if N > 1 else (K, 1)
     if N == 1:
         A = op.Reshape(A, [K, G])
-        B = op.Reshape(B, [0, length, K, 1])
-        C = op.Reshape(C, [0, length, K, 1]) if C is not None else None
-    d_steps, u_steps, B_steps = steps(delta, (K, G)), steps(u, (K, G)), steps(B, bc)
-    C_steps = steps(C, bc) if C is not None else None
+    d_steps, u_steps, B_steps = steps(delta, (K, G)), steps(u, (K, G)), steps(B, (K, N))
+    C_steps = steps(C, (K, N)) if C is not None else None
     decays, drives = [], []
     for d_t, u_t, B_t in zip(d_steps, u_steps, B_steps):
         dt = _step_sizes(d_t, delta_bias, softplus)  # (batch, n_chunks, 1, K, G)
         if N > 1:  # (batch, n_chunks, 1, K, G, N)
             decays.append(op.Exp(op.Mul(op.Unsqueeze(dt, [5]), A)))
-            drives.append(op.Mul(op.Unsqueeze(op.Mul(dt, u_t), [5]), B_t))
-        else:  # (batch, n_chunks, 1, K, G)
+            drives.append(op.Mul(op.Unsqueeze(op.Mul(dt, u_t), [5]), op.Unsqueeze(B_t, [4])))
+        else:  # (batch, n_chunks, 1, K, G); B_t (batch, n_chunks, 1, K, 1) broadcasts over G
             decays.append(op.Exp(op.Mul(dt, A)))
             drives.append(op.Mul(op.Mul(dt, u_t), B_t))
     # pass 1: each chunk's end state from a zero start, and its total decay (products of factors <= 1)
@@ -192,8 +206,8 @@ def chunked_scan(delta, delta_bias, softplus: bool, A, u, B, C, length: int, siz
         h = op.Add(op.Mul(a_t, h), x_t)
         states.append(h)
         if C is not None:
-            hc = op.Mul(h, C_steps[t])
-            ys.append(op.ReduceSum(hc, [5], keepdims=0) if N > 1 else hc)
+            ys.append(op.ReduceSum(op.Mul(h, op.Unsqueeze(C_steps[t], [4])), [5], keepdims=0) if N > 1 else
+                      op.Mul(h, C_steps[t]))
 
     def joined(pieces, trailing):  # T x (batch, n_chunks, 1, *trailing) -> (batch, L, *trailing)
         t = op.Reshape(op.Concat(*pieces, axis=2) if T > 1 else pieces[0], [0, padded] + list(trailing))
@@ -311,8 +325,8 @@ def _static_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     time_major = [op.Reshape(op.Transpose(_float(t), perm=[0, 2, 1]), grouped) for t in (delta, u)]
     bias = op.Reshape(_float(delta_bias), [K, G]) if delta_bias is not None else None
     y, states, last = chunked_scan(time_major[0], bias, delta_softplus, op.Reshape(_float(A), [K, G, N]),
-                                   time_major[1], _groups_time_major(B),
-                                   _groups_time_major(C) if C is not None else None, length, (K, G, N),
+                                   time_major[1], op.Squeeze(_groups_time_major(B), [3]),
+                                   op.Squeeze(_groups_time_major(C), [3]) if C is not None else None, length, (K, G, N),
                                    return_states)
     empty = op.ConstantOfShape([0])
     if C is None:
@@ -361,10 +375,10 @@ def selective_scan_map_fwd(x, delta, A, B, C, D=None, delta_bias=None, delta_sof
     def per_direction(t):  # (batch, L, K, F) map -> (batch, L, K, F): direction k's value at its step t
         return op.Gather(op.Reshape(t, op.Concat(_ints(-1), _shape_of(t, 3, 4), axis=0)), rows_k, axis=0)
 
-    u = _float(op.Gather(op.Reshape(x, op.Concat(_ints(-1), _shape_of(x, 2, 3), axis=0)), rows, axis=0))  # (b, L, K, D)
     if static and _static_length(x, 1) is not None:
-        return _static_map_scan(x, u, per_direction, delta, A, B, C, D, delta_bias, delta_softplus, orders, image,
+        return _static_map_scan(x, rows, rows_k, delta, A, B, C, D, delta_bias, delta_softplus, orders, image,
                                 direction), op.ConstantOfShape([0])
+    u = _float(op.Gather(op.Reshape(x, op.Concat(_ints(-1), _shape_of(x, 2, 3), axis=0)), rows, axis=0))  # (b, L, K, D)
     Dm = _shape_of(x, 2, 3)
     kd = op.Concat(K, Dm, axis=0)
     bias = op.Reshape(delta_bias, kd) if delta_bias is not None else None
@@ -388,14 +402,18 @@ def selective_scan_map_fwd(x, delta, A, B, C, D=None, delta_bias=None, delta_sof
     return op.ReduceSum(gathered, [2], keepdims=0), op.ConstantOfShape([0])
 
 
-def _static_map_scan(x, u, per_direction, delta, A, B, C, D, delta_bias, delta_softplus, orders, image, direction):
-    """:func:`selective_scan_map_fwd` at a fixed L, in plain operators (:func:`chunked_scan`): (batch, L, D)."""
+def _static_map_scan(x, rows, rows_k, delta, A, B, C, D, delta_bias, delta_softplus, orders, image, direction):
+    """:func:`selective_scan_map_fwd` at a fixed L, in plain operators (:func:`chunked_scan`): (batch, L, D).
+    The scan's inputs are gathered by scan order straight into the steps of its chunks (:func:`gather_steps`)."""
     length, Dm = x.shape[1], x.shape[2]
     K, N = delta.shape[2], A.shape[1]
     bias = op.Reshape(_float(delta_bias), [K, Dm]) if delta_bias is not None else None
-    y, _, _ = chunked_scan(per_direction(delta), bias, delta_softplus, op.Reshape(_float(A), [K, Dm, N]), u,
-                           op.Unsqueeze(_float(per_direction(B)), [3]), op.Unsqueeze(_float(per_direction(C)), [3]),
-                           length, (K, Dm, N), False)  # (batch, L, K, D)
+
+    def steps(t, index):  # (batch, L, K or 1, F) map -> T x (batch, n_chunks, 1, K, F) in step order
+        return gather_steps(op.Reshape(_float(t), [-1, t.shape[-1]]), index, length, K)
+
+    y, _, _ = chunked_scan(steps(delta, rows_k), bias, delta_softplus, op.Reshape(_float(A), [K, Dm, N]),
+                           steps(x, rows), steps(B, rows_k), steps(C, rows_k), length, (K, Dm, N), False)
     # back onto the map: position p of image b sums y[b, t, k] over k, at the step t where direction k reads p
     index = op.Expand(op.Range(0, length, 1), op.Shape(orders))
     inverse = op.ScatterElements(op.Mul(orders, 0), orders, index, axis=-1)  # (..., K, L): step of position p
