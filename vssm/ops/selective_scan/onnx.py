@@ -7,15 +7,18 @@ must be False, as it is under ``torch.no_grad()`` or for parameters that do not 
 
 The recurrence ``h_t = a_t h_{t-1} + x_t`` along the sequence is written one of two ways:
 
-- **plain operators** (:func:`unrolled_recurrence`, ``static=True`` and a sequence length fixed in the graph):
-  the sequence in chunks of ``T`` steps, every chunk at once. A first pass over the ``T`` steps gives each
-  chunk's end state from a zero start, and ``ReduceProd`` its total decay; the states entering the chunks
-  follow from the same recurrence over the chunk ends (recursively: chunks of chunks, down to a short
-  sequence written step by step); a second pass over the ``T`` steps, started from the entering states, gives
-  every state. The decay between two steps is the product of the decays in between, each ``exp(dt A) <= 1``
-  (an exponent <= 0), so nothing over- or underflows at L = 3136 with trained, strongly decaying states: there
-  is no cumulative sum of log decays and no division. No ``Scan`` / ``Loop``: runtimes and compilers that
-  handle loops poorly see only elementwise operators, ``Split``, ``Concat`` and ``ReduceProd``.
+- **plain operators** (:func:`chunked_scan`, ``static=True`` and a sequence length fixed in the graph): the
+  sequence in chunks of ``T`` steps (:func:`scan_chunk`: about ``L * width / STEP_SLICE``), every chunk at once.
+  The inputs are split (the map entry: gathered by scan order) straight into the ``T`` steps of every chunk,
+  and each step's softplus, decay and drive are computed on that slice, 1/T of the data, in cache. A first pass
+  over the ``T`` steps gives each chunk's end state from a zero start and its total decay; the states entering
+  the chunks follow from the same recurrence over the chunk ends (:func:`unrolled_recurrence`: chunks of
+  chunks, down to a short sequence written step by step); a second pass over the ``T`` steps, started from the
+  entering states, gives every state. The decay between two steps is the product of the decays in between,
+  each ``exp(dt A) <= 1`` (an exponent <= 0), so nothing over- or underflows at L = 3136 with trained,
+  strongly decaying states: there is no cumulative sum of log decays and no division. No ``Scan`` / ``Loop``:
+  runtimes and compilers that handle loops poorly see elementwise operators, ``Split``, ``Gather``,
+  ``Concat`` and ``ReduceProd``.
 - **loops** (:func:`linear_recurrence`, any dynamic size): two ONNX ``Scan`` loops over a blocked sequence,
   as the ``torch`` backend does (``blocked.py``): with ``block = ceil(sqrt(L))`` and the sequence zero padded
   to whole blocks, (1) one Scan over the ``block`` steps of every block at once gives each block's states from
@@ -77,7 +80,8 @@ def linear_recurrence(a: SEQUENCES, x: SEQUENCES) -> SEQUENCES:
     return op.Slice(states, [0], length, [1])
 
 
-CHUNK = 16  # steps per chunk of the unrolled recurrence (scripts/bench_export.py --chunk measures others)
+CHUNK = 16  # steps per chunk of the recurrence over chunk ends (and of the scan when the width is unknown)
+STEP_SLICE = 32768  # elements per image of one step's slice of all chunks: the scan's chunk is L * width / this
 
 
 def _pieces(t, count: int, axis: int):
@@ -136,6 +140,14 @@ def unrolled_recurrence(a, x, length: int, chunk: int = None):
     return states if n_chunks * T == length else op.Slice(states, [0], [length], [1])
 
 
+def scan_chunk(length: int, width: int) -> int:
+    """The chunk of a scan of ``length`` steps and ``width`` states per step and image: about
+    ``length * width / STEP_SLICE`` steps, between 4 and 64, so that each step's slice of all chunks (where the
+    softplus, decay, drive and both recurrence passes work) stays near :data:`STEP_SLICE` elements per image,
+    in cache at batch 8, whatever the stage. More steps per chunk means more nodes: 20 per step."""
+    return int(min(64, max(4, round(length * width / STEP_SLICE))))
+
+
 def chunk_geometry(length: int, chunk: int = None) -> tuple:
     """(T, n_chunks, padded length) of a fixed ``length`` in chunks of about ``chunk`` (:func:`chunk_size`)."""
     T = min(chunk_size(length, chunk or CHUNK), length)
@@ -172,6 +184,7 @@ def chunked_scan(delta, delta_bias, softplus: bool, A, u, B, C, length: int, siz
     :func:`unrolled_recurrence`.
     """
     K, G, N = sizes
+    chunk = chunk or scan_chunk(length, K * G * N)
     T, n_chunks, padded = chunk_geometry(length, chunk)
 
     def steps(t, trailing):
@@ -197,8 +210,8 @@ def chunked_scan(delta, delta_bias, softplus: bool, A, u, B, C, length: int, siz
     for a_t, x_t in zip(decays[1:], drives[1:]):
         h = op.Add(op.Mul(a_t, h), x_t)
         decay = op.Mul(decay, a_t)
-    ends = unrolled_recurrence(op.Reshape(decay, [0, n_chunks, -1]), op.Reshape(h, [0, n_chunks, -1]), n_chunks,
-                               chunk)  # (batch, n_chunks, K * G * N): the state at the end of every chunk
+    ends = unrolled_recurrence(op.Reshape(decay, [0, n_chunks, -1]), op.Reshape(h, [0, n_chunks, -1]),
+                               n_chunks)  # (batch, n_chunks, K * G * N): the state at the end of every chunk
     # pass 2: from the state entering each chunk (the end of the chunk before; zero for the first)
     h = op.Reshape(op.Pad(op.Slice(ends, [0], [n_chunks - 1], [1]), [0, 1, 0, 0, 0, 0]), [0, n_chunks, 1, *state])
     states, ys = [], []
@@ -409,11 +422,13 @@ def _static_map_scan(x, rows, rows_k, delta, A, B, C, D, delta_bias, delta_softp
     K, N = delta.shape[2], A.shape[1]
     bias = op.Reshape(_float(delta_bias), [K, Dm]) if delta_bias is not None else None
 
+    chunk = scan_chunk(length, K * Dm * N)
+
     def steps(t, index):  # (batch, L, K or 1, F) map -> T x (batch, n_chunks, 1, K, F) in step order
-        return gather_steps(op.Reshape(_float(t), [-1, t.shape[-1]]), index, length, K)
+        return gather_steps(op.Reshape(_float(t), [-1, t.shape[-1]]), index, length, K, chunk)
 
     y, _, _ = chunked_scan(steps(delta, rows_k), bias, delta_softplus, op.Reshape(_float(A), [K, Dm, N]),
-                           steps(x, rows), steps(B, rows_k), steps(C, rows_k), length, (K, Dm, N), False)
+                           steps(x, rows), steps(B, rows_k), steps(C, rows_k), length, (K, Dm, N), False, chunk)
     # back onto the map: position p of image b sums y[b, t, k] over k, at the step t where direction k reads p
     index = op.Expand(op.Range(0, length, 1), op.Shape(orders))
     inverse = op.ScatterElements(op.Mul(orders, 0), orders, index, axis=-1)  # (..., K, L): step of position p
