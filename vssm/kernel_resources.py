@@ -127,7 +127,8 @@ def _specialise(launch, arch: int):
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    kwargs = dict(launch.kwargs, debug=False)
+    from .kernel_launch import arch_options
+    kwargs = dict(arch_options(arch), **launch.kwargs, debug=False)  # as vssm.kernel_launch.launch on that GPU
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     key = (kernel.fn.__module__, kernel.fn.__qualname__, arch, repr(sorted(signature.items())),
