@@ -61,10 +61,12 @@ def node_counts(path: str) -> dict:
     return counts
 
 
-def export_variants(name, model, size, folder, calibration, say) -> dict:
-    """{variant: path}: the static, dynamic and int8 files of one model."""
-    paths = {"static": os.path.join(folder, f"{name}.static.onnx"), "dynamic": os.path.join(folder, f"{name}.dynamic.onnx"),
-             "int8": os.path.join(folder, f"{name}.int8.onnx")}
+def export_variants(name, model, size, folder, calibration, say, reuse=False) -> dict:
+    """{variant: path}: the static, dynamic and int8 files of one model (``reuse``: those already in ``folder``)."""
+    paths = {kind: os.path.join(folder, f"{name}.{kind}.onnx") for kind in ("static", "dynamic", "int8")}
+    if reuse and all(os.path.exists(p) for p in paths.values()):
+        say(f"{name}: reusing {', '.join(paths.values())}")
+        return paths
     started = time.time()
     export.export_onnx(model, paths["static"], size, False, unrolled_scan=True)
     say(f"{name}: static export in {time.time() - started:.0f}s")
@@ -87,7 +89,7 @@ def export_variants(name, model, size, folder, calibration, say) -> dict:
 def bench_model(name, batches, size, args, folder, say) -> tuple:
     torch.manual_seed(0)
     model = vssm.create_model(name).eval()
-    paths = export_variants(name, model, size, folder, args.calibration, say)
+    paths = export_variants(name, model, size, folder, args.calibration, say, args.reuse)
     sessions = {"ort_static": open_session(paths["static"], threads=args.threads),
                 "ort_dynamic": open_session(paths["dynamic"], threads=args.threads),
                 "ov_f32": open_session(paths["static"], "openvino", "f32", args.threads),
@@ -101,11 +103,12 @@ def bench_model(name, batches, size, args, folder, say) -> tuple:
         feed = images.numpy()
         errors = {k: max(r for _, r in export.compare_outputs(s, model, images).values()) for k, s in sessions.items()}
 
-        def run_torch():
+        def run_torch(images=images):
             with torch.inference_mode():
                 model(images)
         runners = {"torch": run_torch}
-        runners.update({k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed})) for k, s in sessions.items()})
+        runners.update({k: (lambda s=s, feed=feed: s.run(None, {s.get_inputs()[0].name: feed}))
+                        for k, s in sessions.items()})
         best = {k: float("inf") for k in runners}
         for _ in range(args.rounds):  # interleaved: every variant once per round
             for key, fn in runners.items():
@@ -139,7 +142,7 @@ def markdown(rows, graphs) -> str:
     for r in rows:
         ips, err = r["images_per_s"], r["max_rel"]
         get = ips.get
-        diffs = [err[k] if k in err else None for k in ("ort_static", "ort_dynamic", "ov_f32", "ov_bf16", "int8_ort")]
+        diffs = [err.get(k) for k in ("ort_static", "ort_dynamic", "ov_f32", "ov_bf16", "int8_ort")]
         diffs = ["-" if d is None else f"{d:.1e}" for d in diffs]
         lines.append(
             f"| {r['model']} | {r['batch']} | {f(get('torch'))} | {f(get('ort_static'))} | {f(get('ort_dynamic'))} | "
@@ -148,8 +151,8 @@ def markdown(rows, graphs) -> str:
             f"{ratio(get('ov_f32'), get('torch'))} | {ratio(get('ov_bf16'), get('ov_f32'))} | "
             f"{ratio(get('int8_ort'), get('ort_static'))} | {ratio(get('int8_ov'), get('ov_f32'))} | "
             f"{diffs[0]}, {diffs[1]}, {diffs[2]} / {diffs[3]} / {diffs[4]} |")
-    lines += ["", "| model | static graph: nodes (Scan/Loop), MiB | dynamic graph: nodes (Scan/Loop), MiB | int8: nodes, MiB |",
-              "|---|---|---|---|"]
+    lines += ["", "| model | static graph: nodes (Scan/Loop), MiB | dynamic graph: nodes (Scan/Loop), MiB "
+              "| int8: nodes, MiB |", "|---|---|---|---|"]
     for g in graphs:
         s, d, q = g["static"], g["dynamic"], g["int8"]
         lines.append(f"| {g['model']} | {s['nodes']} ({s['loops']}), {s['mib']:.1f} | {d['nodes']} ({d['loops']}), "
@@ -192,6 +195,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--plot", help="also draw the throughput as a bar chart PNG")
     p.add_argument("--keep", help="folder for the exported .onnx files (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true", help="reuse the files an earlier run left in --keep (same models "
+                                                         "and --size; random weights are seeded)")
     args = p.parse_args(argv)
     quick = {"models": NANO, "batch": [1, 2], "size": 64, "warmup": 1, "iters": 1, "rounds": 1}
     full = {"models": TINY, "batch": [1, 8], "size": 224, "warmup": 1, "iters": 2, "rounds": 3}
@@ -201,6 +206,8 @@ def main(argv=None) -> int:
     unknown = [m for m in args.models if m not in vssm.list_models()]
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; registered: {', '.join(vssm.list_models())}")
+    if args.reuse and not args.keep:
+        p.error("--reuse needs --keep FOLDER")
     if min(args.batch) < 1 or args.threads < 1 or args.iters < 1 or args.rounds < 1 or args.warmup < 0:
         p.error("--batch, --threads, --iters and --rounds must be >= 1, --warmup >= 0")
     try:
@@ -231,7 +238,8 @@ def main(argv=None) -> int:
             rows += model_rows
             graphs.append(model_graphs)
             elapsed = time.time() - started
-            say(f"[{i + 1}/{len(args.models)}] {elapsed:.0f}s, eta {elapsed / (i + 1) * (len(args.models) - i - 1):.0f}s")
+            eta = elapsed / (i + 1) * (len(args.models) - i - 1)
+            say(f"[{i + 1}/{len(args.models)}] {elapsed:.0f}s, eta {eta:.0f}s")
     print(markdown(rows, graphs))
     if args.json:
         with open(args.json, "w") as f:

@@ -15,8 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vssm import export, quantize  # noqa: E402
-from vssm.runtimes import open_session  # noqa: E402
+from vssm import export, quantize
+from vssm.runtimes import open_session
 
 
 def main(argv=None) -> int:
@@ -38,9 +38,10 @@ def main(argv=None) -> int:
         p.error(str(e))
     logits = {name: quantize.predictions(open_session(path, args.runtime), batches)
               for name, path in (("fp32", fp32), ("int8", args.int8))}
-    agreement = float((logits["fp32"].argmax(-1) == logits["int8"].argmax(-1)).mean())
+    top1 = {name: value.argmax(-1) for name, value in logits.items()}
+    agreement = float((top1["fp32"] == top1["int8"]).mean())
     print(f"{len(labels)} images ({args.runtime}): top-1 agreement int8 / fp32 {agreement:.2%}; accuracy fp32 "
-          f"{(logits['fp32'].argmax(-1) == labels).mean():.2%}, int8 {(logits['int8'].argmax(-1) == labels).mean():.2%}")
+          f"{(top1['fp32'] == labels).mean():.2%}, int8 {(top1['int8'] == labels).mean():.2%}")
     int8_ops, float_ops = quantize.float_and_int8_ops(args.int8)
     print(f"int8 operators: {int8_ops}; float operators: {dict(sorted(float_ops.items(), key=lambda kv: -kv[1]))}")
     return 0 if agreement >= args.min_agreement else 1

@@ -6,9 +6,13 @@
 The model is traced with ``torch.export`` and converted by ``torch.onnx.export(dynamo=True)``; the selective
 scan and the scan-order tables are PyTorch operators (``vssm::selective_scan_fwd``, ``selective_scan_map_fwd``,
 ``scan_orders``) that the converter writes in standard ONNX operators through ``custom_translation_table``
-(``vssm.ops.selective_scan.onnx``, ``vssm.scans.onnx``): the recurrence is two ONNX ``Scan`` loops over a
-blocked sequence. The batch dimension is always dynamic; H and W are dynamic where the family's scan orders
-can be computed in the graph (:data:`SIZES`), else the file is for the ``--size`` it was exported at.
+(``vssm.ops.selective_scan.onnx``, ``vssm.scans.onnx``). The batch dimension is always dynamic; H and W are
+dynamic where the family's scan orders can be computed in the graph (:data:`SIZES`), with the recurrence in
+ONNX ``Scan`` loops, else (and with ``--static``) the file is for the ``--size`` it was exported at and the
+recurrence is plain operators (chunks of steps, no loops).
+
+``--openvino`` also checks the file in OpenVINO's CPU plugin (f32); ``--int8 --calibration FOLDER`` writes a
+statically quantized int8 file (``vssm.quantize``) beside the fp32 one.
 
 The file is checked before the command returns: ONNX Runtime (CPU) and PyTorch run the same random images
 (the export's size at two batch sizes, and a second, non-square size where H and W are dynamic), and the
@@ -162,12 +166,12 @@ def optimize_without_rewrites(model):
     import onnx_ir as ir
     import onnx_ir.passes.common as common
     from onnxscript.optimizer import _constant_folding
+    fold = _constant_folding.FoldConstantsPass(
+        shape_inference=True, input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+        output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT)
     ir.passes.Sequential(
         common.InlinePass(),
-        ir.passes.PassManager([_constant_folding.FoldConstantsPass(shape_inference=True,
-                                                                   input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-                                                                   output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT),
-                               common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
+        ir.passes.PassManager([fold, common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
                                common.RemoveUnusedOpsetsPass()], steps=2, early_stop=True),
         common.RemoveUnusedNodesPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),

@@ -10,12 +10,13 @@ evaluation transform of the checkpoint's data config). ONNX Runtime and OpenVINO
 
 What stays in float, and why: the stem's first convolution, which reads the images (3 input channels, a
 small share of the work; OpenVINO's CPU plugin computes it wrongly when the network input itself is
-quantized: 66% top-1 agreement on the digits instead of 100%); the selective scan (step sizes, ``exp`` of the decays, the recurrence, the
-gathers by scan order), the normalisations, the activations and the residual sums. The recurrence multiplies
-hundreds of decays in [0, 1] and adds contributions of very different sizes along a sequence of up to 3136 steps:
-one int8 scale for a tensor whose values span many orders of magnitude would round most of them to zero,
-and its error would be carried to every later step. The elementwise operators gain nothing from int8 on a
-CPU anyway (they are memory-bound, and a quantize / dequantize pair costs more than the operator).
+quantized: 66% top-1 agreement on the digits instead of 100%); the selective scan (step sizes, ``exp`` of the
+decays, the recurrence, the gathers by scan order), the normalisations, the activations and the residual sums.
+The recurrence multiplies hundreds of decays in [0, 1] and adds contributions of very different sizes along a
+sequence of up to 3136 steps: one int8 scale for a tensor whose values span many orders of magnitude would
+round most of them to zero, and its error would be carried to every later step. The elementwise operators
+gain nothing from int8 on a CPU anyway (they are memory-bound, and a quantize / dequantize pair costs more than
+the operator).
 """
 import os
 
@@ -92,7 +93,12 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
     included, stays float. Written to
     ``<int8_path>.tmp<PID>`` and renamed; the metadata of the fp32 file is kept, with ``vssm.int8`` added."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.calibrate import CalibrationDataReader
     require_quantization()
     say = progress or (lambda message: None)
@@ -128,8 +134,9 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
 def float_and_int8_ops(path: str) -> tuple:
     """({op_type: count} of the operators that read a dequantized int8 tensor, {op_type: count} of the others) of
     a quantized file: which layers compute on int8 and which stay in float."""
-    import onnx
     from collections import Counter
+
+    import onnx
     model = onnx.load(path, load_external_data=False)
     dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     skip = {"QuantizeLinear", "DequantizeLinear", "Constant"}

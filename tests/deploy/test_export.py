@@ -105,6 +105,7 @@ def test_nano_model_runs_in_openvino(name, exported):
     pytest.importorskip("openvino")
     model, path = exported(name)
     checks = export.verify(path, model, NON_SQUARE, export.size_policy(name).dynamic, runtime="openvino")
+    assert [c["shape"][0] for c in checks[:2]] == [2, 1]
     assert all(c["runtime"] == "openvino" for c in checks)
     assert_parity(checks)
 
