@@ -12,15 +12,16 @@ from dataclasses import dataclass, field, replace
 
 __all__ = ["Launch", "arch_options", "launch", "recording"]
 
-BLACKWELL_MAXNREG = 128
+BLACKWELL_MAXNREG = 255  # the hardware's limit: the directive changes ptxas's choice, not what it may use
 
 
 def arch_options(arch: int) -> dict:
     """Triton launch options for a GPU of compute capability ``arch`` (80 for sm_80, 120 for sm_120).
 
     On Blackwell (sm_100, sm_120) ptxas 13, with the ``--regAllocOptLevel=2`` Triton passes it, holds some
-    kernels at 80 registers per thread and spills (the forward scan at 8 warps: 4 bytes); an explicit cap of
-    ``BLACKWELL_MAXNREG`` lets it allocate the 90-110 registers sm_80 and sm_90 use, without spills.
+    kernels at 80 registers per thread and spills (the forward scan at 8 warps: 4 bytes); an explicit
+    ``.maxnreg`` of ``BLACKWELL_MAXNREG`` lets it allocate the 95-106 registers it needs (sm_80 and sm_90 use
+    80-99), without spills; a cap of 128 made the backward scan (212 registers) spill instead.
     Earlier architectures get nothing (a cap changes their allocation too)."""
     return {"maxnreg": BLACKWELL_MAXNREG} if arch >= 100 else {}
 
