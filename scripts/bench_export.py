@@ -90,13 +90,18 @@ def bench_model(name, batches, size, args, folder, say) -> tuple:
     torch.manual_seed(0)
     model = vssm.create_model(name).eval()
     paths = export_variants(name, model, size, folder, args.calibration, say, args.reuse)
-    sessions = {"ort_static": open_session(paths["static"], threads=args.threads),
-                "ort_dynamic": open_session(paths["dynamic"], threads=args.threads),
-                "ov_f32": open_session(paths["static"], "openvino", "f32", args.threads),
-                "int8_ort": open_session(paths["int8"], threads=args.threads),
-                "int8_ov": open_session(paths["int8"], "openvino", "f32", args.threads)}
+    wanted = {"ort_static": (paths["static"], "onnxruntime", "f32"),
+              "ort_dynamic": (paths["dynamic"], "onnxruntime", "f32"), "ov_f32": (paths["static"], "openvino", "f32"), "int8_ort": (paths["int8"], "onnxruntime", "f32"),
+              "int8_ov": (paths["int8"], "openvino", "f32")}
     if args.bf16:
-        sessions["ov_bf16"] = open_session(paths["static"], "openvino", "bf16", args.threads)
+        wanted["ov_bf16"] = (paths["static"], "openvino", "bf16")
+    sessions, failed = {}, {}
+    for key, (path, runtime, precision) in wanted.items():
+        try:
+            sessions[key] = open_session(path, runtime, precision, args.threads)
+        except RuntimeError as e:  # a runtime that cannot compile a file: reported in the table, not fatal
+            failed[key] = str(e).strip().splitlines()[-1][:200]
+            say(f"{name}: {key} could not be opened: {failed[key]}")
     rows = []
     for batch in batches:
         images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(batch))
@@ -119,7 +124,7 @@ def bench_model(name, batches, size, args, folder, say) -> tuple:
                     fn()
                     best[key] = min(best[key], time.perf_counter() - start)
         row = {"model": name, "batch": batch, "size": list(size), "threads": args.threads,
-               "images_per_s": {k: batch / t for k, t in best.items()}, "max_rel": errors}
+               "images_per_s": {k: batch / t for k, t in best.items()}, "max_rel": errors, "failed": failed}
         rows.append(row)
         ips = row["images_per_s"]
         say(f"{name} batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in ips.items()) + " img/s; max rel "
@@ -151,6 +156,9 @@ def markdown(rows, graphs) -> str:
             f"{ratio(get('ov_f32'), get('torch'))} | {ratio(get('ov_bf16'), get('ov_f32'))} | "
             f"{ratio(get('int8_ort'), get('ort_static'))} | {ratio(get('int8_ov'), get('ov_f32'))} | "
             f"{diffs[0]}, {diffs[1]}, {diffs[2]} / {diffs[3]} / {diffs[4]} |")
+    failures = sorted({f"{r['model']} {k}: {why}" for r in rows for k, why in r.get("failed", {}).items()})
+    lines += [f"\n{len(failures)} variant(s) could not run (shown as -):"] + [f"- {x}" for x in failures] if failures \
+        else []
     lines += ["", "| model | static graph: nodes (Scan/Loop), MiB | dynamic graph: nodes (Scan/Loop), MiB "
               "| int8: nodes, MiB |", "|---|---|---|---|"]
     for g in graphs:
