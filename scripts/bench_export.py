@@ -91,8 +91,8 @@ def bench_model(name, batches, size, args, folder, say) -> tuple:
     model = vssm.create_model(name).eval()
     paths = export_variants(name, model, size, folder, args.calibration, say, args.reuse)
     wanted = {"ort_static": (paths["static"], "onnxruntime", "f32"),
-              "ort_dynamic": (paths["dynamic"], "onnxruntime", "f32"), "ov_f32": (paths["static"], "openvino", "f32"), "int8_ort": (paths["int8"], "onnxruntime", "f32"),
-              "int8_ov": (paths["int8"], "openvino", "f32")}
+              "ort_dynamic": (paths["dynamic"], "onnxruntime", "f32"), "ov_f32": (paths["static"], "openvino", "f32"),
+              "int8_ort": (paths["int8"], "onnxruntime", "f32"), "int8_ov": (paths["int8"], "openvino", "f32")}
     if args.bf16:
         wanted["ov_bf16"] = (paths["static"], "openvino", "bf16")
     sessions, failed = {}, {}
