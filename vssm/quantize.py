@@ -10,7 +10,9 @@ evaluation transform of the checkpoint's data config). ONNX Runtime and OpenVINO
 
 What stays in float, and why: the stem's first convolution, which reads the images (3 input channels, a
 small share of the work; OpenVINO's CPU plugin computes it wrongly when the network input itself is
-quantized: 66% top-1 agreement on the digits instead of 100%); the selective scan (step sizes, ``exp`` of the
+quantized: 66% top-1 agreement on the digits instead of 100%); convolutions with kernels above 7 x 7 or
+dilations (Spatial-Mamba's 11 x 11 depthwise state fusion: OpenVINO has no int8 implementation of them and
+refuses to compile the file); the selective scan (step sizes, ``exp`` of the
 decays, the recurrence, the gathers by scan order), the normalisations, the activations and the residual sums.
 The recurrence multiplies hundreds of decays in [0, 1] and adds contributions of very different sizes along a
 sequence of up to 3136 steps: one int8 scale for a tensor whose values span many orders of magnitude would
@@ -86,11 +88,28 @@ class _Reader:
         self.position = 0
 
 
+LARGEST_INT8_KERNEL = 7  # OpenVINO's CPU plugin has no int8 convolution for larger kernels (or dilations)
+
+
+def float_convolutions(model, input_name: str = "images") -> list:
+    """Names of the convolutions kept in float: the first one, on the input images, and those with a kernel
+    side above :data:`LARGEST_INT8_KERNEL` or a dilation (Spatial-Mamba's 11 x 11 state fusion), which
+    OpenVINO's CPU plugin cannot compile in int8 ("No suitable implementations")."""
+    kept = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        attrs = {a.name: list(a.ints) for a in node.attribute if a.name in ("kernel_shape", "dilations")}
+        if (input_name in node.input or max(attrs.get("kernel_shape", [1])) > LARGEST_INT8_KERNEL
+                or max(attrs.get("dilations", [1])) > 1):
+            kept.append(node.name)
+    return kept
+
+
 def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str = "images", progress=None):
     """Write ``int8_path``: ``fp32_path`` statically quantized (QDQ, int8 weights per channel and uint8
     activations, min / max calibration on ``batches``) in its convolutions and constant-weight matrix products
-    (:data:`QUANTIZED_OPS`) except the first convolution, on the input images; everything else, the scan
-    included, stays float. Written to
+    (:data:`QUANTIZED_OPS`) except :func:`float_convolutions`; everything else, the scan included, stays float. Written to
     ``<int8_path>.tmp<PID>`` and renamed; the metadata of the fp32 file is kept, with ``vssm.int8`` added."""
     import onnx
     from onnxruntime.quantization import (
@@ -106,11 +125,11 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
     tmp = f"{int8_path}.tmp{os.getpid()}"
     say(f"quantizing {os.path.basename(fp32_path)} to int8 ({', '.join(QUANTIZED_OPS)}; calibrating on "
         f"{sum(len(b) for b in batches)} images) ...")
-    first = [n.name for n in onnx.load(fp32_path, load_external_data=False).graph.node if input_name in n.input]
+    kept_float = float_convolutions(onnx.load(fp32_path, load_external_data=False), input_name)
     try:
         quantize_static(fp32_path, tmp, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=first,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept_float,
                         extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
                                        "WeightSymmetric": True})
         model = onnx.load(tmp)
