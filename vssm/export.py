@@ -331,7 +331,7 @@ def parse_args(argv=None):
                    help="export the dense backbone (its stage outputs stage0..stage3) instead of the classifier")
     p.add_argument("--static", action="store_true",
                    help="fix H x W at --size for every family, with the scan's recurrence in plain operators (no "
-                        "Scan loops: faster, and for runtimes and compilers that handle loops poorly); the default "
+                        "Scan loops, for runtimes and compilers that handle loops poorly); the default "
                         "keeps H x W dynamic where the family allows it (SIZES), with Scan loops there")
     p.add_argument("--openvino", action="store_true",
                    help="also check the file in OpenVINO's CPU plugin at f32 (pip install openvino)")
