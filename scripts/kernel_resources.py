@@ -1,4 +1,4 @@
-"""Compile every GPU kernel of vssm for sm_80 and sm_90 (no GPU needed) and tabulate its resources.
+"""Compile every GPU kernel of vssm for sm_80, sm_90, sm_100 and sm_120 (no GPU needed) and tabulate its resources.
 
     python scripts/kernel_resources.py --out kernel_resources.md            # shipped configurations
     python scripts/kernel_resources.py --tier all --jobs 8 --out all.md     # every launch the host can make
@@ -8,7 +8,8 @@ Triton kernels: each launch configuration that the modules' ``launch_configs()``
 host code, specialised as Triton's JIT would, compiled with ``triton.compile`` for the target; the
 CUDA extension: every ``.cu`` with ``nvcc -Xptxas -v`` (skipped with a reason when nvcc is missing).
 Prints one line per kernel, then writes a Markdown table (registers, spill bytes, shared memory per
-configuration and architecture) and optionally JSON. Exits 1 when a kernel fails to compile, spills
+configuration and architecture) and optionally JSON. With ``--tier all``, the long tail is compiled for
+``kr.TAIL_ARCHS`` (sm_80, sm_90) and the shipped configurations for every architecture. Exits 1 when a kernel fails to compile, spills
 or needs more shared memory than an A100 block can have. See ``vssm/kernel_resources.py``.
 """
 import argparse
@@ -42,9 +43,11 @@ def progress(done, total, start, row):
 def triton_rows(tier, archs, jobs):
     print(f"recording the Triton launches of {', '.join(kr.triton_modules())} ...", flush=True)
     launches = kr.triton_launches(tier)
+    shipped = [launch for launch in launches if launch.tier == "shipped"]
     _JOBS.clear()
-    for arch in archs:
-        _JOBS.extend((launch, arch) for launch in kr.distinct_triton_launches(launches, arch))
+    for arch in archs:  # the long tail on TAIL_ARCHS only: the newer architectures at what the models run
+        chosen = launches if arch in kr.TAIL_ARCHS else shipped
+        _JOBS.extend((launch, arch) for launch in kr.distinct_triton_launches(chosen, arch))
     print(f"{len(launches)} launches, {len(_JOBS)} distinct kernels to compile for sm_{', sm_'.join(map(str, archs))}",
           flush=True)
     rows, start = [], time.time()

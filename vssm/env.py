@@ -26,7 +26,7 @@ import sys
 import torch
 
 PACKAGES = ("torch", "torchvision", "triton", "timm", "numpy", "pillow", "einops", "fvcore", "yacs", "mmengine", "mmcv",
-            "mmdet", "mmsegmentation", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "grad-cam",
+            "mmdet", "mmsegmentation", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "openvino", "grad-cam",
             "scikit-image", "tifffile", "mamba-ssm")
 ENV_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_HOME", "TORCH_CUDA_ARCH_LIST", "TRITON_INTERPRET", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS")

@@ -6,9 +6,13 @@
 The model is traced with ``torch.export`` and converted by ``torch.onnx.export(dynamo=True)``; the selective
 scan and the scan-order tables are PyTorch operators (``vssm::selective_scan_fwd``, ``selective_scan_map_fwd``,
 ``scan_orders``) that the converter writes in standard ONNX operators through ``custom_translation_table``
-(``vssm.ops.selective_scan.onnx``, ``vssm.scans.onnx``): the recurrence is two ONNX ``Scan`` loops over a
-blocked sequence. The batch dimension is always dynamic; H and W are dynamic where the family's scan orders
-can be computed in the graph (its family's ``export`` policy), else the file is for the ``--size`` it was exported at.
+(``vssm.ops.selective_scan.onnx``, ``vssm.scans.onnx``). The batch dimension is always dynamic; H and W are
+dynamic where the family's scan orders can be computed in the graph (its family's ``export`` policy), with the
+recurrence in ONNX ``Scan`` loops, else (and with ``--static``) the file is for the ``--size`` it was exported at
+and the recurrence is plain operators (chunks of steps, no loops).
+
+``--openvino`` also checks the file in OpenVINO's CPU plugin (f32); ``--int8 --calibration FOLDER`` writes a
+statically quantized int8 file (``vssm.quantize``) beside the fp32 one.
 
 The file is checked before the command returns: ONNX Runtime (CPU) and PyTorch run the same random images
 (the export's size at two batch sizes, and a second, non-square size where H and W are dynamic), and the
@@ -28,7 +32,8 @@ import warnings
 
 import torch
 
-from .checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint
+from .checkpoint import CheckpointMismatchError, read_checkpoint
+from .cli import UsageError
 from .models import ExportPolicy, family_of
 
 TOLERANCE = 1e-4  # max |onnxruntime - torch| / max |torch|, per output
@@ -37,7 +42,7 @@ EXAMPLE_BATCH = 2  # traced batch size (torch.export specialises sizes 0 and 1)
 MIN_DYNAMIC_SIDE = 33  # traced H, W of a dynamic export: the last stage's map must be at least 2 x 2
 
 
-class ExportError(ValueError):
+class ExportError(UsageError):
     """Arguments that cannot be exported (unknown model, bad size, missing packages)."""
 
 
@@ -46,11 +51,12 @@ def size_policy(name: str) -> ExportPolicy:
     return family_of(name).export
 
 
-def translation_table() -> dict:
-    """``custom_translation_table`` for torch.onnx.export: the vssm operators in standard ONNX operators."""
-    from .ops.selective_scan.onnx import TRANSLATIONS as scan
+def translation_table(static: bool = False) -> dict:
+    """``custom_translation_table`` for torch.onnx.export: the vssm operators in standard ONNX operators;
+    ``static``: the scan's recurrence in plain operators where the sequence length is fixed (else Scan loops)."""
+    from .ops.selective_scan.onnx import translations
     from .scans.onnx import TRANSLATIONS as orders
-    return {**scan, **orders}
+    return {**translations(static), **orders}
 
 
 def require_packages(verify: bool = True):
@@ -118,7 +124,7 @@ def check_size(size, dynamic: bool, source: str = None):
     if dynamic and min(H, W) < MIN_DYNAMIC_SIDE:
         raise ExportError(f"{source}: a dynamic-size export is traced at H, W >= {MIN_DYNAMIC_SIDE} (the last "
                           f"stage's map must be at least 2 x 2 to stay symbolic; got {H}x{W}); the file then runs at "
-                          f"any size, smaller ones included (give --size)")
+                          f"any size, smaller ones included (give --size); --static exports a file of this fixed size")
 
 
 def check_output(path: str):
@@ -136,28 +142,61 @@ def check_output(path: str):
         raise ExportError(f"--out {path}: the folder {parent} is not writable")
 
 
-def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None):
+def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None,
+            static: bool = False):
     """``module(*args)`` as a ``torch.onnx.ONNXProgram`` in standard ONNX operators (inference, under no_grad),
-    and the ``torch.export`` program it was converted from. ``dynamic_shapes`` as for ``torch.export.export``."""
+    and the ``torch.export`` program it was converted from. ``dynamic_shapes`` as for ``torch.export.export``;
+    ``static`` as for :func:`translation_table`."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal notice
         program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
-        onnx_program = torch.onnx.export(program, args, dynamo=True, verbose=False,
-                                         custom_translation_table=translation_table(), input_names=input_names,
+        onnx_program = torch.onnx.export(program, args, dynamo=True, verbose=False, optimize=not static,
+                                         custom_translation_table=translation_table(static), input_names=input_names,
                                          output_names=output_names)
+    if static:
+        optimize_without_rewrites(onnx_program.model)
     return onnx_program, program
 
 
+def optimize_without_rewrites(model):
+    """onnxscript's optimisation of an exported graph (inlining, constant folding, unused and duplicate
+    nodes), less its pattern rewrites: their matcher's time grows with the square of the node count, minutes
+    for the thousands of nodes of a static scan, and they find nothing to rewrite in its plain operators."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
+    from onnxscript.optimizer import _constant_folding
+    fold = _constant_folding.FoldConstantsPass(
+        shape_inference=True, input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+        output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT)
+    ir.passes.Sequential(
+        common.InlinePass(),
+        ir.passes.PassManager([fold, common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
+                               common.RemoveUnusedOpsetsPass()], steps=2, early_stop=True),
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )(model)
+
+
 def export_onnx(model: torch.nn.Module, path: str, size=(224, 224), dynamic_size: bool = False,
-                metadata: dict = None, progress=None):
+                metadata: dict = None, progress=None, unrolled_scan: bool = None):
     """Export ``model`` (eval mode, CPU, fp32) to ``path`` with a dynamic batch (and H, W when ``dynamic_size``).
 
-    Written to ``<path>.tmp<PID>`` and renamed. Returns the input and output names.
+    ``unrolled_scan``: the scan's recurrence in plain operators (no ``Scan`` loops), which needs a fixed size;
+    default: when the size is fixed. Written to ``<path>.tmp<PID>`` and renamed. Returns the input and output
+    names.
     """
     from torch.export import Dim
     say = progress or (lambda message: None)
     H, W = size
     check_size(size, dynamic_size)
+    unrolled_scan = not dynamic_size if unrolled_scan is None else unrolled_scan
+    if unrolled_scan and dynamic_size:
+        raise ExportError("the scan in plain operators (unrolled) needs a fixed H x W: export with dynamic_size False")
     example = torch.randn(EXAMPLE_BATCH, input_channels(model), H, W)
     dims = {0: Dim.DYNAMIC}
     if dynamic_size:
@@ -166,7 +205,8 @@ def export_onnx(model: torch.nn.Module, path: str, size=(224, 224), dynamic_size
     model = model.eval()
     started = time.time()
     say(f"tracing with torch.export (batch{', H, W' if dynamic_size else ''} dynamic), converting to ONNX ...")
-    onnx_program, program = to_onnx(model, (example,), (dims,), input_names=[INPUT_NAME], output_names=names)
+    onnx_program, program = to_onnx(model, (example,), (dims,), input_names=[INPUT_NAME], output_names=names,
+                                    static=unrolled_scan)
     _name_dynamic_dims(onnx_program.model, program, dynamic_size)
     onnx_program.model.metadata_props.update({f"vssm.{k}": v if isinstance(v, str) else json.dumps(v)
                                               for k, v in (metadata or {}).items()})
@@ -246,23 +286,20 @@ def compare_outputs(session, model, images: torch.Tensor) -> dict:
     return result
 
 
-def verify(path: str, model, size, dynamic_size: bool, progress=None, threads: int = 0) -> list:
-    """ONNX Runtime (CPU) against PyTorch on :func:`verification_inputs`.
+def verify(path: str, model, size, dynamic_size: bool, progress=None, threads: int = 0,
+           runtime: str = "onnxruntime") -> list:
+    """``runtime`` (ONNX Runtime, or OpenVINO's CPU plugin at f32) against PyTorch on :func:`verification_inputs`.
 
-    Returns one dict per input: shape, ``outputs`` ({name: (max abs, max rel)}), ``max_rel`` (the worst).
+    Returns one dict per input: shape, runtime, ``outputs`` ({name: (max abs, max rel)}), ``max_rel`` (the worst).
     """
-    import onnxruntime as ort
+    from .runtimes import open_session
     say = progress or (lambda message: None)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT warns about buffer reuse across dynamic shapes
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = open_session(path, runtime, "f32", threads)
     checks = []
     for images in verification_inputs(input_channels(model), size, dynamic_size):
         outputs = compare_outputs(session, model, images)
-        check = {"shape": tuple(images.shape), "outputs": outputs, "max_rel": max(r for _, r in outputs.values()),
-                 "max_abs": max(a for a, _ in outputs.values())}
+        check = {"shape": tuple(images.shape), "runtime": runtime, "outputs": outputs,
+                 "max_rel": max(r for _, r in outputs.values()), "max_abs": max(a for a, _ in outputs.values())}
         checks.append(check)
         say(format_check(check))
     return checks
@@ -272,7 +309,9 @@ def format_check(check: dict) -> str:
     batch, _, H, W = check["shape"]
     worst = max(check["outputs"], key=lambda name: check["outputs"][name][1])
     status = "ok" if check["max_rel"] <= TOLERANCE else f"FAIL (> {TOLERANCE:g})"
-    return (f"onnxruntime vs torch, batch {batch} at {H}x{W}: max abs difference {check['max_abs']:.2e}, "
+    runtime = check.get("runtime", "onnxruntime")
+    runtime = "openvino (f32)" if runtime == "openvino" else runtime
+    return (f"{runtime} vs torch, batch {batch} at {H}x{W}: max abs difference {check['max_abs']:.2e}, "
             f"max rel {check['max_rel']:.2e} ({worst}) {status}")
 
 
@@ -290,6 +329,20 @@ def parse_args(argv=None):
                         "or the model's input size (224 224)")
     p.add_argument("--backbone", action="store_true",
                    help="export the dense backbone (its stage outputs stage0..stage3) instead of the classifier")
+    p.add_argument("--static", action="store_true",
+                   help="fix H x W at --size for every family, with the scan's recurrence in plain operators (no "
+                        "Scan loops, for runtimes and compilers that handle loops poorly); the default "
+                        "keeps H x W dynamic where the family allows it (SIZES), with Scan loops there")
+    p.add_argument("--openvino", action="store_true",
+                   help="also check the file in OpenVINO's CPU plugin at f32 (pip install openvino)")
+    p.add_argument("--int8", action="store_true",
+                   help="write a post-training statically quantized int8 model to --out (the fp32 file is kept "
+                        "beside it as OUT.fp32.onnx); needs --calibration")
+    p.add_argument("--calibration", metavar="FOLDER",
+                   help="images to calibrate --int8 on, read as the trainer reads them (any layout; searched "
+                        "recursively)")
+    p.add_argument("--calibration-images", type=int, default=64, metavar="N",
+                   help="how many images of --calibration to use, spread over the folder (64)")
     p.add_argument("--out", required=True, help="the ONNX file to write")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="DANGEROUS: read --checkpoint with plain pickle, which runs any code the file holds")
@@ -309,65 +362,92 @@ def _metadata(name: str, model, info: dict, config: dict, size, policy: ExportPo
     return meta
 
 
-def main(argv=None) -> int:
-    """Run the command line: 0 when the file matches PyTorch, 1 when it does not, 2 on unusable arguments."""
+def fp32_path(out: str) -> str:
+    """Where ``--int8`` keeps the fp32 file it quantized: ``OUT.fp32.onnx`` beside ``OUT``."""
+    stem = out[:-5] if out.endswith(".onnx") else out
+    return stem + ".fp32.onnx"
+
+
+def _check_arguments(args):
+    if args.int8 and not args.calibration:
+        raise ExportError("--int8 needs --calibration FOLDER: images to calibrate the int8 activations on")
+    if args.calibration and not args.int8:
+        raise ExportError("--calibration is for --int8")
+    if args.int8 and args.backbone:
+        raise ExportError("--int8 quantizes classifiers (its check compares their top-1 classes); export the "
+                          "backbone in fp32")
+    if args.openvino:
+        from .runtimes import RuntimeMissing, require
+        try:
+            require("openvino")
+        except RuntimeMissing as e:
+            raise ExportError(str(e)) from None
+    if args.int8:
+        from .quantize import require_quantization
+        require_quantization()
+
+
+def export_policy(name: str, static: bool) -> ExportPolicy:
+    """The family's policy, or a fixed size with the loop-free scan (``--static``)."""
+    if static:
+        return ExportPolicy(False, "--static: the size is fixed and the scan is in plain operators")
+    return size_policy(name)
+
+
+def run(args) -> int:
+    """The export of parsed arguments: 0 when the file matches PyTorch, 1 when it does not."""
     from .checkpoint import checkpoint_info
-    from .models.meta import InsufficientMemoryError, check_memory
-    from .predict import PredictError, data_config, load_classifier
+    from .models.meta import check_memory
+    from .predict import data_config, load_classifier
     from .runtime import retain_freed_memory
-    args = parse_args(argv)
     retain_freed_memory()
 
     def say(message):
         print(message, file=sys.stderr, flush=True)
 
-    try:
-        require_packages()
-        check_output(args.out)
-        if args.model is None and args.checkpoint is None:
-            raise ExportError("--model is needed without --checkpoint")
-        if args.size:
-            check_size(tuple(args.size), False)
-        chosen = {}
+    require_packages()
+    _check_arguments(args)
+    check_output(args.out)
+    if args.model is None and args.checkpoint is None:
+        raise ExportError("--model is needed without --checkpoint")
+    if args.size:
+        check_size(tuple(args.size), False)
+    chosen = {}
 
-        def fits(meta_model, info=None):
-            """The size is checked, and the export's memory estimated before the model is built: refused with
-            the estimate when it cannot fit (the model, its trace and ONNX Runtime's session at batch 2)."""
-            config = data_config(meta_model, (info or {}).get("data_config"))
-            size = tuple(args.size) if args.size else tuple(config["input_size"][1:])
-            source = None if args.size else (f"the input size {size[0]}x{size[1]} of the checkpoint's data_config "
-                                             f"(no --size given)" if (info or {}).get("data_config") else
-                                             f"the model's input size {size[0]}x{size[1]} (no --size given)")
-            name = type(meta_model).__name__
-            check_size(size, size_policy((info or {}).get("model") or args.model).dynamic, source)
-            check_memory(meta_model, input_channels(meta_model), size, EXAMPLE_BATCH, "cpu",
-                         f"exporting {name} at {size[0]}x{size[1]}", copies_of_weights=3, forward_passes=2)
-            chosen.update(config=config, size=size)
+    def fits(meta_model, info=None):
+        """The size is checked, and the export's memory estimated before the model is built: refused with the
+        estimate when it cannot fit (the model, its trace and ONNX Runtime's session at batch 2)."""
+        config = data_config(meta_model, (info or {}).get("data_config"))
+        size = tuple(args.size) if args.size else tuple(config["input_size"][1:])
+        source = None if args.size else (f"the input size {size[0]}x{size[1]} of the checkpoint's data_config "
+                                         f"(no --size given)" if (info or {}).get("data_config") else
+                                         f"the model's input size {size[0]}x{size[1]} (no --size given)")
+        name = type(meta_model).__name__
+        check_size(size, export_policy((info or {}).get("model") or args.model, args.static).dynamic, source)
+        check_memory(meta_model, input_channels(meta_model), size, EXAMPLE_BATCH, "cpu",
+                     f"exporting {name} at {size[0]}x{size[1]}", copies_of_weights=3, forward_passes=2)
+        chosen.update(config=config, size=size)
 
-        if args.backbone:
-            saved = read_checkpoint(args.checkpoint, args.trust_checkpoint) if args.checkpoint else None
-            args.model = args.model or checkpoint_info(saved, args.checkpoint).model
-            if args.model is None:
-                raise ExportError(f"{args.checkpoint} does not say which model it holds: give --model")
-            model, report = load_backbone(args.model, saved, before_build=lambda meta_model: fits(meta_model))
-            if report is not None:
-                report.source = args.checkpoint
-            saved = None
-            info = {"source": args.checkpoint, "classes": None, "data_config": None}
-        else:
-            model, info = load_classifier(args.model, args.checkpoint, args.trust_checkpoint, before_build=fits)
-            args.model = info["model"]
-            report = info["report"]
-        policy = size_policy(args.model)
-        config, size = chosen["config"], chosen["size"]
-    except (ExportError, CheckpointError, CheckpointMismatchError, InsufficientMemoryError, PredictError) as e:
-        say(f"error: {e}")
-        return 2
-    except ValueError as e:
-        if "unknown model" not in str(e):
-            raise
-        say(f"error: {e}")
-        return 2
+    if args.backbone:
+        saved = read_checkpoint(args.checkpoint, args.trust_checkpoint) if args.checkpoint else None
+        args.model = args.model or checkpoint_info(saved, args.checkpoint).model
+        if args.model is None:
+            raise ExportError(f"{args.checkpoint} does not say which model it holds: give --model")
+        model, report = load_backbone(args.model, saved, before_build=lambda meta_model: fits(meta_model))
+        if report is not None:
+            report.source = args.checkpoint
+        saved = None
+        info = {"source": args.checkpoint, "classes": None, "data_config": None}
+    else:
+        model, info = load_classifier(args.model, args.checkpoint, args.trust_checkpoint, before_build=fits)
+        args.model = info["model"]
+        report = info["report"]
+    policy = export_policy(args.model, args.static)
+    config, size = chosen["config"], chosen["size"]
+    if args.int8:
+        from .quantize import calibration_batches
+        config = dict(config, input_size=(config["input_size"][0],) + size)
+        calibration = calibration_batches(args.calibration, config, args.calibration_images, progress=say)
     if report is not None:
         say(f"loaded {report.describe()}")
     else:
@@ -376,16 +456,38 @@ def main(argv=None) -> int:
     dims = "batch, H and W dynamic" if policy.dynamic else f"batch dynamic, H x W fixed at {size[0]}x{size[1]}"
     say(f"exporting the {kind} of {args.model} ({input_channels(model)} channels, traced at {size[0]}x{size[1]}; "
         f"{dims}: {policy.why})")
-    export_onnx(model, args.out, size, policy.dynamic,
+    path = fp32_path(args.out) if args.int8 else args.out
+    export_onnx(model, path, size, policy.dynamic,
                 _metadata(args.model, model, info, config, size, policy, args.backbone), progress=say)
-    checks = verify(args.out, model, size, policy.dynamic, progress=say)
+    checks = verify(path, model, size, policy.dynamic, progress=say)
+    if args.openvino:
+        checks += verify(path, model, size, policy.dynamic, progress=say, runtime="openvino")
     worst = max(c["max_rel"] for c in checks)
     if worst > TOLERANCE:
-        say(f"error: {args.out} differs from PyTorch by {worst:.2e} relative (> {TOLERANCE:g}); the file is kept "
+        say(f"error: {path} differs from PyTorch by {worst:.2e} relative (> {TOLERANCE:g}); the file is kept "
             f"for inspection")
         return 1
-    print(f"{args.out}: ONNX Runtime matches PyTorch (max rel difference {worst:.2e} <= {TOLERANCE:g})")
+    runtimes = "ONNX Runtime and OpenVINO (f32) match" if args.openvino else "ONNX Runtime matches"
+    print(f"{path}: {runtimes} PyTorch (max rel difference {worst:.2e} <= {TOLERANCE:g})")
+    if args.int8:
+        from .quantize import quantize_int8, top1_agreement
+        from .runtimes import onnxruntime_session
+        quantize_int8(path, args.out, calibration, INPUT_NAME, progress=say)
+        agreement, difference = top1_agreement(onnxruntime_session(path), onnxruntime_session(args.out), calibration)
+        print(f"{args.out}: int8; top-1 agrees with fp32 on {agreement:.1%} of the {sum(map(len, calibration))} "
+              f"calibration images (max logit difference {difference:.1e} of the largest logit)")
     return 0
+
+
+def main(argv=None) -> int:
+    """Run the command line: 0 when the file matches PyTorch, 1 when it does not, 2 on unusable arguments (one
+    ``error:`` line, :func:`vssm.cli.run_command`)."""
+    from .cli import run_command
+    from .models.meta import InsufficientMemoryError
+    from .predict import PredictError
+    from .quantize import QuantizationError
+    return run_command(lambda argv: run(parse_args(argv)), argv,
+                       errors=(ExportError, InsufficientMemoryError, PredictError, QuantizationError))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,43 @@
 Host code launches with ``launch(kernel, grid, *args, **kwargs)`` instead of ``kernel[grid](...)``.
 Inside ``recording()`` a launch is recorded as a ``Launch`` and nothing runs, so a module's
 ``launch_configs()`` can call its own host functions on CPU tensors and hand every launch they would
-make to ``vssm.kernel_resources``, which compiles it for sm_80 / sm_90 without a GPU.
+make to ``vssm.kernel_resources``, which compiles it for sm_80 / sm_90 / sm_100 / sm_120 without a GPU.
+Launch options that depend on the GPU's architecture (:func:`arch_options`) are added here at launch time,
+and by ``vssm.kernel_resources`` for the architecture it compiles for: recorded launches do not hold them.
 """
 import contextlib
 from dataclasses import dataclass, field, replace
 
-__all__ = ["Launch", "launch", "recording"]
+__all__ = ["Launch", "arch_options", "launch", "recording"]
+
+BLACKWELL_MAXNREG = 255  # the hardware's limit: the directive changes ptxas's choice, not what it may use
+
+
+def arch_options(arch: int) -> dict:
+    """Triton launch options for a GPU of compute capability ``arch`` (80 for sm_80, 120 for sm_120).
+
+    On Blackwell (sm_100, sm_120) ptxas 13, with the ``--regAllocOptLevel=2`` Triton passes it, holds some
+    kernels at 80 registers per thread and spills (the forward scan at 8 warps: 4 bytes); an explicit
+    ``.maxnreg`` of ``BLACKWELL_MAXNREG`` lets it allocate the 95-106 registers it needs (sm_80 and sm_90 use
+    80-99), without spills; a cap of 128 made the backward scan (212 registers) spill instead.
+    Earlier architectures get nothing (a cap changes their allocation too)."""
+    return {"maxnreg": BLACKWELL_MAXNREG} if arch >= 100 else {}
+
+
+_CAPABILITIES = {}
+
+
+def _device_arch(args) -> int:
+    """Compute capability (major * 10 + minor) of the first CUDA tensor among ``args``, 0 without one."""
+    import torch
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.is_cuda:
+            index = arg.device.index if arg.device.index is not None else torch.cuda.current_device()
+            if index not in _CAPABILITIES:
+                major, minor = torch.cuda.get_device_capability(index)
+                _CAPABILITIES[index] = major * 10 + minor
+            return _CAPABILITIES[index]
+    return 0
 
 
 @dataclass(frozen=True)
@@ -37,7 +68,7 @@ def launch(kernel, grid, *args, **kwargs):
     if _recorded is not None:
         _recorded.append(Launch(kernel, tuple(grid), args, dict(kwargs)))
         return
-    kernel[grid](*args, **kwargs)
+    kernel[grid](*args, **{**arch_options(_device_arch(args)), **kwargs})
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Compile every GPU kernel of the project for sm_80 / sm_90 without a GPU, and read its resources.
+"""Compile every GPU kernel of the project for sm_80 / sm_90 / sm_100 / sm_120 without a GPU, and read its resources.
 
 Triton: every module of the package that defines ``@triton.jit`` kernels lists the launches its host
 code can make in ``launch_configs()`` (recorded from that host code, see ``vssm.kernel_launch``).
@@ -6,7 +6,10 @@ Each launch is specialised exactly as Triton's JIT does at launch time (argument
 strides, constexprs, ``num_warps``; by the JIT's own binder, an internal of Triton 3.x) for
 ``GPUTarget("cuda", arch, 32)``, compiled with
 ``triton.compile``, and its PTX assembled again with ``ptxas -v`` for registers and spills (the JIT
-does not keep that log); shared memory is the kernel's metadata. Needs the Triton compiler, so
+does not keep that log) by the ptxas Triton picks for the architecture (Triton ships a newer one for
+Blackwell, sm_100 / sm_120); shared memory is the kernel's metadata. The Blackwell architectures (B200:
+sm_100, RTX 50: sm_120) are compiled at the shipped configurations only (``TAIL_ARCHS``: the long tail
+stays on sm_80 / sm_90, to keep the compile time of CI in check). Needs the Triton compiler, so
 ``TRITON_INTERPRET`` must be off in the process.
 
 CUDA extension: every ``kernels/selective_scan/csrc/*.cu`` compiled with ``nvcc -Xptxas -v`` for
@@ -27,8 +30,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ARCHS = (80, 90)
+ARCHS = (80, 90, 100, 120)  # A100, H100/H200, B200, RTX 50 series
+TAIL_ARCHS = (80, 90)  # where every launch configuration, not only the shipped ones, is compiled
 SM80_SHARED_LIMIT = 163 * 1024  # the most shared memory one block can have on an A100 (opt-in)
+SHARED_LIMITS = {120: 99 * 1024}  # lower per-block limits of other architectures (RTX 50: 99 KiB, opt-in)
 # Spills accepted on purpose: kernel name pattern -> (most bytes stored, why). Every other kernel must not spill.
 ACCEPTED_SPILLS = {
     r"^void vssm_scan::backward_kernel<.*, 1, 64>\(": (
@@ -65,6 +70,8 @@ class KernelResources:
             found.append(f"spills ({self.spill_stores} bytes stored, {self.spill_loads} loaded)")
         if self.shared > SM80_SHARED_LIMIT:
             found.append(f"{self.shared} bytes of shared memory, over sm_80's {SM80_SHARED_LIMIT}")
+        elif self.shared > SHARED_LIMITS.get(self.arch, SM80_SHARED_LIMIT):
+            found.append(f"{self.shared} bytes of shared memory, over sm_{self.arch}'s {SHARED_LIMITS[self.arch]}")
         return found
 
     def accepted_spill(self):
@@ -120,12 +127,19 @@ def _specialise(launch, arch: int):
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    kwargs = dict(launch.kwargs, debug=False)
+    from .kernel_launch import arch_options
+    kwargs = dict(arch_options(arch), **launch.kwargs, debug=False)  # as vssm.kernel_launch.launch on that GPU
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     key = (kernel.fn.__module__, kernel.fn.__qualname__, arch, repr(sorted(signature.items())),
            repr(sorted(constexprs.items())), repr(sorted(attrs.items())), repr(options))
     return ASTSource(kernel, signature, constexprs, attrs), options, target, key
+
+
+def _ptxas(arch: int) -> str:
+    """The ptxas Triton assembles ``arch`` with (its own Blackwell build for sm_100 and up)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    return get_ptxas(arch).path
 
 
 def _ptxas_usage(ptx: str, arch: int) -> dict:
@@ -141,7 +155,7 @@ def _ptxas_usage(ptx: str, arch: int) -> dict:
         src = os.path.join(tmp, "kernel.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        out = subprocess.run([triton.knobs.nvidia.ptxas.path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+        out = subprocess.run([_ptxas(arch), "-lineinfo", "-v", "--regAllocOptLevel=2",
                               f"--gpu-name={sm_arch_from_capability(arch)}", src, "-o", src + ".o"],
                              capture_output=True, text=True)
     if out.returncode != 0:

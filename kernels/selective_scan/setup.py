@@ -3,8 +3,9 @@
     pip install --no-build-isolation ./kernels/selective_scan               # from the repository root
     TORCH_CUDA_ARCH_LIST="8.6" MAX_JOBS=4 pip install --no-build-isolation ./kernels/selective_scan
 
-No GPU is needed to build: the code is generated for TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX":
-A100, H100/H200, and PTX that newer GPUs compile at load time). It needs nvcc of the CUDA major
+No GPU is needed to build: the code is generated for TORCH_CUDA_ARCH_LIST (default "8.0;9.0;10.0;12.0+PTX":
+A100, H100/H200, B200, RTX 50 series, and PTX that newer GPUs compile at load time; "8.0;9.0+PTX" with an
+nvcc older than 12.8, which has no Blackwell targets). It needs nvcc of the CUDA major
 version torch was built with, and the torch of the environment it is installed into (hence
 --no-build-isolation).
 """
@@ -31,12 +32,29 @@ def find_cuda_home():
     return None
 
 
+BLACKWELL_NVCC = (12, 8)  # the first CUDA release with sm_100 and sm_120
+
+
+def default_arch_list(cuda_home: str) -> str:
+    """TORCH_CUDA_ARCH_LIST when unset: Ampere, Hopper and (with nvcc >= 12.8) Blackwell, plus PTX."""
+    import re
+    import subprocess
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True)
+        found = re.search(r"release (\d+)\.(\d+)", out.stdout)
+        version = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    except OSError:
+        version = (0, 0)
+    return "8.0;9.0;10.0;12.0+PTX" if version >= BLACKWELL_NVCC else "8.0;9.0+PTX"
+
+
 def main():
     cuda_home = find_cuda_home()
     if cuda_home is None:
         sys.exit("vssm-selective-scan: no CUDA toolkit found (nvcc and cuda_runtime.h); install one or set CUDA_HOME")
     os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_arch_list(cuda_home)
     try:
         from setuptools import setup
         from torch.utils.cpp_extension import BuildExtension, CUDAExtension

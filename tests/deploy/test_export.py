@@ -1,6 +1,7 @@
-"""python -m vssm.export: every family's nano model and a dense backbone exported to ONNX and run by ONNX Runtime,
-equal to PyTorch at a square and a non-square size, with a dynamic batch (and H x W where the family allows it);
-the command line's checkpoints, metadata and errors."""
+"""python -m vssm.export: every family's nano model and a dense backbone exported to ONNX and run by ONNX Runtime
+and by OpenVINO's CPU plugin (f32), equal to PyTorch at a square and a non-square size, with a dynamic batch (and
+H x W where the family allows it); the static export (no Scan / Loop); the command line's checkpoints, metadata
+and errors."""
 import json
 import os
 
@@ -33,6 +34,20 @@ def open_session(path):
 def assert_parity(checks):
     for check in checks:
         assert check["max_rel"] <= export.TOLERANCE, export.format_check(check)
+
+
+def op_types(path):
+    model = onnx.load(path, load_external_data=False)
+    found = set()
+
+    def visit(graph):
+        for node in graph.node:
+            found.add(node.op_type)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+    visit(model.graph)
+    return found
 
 
 def input_dims(path):
@@ -75,12 +90,38 @@ def test_nano_model_matches_pytorch(name, exported):
     assert [c["shape"][0] for c in checks[:2]] == [2, 1], "the batch dimension is dynamic"
     assert_parity(checks)
     assert input_dims(path) == (["batch", 3, "height", "width"] if dynamic else ["batch", 3, *NON_SQUARE])
+    loops = op_types(path) & {"Scan", "Loop"}
+    assert bool(loops) == dynamic, "Scan loops where H x W is dynamic, plain operators where it is fixed"
     if dynamic:
         assert checks[2]["shape"][2:] == (NON_SQUARE[0] + 16, NON_SQUARE[1] + 48)
         session = open_session(path)
         for shape in ((3, 3, *SQUARE), (1, 3, 32, 32), (2, 3, 17, 40)):  # below the traced minimum too
             errors = export.compare_outputs(session, model, torch.randn(*shape))
             assert errors["logits"][1] <= export.TOLERANCE, (shape, errors)
+
+
+@pytest.mark.parametrize("name", NANO)
+def test_nano_model_runs_in_openvino(name, exported):
+    """The same files in OpenVINO's CPU plugin at f32 (set explicitly: its default on CPUs with bf16 is bf16)."""
+    pytest.importorskip("openvino")
+    model, path = exported(name)
+    checks = export.verify(path, model, NON_SQUARE, export.size_policy(name).dynamic, runtime="openvino")
+    assert [c["shape"][0] for c in checks[:2]] == [2, 1]
+    assert all(c["runtime"] == "openvino" for c in checks)
+    assert_parity(checks)
+
+
+def test_static_export_of_a_dynamic_family(tmp_path, capsys):
+    """--static fixes H x W of a family that could be dynamic and writes its scan in plain operators; checked
+    in ONNX Runtime and OpenVINO."""
+    pytest.importorskip("openvino")
+    out = str(tmp_path / "static.onnx")
+    assert export.main(["--model", "spatialmamba_nano", "--static", "--size", "64", "48", "--openvino",
+                        "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "H x W fixed at 64x48" in err and err.count(" ok\n") == 4 and err.count("openvino (f32)") == 2
+    assert input_dims(out) == ["batch", 3, 64, 48]
+    assert not op_types(out) & {"Scan", "Loop"}
 
 
 def test_verification_fails_when_the_file_differs(exported):
@@ -160,7 +201,14 @@ def test_bad_arguments(tmp_path, capsys):
     status, message = run_failing(["--model", "fractalmamba_nano", "--size", "0", "32", "--out", out], capsys)
     assert status == 2 and "positive" in message
     status, message = run_failing(["--model", "vmamba_nano", "--size", "16", "64", "--out", out], capsys)
-    assert status == 2 and ">= 33" in message
+    assert status == 2 and ">= 33" in message and "--static" in message
+    status, message = run_failing(["--model", "vmamba_nano", "--int8", "--out", out], capsys)
+    assert status == 2 and "--calibration" in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, message = run_failing(["--model", "vmamba_nano", "--static", "--int8", "--calibration", str(empty),
+                                   "--out", out], capsys)
+    assert status == 2 and "no images" in message
     other = str(tmp_path / "spatial.pth")
     torch.save(vssm.create_model("spatialmamba_nano").state_dict(), other)
     status, message = run_failing(["--model", "vmamba_nano", "--checkpoint", other, "--out", out], capsys)

@@ -1,6 +1,7 @@
 """The ONNX translations of the scan operators and order tables, run by ONNX Runtime, against vssm's naive scan
 and the Python order tables: every option of the sequence entry, the map entry with shared and per-image
-orders, small sizes and L = 3136 with trained (strongly decaying) states, batch and L dynamic."""
+orders, small sizes and L = 3136 with trained (strongly decaying) states and with slowly decaying (long memory)
+ones; with Scan loops (batch and L dynamic) and in plain operators (L fixed, batch dynamic, no Scan / Loop)."""
 import numpy as np
 import onnx
 import pytest
@@ -34,8 +35,11 @@ def standard_ops_only(model: onnx.ModelProto):
     return {t for _, t in found}
 
 
-def session(module, args, dynamic_shapes, tmp_path, name="scan"):
-    onnx_program, _ = to_onnx(module, args, dynamic_shapes)
+LOOPS = {"Scan", "Loop"}
+
+
+def session(module, args, dynamic_shapes, tmp_path, name="scan", static=False):
+    onnx_program, _ = to_onnx(module, args, dynamic_shapes, static=static)
     path = str(tmp_path / f"{name}.onnx")
     onnx_program.save(path)
     ops = standard_ops_only(onnx.load(path))
@@ -80,8 +84,9 @@ class SequenceScan(torch.nn.Module):
 
 
 def sequence_inputs(batch, L, K, N, with_C, with_D, with_z, with_bias, softplus, trained, seed=0, groups_dim=4):
-    """Inputs of a (batch, K*Dg, L) scan; ``trained``: A = -exp(U(0, 3)) and step sizes in [1, 5] after the bias
-    and softplus (states decaying by up to e^-100 per step)."""
+    """Inputs of a (batch, K*Dg, L) scan; ``trained`` True: A = -exp(U(0, 3)) and step sizes in [1, 5] after the
+    bias and softplus (states decaying by up to e^-100 per step); "slow": step sizes about 1e-3 (decays of
+    about 0.999 per step: every state remembers thousands of steps)."""
     g = torch.Generator().manual_seed(seed)
     Dg = 3
     channels = max(K, 1) * Dg
@@ -89,7 +94,8 @@ def sequence_inputs(batch, L, K, N, with_C, with_D, with_z, with_bias, softplus,
     bias = torch.rand(channels, generator=g) * 0.5 if with_bias else None
     if trained:
         A = -torch.exp(torch.rand(channels, N, generator=g) * 3)
-        dt = 1 + 4 * torch.rand(batch, channels, L, generator=g)
+        dt = (1 + 4 * torch.rand(batch, channels, L, generator=g) if trained != "slow" else
+              torch.exp(torch.randn(batch, channels, L, generator=g) * 0.5 - 7))
         delta = torch.log(torch.expm1(dt)) if softplus else dt  # softplus(delta + bias) = dt
         if bias is not None:
             delta = delta - bias[:, None]
@@ -147,6 +153,65 @@ def test_recurrence_has_no_global_log_decay_sum():
     assert len(divided) == 1, "only the block count is a division"
 
 
+STATIC_LENGTHS = ((2, 37, False), (1, 3136, True), (2, 3136, "slow"))  # 37: zero padded to whole chunks
+
+
+def expected_sequence(tensors, softplus, states):
+    t = tensors
+    with torch.no_grad():
+        expected = selective_scan(t["u"], t["delta"], t["A"], t["B"], t.get("C"), t.get("D"), t.get("z"),
+                                  t.get("delta_bias"), softplus, return_last_state=True, return_states=states,
+                                  backend="naive")
+    return list(expected) if isinstance(expected, tuple) else [expected]
+
+
+@pytest.mark.parametrize("case", list(SEQUENCE_CASES))
+def test_static_sequence_entry_matches_naive(case, tmp_path):
+    """L fixed at export (batch dynamic): the recurrence in plain operators, exact at L = 3136 with strong and
+    with slow decays, and for a length that is not a whole number of chunks."""
+    K, N, with_C, with_D, with_z, with_bias, softplus, states = SEQUENCE_CASES[case]
+    flags = (K, N, with_C, with_D, with_z, with_bias, softplus)
+    module = SequenceScan(None, softplus, states)
+    outputs = (["y"] if with_C else []) + ["last_state"] + (["states"] if states else [])
+    lengths = STATIC_LENGTHS if case.startswith(("grouped_N4", "states_only_shared")) else STATIC_LENGTHS[:2]
+    for batch_size, length, trained in lengths:
+        example = sequence_inputs(2, length, *flags, trained=False)
+        module.names = list(example)
+        batch = Dim("batch")
+        dynamic = {"u": {0: batch}, "delta": {0: batch}, "z": {0: batch}, "B": {0: batch}, "C": {0: batch},
+                   "A": None, "D": None, "delta_bias": None}
+        sess, ops = session(module, tuple(example.values()), (tuple(dynamic[n] for n in example),), tmp_path,
+                            name=f"static{length}", static=True)
+        assert not ops & LOOPS, f"loops in the static graph: {ops & LOOPS}"
+        tensors = sequence_inputs(batch_size, length, *flags, trained=trained, seed=length)
+        got = run(sess, list(tensors.values()))
+        expected = expected_sequence(tensors, softplus, states)
+        assert len(got) == len(expected) == len(outputs)
+        for what, g_, e_ in zip(outputs, got, expected):
+            assert_matches(g_, e_, f"{case} static at batch {batch_size}, L {length} ({trained}): {what}")
+
+
+def test_static_recurrence_is_products_of_decays(tmp_path):
+    """Without softplus, the static scan's graph holds the decays' Exp and products, sums, splits and joins:
+    no Scan / Loop, no cumulative sum, no log, no division or subtraction of decays."""
+    flags = (2, 4, True, False, False, False, False)
+    example = sequence_inputs(1, 3136, *flags, trained=True)
+    module = SequenceScan(list(example), False, False)
+    sess, ops = session(module, tuple(example.values()), None, tmp_path, static=True)
+    assert not ops & (LOOPS | {"CumSum", "Log", "Div", "Sub", "Reciprocal", "Pow"}), sorted(ops)
+    assert {"Exp", "Mul", "Add", "Split", "ReduceProd"} <= ops
+    tensors = sequence_inputs(1, 3136, *flags, trained=True, seed=5)
+    for what, g_, e_ in zip(["y", "last_state"], run(sess, list(tensors.values())),
+                            expected_sequence(tensors, False, False)):
+        assert_matches(g_, e_, f"products of decays: {what}")
+
+
+def test_chunk_size():
+    from vssm.ops.selective_scan.onnx import chunk_size
+    assert chunk_size(3136, 16) == 16 and chunk_size(784, 16) == 16 and chunk_size(196, 16) == 14
+    assert chunk_size(37, 16) == 16  # no divisor in [8, 32]: padded
+
+
 # ---- the map entry ------------------------------------------------------------------------------------------
 class MapScan(torch.nn.Module):
     def __init__(self, with_D, with_bias, softplus):
@@ -158,14 +223,15 @@ class MapScan(torch.nn.Module):
                                   delta_bias if self.with_bias else None, self.softplus)
 
 
-def map_inputs(batch, L, K, N, orders, trained, softplus, seed=0):
+def map_inputs(batch, L, K, N, orders, trained, softplus, seed=0, with_bias=True):
     g = torch.Generator().manual_seed(seed)
     Dm = 3
     bias = torch.rand(K * Dm, generator=g) * 0.5
     if trained:
         A = -torch.exp(torch.rand(K * Dm, N, generator=g) * 3)
-        dt = 1 + 4 * torch.rand(batch, L, K, Dm, generator=g)
-        delta = (torch.log(torch.expm1(dt)) if softplus else dt) - bias.view(K, Dm)
+        dt = (1 + 4 * torch.rand(batch, L, K, Dm, generator=g) if trained != "slow" else
+              torch.exp(torch.randn(batch, L, K, Dm, generator=g) * 0.5 - 7))
+        delta = (torch.log(torch.expm1(dt)) if softplus else dt) - (bias.view(K, Dm) if with_bias else 0)
     else:
         A = -(torch.rand(K * Dm, N, generator=g) * 0.5 + 0.5)
         delta = torch.randn(batch, L, K, Dm, generator=g) * 0.5
@@ -208,6 +274,31 @@ def test_map_entry_matches_naive(case, tmp_path):
                                           tensors["orders"], tensors["D"] if with_D else None,
                                           tensors["delta_bias"] if with_bias else None, softplus, backend="naive")
         assert_matches(got, expected, f"{case} at batch {batch_size}, {H}x{W}")
+
+
+@pytest.mark.parametrize("case", list(MAP_CASES))
+def test_static_map_entry_matches_naive(case, tmp_path):
+    """H x W fixed at export (batch dynamic): plain operators, exact at 56 x 56 with strong and slow decays."""
+    kind, N, with_D, with_bias, softplus = MAP_CASES[case]
+    K = 4 if kind == "cross" else 2
+    module = MapScan(with_D, with_bias, softplus)
+    for batch_size, (H, W), trained in ((2, (5, 7), False), (1, (56, 56), True), (2, (56, 56), "slow")):
+        orders = cross_orders(H, W) if kind == "cross" else random_orders(2, K, H * W, H)
+        example = map_inputs(2, H * W, K, N, orders, False, softplus)
+        batch = Dim("batch")
+        dynamic = ({0: batch},) * 2 + (None,) + ({0: batch},) * 2 + ((None if kind == "cross" else {0: batch}),
+                                                                     None, None)
+        sess, ops = session(module, tuple(example.values()), dynamic, tmp_path, name=f"map{H}", static=True)
+        assert not ops & LOOPS, f"loops in the static graph: {ops & LOOPS}"
+        if kind != "cross":
+            orders = random_orders(batch_size, K, H * W, H + 1)
+        tensors = map_inputs(batch_size, H * W, K, N, orders, trained, softplus, seed=H, with_bias=with_bias)
+        got = run(sess, list(tensors.values()))[0]
+        with torch.no_grad():
+            expected = selective_scan_map(tensors["x"], tensors["delta"], tensors["A"], tensors["B"], tensors["C"],
+                                          tensors["orders"], tensors["D"] if with_D else None,
+                                          tensors["delta_bias"] if with_bias else None, softplus, backend="naive")
+        assert_matches(got, expected, f"{case} static at batch {batch_size}, {H}x{W} ({trained})")
 
 
 # ---- the order tables ---------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Every Triton kernel of vssm compiles for sm_80 and sm_90 without a GPU, at the launch configurations its host
+"""Every Triton kernel of vssm compiles for sm_80, sm_90, sm_100 (B200) and sm_120 (RTX 50) without a GPU, at the launch configurations its host
 code records (each module's ``launch_configs()``), with no register spills and shared memory within an A100
 block's limit (``vssm/kernel_resources.py``, ``scripts/kernel_resources.py``).
 
 By default the configurations the models run ("shipped") are compiled; the long tail (every block-table entry,
 constexpr-flag combination and dtype mix the host can emit; 960 kernels, about an hour on 2 cores) runs
-with ``VSSM_KERNEL_TAIL=1``. Compiles run in a subprocess: the test session runs Triton's interpreter instead of
+with ``VSSM_KERNEL_TAIL=1``, for sm_80 and sm_90 (``kr.TAIL_ARCHS``; the newer architectures at the shipped
+configurations). Compiles run in a subprocess: the test session runs Triton's interpreter instead of
 its compiler when there is no GPU. Triton caches compiled kernels (``~/.triton/cache``), so a second run is fast.
 """
 import ast

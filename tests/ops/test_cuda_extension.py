@@ -185,8 +185,8 @@ def nvcc_path():
 
 @pytest.mark.skipif(nvcc_path() is None, reason="no CUDA toolkit (nvcc) to compile the kernels with")
 def test_cuda_sources_compile():
-    """Every kernel instantiation compiles with nvcc for sm_80 and sm_90 (no GPU needed) without register spills
-    or more shared memory than an A100 block has (``ptxas -v``; the table: scripts/kernel_resources.py --only
+    """Every kernel instantiation compiles with nvcc for sm_80, sm_90, sm_100 and sm_120 (no GPU needed) without
+    register spills or more shared memory than an A100 (RTX 50: its own, smaller) block has (``ptxas -v``; the table: scripts/kernel_resources.py --only
     cuda); the binding compiles too."""
     from torch.utils.cpp_extension import include_paths
 

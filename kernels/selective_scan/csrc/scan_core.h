@@ -126,8 +126,9 @@ VSSM_HD void forward_segment(const ScanParams& p, int b, int c, int s) {
     h[n] = (p.n_seg > 1 && n < p.n_state) ? p.seg_h[ch.carry(s) * p.n_state + n] : 0.f;
   }
   for (int t = t0; t < t1; ++t) {
-    if (t % p.tile == 0)
-      for (int n = 0; n < p.n_state; ++n) p.tile_h[ch.tile_state(t / p.tile) + n] = h[n];
+    if (t % p.tile == 0)  // over kN (unrolled, h stays in registers), not the runtime n_state
+      for (int n = 0; n < kN; ++n)
+        if (n < p.n_state) p.tile_h[ch.tile_state(t / p.tile) + n] = h[n];
     const float uv = ch.u(t), d = ch.step(ch.raw_delta(t)), du = d * uv;
     float y = 0.f;
     for (int n = 0; n < kN; ++n) {
@@ -148,7 +149,8 @@ VSSM_HD void forward_segment(const ScanParams& p, int b, int c, int s) {
     }
   }
   if (p.return_last && t1 == p.length)
-    for (int n = 0; n < p.n_state; ++n) p.last[(static_cast<int64_t>(b) * p.dim + c) * p.n_state + n] = h[n];
+    for (int n = 0; n < kN; ++n)
+      if (n < p.n_state) p.last[(static_cast<int64_t>(b) * p.dim + c) * p.n_state + n] = h[n];
 }
 
 // ---- backward ------------------------------------------------------------------------------------------

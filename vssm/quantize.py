@@ -1,0 +1,211 @@
+"""Post-training static int8 quantization of an exported vssm ONNX file (ONNX Runtime's quantization tools).
+
+    python -m vssm.export --model vmamba_nano --checkpoint best.pth --int8 --calibration DIGITS/val --out m.onnx
+
+:func:`quantize_int8` writes a QDQ model (``QuantizeLinear`` / ``DequantizeLinear`` around int8 operands):
+the weights of every convolution and of every matrix product with a constant weight (the linear layers) are
+int8 per output channel, their input activations int8 with a scale and zero point calibrated (min / max) on
+images read as the trainer reads them (:func:`calibration_batches`: ``vssm.image_io.read_image`` and the
+evaluation transform of the checkpoint's data config). ONNX Runtime and OpenVINO run those products in int8.
+
+What stays in float, and why: the stem's first convolution, which reads the images (3 input channels, a
+small share of the work; OpenVINO's CPU plugin computes it wrongly when the network input itself is
+quantized: 66% top-1 agreement on the digits instead of 100%); convolutions with kernels above 7 x 7 or
+dilations (Spatial-Mamba's 11 x 11 depthwise state fusion: OpenVINO has no int8 implementation of them and
+refuses to compile the file); the selective scan (step sizes, ``exp`` of the
+decays, the recurrence, the gathers by scan order), the normalisations, the activations and the residual sums.
+The recurrence multiplies hundreds of decays in [0, 1] and adds contributions of very different sizes along a
+sequence of up to 3136 steps: one int8 scale for a tensor whose values span many orders of magnitude would
+round most of them to zero, and its error would be carried to every later step. The elementwise operators
+gain nothing from int8 on a CPU anyway (they are memory-bound, and a quantize / dequantize pair costs more than
+the operator).
+"""
+import os
+
+import numpy as np
+
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # the operators whose weights and inputs become int8
+
+
+class QuantizationError(ValueError):
+    """Calibration images missing or unreadable, or the quantization tools not installed."""
+
+
+def require_quantization():
+    import importlib.util
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise QuantizationError("int8 quantization needs onnxruntime (its quantization tools): pip install "
+                                "onnxruntime (requirements.txt pins the tested version)")
+
+
+def calibration_batches(folder: str, config: dict, limit: int = 64, batch_size: int = 8, progress=None) -> list:
+    """Up to ``limit`` images under ``folder`` (recursively, sorted), read with ``vssm.image_io.read_image`` and
+    transformed with the evaluation transform of ``config`` (timm's data config: size, interpolation, crop,
+    mean, std): a list of (batch, in_chans, H, W) float32 arrays. Unreadable files are skipped and counted."""
+    from .image_io import ImageReadError, image_files, read_image
+    from .predict import build_transform
+    say = progress or (lambda message: None)
+    if not os.path.isdir(folder):
+        raise QuantizationError(f"--calibration {folder}: not a folder of images")
+    try:
+        files = image_files(folder)
+    except ImageReadError as e:
+        raise QuantizationError(f"--calibration {folder}: {e}") from None
+    if not files:
+        raise QuantizationError(f"--calibration {folder}: no images (.jpg, .png, ..., .npy, .tif) under it")
+    if limit < 1:
+        raise QuantizationError(f"the calibration needs at least one image, got a limit of {limit}")
+    files = files[::max(1, len(files) // limit)][:limit]  # spread over the folder (its classes are subfolders)
+    transform, in_chans = build_transform(config), config["input_size"][0]
+    images, skipped = [], []
+    for path in files:
+        try:
+            images.append(transform(read_image(path, in_chans)).numpy().astype(np.float32))
+        except (ImageReadError, OSError, ValueError, RuntimeError) as e:
+            skipped.append(f"{path}: {e}")
+    if not images:
+        raise QuantizationError(f"--calibration {folder}: none of its {len(files)} images could be read "
+                                f"(first: {skipped[0]})")
+    say(f"calibration: {len(images)} images from {folder}" + (f" ({len(skipped)} unreadable, skipped)" if skipped
+                                                               else ""))
+    return [np.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+class _Reader:
+    """onnxruntime.quantization's CalibrationDataReader over a list of batches."""
+
+    def __init__(self, input_name: str, batches: list):
+        self.input_name, self.batches = input_name, list(batches)
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+    def rewind(self):
+        self.position = 0
+
+
+LARGEST_INT8_KERNEL = 7  # OpenVINO's CPU plugin has no int8 convolution for larger kernels (or dilations)
+
+
+def float_convolutions(model, input_name: str = "images") -> list:
+    """Names of the convolutions kept in float: the first one, on the input images, and those with a kernel
+    side above :data:`LARGEST_INT8_KERNEL` or a dilation (Spatial-Mamba's 11 x 11 state fusion), which
+    OpenVINO's CPU plugin cannot compile in int8 ("No suitable implementations")."""
+    kept = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        attrs = {a.name: list(a.ints) for a in node.attribute if a.name in ("kernel_shape", "dilations")}
+        if (input_name in node.input or max(attrs.get("kernel_shape", [1])) > LARGEST_INT8_KERNEL
+                or max(attrs.get("dilations", [1])) > 1):
+            kept.append(node.name)
+    return kept
+
+
+def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str = "images", progress=None):
+    """Write ``int8_path``: ``fp32_path`` statically quantized (QDQ, int8 weights per channel and uint8
+    activations, min / max calibration on ``batches``) in its convolutions and constant-weight matrix products
+    (:data:`QUANTIZED_OPS`) except :func:`float_convolutions`; everything else, the scan included, stays float. Written to
+    ``<int8_path>.tmp<PID>`` and renamed; the metadata of the fp32 file is kept, with ``vssm.int8`` added."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+    require_quantization()
+    say = progress or (lambda message: None)
+    reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(input_name, batches)
+    tmp = f"{int8_path}.tmp{os.getpid()}"
+    say(f"quantizing {os.path.basename(fp32_path)} to int8 ({', '.join(QUANTIZED_OPS)}; calibrating on "
+        f"{sum(len(b) for b in batches)} images) ...")
+    kept_float = float_convolutions(onnx.load(fp32_path, load_external_data=False), input_name)
+    try:
+        quantize_static(fp32_path, tmp, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept_float,
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
+                                       "WeightSymmetric": True})
+        model = onnx.load(tmp)
+        source = {p.key: p.value for p in onnx.load(fp32_path, load_external_data=False).metadata_props}
+        source["vssm.int8"] = ("QDQ static: int8 weights (per channel) and uint8 activations in "
+                               f"{', '.join(QUANTIZED_OPS)}; the scan and the rest in float")
+        del model.metadata_props[:]
+        for key, value in source.items():
+            model.metadata_props.add(key=key, value=value)
+        onnx.save(model, tmp)
+        os.replace(tmp, int8_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        data = tmp + ".data"
+        if os.path.exists(data):
+            os.remove(data)
+    say(f"wrote {int8_path} ({os.path.getsize(int8_path) / 2**20:.1f} MiB)")
+
+
+def float_and_int8_ops(path: str) -> tuple:
+    """({op_type: count} of the operators that read a dequantized int8 tensor, {op_type: count} of the others) of
+    a quantized file: which layers compute on int8 and which stay in float."""
+    from collections import Counter
+
+    import onnx
+    model = onnx.load(path, load_external_data=False)
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    skip = {"QuantizeLinear", "DequantizeLinear", "Constant"}
+    int8 = Counter(n.op_type for n in model.graph.node if n.op_type not in skip and set(n.input) & dequantized)
+    rest = Counter(n.op_type for n in model.graph.node if n.op_type not in skip and not set(n.input) & dequantized)
+    return dict(int8), dict(rest)
+
+
+def file_data_config(path: str) -> dict:
+    """timm's data config of an exported file, from its metadata (``vssm.preprocessing``, ``vssm.input``)."""
+    import json
+
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    if "vssm.preprocessing" not in meta or "vssm.input" not in meta:
+        raise QuantizationError(f"{path} has no vssm.preprocessing / vssm.input metadata: not a vssm export")
+    config = json.loads(meta["vssm.preprocessing"])
+    image = json.loads(meta["vssm.input"])
+    config["input_size"] = (image["channels"], *image["traced_size"])
+    config["classes"] = json.loads(meta["vssm.classes"]) if "vssm.classes" in meta else None
+    return config
+
+
+def labelled_batches(folder: str, config: dict, batch_size: int = 32) -> tuple:
+    """Every image of a ``folder/<class>/`` layout, read as the trainer reads them: (batches, labels), labels
+    the index of each image's class folder in ``config["classes"]`` (sorted folder names without them)."""
+    from .image_io import image_files, read_image
+    from .predict import build_transform
+    classes = config.get("classes") or sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    transform, in_chans = build_transform(config), config["input_size"][0]
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        sub = os.path.join(folder, name)
+        for path in image_files(sub) if os.path.isdir(sub) else []:
+            images.append(transform(read_image(path, in_chans)).numpy().astype(np.float32))
+            labels.append(label)
+    if not images:
+        raise QuantizationError(f"{folder}: no images in class folders named as the model's classes {classes[:5]}")
+    batches = [np.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return batches, np.array(labels)
+
+
+def predictions(session, batches: list) -> np.ndarray:
+    """(images, classes) logits of a classifier's session over ``batches``."""
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images})[0] for images in batches])
+
+
+def top1_agreement(session_a, session_b, batches: list) -> tuple:
+    """(fraction of images whose top-1 class is the same in both sessions, max |logit difference| / max |logit|)
+    of a classifier's two files (fp32 and int8) on ``batches``."""
+    a, b = predictions(session_a, batches), predictions(session_b, batches)
+    return float((a.argmax(-1) == b.argmax(-1)).mean()), float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
