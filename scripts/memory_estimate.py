@@ -30,11 +30,13 @@ print(estimate, measured, KERNEL_OVERHEAD)
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["vmamba_nano", "spatialmamba_nano", "quadmamba_nano",
-                                                   "fractalmamba_nano"])
+    p.add_argument("--models", nargs="+", help="registered models (default: each family's nano model)")
     p.add_argument("--side", type=int, default=896)
     p.add_argument("--batch", type=int, default=1)
     args = p.parse_args(argv)
+    if not args.models:
+        import vssm
+        args.models = [family.nano for family in vssm.models.families()]
     print(f"forward of {args.batch} image(s) of {args.side}x{args.side} on the CPU")
     for name in args.models:
         out = subprocess.run([sys.executable, "-c", CHILD, name, str(args.side), str(args.batch)],
