@@ -54,7 +54,7 @@ def chosen_quadrant(score, Hp: int, Wp: int) -> int:
     return max(range(4), key=lambda q: (means[q], -q))
 
 
-def quadtree_cells(Hp: int, Wp: int, chosen: int, layout: str = "nested"):
+def quadtree_cells(Hp: int, Wp: int, layout: str = "nested"):
     """The (h, w) cells read at each step: (fine, coarse) lists of Hp*Wp cells.
 
     coarse: the four quadrants in raster order, raster inside each. fine, "nested": the same quadrant slots,
@@ -91,17 +91,18 @@ def quad_ss2d(x, sd, p, shift=None, layout="nested", choices=None):
         q = chosen_quadrant(score[i], Hp, Wp)
         if choices is not None:
             choices.append(q)
-        chosen = lambda cell: (cell[0] >= Hp // 2) * 2 + (cell[1] >= Wp // 2) == q
-        fine, coarse = quadtree_cells(Hp, Wp, q, layout)
-        seq = torch.stack([padded[i, :, fh, fw] * chosen((fh, fw)) + padded[i, :, ch, cw] * (not chosen((ch, cw)))
-                           for (fh, fw), (ch, cw) in zip(fine, coarse)], dim=-1)  # (d, L)
+        fine, coarse = quadtree_cells(Hp, Wp, layout)
+        chosen = [(h >= Hp // 2) * 2 + (w >= Wp // 2) == q for h, w in fine], \
+            [(h >= Hp // 2) * 2 + (w >= Wp // 2) == q for h, w in coarse]  # whether fine[t] / coarse[t] is in q
+        seq = torch.stack([padded[i, :, fh, fw] * chosen[0][t] + padded[i, :, ch, cw] * (not chosen[1][t])
+                           for t, ((fh, fw), (ch, cw)) in enumerate(zip(fine, coarse))], dim=-1)  # (d, L)
         ys = directional_scan(torch.stack([seq, seq.flip(-1)])[None], sd, p)[0]
         y = ys[0] + ys[1].flip(-1)
-        for t, (cell_f, cell_c) in enumerate(zip(fine, coarse)):  # each cell reads the step that read it
-            if chosen(cell_f):
-                out[i, :, cell_f[0], cell_f[1]] = y[:, t]
-            if not chosen(cell_c):
-                out[i, :, cell_c[0], cell_c[1]] = y[:, t]
+        for t, ((fh, fw), (ch, cw)) in enumerate(zip(fine, coarse)):  # each cell reads the step that read it
+            if chosen[0][t]:
+                out[i, :, fh, fw] = y[:, t]
+            if not chosen[1][t]:
+                out[i, :, ch, cw] = y[:, t]
     y = out[:, :, :H, :W]
     back_rows = torch.tensor([(h + dh) % H for h in range(H)])
     back_cols = torch.tensor([(w + dw) % W for w in range(W)])

@@ -45,7 +45,11 @@ def test_fractal_fusion_is_switchable_and_changes_the_output():
 
 @pytest.mark.parametrize("directions,levels", [(2, 0), (2, 2), (4, 1)])
 def test_ablation_settings_build_and_run(directions, levels):
+    """The options reach every mixer (an ignored option would still run); their outputs are checked against the
+    reference in test_logits_match_an_independent_reference."""
     model = vssm.create_model("fractalmamba_nano", directions=directions, ffp_levels=levels).eval()
+    mixers = [block.op for layer in model.layers for block in layer.blocks]
+    assert all(op.x_proj_weight.shape[0] == directions and len(op.ffp) == levels for op in mixers)
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 96, 64))).all()
 
