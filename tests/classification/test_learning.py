@@ -42,5 +42,6 @@ def test_training_takes_accuracy_far_above_chance(tmp_path, capsys):
         records = [json.loads(line) for line in f]
     losses = [r["train_loss"] for r in records]
     accuracy = [r["val_acc1"] for r in records]  # evaluated after the last epoch only
-    assert losses[-1] < 0.6 * losses[0], losses  # measured 1.52 -> 0.66 (label smoothing 0.1 floors it near 0.5)
-    assert accuracy[-1] >= 60, accuracy  # measured 83 (chance 20)
+    # measured: 1.52 -> 0.66, accuracy 83 (SEED 1, 2: loss ratio 0.39, 0.43, accuracy 95, 78); chance: 20
+    assert losses[-1] < 0.6 * losses[0], losses  # label smoothing 0.1 floors the loss near 0.5
+    assert accuracy[-1] >= 60, accuracy
