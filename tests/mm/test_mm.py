@@ -106,6 +106,16 @@ def test_launchers_name_missing_arguments(task, script, given, needed):
     assert f"expected {needed} positional argument(s) before GPUS, got {given}" in out.stderr
 
 
+def test_missing_files_end_in_one_error_line_and_exit_status_2(tmp_path, capsys):
+    """Before: SystemExit("error: ...") from inside the tools, which a shell sees as exit status 1."""
+    from vssm.mm.tools import cli
+    missing = str(tmp_path / "absent.py")
+    assert cli(train_main, [missing]) == 2
+    assert capsys.readouterr().err == f"error: config file not found: {missing}\n"
+    assert cli(run_test, [SEG_NANO, str(tmp_path / "absent.pth")]) == 2
+    assert capsys.readouterr().err == f"error: checkpoint not found: {tmp_path / 'absent.pth'}\n"
+
+
 @pytest.mark.parametrize("family,registered", FAMILIES.items())
 def test_odd_input_size_frozen_stages_and_checkpointing(family, registered):
     cls = backbones()[registered]
