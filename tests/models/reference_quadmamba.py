@@ -43,15 +43,16 @@ def locality_scores(x, sd, p):
 
 def chosen_quadrant(score, Hp: int, Wp: int) -> int:
     """(H, W) scores -> the quadrant (0..3, raster) of the padded Hp x Wp grid with the highest mean over its real
-    pixels (the first on ties)."""
+    pixels (the first on ties), among the quadrants that hold any."""
     H, W = score.shape
-    means = []
+    means = {}
     for q in range(4):
         qr, qc = divmod(q, 2)
         rows = range(qr * Hp // 2, min((qr + 1) * Hp // 2, H))
         cols = range(qc * Wp // 2, min((qc + 1) * Wp // 2, W))
-        means.append(sum(float(score[h, w]) for h in rows for w in cols) / (len(rows) * len(cols)))
-    return max(range(4), key=lambda q: (means[q], -q))
+        if len(rows) and len(cols):
+            means[q] = sum(float(score[h, w]) for h in rows for w in cols) / (len(rows) * len(cols))
+    return max(means, key=lambda q: (means[q], -q))
 
 
 def quadtree_cells(Hp: int, Wp: int, layout: str = "nested"):

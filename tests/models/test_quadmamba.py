@@ -37,6 +37,25 @@ def test_evaluation_is_deterministic_and_training_samples():
     assert len({tuple(op.choose_quadrants(score, 16, 16).argmax(-1).tolist()) for _ in range(5)}) == 1
 
 
+@pytest.mark.parametrize("size", [(16, 16), (40, 16)])
+def test_maps_with_a_side_of_two_or_less_train(size):
+    """Padded to 4, such a map has quadrants of padding only, whose mean score, 0 / 0, once made the Gumbel draw
+    and the whole training output NaN. They are never chosen, in training or evaluation."""
+    torch.manual_seed(0)
+    model = vssm.create_model("quadmamba_nano", num_classes=3).train()
+    out = model(torch.randn(2, 3, *size))
+    out.square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    op = model.layers[1].blocks[0].op
+    for training in (True, False):
+        op.train(training)
+        picks = {int(op.choose_quadrants(torch.randn(1, 2, 2), 4, 4).argmax()) for _ in range(20)}
+        assert picks == {0}, picks  # 2x2 in 4x4: only the top-left quadrant is real
+        picks = {int(op.choose_quadrants(torch.randn(1, 5, 2), 8, 4).argmax()) for _ in range(50)}
+        assert picks <= {0, 2} and (picks == {0, 2} or not training), picks  # 5x2 in 8x4: the left ones
+
+
 def test_gradients_reach_the_predictor_in_training():
     model = vssm.create_model("quadmamba_nano", drop_path_rate=0.0).train()
     model(torch.randn(2, 3, 64, 64)).square().mean().backward()
@@ -116,6 +135,7 @@ def _assert_matches(ours, ref, bound=1e-5):
     ((64, 64), None),
     ((72, 40), None),  # 18x10 and 9x5 maps: padded to multiples of 4, quadrant means over real pixels only
     ((72, 40), (2, 2, 1, 1)),  # odd blocks shift by (+,+) and (-,-)
+    ((40, 16), None),  # a 5x2 map padded to 8x4: the right quadrants hold padding only
 ])
 def test_logits_match_an_independent_reference(size, depths):
     torch.manual_seed(0)
