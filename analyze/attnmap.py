@@ -18,7 +18,7 @@ import torch
 
 from vssm.analysis import (analysis_model, attention_matrix, attention_rows, denormalise, grid_position, load_images,
                            mixer_map, token_mixers)
-from vssm.analysis.cli import check_models, command, positive
+from vssm.analysis.cli import InputError, check_models, command, positive
 
 
 def parse_args(argv=None):
@@ -51,7 +51,7 @@ def parse_block(text: str):
     try:
         stage, block = (int(v) for v in text.split("."))
     except ValueError:
-        raise SystemExit(f"error: block {text!r} is not stage.block (e.g. 2.3)")
+        raise InputError(f"block {text!r} is not stage.block (e.g. 2.3)")
     return stage, block
 
 
@@ -65,14 +65,14 @@ def main(argv=None):
     model = analysis_model(args.model, args.checkpoint, args.device)
     mixers = token_mixers(model)
     if not mixers:
-        raise SystemExit(f"error: {args.model} has no selective-scan blocks to analyse")
+        raise InputError(f"{args.model} has no selective-scan blocks to analyse")
     if args.blocks:
         blocks = [parse_block(b) for b in args.blocks]
     else:
         blocks = [min(k for k in mixers if k[0] == stage) for stage in sorted({s for s, _ in mixers})]
     unknown = [f"{s}.{b}" for s, b in blocks if (s, b) not in mixers]
     if unknown:
-        raise SystemExit(f"error: {args.model} has no block {', '.join(unknown)}; "
+        raise InputError(f"{args.model} has no block {', '.join(unknown)}; "
                          f"blocks: {', '.join(f'{s}.{b}' for s, b in sorted(mixers))}")
     images, _ = load_images(args.data_path, args.images, size, args.seed, "random" if args.random else "digits")
     rows, matrices = {}, {}

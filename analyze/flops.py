@@ -22,7 +22,7 @@ import warnings
 
 import vssm
 from vssm.analysis import analysis_model
-from vssm.analysis.cli import check_models, command, positive
+from vssm.analysis.cli import InputError, check_models, command, positive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = {  # task: (config folder, file pattern for a size, default (H, W))
@@ -47,7 +47,7 @@ def default_config(model: str, task: str) -> str:
                                                                                                   model=model)
     found = sorted(glob.glob(os.path.join(ROOT, "configs", folder, family, pattern)))
     if not found:
-        raise SystemExit(f"error: no {task} config for {model} (looked for configs/{folder}/{family}/{pattern}); "
+        raise InputError(f"no {task} config for {model} (looked for configs/{folder}/{family}/{pattern}); "
                          "pass --config")
     return found[0]
 
@@ -103,7 +103,7 @@ def task_table(args, size):
     configs = args.config or [default_config(name, args.task) for name in args.model or default_models()]
     for config in configs:
         if not os.path.isfile(config):
-            raise SystemExit(f"error: config file not found: {config}")
+            raise InputError(f"config file not found: {config}")
     what = {"det": "detectors", "seg": "segmentors", "cd": "change detectors (one image pair)"}[args.task]
     print(f"{what} at {size[0]}x{size[1]}, batch 1")
     print("| config | params (M) | GFLOPs | backbone params (M) | backbone GFLOPs | seconds |")

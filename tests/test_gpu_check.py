@@ -131,9 +131,10 @@ def test_dry_mode_also_from_the_environment_and_bad_options_are_named(tmp_path, 
     assert not script.parse_args([]).dry_run
     monkeypatch.setenv("VSSM_GPU_CHECK_DRY", "1")
     assert script.parse_args([]).dry_run
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--data-path", str(tmp_path / "nowhere")])
-    assert "is not a folder" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"error: --data-path {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
 
 
 def test_training_is_skipped_with_the_missing_package_named(tmp_path, monkeypatch):

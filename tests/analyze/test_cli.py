@@ -42,9 +42,10 @@ def test_erf(tmp_path, capsys):
 
 
 def test_erf_checkpoint_count_is_checked(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         tool("erf").main(["--model", "vmamba_nano", "--checkpoint", "a.pth", "b.pth"])
-    assert "one file per model" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "error: --checkpoint needs one file per model (1), got 2" in capsys.readouterr().err
 
 
 def test_erf_loads_a_checkpoint_strictly(tmp_path, capsys):
@@ -75,10 +76,11 @@ def test_attnmap(tmp_path, capsys):
 
 
 def test_attnmap_rejects_unknown_blocks(capsys):
-    with pytest.raises(SystemExit, match="no block 0.9; blocks: 0.0"):
-        tool("attnmap").main(["--model", "vmamba_nano", "--blocks", "0.9"])
-    with pytest.raises(SystemExit, match="not stage.block"):
-        tool("attnmap").main(["--model", "vmamba_nano", "--blocks", "first"])
+    """Before: SystemExit("error: ...") from inside main, which a shell sees as exit status 1."""
+    assert tool("attnmap").main(["--model", "vmamba_nano", "--blocks", "0.9"]) == 2
+    assert capsys.readouterr().err == "error: vmamba_nano has no block 0.9; blocks: 0.0, 1.0, 2.0, 2.1, 3.0\n"
+    assert tool("attnmap").main(["--model", "vmamba_nano", "--blocks", "first"]) == 2
+    assert capsys.readouterr().err == "error: block 'first' is not stage.block (e.g. 2.3)\n"
 
 
 def test_throughput(tmp_path, capsys):
@@ -94,9 +96,10 @@ def test_throughput(tmp_path, capsys):
 
 
 def test_throughput_rejects_bad_sizes(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         tool("throughput").main(["--model", "vmamba_nano", "--size", "224x"])
-    assert "size must be S or HxW" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "error: argument --size: size must be S or HxW (e.g. 224 or 256x384), got '224x'" in capsys.readouterr().err
 
 
 def test_flops_classifiers(capsys):
@@ -118,9 +121,14 @@ def test_flops_of_detector_and_segmentor(task, capsys):
     assert params > backbone_params > 1 and gflops > backbone_gflops > 0
 
 
-def test_flops_without_a_config(capsys):
-    with pytest.raises(SystemExit, match="no det config for quadmamba_lite"):
-        tool("flops").main(["--model", "quadmamba_lite", "--task", "det"])
+def test_flops_without_a_config(tmp_path, capsys):
+    assert tool("flops").main(["--model", "quadmamba_lite", "--task", "det"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no det config for quadmamba_lite (looked for configs/detection/quadmamba/")
+    assert err.endswith("pass --config\n") and err.count("\n") == 1
+    missing = tmp_path / "absent.py"
+    assert tool("flops").main(["--task", "det", "--config", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: config file not found: {missing}\n"
 
 
 def test_compare_quick(tmp_path, capsys):

@@ -97,9 +97,11 @@ def test_failed_parity_sets_the_exit_status(monkeypatch, capsys):
     assert row.split("|")[4].strip() == "FAIL" and "parity check failed for torch on cpu" in out.err
 
 
-def test_bad_device_is_refused():
-    with pytest.raises(SystemExit):
+def test_bad_device_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         env.main(["--device", "nonsense"])
+    assert exit_info.value.code == 2
+    assert "python -m vssm.env: error: --device 'nonsense'" in capsys.readouterr().err
 
 
 def test_cuda_architectures_of_a_shared_library(tmp_path):

@@ -163,8 +163,10 @@ def test_errors(photos, tmp_path, capsys):
     if not torch.cuda.is_available():
         code, _, err = run(capsys, "--model", "vmamba_nano", "--device", "cuda", photos["coffee"])
         assert code == 2 and "CUDA is not available" in err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--model", "vmamba_nano", "--topk", "0", photos["coffee"]])
+    assert exit_info.value.code == 2
+    assert "error: --topk must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_small_images_need_an_earlier_stage(photos):

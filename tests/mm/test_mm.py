@@ -106,6 +106,16 @@ def test_launchers_name_missing_arguments(task, script, given, needed):
     assert f"expected {needed} positional argument(s) before GPUS, got {given}" in out.stderr
 
 
+def test_missing_files_end_in_one_error_line_and_exit_status_2(tmp_path, capsys):
+    """Before: SystemExit("error: ...") from inside the tools, which a shell sees as exit status 1."""
+    from vssm.mm.tools import cli
+    missing = str(tmp_path / "absent.py")
+    assert cli(train_main, [missing]) == 2
+    assert capsys.readouterr().err == f"error: config file not found: {missing}\n"
+    assert cli(run_test, [SEG_NANO, str(tmp_path / "absent.pth")]) == 2
+    assert capsys.readouterr().err == f"error: checkpoint not found: {tmp_path / 'absent.pth'}\n"
+
+
 @pytest.mark.parametrize("family,registered", FAMILIES.items())
 def test_odd_input_size_frozen_stages_and_checkpointing(family, registered):
     cls = backbones()[registered]
@@ -119,8 +129,18 @@ def test_odd_input_size_frozen_stages_and_checkpointing(family, registered):
     frozen = {n for n, p in partial.named_parameters() if not p.requires_grad}
     assert all(n.startswith(("patch_embed.", "layers.0.", "outnorm0.")) for n in frozen) and frozen
     assert partial.grad_checkpointing
+    calls = []  # blocks entered (a pre-hook: a recomputation stops before the block's end)
+    for i, layer in enumerate(partial.layers):
+        for block in layer.blocks:
+            block.register_forward_pre_hook(lambda *_, i=i: calls.append(i))
     out = partial(torch.randn(1, 3, 64, 64))
+    in_forward, calls[:] = list(calls), []
     sum(f.sum() for f in out).backward()
+    blocks = [len(layer.blocks) for layer in partial.layers]
+    assert sorted(in_forward) == [i for i, n in enumerate(blocks) for _ in range(n)]
+    assert sorted(calls) == [i for i, n in enumerate(blocks) for _ in range(n) if i >= 1], \
+        "with_cp recomputes every trainable block in the backward, and no frozen one"
+    assert all(p.grad is not None for n, p in partial.named_parameters() if n.startswith("layers.1."))
 
 
 def test_pretrained_init_cfg_loads_a_classification_checkpoint_strictly(tmp_path):

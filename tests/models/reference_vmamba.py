@@ -56,8 +56,13 @@ def ss2d(x, sd, p):
     return conv1x1(y, sd[p + ".out_proj.weight"])
 
 
-def reference_forward(sd, x, depths):
-    """Logits of a VMamba v2 classifier with authors'-layout weights ``sd`` on images ``x``."""
+def reference_forward(sd, x, depths, mixer=None):
+    """Logits of a VMamba v2 classifier with authors'-layout weights ``sd`` on images ``x``.
+
+    ``mixer(x, sd, prefix, stage, index)``: the token mixer of block ``index`` of ``stage`` on the normalised
+    (b, c, h, w) map (default: VMamba's ``ss2d``); the families built on this skeleton pass theirs.
+    """
+    mixer = mixer or (lambda x, sd, p, stage, index: ss2d(x, sd, p))
     x = F.conv2d(x, sd["patch_embed.0.weight"], sd["patch_embed.0.bias"], stride=2, padding=1)
     x = F.gelu(ln2d(x, sd, "patch_embed.2"))
     x = F.conv2d(x, sd["patch_embed.5.weight"], sd["patch_embed.5.bias"], stride=2, padding=1)
@@ -65,7 +70,7 @@ def reference_forward(sd, x, depths):
     for i, depth in enumerate(depths):
         for j in range(depth):
             p = f"layers.{i}.blocks.{j}"
-            x = x + ss2d(ln2d(x, sd, p + ".norm"), sd, p + ".op")
+            x = x + mixer(ln2d(x, sd, p + ".norm"), sd, p + ".op", i, j)
             y = conv1x1(ln2d(x, sd, p + ".norm2"), sd[p + ".mlp.fc1.weight"], sd[p + ".mlp.fc1.bias"])
             x = x + conv1x1(F.gelu(y), sd[p + ".mlp.fc2.weight"], sd[p + ".mlp.fc2.bias"])
         if f"layers.{i}.downsample.1.weight" in sd:

@@ -1,9 +1,13 @@
-"""FractalMamba: sizes near the paper's, a switchable Fractal Fusion Pathway, any resolution."""
+"""FractalMamba: sizes near the paper's, a switchable Fractal Fusion Pathway, any resolution, and logits equal to an
+independent reference forward (tests/models/reference_fractal_mamba.py)."""
 import pytest
 import torch
 
 import vssm
 from vssm.models.fractal_mamba import FractalSS2D, pool_runs
+from vssm.scans.hilbert import curve_steps, hilbert_curve, hilbert_orders
+
+from .reference_fractal_mamba import hilbert_positions, reference_forward_fractal
 
 
 def test_tiny_matches_the_papers_size_and_flops():
@@ -41,7 +45,11 @@ def test_fractal_fusion_is_switchable_and_changes_the_output():
 
 @pytest.mark.parametrize("directions,levels", [(2, 0), (2, 2), (4, 1)])
 def test_ablation_settings_build_and_run(directions, levels):
+    """The options reach every mixer (an ignored option would still run); their outputs are checked against the
+    reference in test_logits_match_an_independent_reference."""
     model = vssm.create_model("fractalmamba_nano", directions=directions, ffp_levels=levels).eval()
+    mixers = [block.op for layer in model.layers for block in layer.blocks]
+    assert all(op.x_proj_weight.shape[0] == directions and len(op.ffp) == levels for op in mixers)
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 96, 64))).all()
 
@@ -52,15 +60,88 @@ def test_bad_options_are_rejected(kwargs):
         vssm.create_model("fractalmamba_nano", **kwargs)
 
 
-def test_same_weights_at_several_resolutions():
-    model = vssm.create_model("fractalmamba_nano").eval()
-    with torch.no_grad():
-        for size in [(224, 224), (320, 320), (256, 384), (97, 131)]:
-            assert torch.isfinite(model(torch.randn(1, 3, *size))).all()
-
-
 def test_flops_can_be_counted_repeatedly():
     """Order tables are cached; a trace must not reuse a table made in an earlier trace or block."""
     for name in ("fractalmamba_nano", "vmamba_nano", "quadmamba_nano"):
         model = vssm.create_model(name)
         assert vssm.count_flops(model, (3, 64, 64)) == vssm.count_flops(model, (3, 64, 64)) > 0
+
+
+def _scan_dominated(model):
+    """Trained-like scan parameters whose scans dominate the mixers' outputs (step sizes softplus(U(-1.5, 0.5)),
+    decays and skips perturbed, B and C scaled up): at the published initialisation the order of the tokens
+    hardly changes the logits, so a wrong order would pass."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("dt_projs_bias"):
+                p.copy_(torch.rand(p.shape, generator=g) * 2 - 1.5)
+            elif name.endswith("A_logs"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("Ds"):
+                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
+            elif name.endswith("x_proj_weight"):
+                p.mul_(4)
+    return model
+
+
+def _reference_logits(model, x, **kwargs):
+    state = {k: v.double() for k, v in model.state_dict().items()}
+    return reference_forward_fractal(state, x.double(), model.depths, directions=model.hilbert_directions, **kwargs)
+
+
+def _assert_matches(ours, ref):
+    """fp32 against the fp64 reference: measured error ~6e-7 of the largest logit; a wrong token order, a missing
+    or misplaced fusion level moves the logits by 1e-3 to 0.2 of it."""
+    assert (ours.double() - ref).abs().max() <= 1e-5 * ref.abs().max(), (ours.double() - ref).abs().max()
+
+
+@pytest.mark.parametrize("size,kwargs", [
+    ((64, 64), {}),
+    ((32, 128), {}),  # 8x32 .. 1x4 maps: the curve through side-by-side squares
+    ((64, 64), dict(directions=4)),
+    ((64, 64), dict(ffp_levels=2)),  # a 2x2 last stage: a single partial run of 16 at level 2
+])
+def test_logits_match_an_independent_reference(size, kwargs):
+    torch.manual_seed(0)
+    model = _scan_dominated(vssm.create_model("fractalmamba_nano", num_classes=10, **kwargs)).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ours = model(x)
+    _assert_matches(ours, _reference_logits(model, x))
+
+
+def test_the_reference_rejects_what_it_cannot_compute():
+    """Hilbert curves of other sizes are checked by their properties (tests/scans), not by this reference."""
+    with pytest.raises(NotImplementedError):
+        hilbert_positions(12, 16)
+
+
+@pytest.mark.parametrize("H", [1, 2, 4, 8, 16, 32])
+@pytest.mark.parametrize("W", [1, 2, 4, 8, 16, 32])
+def test_curve_is_the_classic_hilbert_curve_on_power_of_two_grids(H, W):
+    expected = hilbert_positions(H, W)
+    rows, cols = torch.tensor(expected) // W, torch.tensor(expected) % W
+    assert ((rows.diff().abs() + cols.diff().abs()) == 1).all(), "the reference itself steps between neighbours"
+    assert hilbert_curve(H, W).tolist() == expected
+    if H == W:
+        assert hilbert_orders(H, W, ("transposed",))[0].tolist() == hilbert_positions(H, W, transposed=True)
+
+
+def test_same_weights_at_several_resolutions():
+    """One model's logits at several sizes equal the reference's: power-of-two maps with the reference's own curve,
+    and an odd size (25x33 .. 4x5 maps, partial fusion runs) with vssm's curve, whose properties are checked here."""
+    torch.manual_seed(0)
+    model = _scan_dominated(vssm.create_model("fractalmamba_nano", num_classes=10)).eval()
+
+    def checked_curve(H, W, transposed=False):
+        order = hilbert_curve(H, W)
+        assert sorted(order.tolist()) == list(range(H * W))
+        assert curve_steps(order, W)[2] == 0  # consecutive tokens are neighbours
+        return order.tolist()
+
+    for size, curve in [((128, 128), None), ((64, 256), None), ((97, 131), checked_curve)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            ours = model(x)
+        _assert_matches(ours, _reference_logits(model, x, **({"curve": curve} if curve else {})))

@@ -1,4 +1,6 @@
 """Generic tests over every registered model (timm's tests/test_models.py is the model)."""
+import collections
+
 import pytest
 import timm
 import torch
@@ -78,22 +80,48 @@ def test_dense_backbone_out_indices(name):
         backbone_of(name, out_indices=(4,))
 
 
+def _training_step(model, x):
+    """(output, gradients, block forward calls during the forward, during the backward, bytes the forward saved
+    for the backward outside checkpointed blocks)."""
+    blocks = [block for layer in model.layers for block in layer.blocks]
+    calls = collections.Counter()
+    # a pre-hook: the recomputation stops once it has what the backward needs, before a forward hook would run
+    hooks = [block.register_forward_pre_hook(lambda *_, k=k: calls.update([k])) for k, block in enumerate(blocks)]
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+    model.zero_grad()
+    torch.manual_seed(1)  # the same random draws (e.g. QuadMamba's Gumbel noise) in both passes
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        in_forward = [calls[k] for k in range(len(blocks))]
+        calls.clear()
+        out.sum().backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return out.detach(), grads, in_forward, [calls[k] for k in range(len(blocks))], sum(saved)
+
+
 @pytest.mark.parametrize("name", NANO)
 def test_gradient_checkpointing_is_exact(name):
+    """Checkpointing runs: every block is recomputed in the backward and the forward keeps far fewer tensors for
+    it; and it is exact: the same outputs and gradients as without."""
     model = build(name, drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 64, 64)
-    torch.manual_seed(1)  # the same random draws (e.g. QuadMamba's Gumbel noise) in both passes
-    ref = model(x)
-    ref.sum().backward()
-    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
+    ref, ref_grads, ref_forward, ref_backward, ref_saved = _training_step(model, x)
     model.set_grad_checkpointing(True)
-    torch.manual_seed(1)
-    out = model(x)
-    out.sum().backward()
+    out, grads, forward, backward, saved = _training_step(model, x)
+    assert ref_forward == forward == [1] * len(forward)
+    assert ref_backward == [0] * len(forward) and backward == [1] * len(forward), "each block recomputed once"
+    assert saved < 0.5 * ref_saved, (saved, ref_saved)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,10 +1,13 @@
-"""QuadMamba: published sizes, deterministic evaluation, gradients to the predictor, loud options."""
+"""QuadMamba: published sizes, deterministic evaluation, gradients to the predictor, loud options, and logits equal to an
+independent reference forward (tests/models/reference_quadmamba.py)."""
 import pytest
 import torch
 
 import vssm
 from vssm.checkpoint import load_checkpoint
 from vssm.models.quadmamba import QuadMamba, QuadSS2D
+
+from .reference_quadmamba import quad_ss2d, reference_forward_quad
 
 PUBLISHED = {"quadmamba_tiny": (31_252_176, 5.5), "quadmamba_small": (50_694_096, 9.3)}
 
@@ -32,6 +35,25 @@ def test_evaluation_is_deterministic_and_training_samples():
     assert len(draws) > 1  # Gumbel noise in training
     op.eval()
     assert len({tuple(op.choose_quadrants(score, 16, 16).argmax(-1).tolist()) for _ in range(5)}) == 1
+
+
+@pytest.mark.parametrize("size", [(16, 16), (40, 16)])
+def test_maps_with_a_side_of_two_or_less_train(size):
+    """Padded to 4, such a map has quadrants of padding only, whose mean score, 0 / 0, once made the Gumbel draw
+    and the whole training output NaN. They are never chosen, in training or evaluation."""
+    torch.manual_seed(0)
+    model = vssm.create_model("quadmamba_nano", num_classes=3).train()
+    out = model(torch.randn(2, 3, *size))
+    out.square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    op = model.layers[1].blocks[0].op
+    for training in (True, False):
+        op.train(training)
+        picks = {int(op.choose_quadrants(torch.randn(1, 2, 2), 4, 4).argmax()) for _ in range(20)}
+        assert picks == {0}, picks  # 2x2 in 4x4: only the top-left quadrant is real
+        picks = {int(op.choose_quadrants(torch.randn(1, 5, 2), 8, 4).argmax()) for _ in range(50)}
+        assert picks <= {0, 2} and (picks == {0, 2} or not training), picks  # 5x2 in 8x4: the left ones
 
 
 def test_gradients_reach_the_predictor_in_training():
@@ -80,3 +102,81 @@ def test_authors_key_layout_loads_strictly():
     assert any(".op.score_predictor.out_conv.4.weight" in k for k in state)
     target = QuadMamba(**{**vssm.models.family_of("quadmamba_nano").sizes["quadmamba_nano"]})
     assert load_checkpoint(target, {"model": state}).ok
+
+
+def _scan_dominated(model):
+    """Trained-like scan parameters whose scans dominate the mixers' outputs (see test_fractal_mamba): at the
+    published initialisation another quadrant or shift moves the logits by less than fp32's error."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("dt_projs_bias"):
+                p.copy_(torch.rand(p.shape, generator=g) * 2 - 1.5)
+            elif name.endswith("A_logs"):
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("Ds"):
+                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
+            elif name.endswith("x_proj_weight"):
+                p.mul_(4)
+    return model
+
+
+def _double(module):
+    return {k: v.double() for k, v in module.state_dict().items()}
+
+
+def _assert_matches(ours, ref, bound=1e-5):
+    """fp32 against the fp64 reference: measured ~8e-7 of the largest value on logits; another quadrant or shift
+    moves them by 1e-3 or more."""
+    assert (ours.double() - ref).abs().max() <= bound * ref.abs().max(), (ours.double() - ref).abs().max()
+
+
+@pytest.mark.parametrize("size,depths", [
+    ((64, 64), None),
+    ((72, 40), None),  # 18x10 and 9x5 maps: padded to multiples of 4, quadrant means over real pixels only
+    ((72, 40), (2, 2, 1, 1)),  # odd blocks shift by (+,+) and (-,-)
+    ((40, 16), None),  # a 5x2 map padded to 8x4: the right quadrants hold padding only
+])
+def test_logits_match_an_independent_reference(size, depths):
+    torch.manual_seed(0)
+    model = vssm.create_model("quadmamba_nano", num_classes=10, **({"depths": depths} if depths else {}))
+    model = _scan_dominated(model).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ours = model(x)
+    _assert_matches(ours, reference_forward_quad(_double(model), x.double(), model.depths))
+
+
+def test_training_path_matches_the_reference_for_the_same_choice(monkeypatch):
+    """Training scans through mask arithmetic (straight-through gradients); with the quadrant fixed to the argmax
+    instead of a Gumbel draw, its logits are the reference's."""
+    def argmax_choice(self, score, Hp, Wp):
+        training, self.training = self.training, False
+        try:
+            return choose_quadrants(self, score, Hp, Wp)
+        finally:
+            self.training = training
+    choose_quadrants = QuadSS2D.choose_quadrants
+    monkeypatch.setattr(QuadSS2D, "choose_quadrants", argmax_choice)
+    torch.manual_seed(0)
+    model = _scan_dominated(vssm.create_model("quadmamba_nano", num_classes=10, depths=(2, 2, 1, 1))).train()
+    x = torch.randn(2, 3, 72, 40)
+    ours = model(x)
+    _assert_matches(ours.detach(), reference_forward_quad(_double(model), x.double(), model.depths))
+
+
+@pytest.mark.parametrize("layout,shift", [("nested", None), ("nested", (1, -1)), ("nested", (-1, 1)),
+                                          ("legacy", (1, 1))])
+def test_mixer_matches_the_reference(layout, shift):
+    """One QuadSS2D against the reference mixer on an 18x22 map (padded to 20x24, shifts of 2 and 2; the logits
+    test covers (+,+) and (-,-)): the images pick different quadrants, which the test checks."""
+    torch.manual_seed(0)
+    op = _scan_dominated(QuadSS2D(16, shift=shift, quad_order=layout)).eval()
+    x = torch.randn(6, 18, 22, 16)
+    with torch.no_grad():
+        ours = op(x)
+    state = {f"op.{k}": v for k, v in _double(op).items()}
+    picked = []
+    ref = quad_ss2d(x.double().permute(0, 3, 1, 2), state, "op", shift, layout, picked).permute(0, 2, 3, 1)
+    assert len(set(picked)) >= 3, picked
+    _assert_matches(ours, ref)

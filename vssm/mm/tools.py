@@ -19,6 +19,7 @@ import time
 import torch
 
 from ..checkpoint import CheckpointError, CheckpointMismatchError, compare_state_dict, read_checkpoint
+from ..cli import UsageError
 
 
 def _use_safe_checkpoint_loading(trust_checkpoint=False):
@@ -141,7 +142,7 @@ def _load_config(args):
     from mmengine.config import Config
     _use_safe_checkpoint_loading(args.trust_checkpoint)
     if not os.path.isfile(args.config):
-        raise SystemExit(f"error: config file not found: {args.config}")
+        raise UsageError(f"config file not found: {args.config}")
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
@@ -158,7 +159,7 @@ def _load_config(args):
         cfg.env_cfg.setdefault("dist_cfg", {})
         cfg.env_cfg.dist_cfg["backend"] = "gloo"
         if args.launcher != "none":
-            raise SystemExit("error: distributed runs need GPUs; on a CPU run one process (launcher none, GPUS=1)")
+            raise UsageError("distributed runs need GPUs; on a CPU run one process (launcher none, GPUS=1)")
     return cfg
 
 
@@ -185,12 +186,12 @@ def test_main(argv=None, description="test a detector or segmentor"):
         raise SystemExit(f"error: the checkpoint {args.checkpoint} is a folder; give the checkpoint file "
                          f"(e.g. {os.path.join(args.checkpoint, 'iter_1000.pth')})")
     if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
+        raise UsageError(f"checkpoint not found: {args.checkpoint}")
     cfg = _load_config(args)
     cfg.load_from = args.checkpoint
     if args.tta:
         if "tta_pipeline" not in cfg or "tta_model" not in cfg:
-            raise SystemExit("error: --tta needs tta_pipeline and tta_model in the config")
+            raise UsageError("--tta needs tta_pipeline and tta_model in the config")
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
@@ -204,11 +205,12 @@ def test_main(argv=None, description="test a detector or segmentor"):
 
 
 def cli(main, argv=None, **kwargs) -> int:
-    """Run ``train_main`` or ``test_main``; a checkpoint that cannot be read or does not fit ends in one
-    ``error:`` message and exit status 2 (the load report follows it), not a traceback."""
+    """Run ``train_main`` or ``test_main``; a missing config or checkpoint file, an option the machine cannot run,
+    or a checkpoint that cannot be read or does not fit ends in one ``error:`` message and exit status 2 (a load
+    report follows it), not a traceback."""
     try:
         return main(argv, **kwargs)
-    except (CheckpointError, CheckpointMismatchError) as e:
+    except (UsageError, CheckpointError, CheckpointMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

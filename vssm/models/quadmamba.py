@@ -77,15 +77,18 @@ class QuadSS2D(SS2D):
         self.score_predictor = LocalityPredictor(self.d_inner)
 
     def choose_quadrants(self, score: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
-        """(batch, H, W) scores -> (batch, 4) one-hot quadrant choice on the padded (Hp, Wp) grid.
+        """(batch, H, W) scores -> (batch, 4) one-hot quadrant choice on the padded (Hp, Wp) grid, among the
+        quadrants that hold real pixels.
 
         Training: hard Gumbel-Softmax with straight-through gradients. Evaluation: argmax, no noise.
         """
         batch, H, W = score.shape
         real = F.pad(torch.ones_like(score[:1]), (0, Wp - W, 0, Hp - H))
-        sums = F.adaptive_avg_pool2d(F.pad(score, (0, Wp - W, 0, Hp - H))[:, None], (2, 2))
-        counts = F.adaptive_avg_pool2d(real[:, None], (2, 2))
-        logits = (sums / counts).view(batch, 4)  # mean score of each quadrant's real pixels
+        sums = F.adaptive_avg_pool2d(F.pad(score, (0, Wp - W, 0, Hp - H))[:, None], (2, 2)).view(batch, 4)
+        counts = F.adaptive_avg_pool2d(real[:, None], (2, 2)).view(1, 4)
+        # mean score of each quadrant's real pixels; a quadrant of padding only (a side of 1 or 2 pixels, padded
+        # to 4) is never chosen (its mean, 0 / 0, made the Gumbel draw and the whole output NaN in training)
+        logits = torch.where(counts > 0, sums / counts.clamp_min(1e-6), float("-inf"))
         if self.training:
             return F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True, dim=-1)
         return F.one_hot(logits.argmax(dim=-1), 4).to(logits.dtype)
