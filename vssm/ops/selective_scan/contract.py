@@ -43,6 +43,12 @@ def _shape(t) -> tuple:
     return tuple(t.shape)
 
 
+def _fmt(shape) -> str:
+    """A shape as Python writes a tuple, "?" for an entry that may be anything."""
+    items = ["?" if s is None else str(s) for s in shape]
+    return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+
+
 def tensor(name, t, dims, shape=None, layout="", op="selective_scan"):
     """``t`` is a tensor of ``dims`` dimensions (and of ``shape``, whose entries may be None: any)."""
     if not isinstance(t, torch.Tensor):
@@ -55,8 +61,8 @@ def tensor(name, t, dims, shape=None, layout="", op="selective_scan"):
         for size, want in zip(t.shape, shape):
             if want is not None:
                 _require(size == want, ValueError,
-                         lambda: f"{op}: {name} must be {layout + ' = ' if layout else ''}"
-                                 f"{tuple('?' if s is None else s for s in shape)}, got {_shape(t)}")
+                         lambda: f"{op}: {name} must be {layout + ' = ' if layout else ''}{_fmt(shape)}, "
+                                 f"got {_shape(t)}")
 
 
 def dtype_of(name, t, allowed, op="selective_scan"):
