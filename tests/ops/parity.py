@@ -12,12 +12,18 @@
   cannot run here, and fails instead where CI must run it (the cpu extension and Triton under ``CI``).
 - ``threads(n)``, ``busy_cpu()``: the CPU kernels at a given thread count, and with a second process
   competing for the cores.
+- ``build_emulator()``: the CUDA binding and kernels compiled for the CPU (``kernels/selective_scan``,
+  VSSM_EMULATE); ``require_tool`` skips without a compiler, except under CI.
 """
 import contextlib
 import functools
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 import pytest
 import torch
@@ -326,3 +332,42 @@ def busy_cpu():
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---- the CUDA kernels' CPU emulator --------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CSRC = os.path.join(ROOT, "kernels", "selective_scan", "csrc")
+STALE_LOCK_S = 600  # the emulator builds in about a minute
+
+
+def require_tool(found, what):
+    """Skip without a toolchain, except under CI, which must run these tests."""
+    if not found:
+        if CI:
+            pytest.fail(f"{what} is missing; CI must run these tests")
+        pytest.skip(f"{what} is missing")
+
+
+def build_emulator():
+    """The CUDA extension's binding and kernels built for the CPU (threads run one by one in a shuffled order),
+    cached per source version in the temporary folder and shared by the test workers."""
+    require_tool(shutil.which("c++") or shutil.which("g++"), "a C++ compiler (to build the emulator of the CUDA "
+                                                           "kernels)")
+    from torch.utils.cpp_extension import load
+    sources = [os.path.join(CSRC, "selective_scan.cpp"), os.path.join(CSRC, "scan_emulate.cpp")]
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(CSRC)):
+        with open(os.path.join(CSRC, name), "rb") as f:
+            digest.update(name.encode() + f.read())
+    # one build folder per source version, shared by the test workers (torch serialises the build)
+    build = os.path.join(tempfile.gettempdir(), f"vssm_scan_emulator_{digest.hexdigest()[:16]}")
+    os.makedirs(build, exist_ok=True)
+    lock = os.path.join(build, "lock")
+    try:
+        if time.time() - os.path.getmtime(lock) > STALE_LOCK_S:
+            os.remove(lock)  # left by an interrupted build; torch would wait on it forever
+    except FileNotFoundError:  # no lock, or another worker removed it first
+        pass
+    return load(name="vssm_selective_scan_emulator", sources=sources, extra_cflags=["-O2", "-DVSSM_EMULATE"],
+                build_directory=build, verbose=False)

@@ -4,14 +4,11 @@ them), against the naive scan over the same grid as the other backends (with seq
 parallel segments too, every argument strided); and a compile check of the CUDA sources with nvcc. On a GPU
 with the extension installed, test_selective_scan.py runs the real kernels. Without a C++ compiler or nvcc
 these tests skip, except under CI, which must run them."""
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
-import time
 import zlib
 
 import pytest
@@ -19,44 +16,15 @@ import torch
 
 from vssm.ops.selective_scan import cuda as cuda_backend
 
-from .parity import CI, LAYOUTS, assert_close, make_inputs, reference, run
+from .parity import CSRC, LAYOUTS, ROOT, assert_close, build_emulator, make_inputs, reference, require_tool, run
 from .test_selective_scan import GRID
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNELS = os.path.join(ROOT, "kernels", "selective_scan")
-CSRC = os.path.join(KERNELS, "csrc")
-STALE_LOCK_S = 600  # the emulator builds in about a minute
-
-
-def require_tool(found, what):
-    """Skip without a toolchain, except under CI, which must run these tests."""
-    if not found:
-        if CI:
-            pytest.fail(f"{what} is missing; CI must run these tests")
-        pytest.skip(f"{what} is missing")
 
 
 @pytest.fixture(scope="module")
 def emulator_module():
-    require_tool(shutil.which("c++") or shutil.which("g++"), "a C++ compiler (to build the emulator of the CUDA "
-                                                           "kernels)")
-    from torch.utils.cpp_extension import load
-    sources = [os.path.join(CSRC, "selective_scan.cpp"), os.path.join(CSRC, "scan_emulate.cpp")]
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(CSRC)):
-        with open(os.path.join(CSRC, name), "rb") as f:
-            digest.update(name.encode() + f.read())
-    # one build folder per source version, shared by the test workers (torch serialises the build)
-    build = os.path.join(tempfile.gettempdir(), f"vssm_scan_emulator_{digest.hexdigest()[:16]}")
-    os.makedirs(build, exist_ok=True)
-    lock = os.path.join(build, "lock")
-    try:
-        if time.time() - os.path.getmtime(lock) > STALE_LOCK_S:
-            os.remove(lock)  # left by an interrupted build; torch would wait on it forever
-    except FileNotFoundError:  # no lock, or another worker removed it first
-        pass
-    return load(name="vssm_selective_scan_emulator", sources=sources, extra_cflags=["-O2", "-DVSSM_EMULATE"],
-                build_directory=build, verbose=False)
+    return build_emulator()
 
 
 @pytest.fixture

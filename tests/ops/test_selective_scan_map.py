@@ -10,8 +10,8 @@ from vssm.ops.selective_scan.naive import selective_scan_naive
 from vssm.scans import cross_orders, gather_sequences, merge_sequences
 from vssm.scans.hilbert import hilbert_orders
 
-from .parity import (BACKENDS, GPU, LAYOUTS, TOL, Reference, assert_close, backward_of, device_of, fp32_mismatch,
-                     gapped, leaves_of, require, threads)
+from .parity import (BACKENDS, GPU, TOL, Reference, assert_close, backward_of, device_of, fp32_mismatch,
+                     leaves_of, require, threads)
 from .test_selective_scan import conditions
 
 

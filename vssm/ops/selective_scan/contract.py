@@ -130,6 +130,19 @@ def backend_module(name, device=None, op="selective_scan"):
     return importlib.import_module(f".{OP_BACKENDS[name]}", __package__)
 
 
+def _state_limit(op, backend, N):
+    """The compiled backends hold at most 16 states per channel (fixed-size buffers, registers)."""
+    if backend == "cpu":
+        from .cpu import max_state
+        limit = max_state()
+    elif backend == "cuda":
+        from .cuda import MAX_STATE as limit
+    else:
+        return
+    _require(N <= limit, ValueError, lambda: f"{op}: N = {N} states; the {backend} backend supports 1 to {limit} "
+                                             f"(use backend='torch' or 'auto')")
+
+
 def _triton_offsets(op, **tensors):
     """The Triton kernels index with int32: the furthest element of each tensor must be addressable."""
     for name, t in tensors.items():
@@ -183,6 +196,7 @@ def check_sequence(u, delta, A, B, C, D, z, delta_bias, backend, op="selective_s
         dtype_of("z", z, (u.dtype,), op)
     one_device(op, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
     module = backend_module(backend, u.device, op)
+    _state_limit(op, backend, N)
     if backend == "triton":
         _triton_offsets(op, u=u, delta=delta, B=B, C=C, z=z)
     return module
@@ -256,6 +270,7 @@ def check_map(x, delta, A, B, C, D, delta_bias, orders, backend, op="selective_s
     dtype_of("orders", orders, (torch.int64,), op)
     one_device(op, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, orders=orders)
     module = backend_module(backend, x.device, op)
+    _state_limit(op, backend, N)
     if backend == "triton":
         _triton_offsets(op, x=x, delta=delta, B=B, C=C)
     return module
