@@ -59,10 +59,11 @@ def tensor(name, t, dims, shape=None, layout="", op="selective_scan"):
                          f"got shape {_shape(t)}")
     if shape is not None:
         for size, want in zip(t.shape, shape):
-            if want is not None:
-                _require(size == want, ValueError,
-                         lambda: f"{op}: {name} must be {layout + ' = ' if layout else ''}{_fmt(shape)}, "
-                                 f"got {_shape(t)}")
+            if want is None or (size == want if type(size) is int and type(want) is int else False):
+                continue  # plain sizes that match: the common case, no closure
+            _require(size == want, ValueError,
+                     lambda: f"{op}: {name} must be {layout + ' = ' if layout else ''}{_fmt(shape)}, "
+                             f"got {_shape(t)}")
 
 
 def dtype_of(name, t, allowed, op="selective_scan"):
@@ -77,10 +78,9 @@ def floating(name, t, op="selective_scan"):
 
 
 def one_device(op, **tensors):
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
+    if len({t.device for t in tensors.values() if t is not None}) > 1:
         raise ValueError(f"{op}: all tensors must be on one device, got "
-                         + ", ".join(f"{k} on {v}" for k, v in devices.items()))
+                         + ", ".join(f"{k} on {t.device}" for k, t in tensors.items() if t is not None))
 
 
 def positive(op, name, shape, *sizes):
@@ -102,6 +102,9 @@ def _triton_importable() -> bool:
     return True
 
 
+_MODULES = {}  # backend name -> its module, once imported
+
+
 def backend_module(name, device=None, op="selective_scan"):
     """The module implementing the concrete backend ``name``, after checking that it can run on ``device``
     here: a clear error for an unknown name, a backend that is not built or installed, or a wrong device."""
@@ -110,34 +113,36 @@ def backend_module(name, device=None, op="selective_scan"):
             if name in ("auto", "naive") else ""
         raise ValueError(f"{op}: unknown backend {name!r} for the vssm operators; choose one of "
                          f"{', '.join(OP_BACKENDS)}{extra}")
-    kind = torch.device(device).type if device is not None else None
+    kind = None if device is None else device.type if isinstance(device, torch.device) else torch.device(device).type
+    if name == "triton" and "triton" not in _MODULES and not _triton_importable():
+        raise RuntimeError(f"{op}: the triton backend needs the `triton` package (pip install triton)")
+    if name not in _MODULES:
+        _MODULES[name] = importlib.import_module(f".{OP_BACKENDS[name]}", __package__)
+    module = _MODULES[name]
     if name == "cpu":
-        from .cpu import require_extension
-        require_extension()
+        module.require_extension()
         if kind not in (None, "cpu"):
             raise RuntimeError(f"{op}: the cpu backend needs CPU tensors, got {kind} tensors")
     elif name == "cuda":
-        from .cuda import require_cuda_extension
-        require_cuda_extension()
+        module.require_cuda_extension()
         if kind not in (None, "cuda"):
             raise RuntimeError(f"{op}: the cuda backend needs CUDA tensors, got {kind} tensors")
     elif name == "triton":
-        if not _triton_importable():
-            raise RuntimeError(f"{op}: the triton backend needs the `triton` package (pip install triton)")
         if kind is not None and kind != "cuda" and not (kind == "cpu" and _triton_interpreted()):
             raise RuntimeError(f"{op}: the triton backend needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 "
-                             f"for the interpreter), got {kind} tensors")
-    return importlib.import_module(f".{OP_BACKENDS[name]}", __package__)
+                               f"for the interpreter), got {kind} tensors")
+    return module
 
 
-def _state_limit(op, backend, N):
+def _state_limit(op, backend, module, N):
     """The compiled backends hold at most 16 states per channel (fixed-size buffers, registers)."""
     if backend == "cpu":
-        from .cpu import max_state
-        limit = max_state()
+        limit = module.max_state()
     elif backend == "cuda":
-        from .cuda import MAX_STATE as limit
+        limit = module.MAX_STATE
     else:
+        return
+    if type(N) is int and N <= limit:
         return
     _require(N <= limit, ValueError, lambda: f"{op}: N = {N} states; the {backend} backend supports 1 to {limit} "
                                              f"(use backend='torch' or 'auto')")
@@ -196,7 +201,7 @@ def check_sequence(u, delta, A, B, C, D, z, delta_bias, backend, op="selective_s
         dtype_of("z", z, (u.dtype,), op)
     one_device(op, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
     module = backend_module(backend, u.device, op)
-    _state_limit(op, backend, N)
+    _state_limit(op, backend, module, N)
     if backend == "triton":
         _triton_offsets(op, u=u, delta=delta, B=B, C=C, z=z)
     return module
@@ -270,7 +275,7 @@ def check_map(x, delta, A, B, C, D, delta_bias, orders, backend, op="selective_s
     dtype_of("orders", orders, (torch.int64,), op)
     one_device(op, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, orders=orders)
     module = backend_module(backend, x.device, op)
-    _state_limit(op, backend, N)
+    _state_limit(op, backend, module, N)
     if backend == "triton":
         _triton_offsets(op, x=x, delta=delta, B=B, C=C)
     return module
