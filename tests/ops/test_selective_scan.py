@@ -5,6 +5,7 @@ its C++ allocations poisoned with NaN (``conftest.py``), and again with a second
 cores; Triton (interpreted without a GPU) crosses its tiles in L, D and N."""
 import importlib
 import itertools
+import os
 import re
 
 import pytest
@@ -15,7 +16,7 @@ from vssm.ops import selective_scan
 from vssm.ops.selective_scan import resolve_backend
 from vssm.ops.selective_scan.cuda import cuda_extension_available
 
-from .parity import (BACKENDS, CPU_EXT, FACTOR, GPU, LAYOUTS, TRITON_DEVICE, assert_close, busy_cpu,
+from .parity import (BACKENDS, CPU_EXT, FACTOR, GPU, LAYOUTS, ROOT, TRITON_DEVICE, assert_close, busy_cpu,
                      cached_reference, device_of, fp32_mismatch, make_inputs, reference, require, run, threads)
 
 SIZES_L = (1, 7, 49, 196, 784, 3136)
@@ -189,6 +190,24 @@ def test_backends_agree_at_vision_shape():
     """torch vs naive on a VMamba stage-3 shape (K=4, 16 channels per direction, L = 196)."""
     inputs = make_inputs(2, 4, 16, 1, 196, with_z=False)
     assert_close(run("torch", inputs), reference(inputs), torch.float32)
+
+
+def test_cpu_extension_poisons_its_allocations(monkeypatch):
+    """The NaN poisoning reaches the compiled backend's C++ allocations (conftest sets VSSM_CPU_POISON=1): its
+    allocation helper gives NaN, and every uninitialised allocation of its entry points goes through it."""
+    require("cpu")
+    from vssm.ops.selective_scan.cpu import load_extension
+    ext = load_extension()
+    if not hasattr(ext, "fresh_buffer"):
+        pytest.fail("the installed cpu extension predates its poisoning switch: rebuild it (scripts/setup_env.sh)")
+    monkeypatch.setenv("VSSM_CPU_POISON", "1")
+    assert torch.isnan(ext.fresh_buffer(1000)).all()
+    source = open(os.path.join(ROOT, "kernels", "selective_scan_cpu", "csrc", "scan_cpu.cpp")).read()
+    calls = [m for m in re.finditer(r"at::empty(_like)?\(", source)]
+    assert len(calls) >= 15, "the entry points' allocations moved: update this test"
+    unpoisoned = [source[max(0, m.start() - 40):m.end() + 20].replace("\n", " ") for m in calls
+                  if source[m.start() - 6:m.start()] != "fresh(" and source[m.end():m.end() + 3] != "{0}"]
+    assert not unpoisoned, "allocations that skip fresh():\n" + "\n".join(unpoisoned)
 
 
 DRIFT_CASES = [(2, 2, 3, 4, 49, True), (2, 4, 3, 16, 784, False), (1, 1, 96, 1, 3136, True)]

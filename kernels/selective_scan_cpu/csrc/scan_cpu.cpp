@@ -555,4 +555,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bwd", &bwd, "selective scan backward");
   m.def("cross_fwd", &cross_fwd, "fused cross-scan forward");
   m.def("cross_bwd", &cross_bwd, "fused cross-scan backward");
+  m.def("fresh_buffer", [](int64_t n) { return fresh(at::empty({n}, at::kFloat)); },
+        "n uninitialised float32 values allocated as the entry points allocate their outputs (NaN under "
+        "VSSM_CPU_POISON=1): for the tests of the poisoning");
 }
