@@ -301,18 +301,18 @@ def _map_cases():
         Case("x is float64", "map_fwd", _apply("x", lambda t: t.double()), needle=about("x")),
         Case("delta of another K", "map_fwd", _apply("delta", lambda t: t[:, :, :3]), needle=about("delta", "A")),
         Case("delta is float16 for float32 x", "map_fwd", _apply("delta", lambda t: t.half()), needle=about("delta")),
-        Case("A has a row too few", "map_fwd", _apply("A", lambda t: t[:-1]), needle=about("A")),
-        Case("N = 17 states", "map_fwd", lambda a: a.update(_map_inputs(N=17)), needle="N = 17",
+        Case("A has a row too few (map)", "map_fwd", _apply("A", lambda t: t[:-1]), needle=about("A")),
+        Case("N = 17 states (map)", "map_fwd", lambda a: a.update(_map_inputs(N=17)), needle="N = 17",
              differs={"op:torch": "ok", "op:triton": "ok"}),
         Case("B of length 4", "map_fwd", _apply("B", lambda t: t[:, :4]), needle=about("B")),
-        Case("C is float16, B float32", "map_fwd", _apply("C", lambda t: t.half()), needle=about("C")),
+        Case("C is float16, B float32 (map)", "map_fwd", _apply("C", lambda t: t.half()), needle=about("C")),
         Case("D of length 1", "map_fwd", _apply("D", lambda t: t[:1]), needle=about("D")),
         Case("delta_bias of length 11", "map_fwd", _apply("delta_bias", lambda t: t[:-1]), needle=about("delta_bias")),
-        Case("backend 'fast'", "map_fwd", _set(backend="fast"), needle="unknown backend 'fast'", targets=("op",)),
+        Case("backend 'fast' (map)", "map_fwd", _set(backend="fast"), needle="unknown backend 'fast'", targets=("op",)),
         Case("per-image orders", "map_fwd", _apply("orders", lambda o: o.expand(2, -1, -1).contiguous()), "same",
              reference="base"),
         Case("orders strided", "map_fwd", _apply("orders", gapped), "same"),
-        Case("every argument strided", "map_fwd",
+        Case("every argument strided (map)", "map_fwd",
              lambda a: a.update({k: gapped(a[k]) for k in ("x", "delta", "A", "B", "C", "D", "delta_bias")}),
              "same"),
         Case("orders entry -(10**9) in the backward (issue 26)", "map_bwd",
@@ -364,8 +364,16 @@ def _compile_cases():
                  needle="D must be (channels,) = (8,), got (1,)")]
 
 
-CASES = {c.name + (" [backward]" if c.entry.endswith("bwd") and "backward" not in c.name else ""): c
-         for c in _seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _orders_cases() + _compile_cases()}
+def _all_cases() -> dict:
+    cases = {}
+    for c in _seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _orders_cases() + _compile_cases():
+        name = c.name + (" [backward]" if c.entry.endswith("bwd") and "backward" not in c.name else "")
+        assert name not in cases, f"two fuzz cases named {name!r}"
+        cases[name] = c
+    return cases
+
+
+CASES = _all_cases()
 
 
 def applies(case: Case, target: str) -> bool:

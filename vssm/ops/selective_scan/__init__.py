@@ -52,15 +52,10 @@ def _cpu_extension_built() -> bool:
 def unsupported(backend: str, shape) -> str:
     """Why ``backend`` cannot run inputs of ``shape`` ((N, L, dtype)), or "" when it can: the compiled
     backends (``cpu``, ``cuda``) keep at most 16 states per channel in registers."""
-    if shape is None or backend not in ("cpu", "cuda"):
+    limit = contract.state_limit(backend) if shape is not None else None
+    if limit is None or shape[0] <= limit:
         return ""
-    if backend == "cpu":
-        from .cpu import max_state
-        limit = max_state()
-    else:
-        from .cuda import MAX_STATE as limit
-    N = shape[0]
-    return f"the compiled {backend} backend supports N <= {limit} states, got N = {N}" if N > limit else ""
+    return f"the compiled {backend} backend supports N <= {limit} states, got N = {shape[0]}"
 
 
 def available_backends(device, shape=None) -> list:

@@ -134,15 +134,21 @@ def backend_module(name, device=None, op="selective_scan"):
     return module
 
 
-def _state_limit(op, backend, module, N):
-    """The compiled backends hold at most 16 states per channel (fixed-size buffers, registers)."""
+def state_limit(backend: str):
+    """The most states per channel ``backend`` holds (the compiled ones: fixed-size buffers, registers), or
+    None for no limit."""
     if backend == "cpu":
-        limit = module.max_state()
-    elif backend == "cuda":
-        limit = module.MAX_STATE
-    else:
-        return
-    if type(N) is int and N <= limit:
+        from .cpu import max_state  # the built extension's (16)
+        return max_state()
+    if backend == "cuda":
+        from .cuda import MAX_STATE
+        return MAX_STATE
+    return None
+
+
+def _state_limit(op, backend, N):
+    limit = state_limit(backend)
+    if limit is None or (type(N) is int and N <= limit):
         return
     _require(N <= limit, ValueError, lambda: f"{op}: N = {N} states; the {backend} backend supports 1 to {limit} "
                                              f"(use backend='torch' or 'auto')")
@@ -201,7 +207,7 @@ def check_sequence(u, delta, A, B, C, D, z, delta_bias, backend, op="selective_s
         dtype_of("z", z, (u.dtype,), op)
     one_device(op, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
     module = backend_module(backend, u.device, op)
-    _state_limit(op, backend, module, N)
+    _state_limit(op, backend, N)
     if backend == "triton":
         _triton_offsets(op, u=u, delta=delta, B=B, C=C, z=z)
     return module
@@ -275,7 +281,7 @@ def check_map(x, delta, A, B, C, D, delta_bias, orders, backend, op="selective_s
     dtype_of("orders", orders, (torch.int64,), op)
     one_device(op, x=x, delta=delta, A=A, B=B, C=C, D=D, delta_bias=delta_bias, orders=orders)
     module = backend_module(backend, x.device, op)
-    _state_limit(op, backend, module, N)
+    _state_limit(op, backend, N)
     if backend == "triton":
         _triton_offsets(op, x=x, delta=delta, B=B, C=C)
     return module
