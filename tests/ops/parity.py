@@ -40,7 +40,8 @@ TRITON_DEVICE = "cuda" if GPU else "cpu"
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 CPU_EXT = load_extension() is not None
 if CI and not CPU_EXT:  # CI builds the compiled CPU backend: its tests must run there
-    raise RuntimeError("the compiled cpu backend (vssm_selective_scan_cpu) is not built; scripts/setup_env.sh builds it")
+    raise RuntimeError("the compiled cpu backend (vssm_selective_scan_cpu) is not built; scripts/setup_env.sh "
+                       "builds it")
 
 
 def _triton_error() -> str:

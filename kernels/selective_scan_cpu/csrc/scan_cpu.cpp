@@ -134,8 +134,8 @@ void check_orders(const Tensor& orders, int64_t L) {
       TORCH_CHECK_VALUE(v >= 0 && v < L, kName, ": orders must hold positions in [0, ", L, "), got ", v, " at orders[",
                         orders.dim() == 3 ? std::to_string(r / K) + ", " : std::string(), r % K, ", ", t, "]");
       TORCH_CHECK_VALUE(!seen[v], kName, ": orders[", orders.dim() == 3 ? std::to_string(r / K) + ", " : std::string(),
-                        r % K, "] must be a permutation of range(", L, "): position ", v, " is read twice (again at step ",
-                        t, ")");
+                        r % K, "] must be a permutation of range(", L, "): position ", v,
+                        " is read twice (again at step ", t, ")");
       seen[v] = 1;
     }
   }
