@@ -4,7 +4,9 @@ import torch
 
 @pytest.fixture(autouse=True)
 def nan_filled_allocations(monkeypatch):
-    """Every uninitialised float tensor starts as NaN, so an element a backend forgets to write fails the test."""
+    """Every uninitialised float tensor starts as NaN, so an element a backend forgets to write fails the test:
+    Python's allocations here, the compiled cpu backend's C++ allocations through its VSSM_CPU_POISON switch
+    (the CUDA emulator poisons its own)."""
     empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
 
     def poison(t):
@@ -15,3 +17,4 @@ def nan_filled_allocations(monkeypatch):
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
     monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: poison(new_empty(self, *a, **k)))
+    monkeypatch.setenv("VSSM_CPU_POISON", "1")

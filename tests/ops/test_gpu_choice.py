@@ -106,13 +106,45 @@ def test_update_table_merges_one_gpu(tmp_path):
     assert table["devices"]["GPU B"]["classes"] == {"N1 L>1024 fp32": {"cuda": 1.0}}
 
 
-def test_the_shipped_table_is_readable():
+def test_the_shipped_table_is_readable(monkeypatch):
+    """The committed table passes the checks ``auto`` reads it with and loads as written; each of its GPUs ranks
+    the backends of every class it measured. The checks refuse each kind of malformed entry (so the shipped
+    table passing them means something), and a table ``update_table`` writes passes them."""
     table = json.loads(choice.TABLE.read_text())
-    assert table["format"] == choice.FORMAT and isinstance(table["devices"], dict)
-    classes = {choice.shape_class(N, L, dtype) for N in (1, 4, 16, 64) for L in (100, 5000)
-               for dtype in (torch.float32, torch.bfloat16)}
+    assert choice.check_table(table) == []
+    monkeypatch.delenv("VSSM_GPU_CHOICE", raising=False)
+    choice.reload()
+    assert choice._load(str(choice.table_path())) == table["devices"]
     for name, entry in table["devices"].items():
-        assert entry["capability"].startswith("sm_"), name
         for klass, timings in entry["classes"].items():
-            assert klass in classes, (name, klass)
-            assert all(b in ("triton", "cuda", "torch") and ms > 0 for b, ms in timings.items()), (name, klass)
+            ranked = choice._ranked(name, entry["capability"], klass, ("triton", "cuda", "torch"))
+            assert list(ranked[:len(timings)]) == sorted(timings, key=timings.get), (name, klass)
+    good = {"capability": "sm_90", "classes": {"N1 L>1024 fp32": {"triton": 1.0, "torch": 2.0}}}
+    bad_entries = {"format": {"format": 2, "devices": {}}, "no devices": {"format": 1},
+                   "capability": {"format": 1, "devices": {"G": dict(good, capability="90")}},
+                   "class": {"format": 1, "devices": {"G": dict(good, classes={"N2 L>1024 fp32": {"torch": 1.0}})}},
+                   "backend": {"format": 1, "devices": {"G": dict(good, classes={"N1 L>1024 fp32": {"naive": 1.0}})}},
+                   "timing": {"format": 1, "devices": {"G": dict(good, classes={"N1 L>1024 fp32": {"cuda": -1}})}}}
+    for what, bad in bad_entries.items():
+        assert choice.check_table(bad), f"a table with a bad {what} passes"
+    assert choice.check_table({"format": 1, "devices": {"G": good}}) == []
+    assert {choice.shape_class(N, L, dtype) for N in (1, 4, 16, 64) for L in (100, 5000)
+            for dtype in (torch.float32, torch.bfloat16)} == choice.CLASSES
+
+
+def test_a_malformed_table_falls_back_with_a_notice(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"format": 1, "devices": {"G": {"capability": "sm_90", "classes": {"x": {}}}}}))
+    monkeypatch.setenv("VSSM_GPU_CHOICE", str(path))
+    choice.reload()
+    with caplog.at_level("WARNING"):
+        assert choice.device_entry("G", "sm_90") is None
+    assert any("malformed" in r.message and "unknown shape class 'x'" in r.message for r in caplog.records)
+    choice.reload()
+
+
+def test_auto_passes_over_the_cuda_backend_past_16_states(gpu):
+    """The cuda kernels hold at most 16 states: for more, auto ranks the backends that can run them."""
+    assert "cuda" in available_backends("cuda", (16, 196, torch.float32))
+    assert available_backends("cuda", (32, 196, torch.float32)) == ["triton", "torch", "naive"]
+    assert auto((32, 3136, torch.float32)) == "triton"

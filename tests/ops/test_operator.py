@@ -1,15 +1,16 @@
 """The selective scan as PyTorch operators: torch.library.opcheck of every vssm:: operator (schema, fake
-kernel, autograd registration, AOT dispatch with dynamic shapes), on each CPU backend."""
+kernel, autograd registration, AOT dispatch with dynamic shapes) on every backend; the fake kernels check
+shapes as the real ones do (tests/ops/test_operator_fuzz.py runs the hostile inputs)."""
+import re
+
 import pytest
 import torch
 
-from vssm.ops import selective_scan
+from vssm.ops import selective_scan, selective_scan_map
 from vssm.scans import cross_orders
 
-from .test_selective_scan import CPU_EXT, make_inputs
+from .parity import BACKENDS, GPU, device_of, make_inputs, require
 from .test_selective_scan_map import make_map, per_image_orders
-
-BACKENDS = ["torch"] + (["cpu"] if CPU_EXT else [])
 SCAN_CASES = [  # (batch, K, D, N, L, grouped, with C/D/z/bias, return_states)
     (2, 2, 3, 1, 7, True, True, False),
     (1, 1, 4, 4, 33, False, True, True),
@@ -17,8 +18,14 @@ SCAN_CASES = [  # (batch, K, D, N, L, grouped, with C/D/z/bias, return_states)
 ]
 
 
+def _interpreted(backend, case_index):
+    if backend == "triton" and not GPU and case_index > 0:
+        pytest.skip("opcheck runs each operator a dozen times: one case in Triton's interpreter")
+
+
 def _scan_args(batch, K, D, N, L, grouped, with_C, return_states, backend, requires_grad=True):
-    i = make_inputs(batch, K, D, N, L, grouped=grouped, with_D=with_C, with_z=with_C, seed=L)
+    i = make_inputs(batch, K, D, N, L, grouped=grouped, with_D=with_C, with_z=with_C, seed=L,
+                    device=device_of(backend))
     if not with_C:
         i["C"] = None
     leaves = {k: (v.requires_grad_(requires_grad) if v is not None else None) for k, v in i.items()}
@@ -29,6 +36,8 @@ def _scan_args(batch, K, D, N, L, grouped, with_C, return_states, backend, requi
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", SCAN_CASES)
 def test_opcheck_sequence_forward(backend, case):
+    require(backend)
+    _interpreted(backend, SCAN_CASES.index(case))
     batch, K, D, N, L, grouped, with_C, return_states = case
     torch.library.opcheck(torch.ops.vssm.selective_scan_fwd.default,
                           _scan_args(batch, K, D, N, L, grouped, with_C, return_states, backend))
@@ -37,6 +46,8 @@ def test_opcheck_sequence_forward(backend, case):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", SCAN_CASES)
 def test_opcheck_sequence_backward(backend, case):
+    require(backend)
+    _interpreted(backend, SCAN_CASES.index(case))
     batch, K, D, N, L, grouped, with_C, return_states = case
     args = _scan_args(batch, K, D, N, L, grouped, with_C, return_states, backend, requires_grad=False)
     y, last, states, residuals = torch.ops.vssm.selective_scan_fwd(*args)
@@ -52,7 +63,7 @@ MAP_CASES = [(2, 3, 4, 2, 1, "cross"), (1, 5, 5, 3, 4, "cross"), (2, 4, 4, 2, 16
 
 def _map_args(batch, H, W, D, N, kind, backend, requires_grad=True):
     orders = cross_orders(H, W) if kind == "cross" else per_image_orders(batch, 2, H * W)
-    i = make_map(batch, H, W, D, N, orders)
+    i = {k: v.to(device_of(backend)) for k, v in make_map(batch, H, W, D, N, orders).items()}
     t = {k: (v.requires_grad_(requires_grad) if k != "orders" else v) for k, v in i.items()}
     return (t["x"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["delta_bias"], True, orders, True, backend)
 
@@ -60,6 +71,8 @@ def _map_args(batch, H, W, D, N, kind, backend, requires_grad=True):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", MAP_CASES)
 def test_opcheck_map(backend, case):
+    require(backend)
+    _interpreted(backend, MAP_CASES.index(case))
     torch.library.opcheck(torch.ops.vssm.selective_scan_map_fwd.default, _map_args(*case, backend))
     args = _map_args(*case, backend, requires_grad=False)
     y, residuals = torch.ops.vssm.selective_scan_map_fwd(*args)
@@ -75,7 +88,8 @@ def test_opcheck_scan_orders(kind, option):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_scan_matches_eager_with_gradients(backend):
     """torch.compile(fullgraph=True) of a function around the op: same outputs and gradients as eager."""
-    i = make_inputs(2, 2, 3, 4, 21)
+    require(backend)
+    i = make_inputs(2, 2, 3, 4, 21, device=device_of(backend))
 
     def f(u, delta, A, B, C, D, z, delta_bias):
         y, last = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, return_last_state=True,
@@ -90,3 +104,53 @@ def test_compiled_scan_matches_eager_with_gradients(backend):
         results.append([loss.detach()] + [t.grad for t in leaves])
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def _fake(*tensors):
+    mode = torch._subclasses.fake_tensor.FakeTensorMode()
+    return mode, torch.utils._pytree.tree_map_only(torch.Tensor, mode.from_tensor, list(tensors))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fake_kernels_check_shapes(backend):
+    """What a compiled graph is traced with: the fake kernels refuse the shapes the real ones refuse, naming
+    the argument (B of length 4 for L = 64, D of one value for 8 channels, orders of the wrong size,
+    residuals that are not the forward's)."""
+    require(backend)
+    dev = device_of(backend)
+    i = make_inputs(1, 2, 4, 2, 64, device=dev)
+    short_B = torch.randn(1, 2, 2, 4, device=dev)
+    cases = [((i["u"], i["delta"], i["A"], short_B, i["C"], None, None, None, False, False, False, backend),
+              torch.ops.vssm.selective_scan_fwd, "B must be (batch, G, N, L) = (1, ?, 2, 64), got (1, 2, 2, 4)"),
+             ((i["u"], i["delta"], i["A"], i["B"], i["C"], torch.randn(1, device=dev), None, None, False, False,
+               False, backend), torch.ops.vssm.selective_scan_fwd, "D must be (channels,) = (8,), got (1,)")]
+    m = {k: v.to(dev) for k, v in make_map(1, 4, 4, 3, 1, cross_orders(4, 4)).items()}
+    map_args = [m["x"], m["delta"], m["A"], m["B"], m["C"], None, None, False]
+    cases.append(((*map_args, torch.zeros(4, 15, dtype=torch.long, device=dev), False, backend),
+                  torch.ops.vssm.selective_scan_map_fwd, "orders must be (K, L) = (4, 16), got (4, 15)"))
+    y = torch.zeros(1, 16, 3, device=dev)
+    cases.append(((*map_args, m["orders"], [torch.zeros(3, device=dev)], y, backend),
+                  torch.ops.vssm.selective_scan_map_bwd, "selective_scan_map_bwd: residuals"))
+    for args, op, message in cases:
+        mode, fake = _fake(*args)
+        with mode, pytest.raises(ValueError, match=re.escape(message)):
+            op(*fake)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_map_checks_the_orders_when_it_runs(backend):
+    """The order table's values are data: the compiled graph checks them when it runs (before any kernel
+    reads memory through them), out of range or repeated."""
+    require(backend)
+    dev = device_of(backend)
+    m = {k: v.to(dev) for k, v in make_map(1, 4, 4, 3, 1, cross_orders(4, 4)).items()}
+    f = torch.compile(lambda *a: selective_scan_map(*a, backend=backend), fullgraph=True, backend="aot_eager")
+    args = [m["x"], m["delta"], m["A"], m["B"], m["C"]]
+    torch.testing.assert_close(f(*args, m["orders"]), selective_scan_map(*args, m["orders"], backend="naive"),
+                               rtol=1e-5, atol=1e-5)
+    for value, message in ((10 ** 9, r"orders must hold positions in \[0, 16\)"), (-(10 ** 9), "in \\[0, 16\\)"),
+                           (5, "permutation of range\\(16\\)")):
+        bad = m["orders"].clone()
+        bad[1, 3] = value if value != 5 else bad[1, 4]
+        with pytest.raises(ValueError, match=message):
+            f(*args, bad)

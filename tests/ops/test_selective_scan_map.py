@@ -1,15 +1,18 @@
 """The map entry (selective_scan_map) of every backend against an independent reference: the K sequences
-gathered with vssm.scans, scanned by the naive loop, merged back. Output and every gradient."""
+gathered with vssm.scans, scanned by the naive loop (float64 oracle and float32, ``parity.py``), merged back.
+Output and every gradient; the cpu backend at 1 and 2 threads in every strided layout; Triton across its
+tiles."""
 import pytest
 import torch
 
 from vssm.ops import selective_scan, selective_scan_map
+from vssm.ops.selective_scan.naive import selective_scan_naive
 from vssm.scans import cross_orders, gather_sequences, merge_sequences
 from vssm.scans.hilbert import hilbert_orders
 
-from .test_selective_scan import CPU_EXT, GPU, TOL, TRITON_DEVICE, TRITON_OK, assert_close
-
-BACKENDS = ["torch"] + (["cpu"] if CPU_EXT else []) + (["triton"] if TRITON_OK else [])
+from .parity import (BACKENDS, GPU, TOL, Reference, assert_close, backward_of, device_of, fp32_mismatch,
+                     leaves_of, require, threads)
+from .test_selective_scan import conditions
 
 
 def make_map(batch, H, W, D, N, orders, *, dtype=torch.float32, with_D=True, with_bias=True, seed=0):
@@ -25,8 +28,10 @@ def make_map(batch, H, W, D, N, orders, *, dtype=torch.float32, with_D=True, wit
                 delta_bias=torch.rand(K * D, generator=g) * 0.5 if with_bias else None, orders=orders)
 
 
-def reference_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_softplus=False, H=None, W=None):
-    """gather_sequences -> naive selective_scan -> merge_sequences, one image at a time for per-image orders."""
+def reference_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_softplus=False, H=None, W=None,
+                  dtype=torch.float32):
+    """gather_sequences -> naive loop (arithmetic in ``dtype``) -> merge_sequences, one image at a time for
+    per-image orders."""
     batch, L, Dm = x.shape
     K = delta.shape[2]
     outs = []
@@ -36,22 +41,29 @@ def reference_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_soft
         dts = gather_sequences(delta[b:b + 1].view(1, H, W, K, Dm), o)
         Bs = gather_sequences(B[b:b + 1].view(1, H, W, K, -1), o).permute(0, 2, 3, 1)
         Cs = gather_sequences(C[b:b + 1].view(1, H, W, K, -1), o).permute(0, 2, 3, 1)
-        ys = selective_scan(us.reshape(1, L, K * Dm).transpose(1, 2), dts.reshape(1, L, K * Dm).transpose(1, 2), A,
-                            Bs, Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus, backend="naive")
+        ys = selective_scan_naive(us.reshape(1, L, K * Dm).transpose(1, 2), dts.reshape(1, L, K * Dm).transpose(1, 2),
+                                  A, Bs, Cs, D, delta_bias=delta_bias, delta_softplus=delta_softplus, dtype=dtype)
         outs.append(merge_sequences(ys.transpose(1, 2).reshape(1, L, K, Dm), o, H, W).reshape(1, L, Dm))
     return torch.cat(outs)
 
 
-def run_map(scan, inputs, softplus=True, seed=1, device="cpu"):
-    leaves = {k: v.detach().clone().to(device).requires_grad_() for k, v in inputs.items()
-              if v is not None and k != "orders"}
-    args = {k: leaves.get(k) for k in inputs if k != "orders"}
-    y = scan(**args, orders=inputs["orders"].to(device), delta_softplus=softplus)
-    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    (y.float() * weights).sum().backward()
-    result = {"y": y}
-    result.update({"d" + k: v.grad for k, v in leaves.items()})
-    return {k: v.detach().float().cpu() for k, v in result.items()}
+def run_map(scan, inputs, softplus=True, seed=1, device="cpu", layout="contiguous"):
+    """Output and gradients (float64 CPU) of ``scan`` on ``inputs``, every argument (and the output's gradient)
+    in ``layout`` (the order table too: a strided int64 view in the gapped layout)."""
+    moved = {k: (v.to(device) if v is not None else None) for k, v in inputs.items()}
+    leaves, args = leaves_of(moved, layout)
+    orders = args.pop("orders")
+    if layout == "gapped":
+        orders = torch.stack([orders, torch.full_like(orders, -1)], dim=-1)[..., 0]
+    y = scan(**args, orders=orders, delta_softplus=softplus)
+    return backward_of({"y": y}, leaves, seed, layout)
+
+
+def map_reference(inputs, H, W, softplus=True) -> Reference:
+    fp64 = {k: (v.double() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
+    fp32 = {k: (v.float() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
+    return Reference(run_map(lambda **kw: reference_map(**kw, H=H, W=W, dtype=torch.float64), fp64, softplus),
+                     run_map(lambda **kw: reference_map(**kw, H=H, W=W), fp32, softplus))
 
 
 def per_image_orders(batch, K, L, seed=0):
@@ -73,37 +85,70 @@ def orders_for(kind, H, W, batch=2):
     return per_image_orders(batch, 2, H * W)
 
 
+def check_map_backend(backend, inputs, ref, H, W, softplus=True):
+    failures = []
+    for layout, n in conditions(backend, H * W):
+        with threads(n):
+            got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), inputs, softplus,
+                          device=device_of(backend), layout=layout)
+        try:
+            assert_close(got, ref, torch.float32)
+        except AssertionError as e:
+            failures.append(f"[{layout}, {n} thread{'s' * (n > 1)}] {e}")
+    assert not failures, "\n".join(failures)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("H,W,kind,N", CASES)
 def test_map_matches_gathered_naive(backend, H, W, kind, N):
+    require(backend)
     if backend == "triton" and not GPU and H * W > 64:
-        pytest.skip("long maps are slow in Triton's interpreter")
+        pytest.skip("long maps are slow in Triton's interpreter; test_triton_map_crosses_tiles covers several tiles")
     inputs = make_map(2, H, W, 5, N, orders_for(kind, H, W), seed=H * W + N)
-    device = TRITON_DEVICE if backend == "triton" else "cpu"
-    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), inputs, device=device)
-    expected = run_map(lambda **kw: reference_map(**kw, H=H, W=W), inputs)
-    assert_close(got, expected, torch.float32)
+    check_map_backend(backend, inputs, map_reference(inputs, H, W), H, W)
+
+
+# Triton's map entry: programs of BLOCK_D channels of one direction (see test_selective_scan.TRITON_TILE_CASES),
+# here with D channels per direction, several programs per direction and several L tiles, a partial last one.
+TRITON_MAP_TILE_CASES = [(9, 8, 64, 1, "hilbert"), (9, 8, 24, 3, "per_image"), (9, 8, 6, 16, "hilbert")]
+
+
+@pytest.mark.parametrize("H,W,D,N,kind", TRITON_MAP_TILE_CASES)
+def test_triton_map_crosses_tiles(H, W, D, N, kind):
+    require("triton")
+    from vssm.ops.selective_scan.fused_triton import _block_sizes
+    L = H * W
+    block_d, _, block_l = _block_sizes(D, N, L)
+    assert D > block_d and L > block_l and L % block_l, "the case must cross tiles in D and L"
+    inputs = make_map(1, H, W, D, N, orders_for(kind, H, W, batch=1), seed=D + N)
+    got = run_map(lambda **kw: selective_scan_map(**kw, backend="triton"), inputs, device=device_of("triton"))
+    assert_close(got, map_reference(inputs, H, W), torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("with_D,with_bias,softplus", [(False, False, False), (True, False, True), (False, True, True)])
 def test_map_optional_inputs(backend, with_D, with_bias, softplus):
+    require(backend)
     inputs = make_map(2, 4, 5, 3, 2, cross_orders(4, 5), with_D=with_D, with_bias=with_bias)
-    device = TRITON_DEVICE if backend == "triton" else "cpu"
-    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), inputs, softplus=softplus, device=device)
-    expected = run_map(lambda **kw: reference_map(**kw, H=4, W=5), inputs, softplus=softplus)
-    assert_close(got, expected, torch.float32)
+    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), inputs, softplus=softplus,
+                  device=device_of(backend))
+    assert_close(got, map_reference(inputs, 4, 5, softplus), torch.float32)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton" or GPU])
+def _half_case(backend, dtype):
+    inputs = make_map(2, 6, 7, 4, 1, cross_orders(6, 7), dtype=dtype)
+    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), inputs, device=device_of(backend))
+    return got, map_reference(inputs, 6, 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_map_half_precision(backend, dtype):
-    inputs = make_map(2, 6, 7, 4, 1, cross_orders(6, 7), dtype=dtype)
-    device = TRITON_DEVICE if backend == "triton" else "cpu"
-    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), inputs, device=device)
-    full = {k: (v.float() if v is not None and v.is_floating_point() else v) for k, v in inputs.items()}
-    expected = run_map(lambda **kw: reference_map(**kw, H=6, W=7), full)
-    assert_close(got, expected, dtype)
+    require(backend)
+    if backend == "triton" and not GPU:
+        pytest.skip("half precision is slow in Triton's interpreter (test_half_precision runs the sequence entry)")
+    got, ref = _half_case(backend, dtype)
+    assert_close(got, ref, dtype)
 
 
 def test_map_equals_the_models_former_gathered_path():
@@ -134,23 +179,37 @@ def test_bad_map_inputs_are_named(bad, message):
         selective_scan_map(**inputs)
 
 
-def test_map_tolerances_cover_half_precision():  # the half-precision tests use the sequence entry's tolerances
-    assert torch.float16 in TOL and torch.bfloat16 in TOL
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_map_tolerances_cover_half_precision(dtype):
+    """The half-precision tolerances the map tests use cover half precision's rounding and no more: a correct
+    half result passes them, the same result off by 20 times their relative tolerance fails for each tensor,
+    and the fp32 tolerance rejects the half result (it is not a precision-free pass)."""
+    got, ref = _half_case("torch", dtype)
+    assert_close(got, ref, dtype)
+    rtol = TOL[dtype][0]
+    for name in got:
+        off = {k: (v * (1 + 20 * rtol) if k == name else v) for k, v in got.items()}
+        with pytest.raises(AssertionError, match=name):
+            assert_close(off, ref, dtype)
+    assert any(fp32_mismatch(k, got[k], ref.oracle[k], ref.fp32[k]) for k in got), \
+        "half results pass the fp32 tolerance: the half-precision case tests nothing"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixed_dtypes_from_autocast(backend):
     """bf16 tokens with fp32 step sizes (what CPU autocast leaves when dt_rank is 1) run in the widest dtype."""
+    require(backend)
     if backend == "triton" and not GPU:
         pytest.skip("half precision is slow in Triton's interpreter")
     inputs = make_map(2, 3, 4, 4, 1, cross_orders(3, 4))
     mixed = dict(inputs, x=inputs["x"].bfloat16(), B=inputs["B"].bfloat16(), C=inputs["C"].half())
-    device = TRITON_DEVICE if backend == "triton" else "cpu"
-    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), mixed, device=device)
+    y = selective_scan_map(**{k: v for k, v in mixed.items()}, backend=backend) if backend != "cuda" else None
+    assert y is None or y.dtype == torch.float32, "the map's output is float32"
+    got = run_map(lambda **kw: selective_scan_map(**kw, backend=backend), mixed, device=device_of(backend))
     full = {k: (v.float() if v is not None and v.is_floating_point() else v) for k, v in mixed.items()}
-    expected = run_map(lambda **kw: reference_map(**kw, H=3, W=4), full)
-    assert_close(got, expected, torch.bfloat16)  # x's gradient comes back in x's dtype
+    assert_close(got, map_reference(full, 3, 4), torch.bfloat16)  # x's gradient comes back in x's dtype
     u = torch.randn(1, 8, 9, dtype=torch.bfloat16)
-    y = selective_scan(u, torch.rand(1, 8, 9), -torch.rand(8, 1), torch.randn(1, 1, 9), torch.randn(1, 1, 9),
-                       backend=backend if backend != "triton" else "torch")
+    y = selective_scan(u.to(device_of(backend)), *(t.to(device_of(backend)) for t in (
+        torch.rand(1, 8, 9), -torch.rand(8, 1), torch.randn(1, 1, 9), torch.randn(1, 1, 9))),
+        backend=backend if backend != "triton" else "torch")
     assert y.dtype == torch.bfloat16, "y comes back in u's dtype"

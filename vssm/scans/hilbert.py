@@ -95,8 +95,15 @@ def hilbert_orders(H: int, W: int, variants=("hilbert", "reversed"), device=None
     return on_device(_orders_cpu(H, W, variants), device)
 
 
+def _check_variants(H, W, option):
+    unknown = [v for v in option.split(",") if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"scan_orders: unknown Hilbert variant {unknown[0]!r} in {option!r}; choose from "
+                         f"{', '.join(VARIANTS)} (comma-separated)")
+
+
 register_order_table("hilbert", lambda option: len(option.split(",")),
-                     lambda H, W, option: _orders_cpu(H, W, tuple(option.split(","))))
+                     lambda H, W, option: _orders_cpu(H, W, tuple(option.split(","))), _check_variants)
 
 
 def curve_steps(order: torch.Tensor, W: int):

@@ -23,21 +23,40 @@ def order_cache(fn):
     return wrapper
 
 
-_TABLES = {}  # kind -> (rows(option), build(H, W, option) -> (rows, H*W) CPU LongTensor)
+_TABLES = {}  # kind -> (rows(option), build(H, W, option) -> (rows, H*W) CPU LongTensor, check(H, W, option))
+MAX_POSITIONS = 2 ** 22  # a 2048 x 2048 token grid (an 8192-pixel image at patch 4): 32 MB per order row
 
 
-def register_order_table(kind: str, rows, build):
-    """Make a family of order tables reachable from compiled graphs (:func:`graph_order_table`)."""
-    _TABLES[kind] = (rows, build)
+def register_order_table(kind: str, rows, build, check=None):
+    """Make a family of order tables reachable from compiled graphs (:func:`graph_order_table`); ``check(H, W,
+    option)`` raises ValueError for sizes or an option the family cannot build (H and W may be symbolic: use
+    ``torch._check_value``)."""
+    _TABLES[kind] = (rows, build, check)
+
+
+def _check_request(kind, H, W, option):
+    """The arguments of ``vssm::scan_orders``: a registered kind, a non-empty grid of at most MAX_POSITIONS, an
+    option the kind knows (checked by the fake kernel too, so a compiled graph refuses them when traced)."""
+    if kind not in _TABLES:
+        raise ValueError(f"scan_orders: unknown kind {kind!r}; registered: {', '.join(sorted(_TABLES))}")
+    torch._check_value(H >= 1, lambda: f"scan_orders: H must be >= 1, got {H}")
+    torch._check_value(W >= 1, lambda: f"scan_orders: W must be >= 1, got {W}")
+    torch._check_value(H * W <= MAX_POSITIONS, lambda: f"scan_orders: a {H} x {W} grid has more than "
+                                                       f"{MAX_POSITIONS} positions")
+    check = _TABLES[kind][2]
+    if check is not None:
+        check(H, W, option)
 
 
 @torch.library.custom_op("vssm::scan_orders", mutates_args=())
 def _scan_orders(kind: str, H: int, W: int, option: str, device: torch.device) -> torch.Tensor:
+    _check_request(kind, H, W, option)
     return _TABLES[kind][1](H, W, option).to(device, copy=True)
 
 
 @_scan_orders.register_fake
 def _(kind, H, W, option, device):
+    _check_request(kind, H, W, option)
     return torch.empty((_TABLES[kind][0](option), H * W), dtype=torch.long, device=device)
 
 
@@ -62,7 +81,14 @@ def cross_orders(H: int, W: int, device=None) -> torch.Tensor:
     return on_device(_cross_orders_cpu(H, W), device)
 
 
-register_order_table("cross", lambda option: 4, lambda H, W, option: _cross_orders_cpu(H, W))
+def _no_option(kind):
+    def check(H, W, option):
+        if option:
+            raise ValueError(f"scan_orders: the {kind} orders take no option, got {option!r}")
+    return check
+
+
+register_order_table("cross", lambda option: 4, lambda H, W, option: _cross_orders_cpu(H, W), _no_option("cross"))
 
 
 @order_cache

@@ -52,7 +52,15 @@ def quadtree_orders(H: int, W: int, quad_order: str = "nested", device=None):
     return tuple(on_device(t, device) for t in _orders_cpu(H, W, quad_order))
 
 
-register_order_table("quadtree", lambda option: 4, lambda H, W, option: torch.stack(_orders_cpu(H, W, option)))
+def _check_request(H, W, option):
+    if option not in QUAD_ORDERS:
+        raise ValueError(f"scan_orders: the quadtree option must be one of {', '.join(QUAD_ORDERS)}, got {option!r}")
+    torch._check_value(H % 4 == 0, lambda: f"scan_orders: the quadtree scan needs H divisible by 4, got {H}")
+    torch._check_value(W % 4 == 0, lambda: f"scan_orders: the quadtree scan needs W divisible by 4, got {W}")
+
+
+register_order_table("quadtree", lambda option: 4, lambda H, W, option: torch.stack(_orders_cpu(H, W, option)),
+                     _check_request)
 
 
 def quadrant_mask(choice: torch.Tensor, H: int, W: int) -> torch.Tensor:

@@ -9,8 +9,6 @@
 
 namespace vssm_scan {
 
-constexpr int kThreads = 64;
-
 // dB and dC: summed over the channels of a group. A warp whose channels all belong to one group adds its
 // lanes with shuffles and makes one atomic; a warp straddling groups adds lane by lane.
 struct WarpReduce {

@@ -93,6 +93,7 @@ void describe_inputs(ScanParams& p, const at::Tensor& u, const at::Tensor& delta
   check_dtype(delta, "delta", input);
   check_tensor(A, "A", u, {dim, N});
   check_dtype(A, "A", at::kFloat);
+  TORCH_CHECK(A.is_contiguous(), kName, ": A must be contiguous (the kernels read A[c * N + n])");
   TORCH_CHECK(B.dim() == 3 || B.dim() == 4, kName, ": B must be (batch, N, L) or (batch, K, N, L), got ", B.sizes());
   const int64_t groups = B.dim() == 4 ? B.size(1) : 1;
   TORCH_CHECK(groups > 0 && dim % groups == 0, kName, ": B's ", groups, " groups do not divide ", dim, " channels");
@@ -109,11 +110,22 @@ void describe_inputs(ScanParams& p, const at::Tensor& u, const at::Tensor& delta
   p.has_D = present(D);
   p.has_z = present(z);
   p.has_bias = present(bias);
-  if (p.has_D) { check_tensor(D, "D", u, {dim}); check_dtype(D, "D", at::kFloat); }
-  if (p.has_bias) { check_tensor(bias, "delta_bias", u, {dim}); check_dtype(bias, "delta_bias", at::kFloat); }
+  if (p.has_D) {
+    check_tensor(D, "D", u, {dim});
+    check_dtype(D, "D", at::kFloat);
+    TORCH_CHECK(D.is_contiguous(), kName, ": D must be contiguous");
+  }
+  if (p.has_bias) {
+    check_tensor(bias, "delta_bias", u, {dim});
+    check_dtype(bias, "delta_bias", at::kFloat);
+    TORCH_CHECK(bias.is_contiguous(), kName, ": delta_bias must be contiguous");
+  }
   if (p.has_z) { check_tensor(z, "z", u, u.sizes()); check_dtype(z, "z", input); }
   TORCH_CHECK(p.has_C || !(p.has_D || p.has_z), kName, ": D and z need C");
   TORCH_CHECK(batch * dim * L < (int64_t(1) << 40), kName, ": input too large");
+  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();  // ScanParams counts in int
+  TORCH_CHECK(dim <= kMaxInt && L <= kMaxInt, kName, ": ", dim, " channels of length ", L, " are over the kernels' ",
+              kMaxInt, " limit");
   TORCH_CHECK(batch <= kMaxGrid, kName, ": batch ", batch, " is over the ", kMaxGrid, " the kernels' grid allows; "
               "split the batch");
 
@@ -265,4 +277,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vssm selective scan: fwd and bwd (see selective_scan.cpp)";
   m.def("fwd", &fwd, "selective scan forward");
   m.def("bwd", &bwd, "selective scan backward");
+#ifdef VSSM_EMULATE
+  m.def("set_seed", &vssm_scan::set_emulator_seed, "seed the emulator's shuffled thread and atomic orders");
+#endif
 }

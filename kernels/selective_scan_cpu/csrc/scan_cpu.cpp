@@ -14,10 +14,21 @@
 // orders: (K, L) or (batch, K, L) positions, y: (batch, L, D) float32 sum over the K directions). Absent
 // optional tensors are None; absent outputs come back as empty tensors. Any strides are accepted; the kernels
 // are fastest when channels are contiguous (time-major sequences, channels-last maps).
+//
+// Every entry checks every argument before a kernel reads it (TORCH_CHECK: ValueError for shapes and values,
+// TypeError for dtypes, RuntimeError for devices, each naming the argument and what was expected): shapes,
+// dtypes, the device, N <= kMaxState, the residuals' shape, and that every row of an order table is a
+// permutation of range(L) (the kernels index memory with it and write each position's gradient once).
+//
+// Test switch: with the environment variable VSSM_CPU_POISON=1 every output and partial-sum buffer this file
+// allocates uninitialised starts as NaN, so an element a kernel forgets to write shows in the results.
 #include <torch/extension.h>
 
+#include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <type_traits>
+#include <vector>
 
 #include "scan_cpu_problem.h"
 
@@ -42,10 +53,92 @@ int block_size(int64_t tasks_per_block, int64_t dim) {
   return static_cast<int>(std::min<int64_t>(block, vssm_cpu::kBlock));
 }
 
-bool present(const optional<Tensor>& t) { return t.has_value() && t->defined() && t->numel() > 0; }
+bool present(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+// A fresh uninitialised buffer, filled with NaN when VSSM_CPU_POISON=1 (tests).
+Tensor fresh(Tensor t) {
+  const char* poison = std::getenv("VSSM_CPU_POISON");
+  if (poison && poison[0] == '1' && t.numel() > 0 && at::isFloatingType(t.scalar_type()))
+    t.fill_(std::numeric_limits<float>::quiet_NaN());
+  return t;
+}
+
+// ---- argument checks --------------------------------------------------------------------------------------
 
 void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.defined(), kName, ": ", name, " is an undefined tensor");
   TORCH_CHECK(t.device().is_cpu(), kName, ": ", name, " must be a CPU tensor, got ", t.device());
+}
+
+void check_shape(const Tensor& t, const char* name, const char* layout, at::IntArrayRef shape) {
+  check_cpu(t, name);
+  TORCH_CHECK_VALUE(t.sizes() == shape, kName, ": ", name, " must be ", layout, " = ", shape, ", got ", t.sizes());
+}
+
+void check_dims(const Tensor& t, const char* name, const char* layout, int64_t dims) {
+  check_cpu(t, name);
+  TORCH_CHECK_VALUE(t.dim() == dims, kName, ": ", name, " must be ", layout, ", got shape ", t.sizes());
+}
+
+void check_input_dtype(const Tensor& t, const char* name) {
+  const auto d = t.scalar_type();
+  TORCH_CHECK_TYPE(d == at::kFloat || d == at::kHalf || d == at::kBFloat16, kName, ": ", name,
+                   " must be float32, float16 or bfloat16, got ", d);
+}
+
+void check_dtype(const Tensor& t, const char* name, at::ScalarType dtype, const char* whose) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, kName, ": ", name, " must have ", whose, " dtype ", dtype, ", got ",
+                   t.scalar_type());
+}
+
+void check_floating(const Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), kName, ": ", name, " must be a floating-point tensor, got ",
+                   t.scalar_type());
+}
+
+// B or C's dtype: the inputs' or float32, the same for both.
+void check_weight_dtype(const Tensor& t, const char* name, at::ScalarType input) {
+  TORCH_CHECK_TYPE(t.scalar_type() == input || t.scalar_type() == at::kFloat, kName, ": ", name, " must be ", input,
+                   " (the inputs' dtype) or float32, got ", t.scalar_type());
+}
+
+void check_state_size(int64_t N) {
+  TORCH_CHECK_VALUE(N >= 1 && N <= vssm_cpu::kMaxState, kName, ": N = ", N, " states; the cpu backend supports 1 to ",
+                    vssm_cpu::kMaxState, " (use backend='torch')");
+}
+
+// A per-channel vector (D, delta_bias): (channels,) floating.
+void check_channel_vector(const optional<Tensor>& t, const char* name, int64_t channels) {
+  if (!present(t)) return;
+  check_shape(*t, name, "(channels,)", {channels});
+  check_floating(*t, name);
+}
+
+// The forward's saved states, (batch, n_segments, N, channels) float32.
+void check_segments(const Tensor& seg, const vssm_cpu::Problem& p) {
+  check_shape(seg, "segment_states (residuals[0])", "(batch, segments, N, channels) as saved by the forward",
+              {p.batch, p.n_segments(), p.n_state, p.channels()});
+  TORCH_CHECK_TYPE(seg.scalar_type() == at::kFloat, kName, ": segment_states must be float32, got ",
+                   seg.scalar_type());
+}
+
+// Every row of an order table (rows, L) is a permutation of range(L).
+void check_orders(const Tensor& orders, int64_t L) {
+  const int64_t* idx = orders.data_ptr<int64_t>();
+  const int64_t rows = orders.numel() / L, K = orders.size(-2);
+  std::vector<uint8_t> seen(static_cast<size_t>(L));
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t v = idx[r * L + t];
+      TORCH_CHECK_VALUE(v >= 0 && v < L, kName, ": orders must hold positions in [0, ", L, "), got ", v, " at orders[",
+                        orders.dim() == 3 ? std::to_string(r / K) + ", " : std::string(), r % K, ", ", t, "]");
+      TORCH_CHECK_VALUE(!seen[v], kName, ": orders[", orders.dim() == 3 ? std::to_string(r / K) + ", " : std::string(),
+                        r % K, "] must be a permutation of range(", L, "): position ", v,
+                        " is read twice (again at step ", t, ")");
+      seen[v] = 1;
+    }
+  }
 }
 
 template <typename T>
@@ -119,6 +212,22 @@ void fill_constants(Problem& p, const Constants& c, bool softplus) {
 
 // ---- the standard entry: (batch, channels, L) sequences ----------------------------------------------------
 
+// B or C of the standard entry: (batch, N, L) shared or (batch, G, N, L) grouped, G dividing the channels.
+void check_bc(const Tensor& t, const char* name, int64_t batch, int64_t channels, int64_t N, int64_t L) {
+  check_cpu(t, name);
+  if (t.dim() == 3) {
+    check_shape(t, name, "(batch, N, L)", {batch, N, L});
+    return;
+  }
+  TORCH_CHECK_VALUE(t.dim() == 4, kName, ": ", name, " must be (batch, N, L) = ", at::IntArrayRef({batch, N, L}),
+                    " or (batch, G, N, L) = [", batch, ", G, ", N, ", ", L, "], got shape ", t.sizes());
+  const int64_t G = t.size(1);
+  TORCH_CHECK_VALUE(t.size(0) == batch && t.size(2) == N && t.size(3) == L && G > 0, kName, ": ", name,
+                    " must be (batch, G, N, L) = [", batch, ", G, ", N, ", ", L, "], got ", t.sizes());
+  TORCH_CHECK_VALUE(channels % G == 0, kName, ": ", name, " has G = ", G, " groups, which does not divide the ",
+                    channels, " channels");
+}
+
 struct Standard {
   Problem p;
   Tensor u, delta, z;
@@ -129,32 +238,40 @@ struct Standard {
 Standard describe(const Tensor& u_in, const Tensor& delta_in, const Tensor& A, const Tensor& B,
                   const optional<Tensor>& C, const optional<Tensor>& D, const optional<Tensor>& z_in,
                   const optional<Tensor>& bias, bool softplus) {
-  TORCH_CHECK(u_in.dim() == 3 && u_in.numel() > 0, kName, ": u must be a non-empty (batch, channels, L) tensor, got ",
-              u_in.sizes());
-  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&u_in, "u"}, {&delta_in, "delta"}, {&A, "A"},
-                                {&B, "B"}})
-    check_cpu(*t, name);
-  TORCH_CHECK(delta_in.sizes() == u_in.sizes() && delta_in.scalar_type() == u_in.scalar_type(), kName,
-              ": delta must match u's shape and dtype");
+  check_dims(u_in, "u", "(batch, channels, L)", 3);
+  TORCH_CHECK_VALUE(u_in.numel() > 0, kName, ": u must be a non-empty (batch, channels, L) tensor, got ", u_in.sizes());
+  check_input_dtype(u_in, "u");
+  check_shape(delta_in, "delta", "(batch, channels, L) like u", u_in.sizes());
+  check_dtype(delta_in, "delta", u_in.scalar_type(), "u's");
   Standard s;
   Problem& p = s.p;
   p.batch = u_in.size(0);
   const int64_t channels = u_in.size(1);
   p.length = u_in.size(2);
+  check_dims(A, "A", "(channels, N)", 2);
+  TORCH_CHECK_VALUE(A.size(0) == channels, kName, ": A must be (channels, N) = (", channels, ", N), got ", A.sizes());
+  check_floating(A, "A");
   p.n_state = A.size(1);
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == channels, kName, ": A must be (", channels, ", N), got ", A.sizes());
-  TORCH_CHECK(p.n_state >= 1 && p.n_state <= vssm_cpu::kMaxState, kName, ": N = ", p.n_state,
-              " states; the cpu backend supports 1 to ", vssm_cpu::kMaxState, " (use backend='torch')");
+  check_state_size(p.n_state);
+  check_bc(B, "B", p.batch, channels, p.n_state, p.length);
+  check_weight_dtype(B, "B", u_in.scalar_type());
   Strides sB = group_strides(B, s.groups_B), sC;
   if (present(C)) {
-    check_cpu(*C, "C");
-    TORCH_CHECK(C->scalar_type() == B.scalar_type(), kName, ": B and C must have one dtype");
+    check_bc(*C, "C", p.batch, channels, p.n_state, p.length);
+    check_dtype(*C, "C", B.scalar_type(), "B's");
     sC = group_strides(*C, s.groups_C);
+  } else {
+    TORCH_CHECK_VALUE(!present(D) && !present(z_in), kName,
+                      ": D and z act on y, which a states-only scan (C=None) does not compute");
   }
-  TORCH_CHECK(B.scalar_type() == u_in.scalar_type() || B.scalar_type() == at::kFloat, kName,
-              ": B must be ", u_in.scalar_type(), " or float32, got ", B.scalar_type());
+  check_channel_vector(D, "D", channels);
+  check_channel_vector(bias, "delta_bias", channels);
+  if (present(z_in)) {
+    check_shape(*z_in, "z", "(batch, channels, L) like u", u_in.sizes());
+    check_dtype(*z_in, "z", u_in.scalar_type(), "u's");
+  }
   p.groups = std::lcm(s.groups_B, s.groups_C);
-  TORCH_CHECK(channels % p.groups == 0, kName, ": the groups of B and C do not divide ", channels, " channels");
+  TORCH_CHECK_VALUE(channels % p.groups == 0, kName, ": the groups of B and C do not divide ", channels, " channels");
   p.dim = channels / p.groups;
   p.B_div = p.groups / s.groups_B;
   p.C_div = p.groups / s.groups_C;
@@ -171,7 +288,6 @@ Standard describe(const Tensor& u_in, const Tensor& delta_in, const Tensor& A, c
     p.sC = sC;
   }
   if (present(z_in)) {
-    check_cpu(*z_in, "z");
     s.z = time_major(*z_in);
     p.z = s.z.data_ptr();
     p.sz = sequence_strides(s.z, p.dim);
@@ -187,18 +303,20 @@ std::vector<Tensor> fwd(const Tensor& u, const Tensor& delta, const Tensor& A, c
                         const optional<Tensor>& bias, bool softplus, bool return_last, bool return_states, bool save) {
   Standard s = describe(u, delta, A, B, C, D, z, bias, softplus);
   Problem& p = s.p;
+  TORCH_CHECK_VALUE(present(C) || return_states, kName, ": C=None is a states-only scan; pass return_states=True");
   const int64_t channels = p.channels(), N = p.n_state;
   vssm_cpu::ForwardOut o;
-  Tensor y = present(C) ? at::empty_like(s.u) : u.new_empty({0});
+  Tensor y = present(C) ? fresh(at::empty_like(s.u)) : u.new_empty({0});
   if (present(C)) {
     o.y = y.data_ptr();
     o.sy = sequence_strides(y, p.dim);
   }
-  Tensor last = at::empty({p.batch, channels, N}, u.options().dtype(at::kFloat));
+  Tensor last = fresh(at::empty({p.batch, channels, N}, u.options().dtype(at::kFloat)));
   o.last = last.data_ptr<float>();
-  Tensor states_tm = return_states ? at::empty({p.batch, p.length, channels, N}, u.options()) : u.new_empty({0});
+  Tensor states_tm =
+      return_states ? fresh(at::empty({p.batch, p.length, channels, N}, u.options())) : u.new_empty({0});
   if (return_states) o.states = states_tm.data_ptr();
-  Tensor seg = save ? at::empty({p.batch, p.n_segments(), N, channels}, u.options().dtype(at::kFloat))
+  Tensor seg = save ? fresh(at::empty({p.batch, p.n_segments(), N, channels}, u.options().dtype(at::kFloat)))
                     : u.new_empty({0}, u.options().dtype(at::kFloat));
   if (save) o.seg = seg.data_ptr<float>();
   dispatch(u.scalar_type(), B.scalar_type(), N, [&](auto in_tag, auto w_tag, auto ns) {
@@ -224,8 +342,20 @@ std::vector<Tensor> bwd(const Tensor& u, const Tensor& delta, const Tensor& A, c
   Standard s = describe(u, delta, A, B, C, D, z, bias, softplus);
   Problem& p = s.p;
   const int64_t channels = p.channels(), N = p.n_state;
-  TORCH_CHECK(seg.dim() == 4 && seg.size(1) == p.n_segments() && seg.scalar_type() == at::kFloat, kName,
-              ": segment_states do not come from this forward");
+  check_segments(seg, p);
+  if (present(dy)) {
+    TORCH_CHECK_VALUE(present(C), kName, ": dy must be None for a states-only scan (C=None), which has no y");
+    check_shape(*dy, "dy", "(batch, channels, L) like u", u.sizes());
+    check_floating(*dy, "dy");
+  }
+  if (present(dlast)) {
+    check_shape(*dlast, "dlast", "(batch, channels, N)", {p.batch, channels, N});
+    check_floating(*dlast, "dlast");
+  }
+  if (present(dstates)) {
+    check_shape(*dstates, "dstates", "(batch, channels, N, L)", {p.batch, channels, N, p.length});
+    check_floating(*dstates, "dstates");
+  }
   vssm_cpu::BackwardIn in;
   Tensor seg_c = seg.contiguous();
   in.seg = seg_c.data_ptr<float>();
@@ -249,27 +379,27 @@ std::vector<Tensor> bwd(const Tensor& u, const Tensor& delta, const Tensor& A, c
   }
   const auto f32 = u.options().dtype(at::kFloat);
   vssm_cpu::BackwardOut o;
-  Tensor du = at::empty_like(s.u), ddelta = at::empty_like(s.delta);
+  Tensor du = fresh(at::empty_like(s.u)), ddelta = fresh(at::empty_like(s.delta));
   o.du = du.data_ptr();
   o.sdu = sequence_strides(du, p.dim);
   o.ddelta = ddelta.data_ptr();
   o.sddt = sequence_strides(ddelta, p.dim);
   Tensor dz;
   if (present(z)) {
-    dz = in.dy ? at::empty_like(s.z) : at::zeros_like(s.z);
+    dz = in.dy ? fresh(at::empty_like(s.z)) : at::zeros_like(s.z);
     o.dz = dz.data_ptr();
     o.sdz = sequence_strides(dz, p.dim);
   }
-  Tensor dA = at::empty({p.batch, channels, N}, f32), dD = at::empty({p.batch, channels}, f32);
-  Tensor dbias = at::empty({p.batch, channels}, f32);
+  Tensor dA = fresh(at::empty({p.batch, channels, N}, f32)), dD = fresh(at::empty({p.batch, channels}, f32));
+  Tensor dbias = fresh(at::empty({p.batch, channels}, f32));
   o.dA = dA.data_ptr<float>();
   o.dD = dD.data_ptr<float>();
   o.dbias = dbias.data_ptr<float>();
-  Tensor dB = at::empty({p.groups, p.n_blocks(), p.batch, p.length, N}, f32);
+  Tensor dB = fresh(at::empty({p.groups, p.n_blocks(), p.batch, p.length, N}, f32));
   o.dB = dB.data_ptr<float>();
   Tensor dC;
   if (present(C)) {
-    dC = at::empty_like(dB);
+    dC = fresh(at::empty_like(dB));
     o.dC = dC.data_ptr<float>();
   }
   dispatch(u.scalar_type(), B.scalar_type(), N, [&](auto in_tag, auto w_tag, auto ns) {
@@ -297,41 +427,44 @@ struct Cross {
 
 Cross describe_cross(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                      const optional<Tensor>& D, const optional<Tensor>& bias, bool softplus, const Tensor& orders) {
-  TORCH_CHECK(x.dim() == 3 && x.numel() > 0, kName, ": x must be a non-empty (batch, L, D) map, got ", x.sizes());
-  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&x, "x"}, {&delta, "delta"}, {&A, "A"},
-                                {&B, "B"}, {&C, "C"}, {&orders, "orders"}})
-    check_cpu(*t, name);
+  check_dims(x, "x", "(batch, L, D)", 3);
+  TORCH_CHECK_VALUE(x.numel() > 0, kName, ": x must be a non-empty (batch, L, D) map, got ", x.sizes());
+  check_input_dtype(x, "x");
   Cross s;
   Problem& p = s.p;
   p.batch = x.size(0);
   p.length = x.size(1);
   p.dim = x.size(2);
-  TORCH_CHECK(delta.dim() == 4 && delta.size(0) == p.batch && delta.size(1) == p.length && delta.size(3) == p.dim,
-              kName, ": delta must be (batch, L, K, D) = (", p.batch, ", ", p.length, ", K, ", p.dim, "), got ",
-              delta.sizes());
-  TORCH_CHECK(delta.scalar_type() == x.scalar_type(), kName, ": delta must have x's dtype");
+  check_dims(delta, "delta", "(batch, L, K, D)", 4);
+  TORCH_CHECK_VALUE(delta.size(0) == p.batch && delta.size(1) == p.length && delta.size(3) == p.dim &&
+                        delta.size(2) > 0,
+                    kName, ": delta must be (batch, L, K, D) = [", p.batch, ", ", p.length, ", K, ", p.dim,
+                    "] with K >= 1, got ", delta.sizes());
+  check_dtype(delta, "delta", x.scalar_type(), "x's");
   p.groups = delta.size(2);
+  check_dims(A, "A", "(K*D, N)", 2);
+  TORCH_CHECK_VALUE(A.size(0) == p.groups * p.dim, kName, ": A must be (K*D, N) = (", p.groups * p.dim,
+                    ", N), got ", A.sizes());
+  check_floating(A, "A");
   p.n_state = A.size(1);
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == p.groups * p.dim, kName, ": A must be (K*D, N), got ", A.sizes());
-  TORCH_CHECK(p.n_state >= 1 && p.n_state <= vssm_cpu::kMaxState, kName, ": N = ", p.n_state, " is over ",
-              vssm_cpu::kMaxState);
-  for (const Tensor* t : {&B, &C})
-    TORCH_CHECK(t->dim() == 4 && t->size(0) == p.batch && t->size(1) == p.length && t->size(2) == p.groups &&
-                    t->size(3) == p.n_state,
-                kName, ": B and C must be (batch, L, K, N), got ", t->sizes());
-  TORCH_CHECK(B.scalar_type() == C.scalar_type() && (B.scalar_type() == x.scalar_type() || B.scalar_type() == at::kFloat),
-              kName, ": B and C must both have x's dtype or float32");
-  TORCH_CHECK(orders.scalar_type() == at::kLong, kName, ": orders must be int64");
-  s.orders = orders.contiguous();
-  if (s.orders.dim() == 2) {
-    TORCH_CHECK(s.orders.size(0) == p.groups && s.orders.size(1) == p.length, kName, ": orders must be (K, L)");
+  check_state_size(p.n_state);
+  check_shape(B, "B", "(batch, L, K, N)", {p.batch, p.length, p.groups, p.n_state});
+  check_shape(C, "C", "(batch, L, K, N)", {p.batch, p.length, p.groups, p.n_state});
+  check_weight_dtype(B, "B", x.scalar_type());
+  check_dtype(C, "C", B.scalar_type(), "B's");
+  check_channel_vector(D, "D", p.groups * p.dim);
+  check_channel_vector(bias, "delta_bias", p.groups * p.dim);
+  check_cpu(orders, "orders");
+  TORCH_CHECK_TYPE(orders.scalar_type() == at::kLong, kName, ": orders must be int64, got ", orders.scalar_type());
+  if (orders.dim() == 2) {
+    check_shape(orders, "orders", "(K, L)", {p.groups, p.length});
     p.index_b = 0;
   } else {
-    TORCH_CHECK(s.orders.dim() == 3 && s.orders.size(0) == p.batch && s.orders.size(1) == p.groups &&
-                    s.orders.size(2) == p.length,
-                kName, ": orders must be (K, L) or (batch, K, L), got ", s.orders.sizes());
+    check_shape(orders, "orders", "(batch, K, L)", {p.batch, p.groups, p.length});
     p.index_b = p.groups * p.length;
   }
+  s.orders = orders.contiguous();
+  check_orders(s.orders, p.length);
   p.index = s.orders.data_ptr<int64_t>();
   p.index_k = p.length;
   p.u = x.data_ptr();
@@ -361,7 +494,7 @@ std::vector<Tensor> cross_fwd(const Tensor& x, const Tensor& delta, const Tensor
   vssm_cpu::ForwardOut o;
   o.y = y.data_ptr();
   o.sy = map_strides(y);
-  Tensor seg = save ? at::empty({p.batch, p.n_segments(), p.n_state, p.channels()}, f32) : at::empty({0}, f32);
+  Tensor seg = save ? fresh(at::empty({p.batch, p.n_segments(), p.n_state, p.channels()}, f32)) : at::empty({0}, f32);
   if (save) o.seg = seg.data_ptr<float>();
   dispatch(x.scalar_type(), B.scalar_type(), p.n_state, [&](auto in_tag, auto w_tag, auto ns) {
     vssm_cpu::run_forward<typename decltype(in_tag)::type, typename decltype(w_tag)::type, decltype(ns)::value>(p, o);
@@ -375,9 +508,9 @@ std::vector<Tensor> cross_bwd(const Tensor& x, const Tensor& delta, const Tensor
   Cross s = describe_cross(x, delta, A, B, C, D, bias, softplus, orders);
   Problem& p = s.p;
   const int64_t N = p.n_state, channels = p.channels();
-  TORCH_CHECK(seg.dim() == 4 && seg.size(1) == p.n_segments() && seg.scalar_type() == at::kFloat, kName,
-              ": segment_states do not come from this forward");
-  TORCH_CHECK(dy.sizes() == x.sizes(), kName, ": dy must be (batch, L, D) like x");
+  check_segments(seg, p);
+  check_shape(dy, "dy", "(batch, L, D) like x", x.sizes());
+  check_floating(dy, "dy");
   const auto f32 = x.options().dtype(at::kFloat);
   Tensor seg_c = seg.contiguous(), dy_f = dy.to(at::kFloat);
   vssm_cpu::BackwardIn in;
@@ -388,15 +521,15 @@ std::vector<Tensor> cross_bwd(const Tensor& x, const Tensor& delta, const Tensor
   Tensor dx = at::zeros({p.batch, p.length, p.dim}, f32);
   o.du = dx.data_ptr();
   o.sdu = map_strides(dx);
-  Tensor ddelta = at::empty(delta.sizes(), delta.options());
+  Tensor ddelta = fresh(at::empty(delta.sizes(), delta.options()));
   o.ddelta = ddelta.data_ptr();
   o.sddt = {ddelta.stride(0), ddelta.stride(1), ddelta.stride(2), ddelta.stride(3)};
-  Tensor dA = at::empty({p.batch, channels, N}, f32), dD = at::empty({p.batch, channels}, f32);
-  Tensor dbias = at::empty({p.batch, channels}, f32);
+  Tensor dA = fresh(at::empty({p.batch, channels, N}, f32)), dD = fresh(at::empty({p.batch, channels}, f32));
+  Tensor dbias = fresh(at::empty({p.batch, channels}, f32));
   o.dA = dA.data_ptr<float>();
   o.dD = dD.data_ptr<float>();
   o.dbias = dbias.data_ptr<float>();
-  Tensor dB = at::empty({p.groups, p.n_blocks(), p.batch, p.length, N}, f32), dC = at::empty_like(dB);
+  Tensor dB = fresh(at::empty({p.groups, p.n_blocks(), p.batch, p.length, N}, f32)), dC = fresh(at::empty_like(dB));
   o.dB = dB.data_ptr<float>();
   o.dC = dC.data_ptr<float>();
   dispatch(x.scalar_type(), B.scalar_type(), N, [&](auto in_tag, auto w_tag, auto ns) {
@@ -416,9 +549,13 @@ std::vector<Tensor> cross_bwd(const Tensor& x, const Tensor& delta, const Tensor
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vssm selective scan: compiled CPU kernels (see kernels/selective_scan_cpu)";
+  m.attr("max_state") = vssm_cpu::kMaxState;
   m.def("segment_length", &segment_length, "steps between the states the forward saves for the backward, given N");
   m.def("fwd", &fwd, "selective scan forward");
   m.def("bwd", &bwd, "selective scan backward");
   m.def("cross_fwd", &cross_fwd, "fused cross-scan forward");
   m.def("cross_bwd", &cross_bwd, "fused cross-scan backward");
+  m.def("fresh_buffer", [](int64_t n) { return fresh(at::empty({n}, at::kFloat)); },
+        "n uninitialised float32 values allocated as the entry points allocate their outputs (NaN under "
+        "VSSM_CPU_POISON=1): for the tests of the poisoning");
 }

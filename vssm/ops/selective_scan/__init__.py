@@ -14,11 +14,10 @@ Every backend but ``naive`` runs inside the ``vssm::selective_scan*`` PyTorch op
 compile with ``torch.compile(fullgraph=True)`` and export with ``torch.export``.
 """
 import logging
-import os
 
 import torch
 
-from . import op  # noqa: F401  (registers the vssm:: operators)
+from . import contract, op  # noqa: F401  (op registers the vssm:: operators)
 from .gathered import add_to_map, gather_map
 from .naive import selective_scan_naive
 
@@ -38,15 +37,11 @@ def _notice_once(message: str):
 
 
 def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return contract._triton_interpreted()
 
 
 def _triton_importable() -> bool:
-    try:
-        from . import fused_triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return contract._triton_importable()
 
 
 def _cpu_extension_built() -> bool:
@@ -54,18 +49,28 @@ def _cpu_extension_built() -> bool:
     return load_extension() is not None
 
 
+def unsupported(backend: str, shape) -> str:
+    """Why ``backend`` cannot run inputs of ``shape`` ((N, L, dtype)), or "" when it can: the compiled
+    backends (``cpu``, ``cuda``) keep at most 16 states per channel in registers."""
+    limit = contract.state_limit(backend) if shape is not None else None
+    if limit is None or shape[0] <= limit:
+        return ""
+    return f"the compiled {backend} backend supports N <= {limit} states, got N = {shape[0]}"
+
+
 def available_backends(device, shape=None) -> list:
     """Backends that can run on ``device`` here, in the order ``auto`` prefers them for inputs of ``shape``
-    (N, L, dtype): on a GPU the measured order of ``choice.py``, else (or without a shape) a fixed one."""
+    (N, L, dtype): on a GPU the measured order of ``choice.py``, else (or without a shape) a fixed one.
+    With a shape, backends that cannot run such inputs (``unsupported``) are left out."""
     from . import choice
     from .cuda import cuda_extension_available
     device = torch.device(device)
     if device.type == "cuda":
         found = ["triton"] if _triton_importable() else []
-        found += ["cuda"] if cuda_extension_available() else []
+        found += ["cuda"] if cuda_extension_available() and not unsupported("cuda", shape) else []
         found = choice.rank(device, found + ["torch"], shape)
     else:
-        found = ["cpu"] if device.type == "cpu" and _cpu_extension_built() else []
+        found = ["cpu"] if device.type == "cpu" and _cpu_extension_built() and not unsupported("cpu", shape) else []
         found.append("torch")
         if device.type == "cpu" and _triton_interpreted() and _triton_importable():
             found.append("triton")
@@ -75,33 +80,26 @@ def available_backends(device, shape=None) -> list:
 @torch.compiler.assume_constant_result  # decided while tracing, not traced: a constant of compiled graphs
 def resolve_backend(backend: str, device, shape=None) -> str:
     """The concrete backend ``backend`` means on ``device`` (for inputs of ``shape``, (N, L, dtype)); a clear
-    error when it cannot run there."""
+    error when it cannot run there. ``auto`` takes the first of :func:`available_backends` that supports the
+    inputs, and says once why it passed over the compiled cpu backend."""
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = torch.device(device)
     if backend == "auto":
         chosen = available_backends(device, shape)[0]
         if device.type == "cpu" and chosen == "torch":
-            from .cpu import BUILD_HINT
-            _notice_once(f"selective_scan: the compiled cpu backend is not built, using the slower torch backend; "
-                         f"{BUILD_HINT}")
+            if not _cpu_extension_built():
+                from .cpu import BUILD_HINT
+                _notice_once(f"selective_scan: the compiled cpu backend is not built, using the slower torch "
+                             f"backend; {BUILD_HINT}")
+            else:
+                _notice_once(f"selective_scan: {unsupported('cpu', shape)}; using the torch backend for such scans")
         return chosen
-    if backend == "cpu":
-        from .cpu import require_extension
-        require_extension()
-        if device.type != "cpu":
-            raise RuntimeError(f"selective_scan: the cpu backend needs CPU tensors, got {device.type} tensors")
-    if backend == "cuda":
-        from .cuda import require_cuda_extension
-        require_cuda_extension()
-        if device.type != "cuda":
-            raise RuntimeError(f"selective_scan: the cuda backend needs CUDA tensors, got {device.type} tensors")
-    if backend == "triton":
-        if not _triton_importable():
-            raise RuntimeError("selective_scan: the triton backend needs the `triton` package (pip install triton)")
-        if device.type != "cuda" and not (device.type == "cpu" and _triton_interpreted()):
-            raise RuntimeError(f"selective_scan: the triton backend needs CUDA tensors (or CPU tensors with "
-                               f"TRITON_INTERPRET=1 for the interpreter), got {device.type} tensors")
+    if backend != "naive":
+        contract.backend_module(backend, device)
+        reason = unsupported(backend, shape)
+        if reason:
+            raise ValueError(f"selective_scan: {reason} (use backend='torch' or 'auto')")
     return backend
 
 
@@ -237,7 +235,7 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
         A: (K*D, N) state matrix (direction k's channels are rows [k*D, (k+1)*D)).
         B, C: (batch, L, K, N) of every position for every direction.
         orders: (K, L) int64, or (batch, K, L) for orders that differ per image; each row a permutation of
-            range(L).
+            range(L) (checked when the scan runs, compiled or not).
         D, delta_bias: (K*D,) optional skip and step-size bias.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         backend: as for :func:`selective_scan`.
@@ -272,12 +270,9 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
     if len(set(devices.values())) > 1:
         raise ValueError("selective_scan_map: all tensors must be on one device, got "
                          + ", ".join(f"{k} on {v}" for k, v in devices.items()))
-    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and orders.device.type == "cpu":
-        low, high = torch.aminmax(orders)
-        if low < 0 or high >= L:
-            raise ValueError(f"selective_scan_map: orders must hold positions in [0, {L}), got {int(low)}..{int(high)}")
     backend = _concrete(backend, x.device, (N, L, x.dtype))
     if backend == "naive":
+        contract.check_orders(orders, L)
         u, dl, Bs, Cs = gather_map(x, delta, B, C, orders)
         y = selective_scan_naive(u, dl, A, Bs, Cs, D, None, delta_bias, delta_softplus)
         return add_to_map(y, orders, L, Dm)

@@ -44,11 +44,44 @@ def _load(path: str) -> dict:
     except (OSError, ValueError) as e:
         log.warning(f"selective_scan auto: cannot read the GPU backend table {path} ({e}); using the fixed order")
         return {}
-    if table.get("format") != FORMAT:
-        log.warning(f"selective_scan auto: {path} has format {table.get('format')!r}, expected {FORMAT}; "
-                    "using the fixed order")
+    problems = check_table(table)
+    if problems:
+        log.warning(f"selective_scan auto: the GPU backend table {path} is malformed ({problems[0]}); using the "
+                    "fixed order")
         return {}
-    return table.get("devices", {})
+    return table["devices"]
+
+
+BACKENDS = ("triton", "cuda", "torch")
+CLASSES = frozenset(f"{n} {l} {p}" for n in ("N1", "N<=4", "N<=16", "N>16") for l in ("L<=1024", "L>1024")
+                    for p in ("fp32", "half"))  # every value of shape_class
+
+
+def check_table(table) -> list:
+    """What is wrong with a backend table (empty when nothing): its format, and per GPU a compute capability
+    ``sm_XY`` and, per shape class of :func:`shape_class`, positive timings of known GPU backends."""
+    if not isinstance(table, dict) or table.get("format") != FORMAT:
+        found = table.get("format") if isinstance(table, dict) else type(table).__name__
+        return [f"format {found!r}, expected {FORMAT}"]
+    devices = table.get("devices")
+    if not isinstance(devices, dict):
+        return ["'devices' must be a mapping of GPU names to entries"]
+    problems = []
+    for name, entry in devices.items():
+        if not isinstance(entry, dict) or not str(entry.get("capability", "")).startswith("sm_"):
+            problems.append(f"{name}: no compute capability 'sm_XY'")
+            continue
+        classes = entry.get("classes")
+        if not isinstance(classes, dict):
+            problems.append(f"{name}: 'classes' must map shape classes to timings")
+            continue
+        for klass, timings in classes.items():
+            if klass not in CLASSES:
+                problems.append(f"{name}: unknown shape class {klass!r}")
+            elif not isinstance(timings, dict) or not timings or not all(
+                    b in BACKENDS and isinstance(ms, (int, float)) and ms > 0 for b, ms in timings.items()):
+                problems.append(f"{name}, {klass}: timings must be positive milliseconds of {', '.join(BACKENDS)}")
+    return problems
 
 
 def device_entry(name: str, capability: str):

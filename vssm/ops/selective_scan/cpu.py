@@ -37,6 +37,11 @@ def require_extension():
     return ext
 
 
+def max_state() -> int:
+    """The largest state size N the compiled kernels take (their state lives in fixed-size buffers)."""
+    return getattr(require_extension(), "max_state", 16)
+
+
 def _segments(L, N):
     T = require_extension().segment_length(N)
     return (L + T - 1) // T

@@ -11,6 +11,7 @@ import torch
 
 
 EXTENSION = "vssm_selective_scan_cuda"
+MAX_STATE = 16  # kMaxState in csrc/scan_launch.h: the kernels keep N states per thread in registers
 BUILD_HINT = ("build it with `pip install --no-build-isolation ./kernels/selective_scan` "
               "(needs nvcc; no GPU is needed at build time), or use backend='triton' or 'torch'")
 

@@ -378,6 +378,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_sta
     """(y or None, last state, states or None, residuals); absent optional tensors are None."""
     u, delta = _unit_stride_l(u), _unit_stride_l(delta)
     z = _unit_stride_l(z) if z is not None else None
+    D, delta_bias = _dense(D), _dense(delta_bias)
     y, last, states, chunks = _forward(u, delta, A.contiguous(), B, C, D, z, delta_bias, delta_softplus,
                                        return_states, save)
     return y, last, states, [chunks] if save else []
@@ -388,6 +389,7 @@ def backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy,
     u, delta = _unit_stride_l(u), _unit_stride_l(delta)
     z = _unit_stride_l(z) if z is not None else None
     dy = _unit_stride_l(dy) if dy is not None and C is not None else None
+    D, delta_bias = _dense(D), _dense(delta_bias)
     du, ddelta, dz, dA, dB, dC, dD, dbias = _backward(u, delta, A.contiguous(), B, C, D, z, delta_bias,
                                                       delta_softplus, residuals[0], dy, dlast, dstates)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
@@ -420,7 +422,7 @@ def map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save):
     """The map entry: each program scans BLOCK_D channels of one direction, reading x, delta, B and C at the
     positions of that direction's order and adding its outputs onto y (fp32, atomically): (y, residuals)."""
     batch, L, Dm, K, N, channels, block_d, block_n, block_l, n_tiles = _map_config(x, delta, A)
-    orders, A = orders.contiguous(), A.contiguous()
+    orders, A, D, delta_bias = orders.contiguous(), A.contiguous(), _dense(D), _dense(delta_bias)
     s_x, s_dt, s_B, s_C, s_idx = _map_strides(x, delta, B, C, orders)
     f32 = dict(dtype=torch.float32, device=x.device)
     y = torch.zeros((batch, L, Dm), **f32)
@@ -440,7 +442,7 @@ def map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save):
 def map_backward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy):
     """(dx, ddelta, dA, dB, dC, dD, ddelta_bias) of ``map_forward``; dx and dB/dC summed atomically in fp32."""
     batch, L, Dm, K, N, channels, block_d, block_n, block_l, n_tiles = _map_config(x, delta, A)
-    orders, A = orders.contiguous(), A.contiguous()
+    orders, A, D, delta_bias = orders.contiguous(), A.contiguous(), _dense(D), _dense(delta_bias)
     s_x, s_dt, s_B, s_C, s_idx = _map_strides(x, delta, B, C, orders)
     f32 = dict(dtype=torch.float32, device=x.device)
     dy = dy.float()
@@ -463,6 +465,11 @@ def map_backward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, resid
         BLOCK_N=block_n, BLOCK_L=block_l, num_warps=_num_warps(block_d, block_n, block_l))
     # (batch, K, N, L) -> (batch, L, K, N)
     return dx, ddelta, dA, dB.permute(0, 3, 1, 2).to(B.dtype), dC.permute(0, 3, 1, 2).to(C.dtype), dD, dbias
+
+
+def _dense(t):
+    """D and delta_bias are read at consecutive channels: a contiguous copy of a strided view (None stays)."""
+    return t.contiguous() if t is not None else None
 
 
 def _unit_stride_l(x):

@@ -1,7 +1,9 @@
 """The readable fp32 reference of the selective scan: a loop over time, differentiated by autograd.
 
 It is the oracle every fast backend is tested against. It is slow (one autograd node per step), so
-use it for checking, never for training.
+use it for checking, never for training. Run in float64 (``dtype=torch.float64``, on float64 inputs) it
+is the oracle the tests measure the fp32 loop's own rounding error against, from which they derive the
+tolerances of the fp32 backends.
 """
 import torch
 import torch.nn.functional as F
@@ -15,31 +17,32 @@ def expand_groups(BC: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def selective_scan_naive(u, delta, A, B, C=None, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False, return_states=False):
-    """Same signature and results as :func:`vssm.ops.selective_scan` (see there for shapes)."""
+                         return_last_state=False, return_states=False, *, dtype=torch.float32):
+    """Same signature and results as :func:`vssm.ops.selective_scan` (see there for shapes); ``dtype``: the
+    arithmetic's (float32, or float64 for an oracle of the fp32 arithmetic)."""
     batch, channels, length = u.shape
-    delta = delta.float()
+    delta = delta.to(dtype)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
+        delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    uf = u.float()
-    Bf = expand_groups(B.float(), channels)
-    decay = torch.exp(delta[:, :, None, :] * A.float()[None, :, :, None])  # (batch, channels, N, L)
+    uf = u.to(dtype)
+    Bf = expand_groups(B.to(dtype), channels)
+    decay = torch.exp(delta[:, :, None, :] * A.to(dtype)[None, :, :, None])  # (batch, channels, N, L)
     drive = delta[:, :, None, :] * Bf * uf[:, :, None, :]                   # (batch, channels, N, L)
     h = uf.new_zeros(batch, channels, A.shape[1])
     states = []
-    for t in range(length):
-        h = decay[..., t] * h + drive[..., t]
+    for a, x in zip(decay.unbind(-1), drive.unbind(-1)):  # unbind: one backward node, not one per step
+        h = a * h + x
         states.append(h)
     states = torch.stack(states, dim=-1) if length else uf.new_zeros(batch, channels, A.shape[1], 0)
     outputs = []
     if C is not None:
-        y = (states * expand_groups(C.float(), channels)).sum(dim=2)
+        y = (states * expand_groups(C.to(dtype), channels)).sum(dim=2)
         if D is not None:
-            y = y + D.float()[:, None] * uf
+            y = y + D.to(dtype)[:, None] * uf
         if z is not None:
-            y = y * F.silu(z.float())
+            y = y * F.silu(z.to(dtype))
         outputs.append(y.to(u.dtype))
     if return_last_state:
         outputs.append(h)

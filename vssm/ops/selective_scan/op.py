@@ -25,21 +25,25 @@ A backend module provides ``forward``, ``backward`` and ``residual_shapes``, and
 ``map_forward``, ``map_backward`` and ``map_residual_shapes`` (the scan reads the map through the orders
 itself) or nothing, in which case the map entry gathers the K sequences, runs the backend's ``forward`` on
 them and adds the results back onto the map (``gathered.py``).
+
+Every argument is checked (``contract.py``) by the real kernels and the fake ones alike: shapes, dtypes,
+devices, the backend (a clear error for an unknown one, or one not available here), the residuals given to
+a backward, and, when the graph runs, the order tables' values (the ``cpu`` backend checks those in C++).
 """
-import importlib
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import gathered
+from . import contract, gathered
 
-BACKEND_MODULES = {"torch": "blocked", "cpu": "cpu", "triton": "fused_triton", "cuda": "cuda"}
+BACKEND_MODULES = contract.OP_BACKENDS
 
 
-def backend_module(name: str):
-    """The module implementing a (compiled or not) backend."""
-    return importlib.import_module(f".{BACKEND_MODULES[name]}", __package__)
+def backend_module(name: str, device=None):
+    """The module implementing a (compiled or not) backend; a clear error when ``name`` is unknown or cannot run
+    on ``device`` here."""
+    return contract.backend_module(name, device)
 
 
 # ---- fixed output layouts ------------------------------------------------------------------------------------
@@ -83,21 +87,30 @@ def _present(t: Optional[Tensor]) -> Optional[Tensor]:
 def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor], D: Optional[Tensor],
                        z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, return_states: bool,
                        save: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    y, last, states, residuals = backend_module(backend).forward(
+    module = _check_forward(u, delta, A, B, C, D, z, delta_bias, return_states, backend)
+    y, last, states, residuals = module.forward(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, return_states, save)
     N = A.shape[1]
     states = _as_layout(states, _states_empty(u, N)) if return_states else u.new_empty(0)
     return (_time_major_out(y, u), last.float().contiguous(), states, [r.contiguous() for r in residuals])
 
 
+def _check_forward(u, delta, A, B, C, D, z, delta_bias, return_states, backend):
+    module = contract.check_sequence(u, delta, A, B, C, D, z, delta_bias, backend, "selective_scan_fwd")
+    if C is None and not return_states:
+        raise ValueError("selective_scan_fwd: C=None is a states-only scan; pass return_states=True")
+    return module
+
+
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save, backend):
+    module = _check_forward(u, delta, A, B, C, D, z, delta_bias, return_states, backend)
     batch, channels, L = u.shape
     N = A.shape[1]
     y = _time_major(u) if C is not None else u.new_empty(0)
     states = _states_empty(u, N) if return_states else u.new_empty(0)
     residuals = [u.new_empty(shape, dtype=dtype)
-                 for shape, dtype in backend_module(backend).residual_shapes(u, A, B, C, save)]
+                 for shape, dtype in module.residual_shapes(u, A, B, C, save)]
     return y, u.new_empty((batch, channels, N), dtype=torch.float32), states, residuals
 
 
@@ -107,8 +120,10 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Option
                        residuals: list[Tensor], dy: Optional[Tensor], dlast: Optional[Tensor],
                        dstates: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
                                                                           Tensor, Tensor, Tensor]:
-    du, ddelta, dA, dB, dC, dD, dz, dbias = backend_module(backend).backward(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates)
+    module = contract.check_sequence_backward(u, delta, A, B, C, D, z, delta_bias, residuals, dy, dlast, dstates,
+                                              backend)
+    du, ddelta, dA, dB, dC, dD, dz, dbias = module.backward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, [r.contiguous() for r in residuals], dy, dlast, dstates)
     return (_time_major_out(du, u, u.dtype), _time_major_out(ddelta, delta, delta.dtype),
             _contiguous_out(dA, A, torch.float32), _contiguous_out(dB, B, B.dtype),
             _contiguous_out(dC, u, C.dtype if C is not None else None),
@@ -119,6 +134,7 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Option
 
 @selective_scan_bwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, residuals, dy, dlast, dstates, backend):
+    contract.check_sequence_backward(u, delta, A, B, C, D, z, delta_bias, residuals, dy, dlast, dstates, backend)
     f32 = torch.float32
     return (_time_major(u), _time_major(delta), A.new_empty(A.shape, dtype=f32), B.new_empty(B.shape),
             C.new_empty(C.shape) if C is not None else u.new_empty(0),
@@ -151,23 +167,39 @@ torch.library.register_autograd("vssm::selective_scan_fwd", _backward_scan, setu
 
 # ---- the map entry (fused cross-scan) --------------------------------------------------------------------------
 
-def _map_impl(backend: str):
-    module = backend_module(backend)
+def _map_impl(module):
     return module if hasattr(module, "map_forward") else gathered.Gathered(module)
+
+
+def _check_map(x, delta, A, B, C, D, delta_bias, orders, backend, op="selective_scan_map_fwd"):
+    return _map_impl(contract.check_map(x, delta, A, B, C, D, delta_bias, orders, backend, op))
+
+
+def _check_map_backward(x, delta, A, B, C, D, delta_bias, orders, residuals, dy, backend):
+    impl = _check_map(x, delta, A, B, C, D, delta_bias, orders, backend, "selective_scan_map_bwd")
+    contract.check_map_gradients(x, residuals, dy, backend, impl.map_residual_shapes(x, delta, A, B, True))
+    return impl
+
+
+def _check_order_values(orders, L, backend, op):
+    if backend != "cpu":  # the cpu backend checks them in C++, as it reads them
+        contract.check_orders(orders, L, op)
 
 
 @torch.library.custom_op("vssm::selective_scan_map_fwd", mutates_args=(), device_types=("cpu", "cuda"))
 def selective_scan_map_fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                            delta_bias: Optional[Tensor], delta_softplus: bool, orders: Tensor, save: bool,
                            backend: str) -> tuple[Tensor, list[Tensor]]:
-    y, residuals = _map_impl(backend).map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save)
+    impl = _check_map(x, delta, A, B, C, D, delta_bias, orders, backend)
+    _check_order_values(orders, x.shape[1], backend, "selective_scan_map_fwd")
+    y, residuals = impl.map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save)
     return y.float().contiguous(), [r.contiguous() for r in residuals]
 
 
 @selective_scan_map_fwd.register_fake
 def _(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save, backend):
-    residuals = [x.new_empty(shape, dtype=dtype)
-                 for shape, dtype in _map_impl(backend).map_residual_shapes(x, delta, A, B, save)]
+    impl = _check_map(x, delta, A, B, C, D, delta_bias, orders, backend)
+    residuals = [x.new_empty(shape, dtype=dtype) for shape, dtype in impl.map_residual_shapes(x, delta, A, B, save)]
     return x.new_empty(x.shape, dtype=torch.float32), residuals
 
 
@@ -176,8 +208,10 @@ def selective_scan_map_bwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
                            delta_bias: Optional[Tensor], delta_softplus: bool, orders: Tensor,
                            residuals: list[Tensor], dy: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor,
                                                                                        Tensor, Tensor, Tensor]:
-    dx, ddelta, dA, dB, dC, dD, dbias = _map_impl(backend).map_backward(
-        x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy)
+    impl = _check_map_backward(x, delta, A, B, C, D, delta_bias, orders, residuals, dy, backend)
+    _check_order_values(orders, x.shape[1], backend, "selective_scan_map_bwd")
+    dx, ddelta, dA, dB, dC, dD, dbias = impl.map_backward(
+        x, delta, A, B, C, D, delta_bias, delta_softplus, orders, [r.contiguous() for r in residuals], dy)
     return (dx.to(x.dtype).contiguous(), ddelta.to(delta.dtype).contiguous(), dA.float().contiguous(),
             dB.to(B.dtype).contiguous(), dC.to(C.dtype).contiguous(),
             dD.float().contiguous() if D is not None else x.new_empty(0),
@@ -186,6 +220,7 @@ def selective_scan_map_bwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
 
 @selective_scan_map_bwd.register_fake
 def _(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy, backend):
+    _check_map_backward(x, delta, A, B, C, D, delta_bias, orders, residuals, dy, backend)
     f32 = torch.float32
     return (x.new_empty(x.shape), delta.new_empty(delta.shape), A.new_empty(A.shape, dtype=f32),
             B.new_empty(B.shape), C.new_empty(C.shape),
