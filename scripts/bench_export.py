@@ -7,7 +7,7 @@
 Each model (random weights: speed does not depend on them) is exported with ``vssm.export`` twice: static (H x W
 fixed, the scan in plain operators, no Scan loops) and dynamic (the family's default dynamic graph, with the
 scan's Scan loops; for the fixed-size families QuadMamba and FractalMamba the same loops at their fixed size),
-and the static file is quantized to int8 (``vssm.quantize``; calibrated on ``--calibration`` images, else on
+and the static file is quantized to int8 (``vssm.deploy.quantize``; calibrated on ``--calibration`` images, else on
 random images: the speed does not depend on them, the int8 parity column then means little). Then, on the same
 inputs, side by side: PyTorch eager under ``torch.inference_mode`` with the ``auto`` scan backend; ONNX Runtime
 (CPU execution provider) on the static, dynamic and int8 files; OpenVINO's CPU plugin on the static file at f32
@@ -35,7 +35,7 @@ import vssm
 from vssm import export, quantize
 from vssm.ops.selective_scan import resolve_backend
 from vssm.runtime import retain_freed_memory
-from vssm.runtimes import open_session
+from vssm.deploy.runtimes import open_session
 
 FP32 = ("ort_static", "ort_dynamic", "ov_f32")  # variants held to the parity tolerance
 
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         p.error("--batch, --threads, --iters and --rounds must be >= 1, --warmup >= 0")
     try:
         export.require_packages()
-        from vssm.runtimes import openvino_bf16, require
+        from vssm.deploy.runtimes import openvino_bf16, require
         require("openvino")
         export.check_size((args.size, args.size), any(export.size_policy(m).dynamic for m in args.models))
     except (export.ExportError, ImportError) as e:

@@ -17,4 +17,5 @@ else
         exit 2
     fi
 fi
-exec "$PYTHON" "$REPO/scripts/gpu_check.py" "$@"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # vssm from this checkout, installed or not
+exec "$PYTHON" -m vssm.devtools.gpu_check.check "$@"

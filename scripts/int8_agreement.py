@@ -1,10 +1,10 @@
 """Top-1 agreement of an int8 file with its fp32 file, and both accuracies, on held-out images in class folders.
 
     python -m vssm.export --model vmamba_nano --checkpoint output/vmamba_nano/default/best.pth --static \
-        --int8 --calibration ~/.cache/vssm/digits/train --out digits_int8.onnx      # writes digits_int8.fp32.onnx too
-    python scripts/int8_agreement.py digits_int8.onnx ~/.cache/vssm/digits/val      # the 360 held-out digits
+        --int8 --calibration ~/.cache/vssm/data/digits/train --out digits_int8.onnx      # writes digits_int8.fp32.onnx too
+    python scripts/int8_agreement.py digits_int8.onnx ~/.cache/vssm/data/digits/val      # the 360 held-out digits
 
-Images are read as the trainer reads them (``vssm.image_io.read_image`` and the evaluation transform of the
+Images are read as the trainer reads them (``vssm.data.images.read_image`` and the evaluation transform of the
 preprocessing stored in the file); labels are the class folders, in the order of the file's class names.
 The fp32 file is ``INT8.fp32.onnx`` unless ``--fp32`` names it. Exit status 1 when the agreement is below
 ``--min-agreement`` (0.99).
@@ -13,10 +13,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vssm import export, quantize
-from vssm.runtimes import open_session
+from vssm.deploy.runtimes import open_session
 
 
 def main(argv=None) -> int:

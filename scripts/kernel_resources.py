@@ -10,7 +10,7 @@ CUDA extension: every ``.cu`` with ``nvcc -Xptxas -v`` (skipped with a reason wh
 Prints one line per kernel, then writes a Markdown table (registers, spill bytes, shared memory per
 configuration and architecture) and optionally JSON. With ``--tier all``, the long tail is compiled for
 ``kr.TAIL_ARCHS`` (sm_80, sm_90) and the shipped configurations for every architecture. Exits 1 when a kernel fails to compile, spills
-or needs more shared memory than an A100 block can have. See ``vssm/kernel_resources.py``.
+or needs more shared memory than an A100 block can have. See ``vssm/devtools/kernel_resources.py``.
 """
 import argparse
 import os
@@ -19,9 +19,8 @@ import time
 
 os.environ.pop("TRITON_INTERPRET", None)  # the compiler, not the interpreter: before Triton is imported
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vssm import kernel_resources as kr  # noqa: E402
+from vssm.devtools import kernel_resources as kr  # noqa: E402  (after TRITON_INTERPRET is cleared)
 
 _JOBS = []  # (launch, arch) to compile, shared with forked workers
 

@@ -1,7 +1,6 @@
 """scripts/gpu_check.sh: its CPU dry mode end to end (every step at tiny shapes, every report section, auto's
 table written outside the repository), the verdicts and the pieces it relies on with nothing but torch, triton
 and timm installed. On a GPU it measures; here nothing is measured."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from vssm.gpu_check import parity, report
+from vssm.devtools.gpu_check import parity, report
 from vssm.ops.selective_scan import choice
 
 from .classification.test_trainer import make_folder
@@ -120,10 +119,8 @@ def test_parity_comparison_catches_a_wrong_gradient():
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gpu_check_script", os.path.join(ROOT, "scripts", "gpu_check.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    from vssm.devtools.gpu_check import check
+    return check
 
 
 def test_dry_mode_also_from_the_environment_and_bad_options_are_named(tmp_path, monkeypatch, capsys):
@@ -164,12 +161,11 @@ def test_the_device_side_needs_only_torch_triton_and_timm():
                 raise ModuleNotFoundError(f"No module named {{spec.name!r}} (blocked)")
         sys.meta_path.insert(0, Block())
         import vssm
-        from vssm.gpu_check import environment, parity, report, scan_choice, throughput
+        from vssm.devtools.gpu_check import environment, parity, report, scan_choice, throughput
         for name in ("vmamba_nano", "spatialmamba_nano", "quadmamba_nano", "fractalmamba_nano"):
             vssm.create_model(name)
-        sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r})
-        import gpu_check
-        print("missing", gpu_check.missing_modules(gpu_check.TRAINING_NEEDS))
+        from vssm.devtools.gpu_check import check
+        print("missing", check.missing_modules(check.TRAINING_NEEDS))
     """)
     env = dict(os.environ, PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint  # noqa: E402
-from .flops import count_flops  # noqa: E402
+from .analysis.flops import count_flops  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
 from .ops import selective_scan  # noqa: E402
 

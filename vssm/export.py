@@ -12,7 +12,7 @@ recurrence in ONNX ``Scan`` loops, else (and with ``--static``) the file is for 
 and the recurrence is plain operators (chunks of steps, no loops).
 
 ``--openvino`` also checks the file in OpenVINO's CPU plugin (f32); ``--int8 --calibration FOLDER`` writes a
-statically quantized int8 file (``vssm.quantize``) beside the fp32 one.
+statically quantized int8 file (``vssm.deploy.quantize``) beside the fp32 one.
 
 The file is checked before the command returns: ONNX Runtime (CPU) and PyTorch run the same random images
 (the export's size at two batch sizes, and a second, non-square size where H and W are dynamic), and the
@@ -292,7 +292,7 @@ def verify(path: str, model, size, dynamic_size: bool, progress=None, threads: i
 
     Returns one dict per input: shape, runtime, ``outputs`` ({name: (max abs, max rel)}), ``max_rel`` (the worst).
     """
-    from .runtimes import open_session
+    from .deploy.runtimes import open_session
     say = progress or (lambda message: None)
     session = open_session(path, runtime, "f32", threads)
     checks = []
@@ -377,13 +377,13 @@ def _check_arguments(args):
         raise ExportError("--int8 quantizes classifiers (its check compares their top-1 classes); export the "
                           "backbone in fp32")
     if args.openvino:
-        from .runtimes import RuntimeMissing, require
+        from .deploy.runtimes import RuntimeMissing, require
         try:
             require("openvino")
         except RuntimeMissing as e:
             raise ExportError(str(e)) from None
     if args.int8:
-        from .quantize import require_quantization
+        from .deploy.quantize import require_quantization
         require_quantization()
 
 
@@ -445,7 +445,7 @@ def run(args) -> int:
     policy = export_policy(args.model, args.static)
     config, size = chosen["config"], chosen["size"]
     if args.int8:
-        from .quantize import calibration_batches
+        from .deploy.quantize import calibration_batches
         config = dict(config, input_size=(config["input_size"][0],) + size)
         calibration = calibration_batches(args.calibration, config, args.calibration_images, progress=say)
     if report is not None:
@@ -470,8 +470,8 @@ def run(args) -> int:
     runtimes = "ONNX Runtime and OpenVINO (f32) match" if args.openvino else "ONNX Runtime matches"
     print(f"{path}: {runtimes} PyTorch (max rel difference {worst:.2e} <= {TOLERANCE:g})")
     if args.int8:
-        from .quantize import quantize_int8, top1_agreement
-        from .runtimes import onnxruntime_session
+        from .deploy.quantize import quantize_int8, top1_agreement
+        from .deploy.runtimes import onnxruntime_session
         quantize_int8(path, args.out, calibration, INPUT_NAME, progress=say)
         agreement, difference = top1_agreement(onnxruntime_session(path), onnxruntime_session(args.out), calibration)
         print(f"{args.out}: int8; top-1 agrees with fp32 on {agreement:.1%} of the {sum(map(len, calibration))} "
@@ -485,7 +485,7 @@ def main(argv=None) -> int:
     from .cli import run_command
     from .models.meta import InsufficientMemoryError
     from .predict import PredictError
-    from .quantize import QuantizationError
+    from .deploy.quantize import QuantizationError
     return run_command(lambda argv: run(parse_args(argv)), argv,
                        errors=(ExportError, InsufficientMemoryError, PredictError, QuantizationError))
 

@@ -12,7 +12,7 @@ checkpoint stores, else timm's ``resolve_data_config`` of the model's ``pretrain
 weights, the model options from its config. All of these come from a file and are checked: the model is built
 on the meta device and compared with the weights first, and the memory of the model and of a batch at the input
 size is estimated before anything is allocated (refused with the estimate when it does not fit). Folders are
-searched recursively for images (``vssm.image_io``: PIL images, ``.npy`` and ``.tif`` arrays); an image that
+searched recursively for images (``vssm.data.images``: PIL images, ``.npy`` and ``.tif`` arrays); an image that
 cannot be read is named and the others are still classified (exit status 1).
 
 ``--cam OUT_DIR`` writes, for each image, ``OUT_DIR/<name>_<method>.png``: the attribution of its top class
@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import (CheckpointError, CheckpointMismatchError, check_data_config, checkpoint_info, load_fitted,
                          read_checkpoint)
-from .image_io import ImageReadError, ImageTransform, image_files, read_image, tensor_transform
+from .data.images import ImageReadError, ImageTransform, image_files, read_image, tensor_transform
 from .models import create_model
 from .models.meta import InsufficientMemoryError, check_memory, on_meta_device
 
@@ -227,7 +227,7 @@ def predict(model, files, config: dict, names: list, device, batch_size: int = 1
             top_p, top_i = probs.topk(k, dim=-1)
             maps = None
             if cam_dir is not None:
-                from .cam import class_activation_maps, displayable, overlay_map
+                from .deploy.cam import class_activation_maps, displayable, overlay_map
                 maps = class_activation_maps(model, images, top_i[:, 0].tolist(), cam_method, cam_stage)
             for row, i in enumerate(indices):
                 top = [(float(p), int(c), names[int(c)]) for p, c in zip(top_p[row].tolist(), top_i[row].tolist())]
@@ -256,7 +256,7 @@ def format_result(result: dict) -> str:
 
 
 def parse_args(argv=None):
-    from .cam import CAM_METHODS
+    from .deploy.cam import CAM_METHODS
     p = argparse.ArgumentParser("python -m vssm.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
         names = class_names(model, saved["classes"], saved["class_descriptions"])
         config = data_config(model, saved["data_config"], args.img_size)
         if args.cam:
-            from .cam import cam_target_layer
+            from .deploy.cam import cam_target_layer
             try:
                 cam_target_layer(model, args.cam_stage)
             except ValueError as e:
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
     say(f"{args.model} ({model.num_classes} classes, {config['input_size'][0]} channels, input "
         f"{config['input_size'][1]}x{config['input_size'][2]}) on {device}: {len(files)} image(s)")
     if args.cam:
-        from .cam import map_size
+        from .deploy.cam import map_size
         h, w = map_size(model, config["input_size"][1:], args.cam_stage)
         say(f"attribution maps of stage {args.cam_stage}: {h}x{w} cells upsampled to the input"
             + (" (a single cell: a flat map; use --cam-stage -2 or a larger --img-size)" if h * w == 1 else ""))

@@ -15,7 +15,7 @@ import shutil
 import sys
 
 
-NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]  # also read by vssm/kernel_resources.py
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]  # also read by vssm/devtools/kernel_resources.py
 
 
 def find_cuda_home():

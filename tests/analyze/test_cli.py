@@ -173,15 +173,15 @@ def test_missing_image_folder_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: image folder not found: {tmp_path / 'nowhere'}\n"
 
 
-def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys):
+def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys, monkeypatch):
     """Before: exit 0 with 'failed' in the table."""
-    module = tool("throughput")
+    from vssm.analysis.commands import throughput as module
 
     def measure_isolated(name, **kwargs):
         if kwargs["train"]:
             raise RuntimeError("measuring vmamba_nano failed:\nRuntimeError: CUDA out of memory")
         return {"images_per_s": 10.0, "peak_memory_mb": 1.0}
-    module.measure_isolated = measure_isolated
+    monkeypatch.setattr(module, "measure_isolated", measure_isolated)
     assert module.main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "--train"]) == 1
     captured = capsys.readouterr()
     assert "| vmamba_nano | 32x32 | 8 | 10.00 | 1 | failed | - |" in captured.out

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vssm.changedetection.data import ChangeDetectionDataset, DataError, list_pairs, read_label
-from vssm.changedetection import synthetic
+from vssm.data import change_pairs as synthetic
 
 from .helpers import CHANGEMAMBA, make_pairs
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 import vssm
 import vssm.runtime
-from vssm.image_io import ChannelMismatchError, ImageReadError, class_folders, image_files, read_image
+from vssm.data.images import ChannelMismatchError, ImageReadError, class_folders, image_files, read_image
 
 from .test_predict import run, trainer_checkpoint
 

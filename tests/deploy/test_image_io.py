@@ -1,11 +1,11 @@
-"""Image files of any channel count (vssm.image_io): what is read, what is refused, and the tensor transforms."""
+"""Image files of any channel count (vssm.data.images): what is read, what is refused, and the tensor transforms."""
 import numpy as np
 import pytest
 import tifffile
 import torch
 from PIL import Image
 
-from vssm.image_io import (ChannelMismatchError, ImageReadError, ImageTransform, image_files, read_image,
+from vssm.data.images import (ChannelMismatchError, ImageReadError, ImageTransform, image_files, read_image,
                            tensor_transform)
 
 

@@ -9,7 +9,7 @@ import torch
 
 import vssm
 from vssm import export, quantize
-from vssm.runtimes import open_session
+from vssm.deploy.runtimes import open_session
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("sklearn", reason="the digits are written with scikit-learn")
@@ -20,7 +20,7 @@ CONFIG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from vssm.digits import prepare_digits
+    from vssm.data.digits import prepare_digits
     return prepare_digits(str(tmp_path_factory.mktemp("digits")))
 
 

@@ -11,8 +11,8 @@ from torchvision.transforms import functional as TF
 import vssm
 from vssm.classification.config import get_config
 from vssm.classification.task import run_metadata
-from vssm.cam import CAM_METHODS, class_activation_maps, displayable, map_size, overlay_map
-from vssm.image_io import read_image
+from vssm.deploy.cam import CAM_METHODS, class_activation_maps, displayable, map_size, overlay_map
+from vssm.data.images import read_image
 from vssm.predict import build_transform, data_config, load_classifier, main
 
 from .conftest import PHOTOS

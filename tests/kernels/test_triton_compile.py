@@ -1,6 +1,6 @@
 """Every Triton kernel of vssm compiles for sm_80, sm_90, sm_100 (B200) and sm_120 (RTX 50) without a GPU, at the launch configurations its host
 code records (each module's ``launch_configs()``), with no register spills and shared memory within an A100
-block's limit (``vssm/kernel_resources.py``, ``scripts/kernel_resources.py``).
+block's limit (``vssm/devtools/kernel_resources.py``, ``scripts/kernel_resources.py``).
 
 By default the configurations the models run ("shipped") are compiled; the long tail (every block-table entry,
 constexpr-flag combination and dtype mix the host can emit; 960 kernels, about an hour on 2 cores) runs
@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-from vssm import kernel_resources as kr  # noqa: E402
+from vssm.devtools import kernel_resources as kr  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "kernel_resources.py")
@@ -50,7 +50,7 @@ def _jit_functions(tree):
 
 def test_every_triton_module_lists_every_kernel_it_launches():
     """New Triton code cannot escape the compile check: every module with @triton.jit kernels defines
-    launch_configs(), launches only through vssm.kernel_launch.launch (whose calls it records), and records a
+    launch_configs(), launches only through vssm.ops.kernel_launch.launch (whose calls it records), and records a
     shipped launch of each kernel it launches."""
     modules = kr.triton_modules()
     assert {"vssm.ops.selective_scan.fused_triton", "vssm.scans.sequence_triton"} <= set(modules)
@@ -59,9 +59,9 @@ def test_every_triton_module_lists_every_kernel_it_launches():
         source = open(path).read()
         kernels = _jit_functions(ast.parse(source))
         bypass = [k for k in kernels if re.search(rf"\b{k}\[", source)]
-        assert not bypass, f"{name} launches {bypass} with kernel[grid](...); use vssm.kernel_launch.launch"
+        assert not bypass, f"{name} launches {bypass} with kernel[grid](...); use vssm.ops.kernel_launch.launch"
         launched = set(re.findall(r"\blaunch\(\s*(\w+)", source))
-        assert launched, f"{name} has Triton kernels but launches none through vssm.kernel_launch.launch"
+        assert launched, f"{name} has Triton kernels but launches none through vssm.ops.kernel_launch.launch"
         helpers = kernels - launched
         for helper in helpers:  # a Triton function that is not launched must serve the kernels that are
             assert re.search(rf"\b{helper}\b", source.replace(f"def {helper}(", "")), \
@@ -122,8 +122,8 @@ def test_the_check_reports_spills_and_compile_errors(tmp_path):
     (tmp_path / "toy_kernels.py").write_text(TOY_KERNELS)
     code = textwrap.dedent("""
         import json, sys, torch, toy_kernels
-        from vssm.kernel_launch import Launch
-        from vssm import kernel_resources as kr
+        from vssm.ops.kernel_launch import Launch
+        from vssm.devtools import kernel_resources as kr
         x = torch.empty(8192, device="meta")
         rows = [kr.compile_triton(Launch(toy_kernels.spilling, (1,), (x,), dict(BLOCK=8192, num_warps=1)), 80),
                 kr.compile_triton(Launch(toy_kernels.broken, (1,), (x,), dict(BLOCK=16)), 90)]

@@ -180,7 +180,7 @@ def test_cuda_sources_compile():
     cuda); the binding compiles too."""
     from torch.utils.cpp_extension import include_paths
 
-    from vssm import kernel_resources as kr
+    from vssm.devtools import kernel_resources as kr
     require_tool(nvcc_path(), "a CUDA toolkit (nvcc) to compile the kernels with")
     nvcc = nvcc_path()
     includes = [f"-I{p}" for p in include_paths()]

@@ -231,7 +231,7 @@ def test_openmmlab_builds_it_from_a_config(tmp_path):
 
 def test_env_and_gpu_check_list_it():
     out = _run([sys.executable, "-c", (
-        "from vssm.gpu_check.throughput import plan\n"
+        "from vssm.devtools.gpu_check.throughput import plan\n"
         "from vssm.env import families, to_markdown\n"
         "print(sorted({m for m, _, _ in plan(True)}))\n"
         "print(families())")])

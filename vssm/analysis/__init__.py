@@ -1,7 +1,7 @@
 """Analysis of trained or initialised models: effective receptive field, implicit attention of the scans.
 
 The command-line tools in ``analyze/`` (erf, attnmap, throughput, flops, compare) are thin wrappers
-around these functions, ``vssm.benchmark`` and ``vssm.count_flops``.
+around these functions, ``vssm.devtools.benchmark`` and ``vssm.count_flops``.
 """
 from .attention import (attention_matrix, attention_rows, grid_position, implicit_attention, linearized, mixer_map,
                         token_mixers)

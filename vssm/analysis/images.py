@@ -45,7 +45,7 @@ def load_images(data_path: str = None, count: int = 8, size=224, seed: int = 0, 
     if data_path is None:
         if source != "digits":
             raise ValueError(f"source must be 'digits' or 'random', got {source!r}")
-        from ..digits import prepare_digits
+        from ..data.digits import prepare_digits
         data_path = os.path.join(prepare_digits(), "val")
     files = _image_files(data_path)
     random.Random(seed).shuffle(files)

@@ -11,7 +11,7 @@ Every pair is checked when the dataset is opened: the three files exist (an unpa
 names it), their sizes agree, each can be read, and each label holds only 0 and 255. Training takes
 one random crop of every pair per epoch and applies the same flips and rotation to both images and the
 label. Without ``DATA_PATH`` the trainer writes and reads the embedded pairs
-(:mod:`vssm.changedetection.synthetic`).
+(:mod:`vssm.data.change_pairs`).
 """
 import logging
 import os
@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..engine.data import DataError, seeded_loaders
-from ..image_io import IMAGE_EXTENSIONS, ImageReadError, check_pil_header, read_pil_image
-from .synthetic import prepare_change_pairs
+from ..data.images import IMAGE_EXTENSIONS, ImageReadError, check_pil_header, read_pil_image
+from ..data.change_pairs import prepare_change_pairs
 
 log = logging.getLogger("train")
 
@@ -83,7 +83,7 @@ def _size(path: str):
 
 
 def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8, through :func:`vssm.image_io.read_pil_image` (declared sizes checked before decoding)."""
+    """(H, W, 3) uint8, through :func:`vssm.data.images.read_pil_image` (declared sizes checked before decoding)."""
     try:
         return np.asarray(read_pil_image(path, 3))
     except ImageReadError as e:

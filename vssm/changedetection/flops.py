@@ -1,7 +1,7 @@
 """Parameters and FLOPs of a change detector on one pair of images (fvcore, vssm's selective-scan handle)."""
 import torch
 
-from ..flops import flop_analysis
+from ..analysis.flops import flop_analysis
 
 __all__ = ["detector_flops"]
 

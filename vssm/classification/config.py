@@ -21,7 +21,7 @@ _C = base_config()  # DATA.BATCH_SIZE, NUM_WORKERS, MEAN, STD, MODEL.DROP_PATH_R
 _C.DATA.DATA_PATH = ""  # an ImageNet-style folder with train/ and val/; empty: the embedded digits
 _C.DATA.IMG_SIZE = 224  # training and evaluation resolution
 _C.DATA.INTERPOLATION = "bicubic"  # resize interpolation: bicubic, bilinear or nearest
-_C.DATA.IN_CHANS = 3  # image channels: 3 (RGB), 1 (grayscale) or any N (.npy / .tif arrays; see vssm.image_io)
+_C.DATA.IN_CHANS = 3  # image channels: 3 (RGB), 1 (grayscale) or any N (.npy / .tif arrays; see vssm.data.images)
 _C.DATA.SKIP_UNREADABLE = True  # skip an image that cannot be decoded (logged with its path, counted per
 #                                 epoch): in training another image, picked by its index, takes its place
 #                                 (batches stay full); in evaluation it is left out; False: stop with an

@@ -5,9 +5,9 @@ classes in both. Without ``DATA_PATH`` the trainer uses the 1,797 8x8 handwritte
 scikit-learn (no download), written once as such a folder with a fixed, stratified held-out split
 (360 validation images).
 
-Images are read for ``DATA.IN_CHANS`` channels by ``vssm.image_io.read_image``: any image PIL decodes as RGB
+Images are read for ``DATA.IN_CHANS`` channels by ``vssm.data.images.read_image``: any image PIL decodes as RGB
 (3) or grayscale (1), and ``.npy`` / ``.tif`` arrays of exactly IN_CHANS channels (any N). PIL images get timm's
-augmentations, arrays of other channel counts :func:`vssm.image_io.tensor_transform`'s.
+augmentations, arrays of other channel counts :func:`vssm.data.images.tensor_transform`'s.
 """
 import logging
 import os
@@ -19,9 +19,9 @@ from PIL import UnidentifiedImageError
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
 
-from ..digits import prepare_digits
+from ..data.digits import prepare_digits
 from ..engine.data import DataError, seeded_loaders
-from ..image_io import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, class_folders,
+from ..data.images import (IMAGE_EXTENSIONS, ChannelMismatchError, ImageReadError, ImageTransform, class_folders,
                         is_image_file, read_image, tensor_transform)
 from .config import uses_mixup
 
@@ -29,7 +29,7 @@ log = logging.getLogger("train")
 
 
 def find_classes(folder: str):
-    """The class sub-folders of a split, sorted (:func:`vssm.image_io.class_folders`: a sub-folder linking back to
+    """The class sub-folders of a split, sorted (:func:`vssm.data.images.class_folders`: a sub-folder linking back to
     the split or to another class folder is refused)."""
     if not os.path.isdir(folder):
         raise DataError(f"missing folder {folder} (expected train/ and val/ with one sub-folder per class)")

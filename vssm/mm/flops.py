@@ -8,7 +8,7 @@ only). This is what mmdet's and mmseg's get_flops tools count; the counts use vs
 """
 import torch
 
-from ..flops import flop_analysis
+from ..analysis.flops import flop_analysis
 
 
 class _TensorForward(torch.nn.Module):

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..kernel_launch import launch, recording
+from ..ops.kernel_launch import launch, recording
 from .orders import merge_index, sequence_index
 
 
@@ -62,7 +62,7 @@ def spread(ys: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
 
 
 def launch_configs():
-    """Every launch the host functions above can make, recorded on meta tensors (``vssm.kernel_resources``).
+    """Every launch the host functions above can make, recorded on meta tensors (``vssm.devtools.kernel_resources``).
 
     "shipped": VMamba's four and FractalMamba's two directions at the first and last stage widths (96, 768
     channels) in fp32, bf16 and fp16 (the trainer's default AMP); "tail": other widths (block sizes), 8 directions.

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...kernel_launch import launch, recording
+from ..kernel_launch import launch, recording
 
 
 @triton.jit
@@ -481,9 +481,9 @@ _STATES_ONLY = dict(grouped=False, has_c=False, d=False, last=False, states=True
 
 
 def launch_configs():
-    """Every launch the host code above can make, recorded on meta tensors (for ``vssm.kernel_resources``).
+    """Every launch the host code above can make, recorded on meta tensors (for ``vssm.devtools.kernel_resources``).
 
-    Yields ``vssm.kernel_launch.Launch`` records. "shipped": what the models run, with their memory
+    Yields ``vssm.ops.kernel_launch.Launch`` records. "shipped": what the models run, with their memory
     layouts: VMamba's cross scan (K = 4 groups, B/C as SS2D's strided views) at N = 1 (first, third and
     last stage), 4 and 16, Spatial-Mamba's states-only scan with shared B, training (forward saving the
     tile states, then backward) and inference, fp32 / bf16 / fp16. "tail": every other block-table

@@ -1,6 +1,6 @@
 """Time every GPU scan backend per shape class and write the table ``backend="auto"`` ranks by.
 
-    python -m vssm.gpu_check.scan_choice --json choice.json --table vssm/ops/selective_scan/gpu_choice.json
+    python -m vssm.devtools.gpu_check.scan_choice --json choice.json --table vssm/ops/selective_scan/gpu_choice.json
 
 One representative shape per class of ``vssm.ops.selective_scan.choice.shape_class`` (VMamba-T's first-stage
 width, 4 directions, batch 32): forward+backward time (median) of each available backend, in the order the
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from ..ops import selective_scan
-from ..ops.selective_scan import available_backends, choice
+from ...ops import selective_scan
+from ...ops.selective_scan import available_backends, choice
 from .common import Deadline, step_parser, sync, write_json
 
 

@@ -1,7 +1,7 @@
 """Scan parity on the device: every backend against the naive fp32 loop, outputs and all gradients.
 
-    python -m vssm.gpu_check.parity --json parity.json            # GPU: L 3136 / 12544, N 1 / 16, fp32/bf16/fp16
-    python -m vssm.gpu_check.parity --dry --device cpu --json p.json
+    python -m vssm.devtools.gpu_check.parity --json parity.json            # GPU: L 3136 / 12544, N 1 / 16, fp32/bf16/fp16
+    python -m vssm.devtools.gpu_check.parity --dry --device cpu --json p.json
 
 Cases, most important first: VMamba's cross scan as the models run it (the map entry: four directions read
 from one map through the cross orders, outputs merged), the same as grouped sequences (K = 4 groups, D skip,
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from ..ops import selective_scan, selective_scan_map
-from ..ops.selective_scan import available_backends
-from ..scans import cross_orders
+from ...ops import selective_scan, selective_scan_map
+from ...ops.selective_scan import available_backends
+from ...scans import cross_orders
 from .common import Deadline, step_parser, sync, write_json
 
 TOL = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}

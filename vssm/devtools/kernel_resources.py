@@ -1,7 +1,7 @@
 """Compile every GPU kernel of the project for sm_80 / sm_90 / sm_100 / sm_120 without a GPU, and read its resources.
 
 Triton: every module of the package that defines ``@triton.jit`` kernels lists the launches its host
-code can make in ``launch_configs()`` (recorded from that host code, see ``vssm.kernel_launch``).
+code can make in ``launch_configs()`` (recorded from that host code, see ``vssm.ops.kernel_launch``).
 Each launch is specialised exactly as Triton's JIT does at launch time (argument alignment, unit
 strides, constexprs, ``num_warps``; by the JIT's own binder, an internal of Triton 3.x) for
 ``GPUTarget("cuda", arch, 32)``, compiled with
@@ -41,7 +41,7 @@ ACCEPTED_SPILLS = {
             "stored once and reloaded once per 64-step tile; __launch_bounds__(64, 1) removes the spill but costs "
             "12-19 more registers per thread, i.e. fewer resident warps: to be decided by a GPU measurement"),
 }
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # vssm/
 CUDA_SOURCES = PACKAGE.parent / "kernels" / "selective_scan" / "csrc"
 
 
@@ -110,7 +110,7 @@ def triton_launches(tier: str = "shipped") -> list:
     for name in triton_modules():
         module = importlib.import_module(name)
         if not hasattr(module, "launch_configs"):
-            raise RuntimeError(f"{name} defines Triton kernels but no launch_configs(); see vssm/kernel_launch.py")
+            raise RuntimeError(f"{name} defines Triton kernels but no launch_configs(); see vssm/ops/kernel_launch.py")
         launches += [launch for launch in module.launch_configs() if tier == "all" or launch.tier == tier]
     return launches
 
@@ -127,8 +127,8 @@ def _specialise(launch, arch: int):
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    from .kernel_launch import arch_options
-    kwargs = dict(arch_options(arch), **launch.kwargs, debug=False)  # as vssm.kernel_launch.launch on that GPU
+    from ..ops.kernel_launch import arch_options
+    kwargs = dict(arch_options(arch), **launch.kwargs, debug=False)  # as vssm.ops.kernel_launch.launch on that GPU
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     key = (kernel.fn.__module__, kernel.fn.__qualname__, arch, repr(sorted(signature.items())),

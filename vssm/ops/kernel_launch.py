@@ -3,9 +3,9 @@
 Host code launches with ``launch(kernel, grid, *args, **kwargs)`` instead of ``kernel[grid](...)``.
 Inside ``recording()`` a launch is recorded as a ``Launch`` and nothing runs, so a module's
 ``launch_configs()`` can call its own host functions on CPU tensors and hand every launch they would
-make to ``vssm.kernel_resources``, which compiles it for sm_80 / sm_90 / sm_100 / sm_120 without a GPU.
+make to ``vssm.devtools.kernel_resources``, which compiles it for sm_80 / sm_90 / sm_100 / sm_120 without a GPU.
 Launch options that depend on the GPU's architecture (:func:`arch_options`) are added here at launch time,
-and by ``vssm.kernel_resources`` for the architecture it compiles for: recorded launches do not hold them.
+and by ``vssm.devtools.kernel_resources`` for the architecture it compiles for: recorded launches do not hold them.
 """
 import contextlib
 from dataclasses import dataclass, field, replace

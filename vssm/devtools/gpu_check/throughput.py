@@ -2,11 +2,11 @@
 ConvNeXt-T, batch 128 at 224, TF32 on, fp32 and bf16 AMP, eager and ``torch.compile``d, in one process
 (peak memory: CUDA's max allocated, reset for each measurement).
 
-    python -m vssm.gpu_check.throughput --json throughput.json --seconds 170
+    python -m vssm.devtools.gpu_check.throughput --json throughput.json --seconds 170
 
 Measurements run in order of importance (eager before compiled; VMamba-T and the references first when
 compiled) and each one that would not fit in the time left is skipped with that reason. Timing and peak
-memory: ``vssm.benchmark.measure`` (median of synchronised iterations; a training step is forward, backward
+memory: ``vssm.devtools.benchmark.measure`` (median of synchronised iterations; a training step is forward, backward
 and AdamW). With ``--dry``: the families' nano models at 64 x 64 (Swin-T at 224, batch 1), batch 2, one
 iteration, and ``torch.compile`` (eager backend) on one model's inference only.
 """
@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from ..analysis.models import analysis_model
+from ...analysis.models import analysis_model
 from ..benchmark import measure
-from ..models import families as registered_families
+from ...models import families as registered_families
 from .common import Deadline, step_parser, write_json
 
 REFERENCES = ("swin_tiny_patch4_window7_224", "convnext_tiny")

@@ -1,6 +1,6 @@
 """What the check runs on: versions, the GPU, and its device-to-device copy bandwidth (the scan's roofline).
 
-    python -m vssm.gpu_check.environment --json environment.json
+    python -m vssm.devtools.gpu_check.environment --json environment.json
 """
 import importlib
 import os

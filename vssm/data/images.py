@@ -55,7 +55,7 @@ def pixel_limit() -> int:
 def _check_declared(path: str, shape, itemsize: int, in_chans: int, copies: int = 2):
     """Refuse (ImageReadError) an image whose declared ``shape`` holds more values than ``pixel_limit()`` per
     channel, or whose decoded bytes (``copies`` of them while converting) exceed the memory available."""
-    from .runtime import available_memory
+    from ..runtime import available_memory
     values = math.prod(int(n) for n in shape)
     limit = pixel_limit()
     if limit is not None and values > limit * max(in_chans, 3):

@@ -5,7 +5,7 @@
 :func:`quantize_int8` writes a QDQ model (``QuantizeLinear`` / ``DequantizeLinear`` around int8 operands):
 the weights of every convolution and of every matrix product with a constant weight (the linear layers) are
 int8 per output channel, their input activations int8 with a scale and zero point calibrated (min / max) on
-images read as the trainer reads them (:func:`calibration_batches`: ``vssm.image_io.read_image`` and the
+images read as the trainer reads them (:func:`calibration_batches`: ``vssm.data.images.read_image`` and the
 evaluation transform of the checkpoint's data config). ONNX Runtime and OpenVINO run those products in int8.
 
 What stays in float, and why: the stem's first convolution, which reads the images (3 input channels, a
@@ -39,11 +39,11 @@ def require_quantization():
 
 
 def calibration_batches(folder: str, config: dict, limit: int = 64, batch_size: int = 8, progress=None) -> list:
-    """Up to ``limit`` images under ``folder`` (recursively, sorted), read with ``vssm.image_io.read_image`` and
+    """Up to ``limit`` images under ``folder`` (recursively, sorted), read with ``vssm.data.images.read_image`` and
     transformed with the evaluation transform of ``config`` (timm's data config: size, interpolation, crop,
     mean, std): a list of (batch, in_chans, H, W) float32 arrays. Unreadable files are skipped and counted."""
-    from .image_io import ImageReadError, image_files, read_image
-    from .predict import build_transform
+    from ..data.images import ImageReadError, image_files, read_image
+    from ..predict import build_transform
     say = progress or (lambda message: None)
     if not os.path.isdir(folder):
         raise QuantizationError(f"--calibration {folder}: not a folder of images")
@@ -182,8 +182,8 @@ def file_data_config(path: str) -> dict:
 def labelled_batches(folder: str, config: dict, batch_size: int = 32) -> tuple:
     """Every image of a ``folder/<class>/`` layout, read as the trainer reads them: (batches, labels), labels
     the index of each image's class folder in ``config["classes"]`` (sorted folder names without them)."""
-    from .image_io import image_files, read_image
-    from .predict import build_transform
+    from ..data.images import image_files, read_image
+    from ..predict import build_transform
     classes = config.get("classes") or sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     transform, in_chans = build_transform(config), config["input_size"][0]
     images, labels = [], []

@@ -99,7 +99,7 @@ def measure_isolated(model_name: str, **kwargs) -> dict:
     libraries, ``idle_process_mb``): weights, activations, gradients and optimizer state. Memory the
     libraries freed while importing is reused first, so figures below some tens of MB read as zero.
     """
-    code = ("import json, sys, torch; from vssm.benchmark import measure, process_memory_mb, reset_peak_memory; "
+    code = ("import json, sys, torch; from vssm.devtools.benchmark import measure, process_memory_mb, reset_peak_memory; "
             "from vssm.analysis.models import analysis_model; "
             "from vssm.runtime import retain_freed_memory; retain_freed_memory(); "
             "torch.set_num_threads(int(sys.argv[3])); "

@@ -26,11 +26,10 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from . import report
+from .common import write_json
 
-from vssm.gpu_check import report  # noqa: E402
-from vssm.gpu_check.common import write_json  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 
 # (step, planned seconds) in the order they run; the CUDA extension builds in the background meanwhile, and
 # joins the backends for the scan benchmark, auto's table and its own parity step
@@ -231,7 +230,7 @@ class Check:
 
     def parity(self):
         env = dict(self.env, TRITON_INTERPRET="1") if self.dry else self.env  # Triton's interpreter on the CPU
-        self.step("parity", "vssm.gpu_check.parity", "--backends", "triton", "torch", env=env)
+        self.step("parity", "vssm.devtools.gpu_check.parity", "--backends", "triton", "torch", env=env)
 
     def cuda_parity(self):
         """The extension built here, or one installed already."""
@@ -240,7 +239,7 @@ class Check:
                                     capture_output=True).returncode == 0
         if self.dry or not importable:
             return self.skip(name, "no CUDA extension was built or is installed")
-        self.step(name, "vssm.gpu_check.parity", "--backends", "cuda")
+        self.step(name, "vssm.devtools.gpu_check.parity", "--backends", "cuda")
 
     def bench(self):
         path = os.path.join(self.out, "scan_benchmark.json")
@@ -254,7 +253,7 @@ class Check:
         copy = os.path.join(self.out, "gpu_choice.json")
         table = self.args.table or (copy if self.dry else
                                     os.path.join(ROOT, "vssm", "ops", "selective_scan", "gpu_choice.json"))
-        self.step("auto table", "vssm.gpu_check.scan_choice", "--table", table)
+        self.step("auto table", "vssm.devtools.gpu_check.scan_choice", "--table", table)
         if os.path.abspath(table) != copy and os.path.exists(table):
             shutil.copyfile(table, copy)
 
@@ -269,11 +268,11 @@ class Check:
         print(f"GPU check{' (dry run: CPU, tiny shapes)' if self.dry else ''}: {self.args.budget:.0f} s budget, "
               f"report in {self.out}\nplanned seconds per step: " + ", ".join(f"{n} {s}" for n, s in PLAN)
               + "; the CUDA extension builds in the background", flush=True)
-        self.step("environment", "vssm.gpu_check.environment")
+        self.step("environment", "vssm.devtools.gpu_check.environment")
         self.start_cuda_build()
         self.parity()
         self.training()
-        self.step("throughput", "vssm.gpu_check.throughput")
+        self.step("throughput", "vssm.devtools.gpu_check.throughput")
         self.finish_cuda_build(wait=max(0.0, min(60.0, self.allowance("scan benchmark") - 30)))
         self.bench()
         self.auto_table()
