@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 
-from .checkpoint import CheckpointError, CheckpointMismatchError, export_hub_folder
+from .checkpoint import CheckpointError, export_hub_folder
 
 
 def parse_args(argv=None):
@@ -31,36 +31,28 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    """Run the command line: 0 when the folder is written, 2 on unusable arguments (one ``error:`` line, with the
-    load report for a checkpoint that does not fit)."""
-    args = parse_args(argv)
-
-    def say(message):
-        print(message, file=sys.stderr, flush=True)
-
+def run(args) -> int:
+    """Write the hub folder of parsed arguments."""
     out = os.path.abspath(args.out)
-    try:
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise CheckpointError(f"--out {args.out} is a file; name a folder to write")
-        if os.path.isdir(out) and os.listdir(out) and not args.force:
-            raise CheckpointError(f"--out {args.out} exists and is not empty (--force replaces it)")
-        if os.path.isdir(args.checkpoint) and os.path.abspath(args.checkpoint) == out:
-            raise CheckpointError("--out must differ from --checkpoint")
-        folder, report = export_hub_folder(args.checkpoint, out, args.model, args.trust_checkpoint, overwrite=True)
-    except (CheckpointError, CheckpointMismatchError) as e:
-        say(f"error: {e}")
-        return 2
-    except ValueError as e:
-        if "unknown model" not in str(e):
-            raise
-        say(f"error: {e}")
-        return 2
-    say(f"loaded {report.describe()}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CheckpointError(f"--out {args.out} is a file; name a folder to write")
+    if os.path.isdir(out) and os.listdir(out) and not args.force:
+        raise CheckpointError(f"--out {args.out} exists and is not empty (--force replaces it)")
+    if os.path.isdir(args.checkpoint) and os.path.abspath(args.checkpoint) == out:
+        raise CheckpointError("--out must differ from --checkpoint")
+    folder, report = export_hub_folder(args.checkpoint, out, args.model, args.trust_checkpoint, overwrite=True)
+    print(f"loaded {report.describe()}", file=sys.stderr, flush=True)
     print(f"wrote {args.out}: {', '.join(sorted(os.listdir(folder)))}\n"
           f"  load it: timm.create_model('local-dir:{args.out}', pretrained=True) (after import vssm)\n"
           f"  publish it: hf upload ORG/NAME {args.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    """Run the command line: 0 when the folder is written, 2 on unusable arguments (one ``error:`` line, with the
+    load report for a checkpoint that does not fit; :func:`vssm.cli.run_command`)."""
+    from .cli import run_command
+    return run_command(lambda argv: run(parse_args(argv)), argv)
 
 
 if __name__ == "__main__":

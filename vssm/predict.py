@@ -27,8 +27,8 @@ import time
 
 import torch
 
-from .checkpoint import (CheckpointError, CheckpointMismatchError, check_data_config, checkpoint_info, load_fitted,
-                         read_checkpoint)
+from .checkpoint import CheckpointMismatchError, check_data_config, checkpoint_info, load_fitted, read_checkpoint
+from .cli import UsageError
 from .data.images import ImageReadError, ImageTransform, image_files, read_image, tensor_transform
 from .models import create_model
 from .models.meta import InsufficientMemoryError, check_memory, on_meta_device
@@ -37,7 +37,7 @@ RANDOM_WEIGHTS_WARNING = ("WARNING: no --checkpoint: the model has RANDOM weight
                           "attribution maps are MEANINGLESS (use it only to try the command)")
 
 
-class PredictError(ValueError):
+class PredictError(UsageError):
     """Arguments that cannot be used (unknown device, no images, ...)."""
 
 
@@ -289,49 +289,39 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    """Run the command line; exit status 0, 1 when some image could not be read, 2 on unusable arguments."""
+def run(args) -> int:
+    """Classify the images of parsed arguments: 0, or 1 when some image could not be read."""
     from .runtime import retain_freed_memory
-    args = parse_args(argv)
     retain_freed_memory()
 
     def say(message):
         print(message, file=sys.stderr, flush=True)
 
-    try:
-        device = resolve_device(args.device)
-        files = collect_images(args.images)
+    device = resolve_device(args.device)
+    files = collect_images(args.images)
 
-        def fits(meta_model, info):
-            """The model and a batch at the input size must fit in the device's memory: refused with the estimate."""
-            config = data_config(meta_model, info["data_config"], args.img_size)
-            size = config["input_size"][1:]
-            source = "--img-size" if args.img_size else (
-                "the checkpoint's data_config" if info["data_config"] else "the model's pretrained_cfg")
-            check_memory(meta_model, config["input_size"][0], size, min(args.batch_size, len(files)), device,
-                         f"classifying at {size[0]}x{size[1]} (the input size of {source}) in batches of "
-                         f"{min(args.batch_size, len(files))}")
-        model, saved = load_classifier(args.model, args.checkpoint, args.trust_checkpoint, before_build=fits)
-        args.model = saved["model"]
-        names = class_names(model, saved["classes"], saved["class_descriptions"])
-        config = data_config(model, saved["data_config"], args.img_size)
-        if args.cam:
-            from .deploy.cam import cam_target_layer
-            try:
-                cam_target_layer(model, args.cam_stage)
-            except ValueError as e:
-                raise PredictError(f"--cam-stage: {e}") from None
-            if os.path.exists(args.cam) and not os.path.isdir(args.cam):
-                raise PredictError(f"--cam {args.cam} is a file, not a folder")
-            os.makedirs(args.cam, exist_ok=True)
-    except (PredictError, CheckpointError, CheckpointMismatchError, InsufficientMemoryError) as e:
-        say(f"error: {e}")
-        return 2
-    except ValueError as e:
-        if "unknown model" not in str(e):
-            raise
-        say(f"error: {e}")
-        return 2
+    def fits(meta_model, info):
+        """The model and a batch at the input size must fit in the device's memory: refused with the estimate."""
+        config = data_config(meta_model, info["data_config"], args.img_size)
+        size = config["input_size"][1:]
+        source = "--img-size" if args.img_size else (
+            "the checkpoint's data_config" if info["data_config"] else "the model's pretrained_cfg")
+        check_memory(meta_model, config["input_size"][0], size, min(args.batch_size, len(files)), device,
+                     f"classifying at {size[0]}x{size[1]} (the input size of {source}) in batches of "
+                     f"{min(args.batch_size, len(files))}")
+    model, saved = load_classifier(args.model, args.checkpoint, args.trust_checkpoint, before_build=fits)
+    args.model = saved["model"]
+    names = class_names(model, saved["classes"], saved["class_descriptions"])
+    config = data_config(model, saved["data_config"], args.img_size)
+    if args.cam:
+        from .deploy.cam import cam_target_layer
+        try:
+            cam_target_layer(model, args.cam_stage)
+        except ValueError as e:
+            raise PredictError(f"--cam-stage: {e}") from None
+        if os.path.exists(args.cam) and not os.path.isdir(args.cam):
+            raise PredictError(f"--cam {args.cam} is a file, not a folder")
+        os.makedirs(args.cam, exist_ok=True)
     if args.checkpoint is None:
         say(RANDOM_WEIGHTS_WARNING)
     say(f"{args.model} ({model.num_classes} classes, {config['input_size'][0]} channels, input "
@@ -360,6 +350,13 @@ def main(argv=None) -> int:
         say(f"error: {failed} of {len(files)} image(s) could not be read (listed above)")
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    """Run the command line; exit status 0, 1 when some image could not be read, 2 on unusable arguments (one
+    ``error:`` line, :func:`vssm.cli.run_command`)."""
+    from .cli import run_command
+    return run_command(lambda argv: run(parse_args(argv)), argv, errors=(PredictError, InsufficientMemoryError))
 
 
 if __name__ == "__main__":

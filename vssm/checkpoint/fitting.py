@@ -37,15 +37,16 @@ def shape_from_weights(probe: torch.nn.Module, state: dict, keys=("num_classes",
 
 def _build(build, name: str, options: dict, source: str, meta: bool):
     from ..models.meta import on_meta_device
+    from ..models import UnknownModelError
     try:
         if meta:
             with on_meta_device():
                 return build(name, **options)
         return build(name, **options)
+    except UnknownModelError:
+        raise
     except (TypeError, ValueError, RuntimeError, AssertionError, ArithmeticError, KeyError, IndexError,
             AttributeError, NotImplementedError) as e:
-        if "unknown model" in str(e):
-            raise
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
         raise CheckpointMismatchError(f"{name} cannot be built with the options {shown or '(none)'}"
                                       f"{' saved in ' + source if source else ''}: {type(e).__name__}: {e}") from None
