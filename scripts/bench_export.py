@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 import vssm
-from vssm import export, quantize
+from vssm import export
+from vssm.deploy import quantize
 from vssm.ops.selective_scan import resolve_backend
 from vssm.runtime import retain_freed_memory
 from vssm.deploy.runtimes import open_session

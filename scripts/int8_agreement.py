@@ -14,7 +14,8 @@ import os
 import sys
 
 
-from vssm import export, quantize
+from vssm import export
+from vssm.deploy import quantize
 from vssm.deploy.runtimes import open_session
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import vssm
-from vssm import export, quantize
+from vssm import export
+from vssm.deploy import quantize
 from vssm.deploy.runtimes import open_session
 
 pytest.importorskip("onnxruntime")
