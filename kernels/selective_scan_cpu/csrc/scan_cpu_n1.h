@@ -21,6 +21,11 @@
 #include "scan_cpu_block.h"
 #include "simd.h"
 
+// GCC 12 warns, once inlined here, that the AVX-512 intrinsics' own undefined-vector idiom (`__m512 __Y = __Y;`)
+// may be uninitialised.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 namespace vssm_cpu {
 namespace n1 {
 
@@ -367,3 +372,5 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
 
 }  // namespace n1
 }  // namespace vssm_cpu
+
+#pragma GCC diagnostic pop

@@ -16,9 +16,10 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define VSSM_SIMD_AVX512 1
-#include <immintrin.h>
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define VSSM_SIMD_AVX2 1
+#endif
+#if defined(VSSM_SIMD_AVX512) || defined(VSSM_SIMD_AVX2)
 #include <immintrin.h>
 #endif
 
