@@ -360,11 +360,26 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
   // this block's sums over channels, per step (rows of dB / dC partials, reduced by the binding)
   const int64_t part = ((s.k * p.n_blocks() + blk) * p.batch + s.b) * L;
   const bool has_dy = in.dy && p.C;
-  for (int64_t t = 0; t < L; ++t) {
+  const Vec* sums = scratch.sums.data();
+  int64_t t = 0;
+  for (; t + kLanes <= L; t += kLanes) {  // kLanes steps at once: lane j holds step t + j's sum
+    alignas(64) float sum_B[kLanes], sum_C[kLanes];
+    simd::store(sum_B, simd::sum_each(sums + 2 * t, 2));
+    if (has_dy) simd::store(sum_C, simd::sum_each(sums + 2 * t + 1, 2));
+    for (int j = 0; j < kLanes; ++j) {
+      const int64_t pos = s.pos(t + j);
+      o.dB[part + pos] = sum_B[j];
+      if (has_dy)
+        o.dC[part + pos] = sum_C[j];
+      else if (p.C && o.dC)
+        o.dC[part + pos] = 0.0f;
+    }
+  }
+  for (; t < L; ++t) {
     const int64_t pos = s.pos(t);
-    o.dB[part + pos] = simd::sum(scratch.sums[2 * t]);
+    o.dB[part + pos] = simd::sum(sums[2 * t]);
     if (has_dy)
-      o.dC[part + pos] = simd::sum(scratch.sums[2 * t + 1]);
+      o.dC[part + pos] = simd::sum(sums[2 * t + 1]);
     else if (p.C && o.dC)
       o.dC[part + pos] = 0.0f;
   }

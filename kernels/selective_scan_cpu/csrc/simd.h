@@ -86,6 +86,22 @@ inline Vec reciprocal(Vec d) {                                                  
   return {_mm512_mul_ps(r, _mm512_fnmadd_ps(d.v, r, _mm512_set1_ps(2.0f)))};
 }
 inline float sum(Vec a) { return _mm512_reduce_add_ps(a.v); }
+// The lane sums of kLanes vectors v[0], v[stride], ...: lane j of the result is the sum of v[j * stride]
+// (interleaving adds: 45 operations for 16 sums).
+inline Vec sum_each(const Vec* v, int stride) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = v[2 * i * stride].v, b = v[(2 * i + 1) * stride].v;
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d c = _mm512_castps_pd(t[2 * i]), d = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)), _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+  }
+  const __m512 p0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+  const __m512 p1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+  return {_mm512_add_ps(_mm512_shuffle_f32x4(p0, p1, 0x88), _mm512_shuffle_f32x4(p0, p1, 0xDD))};
+}
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 #elif defined(VSSM_SIMD_AVX2)
@@ -161,6 +177,19 @@ inline float sum(Vec a) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+// The lane sums of kLanes vectors v[0], v[stride], ...: lane j of the result is the sum of v[j * stride].
+inline Vec sum_each(const Vec* v, int stride) {
+  __m256 t[4], u[2];
+  for (int i = 0; i < 4; ++i) {
+    const __m256 a = v[2 * i * stride].v, b = v[(2 * i + 1) * stride].v;
+    t[i] = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+  }
+  for (int i = 0; i < 2; ++i) {
+    const __m256d c = _mm256_castps_pd(t[2 * i]), d = _mm256_castps_pd(t[2 * i + 1]);
+    u[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(c, d)), _mm256_castpd_ps(_mm256_unpackhi_pd(c, d)));
+  }
+  return {_mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31))};
+}
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 #else  // portable: one float
@@ -201,6 +230,7 @@ inline Vec scale_pow2(Vec p, Vec n) {  // n integral in [-127, 128] (exp2 clamps
 }
 inline Vec reciprocal(Vec d) { return {1.0f / d.v}; }
 inline float sum(Vec a) { return a.v; }
+inline Vec sum_each(const Vec* v, int) { return v[0]; }
 inline void prefetch(const void* p) { __builtin_prefetch(p); }
 #endif
 
