@@ -44,7 +44,7 @@ BACKWARD = "autograd::engine::evaluate_function: "
 OPTIMIZER = "Optimizer."
 KINDS = [  # (kind, pattern on the outermost operator's name), first match wins
     ("scan", r"vssm::|selective_scan"),
-    ("compiled (inductor)", r"cpp_fused|Torch-Compiled|CompiledFunction|inductor|cpp_kernel"),
+    ("compiled (inductor)", r"^inductor |Torch-Compiled|CompiledFunction|cpp_kernel"),
     ("optimizer", r"^Optimizer\.|_foreach|adam"),
     ("matmul", r"linear|addmm|\bmm\b|::mm$|bmm|matmul|einsum|^Mm|^Addmm|^Bmm|Linear"),
     ("conv", r"conv|Convolution"),
@@ -60,6 +60,7 @@ KINDS = [  # (kind, pattern on the outermost operator's name), first match wins
                     r"lerp|addcmul|addcdiv|floor|ceil|round|sign|eq|ne|lt|gt|le|ge|bitwise|logical"),
 ]
 PYTHON = "(python between operators)"
+WRAPPER = r"Torch-Compiled Region|CompiledFunction|CompiledFxGraph|^## "  # compiled code's ranges
 
 
 def kind_of(op: str) -> str:
@@ -135,6 +136,11 @@ def attribute(events, steps: int):
             result, outermost = ("optimizer", e.name.split("#")[-1], "(optimizer)"), True
         elif parent is None:
             result, outermost = ("forward", e.name, "(outside modules)"), True
+        elif re.search(WRAPPER, parent.name):  # a generated kernel, or a library call of compiled code
+            name = e.name
+            if re.match(r"(graph_\d+_)?cpp_fused_", name):  # named by the operations it fuses
+                name = "inductor " + re.sub(r"^(graph_\d+_)?cpp_fused_(\w+?)_\d+$", r"\2", name)
+            result, outermost = (describe(parent)[0], name, "(compiled)"), True
         elif parent.name.startswith(MODULE):  # an operator a module calls itself
             label = parent.name[len(MODULE):]
             kind = kind_of(e.name)
@@ -186,6 +192,9 @@ def profile_steps(model, batch, size, train, amp, iters, warmup, compiled):
     x = torch.randn(batch, getattr(model, "in_chans", 3), *size)
     model.train(train)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
+    if compiled:  # name every generated kernel in the profile (cpp_fused_*), not only the library calls
+        from torch._inductor import config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True
     run = torch.compile(model) if compiled else model
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else (lambda: torch.autocast("cpu", enabled=False))
 

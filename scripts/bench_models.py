@@ -11,9 +11,13 @@ variant: ``eager`` and ``compiled`` (torch.compile, inductor) in fp32, and both 
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (``eager-bf16``, ``compiled-bf16``) where the CPU has bf16
 arithmetic (AVX512-BF16 or AMX, as oneDNN reports; elsewhere those variants are skipped and said so).
 
+The training step's AdamW is PyTorch's fused CPU implementation (``--adamw fused``, the default; ``loop`` is
+``torch.optim.AdamW``'s default on a CPU, several times slower for these models' 200-300 parameter tensors).
+
 Side by side: for one mode and variant, one worker process per model builds (and compiles) it and warms up;
 then in every round each worker in turn times one step, and each model's figure is the median of its
-rounds, so every ratio compares steps taken minutes apart at most. Peak memory is the worker's peak resident
+rounds, so every ratio compares steps taken minutes apart at most. The workers of a mode and variant live at
+once (training at batch 8: 1-3.5 GB resident each). Peak memory is the worker's peak resident
 set above its idle size after the imports (weights, activations, gradients, optimizer state, and for compiled
 models what compilation kept), as ``analyze/throughput.py`` measures it.
 
@@ -57,7 +61,8 @@ def worker(args):
     torch.manual_seed(0)
     model = analysis_model(args.worker).train(train)
     x = torch.randn(batch, 3, args.size, args.size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[args.adamw]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, **options) if train else None
     run = torch.compile(model) if compiled else model
 
     def autocast():
@@ -100,7 +105,8 @@ class Worker:
 
     def __init__(self, model, mode, variant, args):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, "--mode", mode, "--variant", variant,
-               "--threads", str(args.threads), "--size", str(args.size), "--warmup", str(args.warmup)]
+               "--threads", str(args.threads), "--size", str(args.size), "--warmup", str(args.warmup),
+               "--adamw", args.adamw]
         self.model, self.error = model, None
         self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a worker's warnings must never block it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
@@ -246,6 +252,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=None, help="image size (default 224; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="nano models against convnext_atto at 64 x 64")
+    p.add_argument("--adamw", choices=["fused", "foreach", "loop"], default="fused",
+                   help="AdamW implementation of the training step (default: fused, PyTorch's CPU kernel)")
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -280,7 +288,7 @@ def main(argv=None):
         print("this CPU has no bf16 arithmetic (no AVX512-BF16 or AMX): the bf16 variants are skipped, fp32 only")
         variants = [v for v in variants if not v.endswith("bf16")]
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, {args.size} x {args.size}, "
-          f"{args.rounds} interleaved rounds (medians), models {', '.join(models)}", flush=True)
+          f"{args.rounds} interleaved rounds (medians), AdamW {args.adamw}, models {', '.join(models)}", flush=True)
     flops = gflops(models, args.size)
     results = {v: {m: {} for m in models} for v in variants}
     failed = []
