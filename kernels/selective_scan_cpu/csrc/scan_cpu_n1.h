@@ -76,6 +76,13 @@ struct Tile {
     else
       simd::store(row + v * kLanes, a, tail);
   }
+  template <typename T>  // an output row nothing reads soon: past the caches where full and aligned
+  void stream(T* row, int v, Vec a) const {
+    if (FULL || v < V - 1)
+      simd::stream(row + v * kLanes, a);
+    else
+      simd::store(row + v * kLanes, a, tail);
+  }
   template <typename T>
   void prefetch(const T* row) const {
     const char* b = reinterpret_cast<const char*>(row);
@@ -321,13 +328,13 @@ void backward_tile(const Problem& p, const BackwardIn& in, const BackwardOut& o,
         Vec ddt = simd::fma(wv, A[v], lb * x);
         if constexpr (SP) ddt = ddt * w[3 * V + v];
         dbias[v] = dbias[v] + ddt;
-        tile.store(ddelta + pos * o.sddt.p, v, ddt);
+        tile.stream(ddelta + pos * o.sddt.p, v, ddt);
         const Vec du = simd::fma(lb, dt, g * Dv[v]);
         if (du_sum) {
           float* row = du_sum + pos * o.sdu.p;
           tile.store(row, v, tile.load(row, v) + du);
         } else {
-          tile.store(du_own + pos * o.sdu.p, v, du);
+          tile.stream(du_own + pos * o.sdu.p, v, du);
         }
         a_next[v] = a;
       }
@@ -357,6 +364,7 @@ void backward_block(const Problem& p, const BackwardIn& in, const BackwardOut& o
       backward_tile<scalar_t, weight_t, Tl::kV, Tl::kFull, false>(p, in, o, s, tile, scratch, first);
     first = false;
   });
+  simd::fence();
   // this block's sums over channels, per step (rows of dB / dC partials, reduced by the binding)
   const int64_t part = ((s.k * p.n_blocks() + blk) * p.batch + s.b) * L;
   const bool has_dy = in.dy && p.C;

@@ -44,6 +44,14 @@ inline __mmask16 lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
 inline Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline Vec load(const float* p, int n) { return {_mm512_maskz_loadu_ps(lanes(n), p)}; }
 inline void store(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
+// A store past the caches where the address allows it (64-byte aligned): for outputs nothing reads soon.
+inline void stream(float* p, Vec a) {
+  if ((reinterpret_cast<uintptr_t>(p) & 63) == 0)
+    _mm512_stream_ps(p, a.v);
+  else
+    _mm512_storeu_ps(p, a.v);
+}
+inline void fence() { _mm_sfence(); }  // orders the streamed stores before what follows
 inline void store(float* p, Vec a, int n) { _mm512_mask_storeu_ps(p, lanes(n), a.v); }
 
 inline Vec widen_bf16(__m256i h) { return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))}; }
@@ -120,6 +128,13 @@ inline __m256i lanes(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _m
 inline Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
 inline Vec load(const float* p, int n) { return {_mm256_maskload_ps(p, lanes(n))}; }
 inline void store(float* p, Vec a) { _mm256_storeu_ps(p, a.v); }
+inline void stream(float* p, Vec a) {
+  if ((reinterpret_cast<uintptr_t>(p) & 31) == 0)
+    _mm256_stream_ps(p, a.v);
+  else
+    _mm256_storeu_ps(p, a.v);
+}
+inline void fence() { _mm_sfence(); }
 inline void store(float* p, Vec a, int n) { _mm256_maskstore_ps(p, lanes(n), a.v); }
 
 inline Vec load(const c10::BFloat16* p) {
@@ -211,6 +226,8 @@ template <typename T>
 inline void store(T* p, Vec a) { *p = static_cast<T>(a.v); }
 template <typename T>
 inline void store(T* p, Vec a, int) { store(p, a); }
+inline void stream(float* p, Vec a) { store(p, a); }
+inline void fence() {}
 inline Vec operator+(Vec a, Vec b) { return {a.v + b.v}; }
 inline Vec operator-(Vec a, Vec b) { return {a.v - b.v}; }
 inline Vec operator*(Vec a, Vec b) { return {a.v * b.v}; }
@@ -233,6 +250,9 @@ inline float sum(Vec a) { return a.v; }
 inline Vec sum_each(const Vec* v, int) { return v[0]; }
 inline void prefetch(const void* p) { __builtin_prefetch(p); }
 #endif
+
+template <typename T>  // 16-bit rows: plain stores
+inline void stream(T* p, Vec a) { store(p, a); }
 
 // ---- math ------------------------------------------------------------------------------------------------
 
