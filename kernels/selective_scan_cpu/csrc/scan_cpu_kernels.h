@@ -1,4 +1,6 @@
-// The kernels of the CPU selective scan (see scan_cpu_problem.h for the problem they solve).
+// The kernels of the CPU selective scan (see scan_cpu_problem.h for the problem they solve). N = 1 with
+// contiguous channels, what the entries make of every model's inputs, runs the explicitly vectorised kernels
+// of scan_cpu_n1.h; the kernels here, vectorised by the compiler, run everything else.
 #pragma once
 
 #include <ATen/Parallel.h>
