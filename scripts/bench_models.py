@@ -17,7 +17,8 @@ The training step's AdamW is PyTorch's fused CPU implementation (``--adamw fused
 Side by side: for one mode and variant, one worker process per model builds (and compiles) it and warms up;
 then in every round each worker in turn times one step, and each model's figure is the median of its
 rounds, so every ratio compares steps taken minutes apart at most. The workers of a mode and variant live at
-once (training at batch 8: 1-3.5 GB resident each). Peak memory is the worker's peak resident
+once (training at batch 8: 1-3.5 GB resident each); ``--at-once 2`` measures each model in turn beside its own
+reference worker instead. Peak memory is the worker's peak resident
 set above its idle size after the imports (weights, activations, gradients, optimizer state, and for compiled
 models what compilation kept), as ``analyze/throughput.py`` measures it.
 
@@ -85,11 +86,12 @@ def worker(args):
     for _ in range(args.warmup):
         step()
     reply({"ready": True, "first_step_s": first})
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for line in sys.stdin:
         if line.strip() == "step":
-            start = time.perf_counter()
+            start = clock()
             step()
-            reply({"seconds": time.perf_counter() - start})
+            reply({"seconds": clock() - start})
         elif line.strip() == "peak":
             reply({"peak_mb": process_memory_mb("VmHWM") - idle})
         else:
@@ -106,7 +108,7 @@ class Worker:
     def __init__(self, model, mode, variant, args):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, "--mode", mode, "--variant", variant,
                "--threads", str(args.threads), "--size", str(args.size), "--warmup", str(args.warmup),
-               "--adamw", args.adamw]
+               "--adamw", args.adamw, "--clock", args.clock]
         self.model, self.error = model, None
         self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a worker's warnings must never block it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
@@ -144,7 +146,33 @@ class Worker:
 
 
 def measure_group(models, mode, variant, args):
-    """{model: {"images_per_s", "seconds", "peak_mb", "first_step_s"} or {"error"}} for one mode and variant."""
+    """{model: {"images_per_s", "seconds", "peak_mb", "first_step_s", "reference_images_per_s"} or {"error"}} for
+    one mode and variant. models[0] is the reference; with --at-once N below len(models), the others are measured
+    in windows of N - 1, each beside a fresh reference worker, and a model's ratio is taken within its window."""
+    reference, others = models[0], models[1:]
+    size = max(1, args.at_once - 1)
+    results = {}
+    for first in range(0, len(others), size):
+        window = measure_window([reference] + others[first:first + size], mode, variant, args)
+        ref = window[reference]
+        for model, r in window.items():
+            if "images_per_s" in r and "images_per_s" in ref:
+                r["reference_images_per_s"] = ref["images_per_s"]
+            if model != reference:
+                results[model] = r
+        results.setdefault(reference, []).append(ref)
+    refs = results.pop(reference)
+    good = [r for r in refs if "images_per_s" in r]
+    if good:
+        ref = dict(good[0], images_per_s=statistics.median(r["images_per_s"] for r in good))
+        ref["peak_mb"] = max(r["peak_mb"] for r in good) if all(r.get("peak_mb") is not None for r in good) else None
+        ref["reference_images_per_s"] = ref["images_per_s"]
+    else:
+        ref = refs[0]
+    return {reference: ref, **results}
+
+
+def measure_window(models, mode, variant, args):
     batch = MODES[mode][1]
     workers = []
     for model in models:  # one at a time: builds and compilations do not compete with each other
@@ -217,11 +245,11 @@ def table(results, flops, reference, modes, variant):
         needed = flops[reference] / flops[model]
         cells = [model, f"{flops[model]:.2f}", "-" if model == reference else f">= {needed:.2f}"]
         for m in modes:
-            r, ref = per_mode.get(m, {}), results[reference].get(m, {})
+            r = per_mode.get(m, {})
             if "images_per_s" not in r:
                 cells += ["failed", "-", "-"]
                 continue
-            ratio = r["images_per_s"] / ref["images_per_s"] if "images_per_s" in ref else None
+            ratio = r["images_per_s"] / r["reference_images_per_s"] if "reference_images_per_s" in r else None
             mark = "" if model == reference or ratio is None else (" (met)" if ratio >= needed else "")
             cells += [f"{r['images_per_s']:.2f}", "-" if ratio is None else f"{ratio:.2f}{mark}",
                       "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"]
@@ -252,6 +280,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=None, help="image size (default 224; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="nano models against convnext_atto at 64 x 64")
+    p.add_argument("--at-once", type=int, default=len(MODELS) + 1,
+                   help="worker processes alive at once (default: every model and the reference); fewer measures "
+                        "the models in turns, each turn beside its own reference worker")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time steps by the wall clock (default) or by the worker's CPU time, which a busy machine "
+                        "does not inflate by descheduling (meaningful with --threads 1)")
     p.add_argument("--adamw", choices=["fused", "foreach", "loop"], default="fused",
                    help="AdamW implementation of the training step (default: fused, PyTorch's CPU kernel)")
     p.add_argument("--json", help="also write every figure to this JSON file")
@@ -262,9 +296,11 @@ def parse_args(argv=None):
     if args.worker:
         return args
     for name, value, low in (("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads, 1),
-                             ("--size", args.size, 32)):
+                             ("--size", args.size, 32), ("--at-once", args.at_once, 2)):
         if value is not None and value < low:
             p.error(f"{name} must be at least {low}, got {value}")
+    if args.clock == "cpu" and args.threads > 1:
+        p.error("--clock cpu counts every thread's time: use it with --threads 1")
     args.models = args.models or (QUICK_MODELS if args.quick else MODELS)
     args.reference = args.reference or ("convnext_atto" if args.quick else "convnext_tiny")
     args.size = args.size or (64 if args.quick else 224)
@@ -288,7 +324,8 @@ def main(argv=None):
         print("this CPU has no bf16 arithmetic (no AVX512-BF16 or AMX): the bf16 variants are skipped, fp32 only")
         variants = [v for v in variants if not v.endswith("bf16")]
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, {args.size} x {args.size}, "
-          f"{args.rounds} interleaved rounds (medians), AdamW {args.adamw}, models {', '.join(models)}", flush=True)
+          f"{args.rounds} interleaved rounds (medians, {args.clock} clock), AdamW {args.adamw}, "
+          f"models {', '.join(models)}", flush=True)
     flops = gflops(models, args.size)
     results = {v: {m: {} for m in models} for v in variants}
     failed = []
