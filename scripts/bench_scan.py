@@ -11,6 +11,11 @@ channel-major (batch, K*D, L) contiguous, and time-major views (what a scan over
 passes). The map rows time the fused cross-scan entry (``selective_scan_map``: four directions read from
 one (batch, L, D) map through VMamba's cross orders, outputs merged back), what SS2D now calls. A backend
 whose results differ from the naive loop on a small check is reported as failed and not timed.
+
+Timing: per stage, every row and the copy are timed in interleaved rounds (one call of each per round, in
+turn) and each reports its best round on a CPU (the least disturbed by other load), its median on a GPU, so
+the ratios compare calls made side by side. A forward+backward call starts with the inputs' gradients
+cleared (as an optimizer's zero_grad does), so no round pays for adding onto the previous one's.
 """
 import argparse
 import json
@@ -63,11 +68,18 @@ def timer(fn, device, repeat, warmup=1):
     return min(times) if device.type == "cpu" else statistics.median(times)
 
 
+def clear_grads(inputs):
+    for t in inputs.values():
+        if isinstance(t, torch.Tensor):
+            t.grad = None
+
+
 def scan_call(backend, inputs, grad_out):
     def forward():
         return selective_scan(**inputs, delta_softplus=True, backend=backend)
 
     def forward_backward():
+        clear_grads(inputs)
         forward().backward(grad_out)
     return forward, forward_backward
 
@@ -89,6 +101,7 @@ def map_call(backend, inputs, grad_out):
         return selective_scan_map(**inputs, delta_softplus=True, backend=backend)
 
     def forward_backward():
+        clear_grads(inputs)
         forward().backward(grad_out)
     return forward, forward_backward
 
@@ -102,6 +115,7 @@ def mamba_call(inputs, grad_out):
                                  i["delta_bias"], True)
 
     def forward_backward():
+        clear_grads(inputs)
         forward().backward(grad_out)
     return forward, forward_backward
 
@@ -145,11 +159,34 @@ def figure(D, L, label, results, moved, t_copy):
             "gb_per_s": moved / t_fb / 1e9, "x_copy": t_fb / t_copy, "x_copy_fwd": t_f / t_copy, "copy_ms": t_copy * 1e3}
 
 
-def copy_time(nbytes, device, repeat):
-    """Time to copy nbytes/2 bytes (read + write = nbytes moved)."""
-    src = torch.empty(max(1, nbytes // 8), dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    return timer(lambda: dst.copy_(src), device, repeat)
+def interleaved(calls, copy, device, repeat):
+    """{label: (fwd seconds, fwd+bwd seconds)} of ``calls`` ({label: (fwd, fwd_bwd)}) and of ``copy`` (label
+    "copy", both figures its time), from ``repeat`` rounds that call each once in turn after one warm-up round:
+    the best round on a CPU, the median on a GPU."""
+    def once(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    times = {label: ([], []) for label in ["copy", *calls]}
+    for r in range(repeat + 1):
+        t = once(copy)
+        if r:
+            times["copy"][0].append(t)
+            times["copy"][1].append(t)
+        for label, (fwd, fwd_bwd) in calls.items():
+            with torch.no_grad():
+                t_f = once(fwd)
+            t_fb = once(fwd_bwd)
+            if r:
+                times[label][0].append(t_f)
+                times[label][1].append(t_fb)
+    pick = min if device.type == "cpu" else statistics.median
+    return {label: (pick(f), pick(fb)) for label, (f, fb) in times.items()}
 
 
 def main():
@@ -195,43 +232,39 @@ def main():
         bc_bytes = batch * K * N * L * elt
         # fwd reads u, delta, B, C and writes y; bwd also reads dy and writes du, ddelta, dB, dC
         moved = (3 * seq_bytes + 2 * bc_bytes) + (5 * seq_bytes + 4 * bc_bytes)
-        t_copy = copy_time(moved, device, repeat)
-        rows = []
-        layouts = [("naive", False)] if not args.skip_naive else []
+        src = torch.empty(max(1, moved // 8), dtype=torch.float32, device=device)  # copied: moved / 2 bytes
+        dst = torch.empty_like(src)
+        calls = {}  # label -> (fwd, fwd_bwd)
+        results = {}
+        if not args.skip_naive:  # one call each, apart from the rounds (slow)
+            inputs = make(batch, K, D, N, L, device, dtype, False)
+            results["naive"] = time_both(*scan_call("naive", inputs, torch.randn_like(inputs["u"])), device, 1, False)
         for b in backends:
             if not status[b]:
                 continue
-            rows.append((b, False))
-            if device.type == "cpu":
-                rows.append((b, True))
-        results = {}
-        for name, time_major in layouts + rows:
-            inputs = make(batch, K, D, N, L, device, dtype, time_major)
-            grad = torch.randn_like(inputs["u"])
-            fwd, fwd_bwd = scan_call(name, inputs, grad)
-            label = name + (" (time-major)" if time_major else "")
-            results[label] = time_both(fwd, fwd_bwd, device, 1 if name == "naive" else repeat, name != "naive")
+            for time_major in ([False, True] if device.type == "cpu" else [False]):
+                inputs = make(batch, K, D, N, L, device, dtype, time_major)
+                label = b + (" (time-major)" if time_major else "")
+                calls[label] = scan_call(b, inputs, torch.randn_like(inputs["u"]))
+                if has_mamba:
+                    calls[label + " mamba_ssm"] = mamba_call(inputs, torch.randn_like(inputs["u"]))
+        if L == int(round(L ** 0.5)) ** 2:
+            for b in backends:
+                if status[b]:
+                    inputs = make_map(batch, D, L, device, dtype)
+                    calls[f"{b} map"] = map_call(b, inputs, torch.randn_like(inputs["x"], dtype=torch.float32))
+        results.update(interleaved(calls, lambda: dst.copy_(src), device, repeat))
+        t_copy = results.pop("copy")[1]
+        for label in ["naive"] * (not args.skip_naive) + [k for k in calls if not k.endswith("mamba_ssm")]:
             line = row(D, L, label, results, moved, t_copy)
             figures.append(figure(D, L, label, results, moved, t_copy))
-            if has_mamba and name != "naive":
-                m_f, m_fb = mamba_call(inputs, grad)
-                with torch.no_grad():
-                    mt_f = timer(m_f, device, repeat)
-                mt_fb = timer(m_fb, device, repeat)
+            if label + " mamba_ssm" in results:
+                mt_f, mt_fb = results[label + " mamba_ssm"]
                 t_f, t_fb = results[label]
                 figures[-1].update(mamba_ssm_fwd_ms=mt_f * 1e3, mamba_ssm_fwd_bwd_ms=mt_fb * 1e3)
                 line += (f" {mt_f / t_f:7.2f} {mt_fb / t_fb:7.2f}"
                          f" (mamba_ssm fwd {mt_f * 1e3:.2f} ms, fwd+bwd {mt_fb * 1e3:.2f} ms)")
             print(line, flush=True)
-        if L == int(round(L ** 0.5)) ** 2:
-            for b in backends:
-                if not status[b]:
-                    continue
-                inputs = make_map(batch, D, L, device, dtype)
-                fwd, fwd_bwd = map_call(b, inputs, torch.randn_like(inputs["x"], dtype=torch.float32))
-                results[f"{b} map"] = time_both(fwd, fwd_bwd, device, repeat, True)
-                print(row(D, L, f"{b} map", results, moved, t_copy), flush=True)
-                figures.append(figure(D, L, f"{b} map", results, moved, t_copy))
         print(f"{D:>4} {L:>5}  {'copy of same bytes':<18} {'':>9} {t_copy * 1e3:11.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

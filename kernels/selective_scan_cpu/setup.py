@@ -4,8 +4,10 @@
     VSSM_CPU_ARCH=x86-64-v3 pip install --no-build-isolation ./kernels/selective_scan_cpu   # portable AVX2 build
 
 Plain C++17 on ATen with OpenMP, built with the system compiler against the installed torch (hence
---no-build-isolation). The inner loops run over contiguous channels and are vectorised by the compiler for
-VSSM_CPU_ARCH (default ``native``: the machine that builds it, which is where scripts/setup_env.sh runs it).
+--no-build-isolation), for VSSM_CPU_ARCH (default ``native``: the machine that builds it, which is where
+scripts/setup_env.sh runs it). The N = 1 kernels use explicit vectors (csrc/simd.h): AVX-512 when the target
+has AVX512F/BW/VL/DQ, else AVX2 with FMA and F16C (``x86-64-v3``), else one float at a time (e.g. ``x86-64``);
+the others are vectorised by the compiler.
 """
 import os
 import sys

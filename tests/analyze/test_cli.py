@@ -21,7 +21,7 @@ def assert_png(path):
         assert img.format == "PNG" and min(img.size) > 100
 
 
-@pytest.mark.parametrize("name", ["erf", "attnmap", "throughput", "flops", "compare"])
+@pytest.mark.parametrize("name", ["erf", "attnmap", "throughput", "flops", "compare", "breakdown"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         tool(name).main(["--help"])
@@ -186,3 +186,20 @@ def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys, m
     captured = capsys.readouterr()
     assert "| vmamba_nano | 32x32 | 8 | 10.00 | 1 | failed | - |" in captured.out
     assert "error: 1 of 2 measurements failed: vmamba_nano 32x32 train" in captured.err
+
+
+def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert tool("breakdown").main(["--model", "quadmamba_nano", "--train", "--batch-size", "1", "--size", "64",
+                                   "--iters", "1", "--warmup", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "## quadmamba_nano: inference" in text and "## quadmamba_nano: training step" in text
+    figures = json.loads(out.read_text())
+    assert [f["mode"] for f in figures] == ["inference", "training step"]
+    inference, training = figures
+    assert any(k.endswith("/scan") for k in inference["kind"]), inference["kind"]
+    assert any("score_predictor" in k for k in inference["block"]), "QuadMamba's own part is not named"
+    assert any(k.startswith("backward/") for k in training["kind"]) and any(
+        k.startswith("optimizer/") for k in training["kind"]), training["kind"]
+    total = sum(inference["kind"].values())
+    assert total > 0 and abs(sum(inference["operator"].values()) - total) < 0.05 * total

@@ -1,4 +1,6 @@
-// The kernels of the CPU selective scan (see scan_cpu_problem.h for the problem they solve).
+// The kernels of the CPU selective scan (see scan_cpu_problem.h for the problem they solve). N = 1 with
+// contiguous channels, what the entries make of every model's inputs, runs the explicitly vectorised kernels
+// of scan_cpu_n1.h; the kernels here, vectorised by the compiler, run everything else.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -9,6 +11,8 @@
 #include <vector>
 
 #include "fast_math.h"
+#include "scan_cpu_block.h"
+#include "scan_cpu_n1.h"
 #include "scan_cpu_problem.h"
 
 namespace vssm_cpu {
@@ -54,25 +58,6 @@ inline void step_sizes(float* dt, const float* bias, bool softplus, int w) {
 #pragma omp simd
     for (int d = 0; d < w; ++d) dt[d] = dt[d] + bias[d];
   }
-}
-
-// What one task needs of the channel block [d0, d0 + w) of group k.
-struct Block {
-  int64_t b, k, d0, c0;  // c0: global channel of d0
-  int w;
-  const int64_t* index;  // this (batch, group)'s positions, or null
-  int64_t pos(int64_t t) const { return index ? index[t] : t; }
-};
-
-inline Block make_block(const Problem& p, int64_t b, int64_t k, int64_t blk) {
-  Block s;
-  s.b = b;
-  s.k = k;
-  s.d0 = blk * p.block;
-  s.c0 = k * p.dim + s.d0;
-  s.w = static_cast<int>(std::min<int64_t>(p.block, p.dim - s.d0));
-  s.index = p.index ? p.index + b * p.index_b + k * p.index_k : nullptr;
-  return s;
 }
 
 // Per-channel constants of a block: A as [n][d], bias, D.
@@ -561,11 +546,26 @@ void for_each_block(const Problem& p, F&& fn) {
 
 template <typename scalar_t, typename weight_t, int NS>
 void run_forward(const Problem& p, const ForwardOut& o) {
+  if constexpr (NS == 1) {
+    if (n1::forward_supported(p, o)) {
+      for_each_block(p, [&](const Block& s, int64_t) { n1::forward_block<scalar_t, weight_t>(p, o, s); });
+      return;
+    }
+  }
   for_each_block(p, [&](const Block& s, int64_t) { forward_block<scalar_t, weight_t, NS>(p, o, s); });
 }
 
 template <typename scalar_t, typename weight_t, int NS>
 void run_backward(const Problem& p, const BackwardIn& in, const BackwardOut& o) {
+  if constexpr (NS == 1) {
+    if (n1::backward_supported(p, in, o)) {
+      for_each_block(p, [&](const Block& s, int64_t blk) {
+        thread_local n1::Scratch scratch;
+        n1::backward_block<scalar_t, weight_t>(p, in, o, s, blk, scratch);
+      });
+      return;
+    }
+  }
   for_each_block(p, [&](const Block& s, int64_t blk) {
     thread_local std::vector<float> work;
     backward_block<scalar_t, weight_t, NS>(p, in, o, s, blk, work);

@@ -1,10 +1,13 @@
 """Binding of the compiled CPU backend (``kernels/selective_scan_cpu``, module ``vssm_selective_scan_cpu``).
 
-C++ on ATen with OpenMP: one task per (batch element, direction, block of up to 64 channels), the inner loops
-over contiguous channels vectorised by the compiler, fp32 arithmetic for fp32/fp16/bf16 inputs. The forward
-saves the state entering every segment of ``segment_length(N)`` steps; the backward recomputes each
-segment's states from it. The map entry reads the K sequences straight from the (batch, L, D) map through the
-order tables and adds the K outputs onto the map, with no gathered copies.
+C++ on ATen with OpenMP: one task per (batch element, direction, block of channels) (per (batch element, block)
+owning every direction for the map entry), fp32 arithmetic for fp32/fp16/bf16 inputs. N = 1, what every vssm
+model runs, has kernels with explicit vectors across channels (AVX-512 or AVX2, chosen when compiling; one
+float at a time in a portable build): tiles of channels walk the sequence with their state and gradient sums
+in registers. Other N and strided channels use kernels the compiler vectorises. The forward saves the state
+entering every segment of ``segment_length(N)`` steps; the backward recomputes each segment's states from it.
+The map entry reads the K sequences straight from the (batch, L, D) map through the order tables and adds the
+K outputs onto the map, with no gathered copies.
 
 ``scripts/setup_env.sh`` builds it; without it ``auto`` uses the ``torch`` backend and says so once.
 """
