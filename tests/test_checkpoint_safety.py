@@ -170,7 +170,7 @@ def test_mm_test_tool_refuses_the_gadget_and_writes_nothing(tmp_path):
     path = tmp_path / "iter_1.pth"
     torch.save({"state_dict": {}, "meta": _Reduce(_Reduce(getattr, array, "tofile"), str(target))}, path)
     config = os.path.join(ROOT, "configs", "segmentation", "vmamba", "upernet_vmamba_shapes-128x128_nano.py")
-    from vssm.mm.shapes import make_ade
+    from vssm.data.shapes import make_ade
     ade = make_ade(str(tmp_path / "ade"), train=2, val=2)
     data = [f"{split}_dataloader.dataset.data_root={ade}/" for split in ("train", "val", "test")]
     with pytest.raises(CheckpointError, match="tofile"):

@@ -5,7 +5,7 @@ well above what a constant answer scores.
 The runs fit their training images (seconds on a CPU do not train a detector that generalises from four
 images): what they show is that data loading, annotation parsing, targets, losses, optimizer steps, inference,
 post-processing and the metric agree end to end; a break in any of them keeps the metric at chance. The data
-comes from the public generators (vssm.mm.shapes) and the settings that decide the outcome (iterations,
+comes from the public generators (vssm.data.shapes) and the settings that decide the outcome (iterations,
 learning rate, batch, samplers, seed) are set here, so a change of the shipped nano configs' defaults does not
 change these runs.
 """
@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("mmdet", reason="the OpenMMLab stack is not installed (scripts/setup_mm.sh)")
 pytest.importorskip("mmseg", reason="the OpenMMLab stack is not installed (scripts/setup_mm.sh)")
 
-from vssm.mm.shapes import make_ade, make_coco  # noqa: E402
+from vssm.data.shapes import make_ade, make_coco  # noqa: E402
 from vssm.mm.tools import train_main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("mmdet", reason="the OpenMMLab stack is not installed (scripts/setup_mm.sh)")
 pytest.importorskip("mmseg", reason="the OpenMMLab stack is not installed (scripts/setup_mm.sh)")
@@ -14,7 +15,7 @@ pytest.importorskip("mmseg", reason="the OpenMMLab stack is not installed (scrip
 import vssm  # noqa: E402
 from vssm.mm.backbone import backbones  # noqa: E402
 from vssm.mm.flops import build_from_config  # noqa: E402
-from vssm.mm.shapes import make_ade, make_coco  # noqa: E402
+from vssm.data.shapes import make_ade, make_coco  # noqa: E402
 from vssm.mm.tools import test_main as run_test  # noqa: E402
 from vssm.mm.tools import train_main  # noqa: E402
 
@@ -29,19 +30,23 @@ def shapes(tmp_path_factory):
 
 
 def _det_options(coco):
+    """The generated set in ``coco``; two training iterations (one epoch of 4 images, 2 a batch)."""
     ann = os.path.join(coco, "annotations", "instances_val2017.json")
     return [f"train_dataloader.dataset.data_root={coco}/", f"val_dataloader.dataset.data_root={coco}/",
             f"test_dataloader.dataset.data_root={coco}/", f"val_evaluator.ann_file={ann}",
-            f"test_evaluator.ann_file={ann}"]
+            f"test_evaluator.ann_file={ann}", "train_cfg.max_epochs=1", "train_dataloader.batch_size=2",
+            "default_hooks.logger.interval=1"]
 
 
 def _seg_options(ade):
+    """The generated set in ``ade``; two training iterations of 2 images."""
     return [f"train_dataloader.dataset.data_root={ade}/", f"val_dataloader.dataset.data_root={ade}/",
-            f"test_dataloader.dataset.data_root={ade}/"]
+            f"test_dataloader.dataset.data_root={ade}/", "train_cfg.max_iters=2", "train_dataloader.batch_size=2",
+            "default_hooks.logger.interval=1"]
 
 
 def _scalars(work_dir):
-    """The metrics of the last evaluation logged by mmengine."""
+    """The records mmengine logged in a training run's scalars.json."""
     logs = sorted(glob.glob(os.path.join(work_dir, "*", "vis_data", "scalars.json")))
     assert logs, f"no scalars in {work_dir}"
     with open(logs[-1]) as f:
@@ -49,27 +54,62 @@ def _scalars(work_dir):
     return records
 
 
+def _evaluation(records, keys):
+    """The metrics ``keys`` of the last record holding them."""
+    found = [r for r in records if set(keys) <= set(r)]
+    assert found, f"no evaluation with {keys}"
+    return {k: found[-1][k] for k in keys}
+
+
+def _tested(work_dir, keys):
+    """The metrics ``keys`` a test run wrote (work_dir/TIMESTAMP/TIMESTAMP.json)."""
+    files = glob.glob(os.path.join(work_dir, "*", "*.json"))
+    assert len(files) == 1, files
+    with open(files[0]) as f:
+        return _evaluation([json.load(f)], keys)
+
+
+def _assert_pictures(show_dir, image_dir):
+    """--show-dir wrote one PNG per image: the image's ground truth and prediction side by side."""
+    for name in os.listdir(image_dir):
+        picture = os.path.join(show_dir, os.path.splitext(name)[0] + ".png")
+        with Image.open(picture) as drawn, Image.open(os.path.join(image_dir, name)) as image:
+            assert drawn.format == "PNG" and drawn.size == (2 * image.width, image.height), picture
+
+
+DET_METRICS = ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50")
+SEG_METRICS = ("aAcc", "mIoU", "mAcc")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_mask_rcnn_trains_and_evaluates(family, shapes, tmp_path):
+def test_mask_rcnn_trains_and_its_checkpoint_reproduces_the_evaluation(family, shapes, tmp_path):
     coco, _ = shapes
     config = os.path.join(ROOT, "configs", "detection", family, f"mask_rcnn_{family}_fpn_shapes_nano.py")
     work = str(tmp_path / "det")
     assert train_main([config, "--work-dir", work, "--cfg-options", *_det_options(coco)]) == 0
     records = _scalars(work)
     assert any("loss" in r and r["iter"] == 2 for r in records), "two training iterations"
-    assert any("coco/bbox_mAP" in r for r in records), "an evaluation"
+    trained = _evaluation(records, DET_METRICS)
     assert run_test([config, os.path.join(work, "epoch_1.pth"), "--work-dir", str(tmp_path / "test"),
-                      "--cfg-options", *_det_options(coco)]) == 0
+                     "--show-dir", str(tmp_path / "show"), "--cfg-options", *_det_options(coco)]) == 0
+    assert _tested(str(tmp_path / "test"), DET_METRICS) == trained
+    _assert_pictures(str(tmp_path / "show"), os.path.join(coco, "val2017"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_upernet_trains_and_evaluates(family, shapes, tmp_path):
+def test_upernet_trains_and_its_checkpoint_reproduces_the_evaluation(family, shapes, tmp_path):
     _, ade = shapes
     config = os.path.join(ROOT, "configs", "segmentation", family, f"upernet_{family}_shapes-128x128_nano.py")
     work = str(tmp_path / "seg")
     assert train_main([config, "--work-dir", work, "--cfg-options", *_seg_options(ade)]) == 0
     records = _scalars(work)
-    assert any("decode.loss_ce" in r for r in records) and any("mIoU" in r for r in records)
+    assert any("decode.loss_ce" in r and r["iter"] == 2 for r in records), "two training iterations"
+    trained = _evaluation(records, SEG_METRICS)
+    assert trained["mIoU"] > 0
+    assert run_test([config, os.path.join(work, "iter_2.pth"), "--work-dir", str(tmp_path / "test"),
+                     "--show-dir", str(tmp_path / "show"), "--cfg-options", *_seg_options(ade)]) == 0
+    assert _tested(str(tmp_path / "test"), SEG_METRICS) == trained
+    _assert_pictures(str(tmp_path / "show"), os.path.join(ade, "images", "validation"))
 
 
 def test_segmentation_test_time_augmentation(shapes, tmp_path):
