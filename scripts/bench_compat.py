@@ -10,11 +10,10 @@ kernel (its fwd also computes the chunk-end states ``x``; its bwd re-runs the fo
 ratio to the op.
 """
 import argparse
-import statistics
-import time
 
 import torch
 
+from vssm.devtools.benchmark import best_time
 from vssm.compat import kernels
 from vssm.compat.vmamba import selective_scan_fn
 from vssm.ops import selective_scan
@@ -36,18 +35,6 @@ class OflexFunction(torch.autograd.Function):
         return tuple(kernels.oflex_bwd(u, delta, A, B, C, D, delta_bias, dout, x, True, 1))
 
 
-def timer(fn, device, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times) if device.type == "cpu" else statistics.median(times)
 
 
 def main():
@@ -81,7 +68,7 @@ def main():
             "compat": lambda: selective_scan_fn(*inputs, delta_softplus=True),
             "oflex": lambda: OflexFunction.apply(*inputs),
         }
-        ms = {name: 1e3 * timer(lambda f=f: f().backward(grad_out), device, repeat) for name, f in entries.items()}
+        ms = {name: 1e3 * best_time(lambda f=f: f().backward(grad_out), device, repeat) for name, f in entries.items()}
         print(f"{stage:>5} {K * D:>5} {L:>5} | {ms['op']:>9.2f} | {ms['compat']:>12.2f} "
               f"{ms['compat'] / ms['op']:>6.2f} | {ms['oflex']:>17.2f} {ms['oflex'] / ms['op']:>6.2f}", flush=True)
 

@@ -51,7 +51,7 @@ def worker(args):
     """Build the model, warm up, then answer `step` with one step's seconds and `peak` with peak MB above idle."""
     import torch
     from vssm.analysis.models import analysis_model
-    from vssm.devtools.benchmark import process_memory_mb, reset_peak_memory
+    from vssm.devtools.benchmark import process_memory_mb, reset_peak_memory, training_or_inference_step
     from vssm.runtime import retain_freed_memory
     retain_freed_memory()
     torch.set_num_threads(args.threads)
@@ -66,19 +66,7 @@ def worker(args):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, **options) if train else None
     run = torch.compile(model) if compiled else model
 
-    def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-
-    def step():
-        if train:
-            with autocast():
-                loss = run(x).float().mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.inference_mode(), autocast():
-                run(x)
+    step = training_or_inference_step(run, x, optimizer, bf16)
 
     start = time.perf_counter()
     step()  # compilation happens here

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from vssm.devtools.benchmark import best_time
 from vssm.ops import selective_scan, selective_scan_map
 from vssm.ops.selective_scan import available_backends
 from vssm.scans import cross_orders
@@ -53,19 +54,6 @@ def make(batch, K, D, N, L, device, dtype, time_major, requires_grad=True):
                 delta_bias=param(torch.rand(channels, device=device) * 0.5))
 
 
-def timer(fn, device, repeat, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times) if device.type == "cpu" else statistics.median(times)
 
 
 def clear_grads(inputs):
@@ -136,8 +124,8 @@ def check(backend, device):
 def time_both(fwd, fwd_bwd, device, repeat, warm):
     """(forward seconds without gradients, forward+backward seconds)."""
     with torch.no_grad():
-        t_f = timer(fwd, device, repeat, warmup=1 if warm else 0)
-    return t_f, timer(fwd_bwd, device, repeat, warmup=1 if warm else 0)
+        t_f = best_time(fwd, device, repeat, warmup=1 if warm else 0)
+    return t_f, best_time(fwd_bwd, device, repeat, warmup=1 if warm else 0)
 
 
 def row(D, L, label, results, moved, t_copy):

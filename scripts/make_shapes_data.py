@@ -10,27 +10,16 @@ import os
 import sys
 import time
 
+from vssm.cli import at_least
 from vssm.data.shapes import make_ade, make_coco
-
-
-def _count(least):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-        return value
-    return parse
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data", help="folder of the two sets (default: data)")
-    parser.add_argument("--train", type=_count(1), default=1600, help="training images per set (default: 1600)")
-    parser.add_argument("--val", type=_count(1), default=200, help="validation images per set (default: 200)")
-    parser.add_argument("--size", type=_count(32), default=128, help="image side in pixels (default: 128)")
+    parser.add_argument("--train", type=at_least(1), default=1600, help="training images per set (default: 1600)")
+    parser.add_argument("--val", type=at_least(1), default=200, help="validation images per set (default: 200)")
+    parser.add_argument("--size", type=at_least(32), default=128, help="image side in pixels (default: 128)")
     args = parser.parse_args(argv)
     start = time.time()
     try:

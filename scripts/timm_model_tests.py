@@ -20,6 +20,7 @@ import argparse
 import collections
 import importlib.util
 import os
+import re
 import shlex
 import sys
 import time
@@ -118,6 +119,16 @@ def print_tables(results):
         print(f"\n{outcome} ({len(tests)}): {reason}\n  " + "\n  ".join(tests))
 
 
+def checkout_version(test_file: str):
+    """The timm version of the checkout holding ``test_file`` (its ``timm/version.py``), or None."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(test_file))), "timm", "version.py")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", f.read())
+    return found.group(1) if found else None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tests", help="the tests/ folder of a timm checkout (or its test_models.py)")
@@ -132,6 +143,14 @@ def main():
     import pytest
     import timm
     import vssm  # registers the models in timm before the test file lists them
+    checkout = checkout_version(test_file)
+    if checkout is None:
+        print(f"warning: no timm/version.py beside {test_file}: cannot check that these tests are timm "
+              f"{timm.__version__}'s", file=sys.stderr, flush=True)
+    elif checkout != timm.__version__:
+        print(f"warning: the checkout's tests are timm {checkout}'s but timm {timm.__version__} is installed: "
+              f"tests of another version may fail for reasons that are not vssm's (clone -b v{timm.__version__})",
+              file=sys.stderr, flush=True)
     models = selected_models(args.sizes)
     print(f"timm {timm.__version__}, vssm {vssm.__version__}, tests {test_file}\nmodels: {' '.join(models)}",
           flush=True)

@@ -4,6 +4,7 @@ Input a command cannot use ends in one ``error: ...`` line on stderr and exit st
 errors of :data:`HANDLED` (each names the problem) and the command's own. Anything else is a bug and keeps its
 traceback.
 """
+import argparse
 import sys
 
 import torch.distributed as dist
@@ -40,3 +41,19 @@ def run_command(main, argv=None, errors: tuple = (), describe=first_line) -> int
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+    def integer(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return integer
+
+
+positive = at_least(1)

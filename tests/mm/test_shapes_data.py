@@ -115,4 +115,4 @@ def test_script_writes_both_sets_and_names_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--root", str(tmp_path), "--train", "many"])
     assert exit_.value.code == 2
-    assert "error: argument --train: expected a whole number, got 'many'" in capsys.readouterr().err
+    assert "error: argument --train: expected an integer, got 'many'" in capsys.readouterr().err

@@ -3,27 +3,13 @@ names checked up front, and errors that end in one ``error:`` line and exit stat
 import argparse
 import functools
 
-from ..cli import UsageError, run_command
+from ..cli import UsageError, at_least, positive, run_command  # noqa: F401 (the tools' argument types)
 
 
 class InputError(UsageError):
     """An input an analysis cannot use: an unknown model, a missing or empty image folder, no images asked."""
 
 
-def at_least(minimum: int):
-    """argparse type: an integer >= ``minimum``."""
-    def integer(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return integer
-
-
-positive = at_least(1)
 
 
 def unknown_model(name: str):

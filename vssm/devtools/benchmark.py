@@ -30,6 +30,43 @@ def reset_peak_memory():
         pass
 
 
+def training_or_inference_step(run, x, optimizer=None, bf16: bool = False):
+    """A function doing one step of ``run`` on ``x``: with an optimizer a training step (forward, a mean loss,
+    backward, the optimizer's step, gradients cleared), else an inference-mode forward; under CPU bf16 autocast
+    when ``bf16``."""
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def step():
+        if optimizer is not None:
+            with autocast():
+                loss = run(x).float().mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode(), autocast():
+                run(x)
+    return step
+
+
+def best_time(fn, device, repeat: int, warmup: int = 1) -> float:
+    """Seconds of one ``fn()`` call after ``warmup`` calls: the best of ``repeat`` on a CPU (noise only adds
+    time), the median on a GPU (synchronised around each call)."""
+    import statistics
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times) if device.type == "cpu" else statistics.median(times)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -37,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from vssm.analysis.cli import InputError, at_least, check_models, command, positive
 from vssm.analysis.models import analysis_model
+from vssm.devtools.benchmark import training_or_inference_step
 from vssm.runtime import retain_freed_memory
 
 MODULE = "module::"
@@ -196,18 +197,7 @@ def profile_steps(model, batch, size, train, amp, iters, warmup, compiled):
         from torch._inductor import config as inductor_config
         inductor_config.cpp.enable_kernel_profile = True
     run = torch.compile(model) if compiled else model
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp else (lambda: torch.autocast("cpu", enabled=False))
-
-    def step():
-        if train:
-            with autocast():
-                loss = run(x).float().mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.inference_mode(), autocast():
-                run(x)
+    step = training_or_inference_step(run, x, optimizer, bf16=amp)
 
     for _ in range(warmup):
         step()
