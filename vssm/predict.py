@@ -200,10 +200,10 @@ def resolve_device(name: str) -> torch.device:
 
 def cam_title(image: str, top: tuple, method: str, stage: int, cells: tuple, weights: str = None) -> str:
     """The title of an attribution picture: image name, top class and probability, method and stage, weights."""
-    import textwrap
     probability, _, name = top
-    lines = textwrap.wrap(f"{os.path.basename(image)}: {name} ({100 * probability:.1f}%)", 46)
-    return "\n".join(lines + [f"{method}, stage {stage} ({cells[0]}x{cells[1]} cells)"] + ([weights] if weights else []))
+    lines = [f"{os.path.basename(image)}: {name} ({100 * probability:.1f}%)",
+             f"{method}, stage {stage} ({cells[0]}x{cells[1]} cells)"]
+    return "\n".join(lines + ([weights] if weights else []))
 
 
 def _cam_path(out_dir: str, path: str, method: str, used: set) -> str:

@@ -16,9 +16,14 @@ def tool(name):
     return module
 
 
-def assert_png(path):
+def assert_png(path, min_side=100):
     with Image.open(path) as img:
-        assert img.format == "PNG" and min(img.size) > 100
+        assert img.format == "PNG" and min(img.size) > min_side, img.size
+
+
+def png_title(path):
+    with Image.open(path) as img:
+        return img.text.get("Title", "")
 
 
 @pytest.mark.parametrize("name", ["erf", "attnmap", "throughput", "flops", "compare", "breakdown"])
@@ -34,8 +39,12 @@ def test_erf(tmp_path, capsys):
     assert tool("erf").main(["--model", "vmamba_nano", "fractalmamba_nano", "--images", "2", "--size", "48",
                              "--out", str(out), "--save-maps", str(tmp_path / "maps.pt")]) == 0
     text = capsys.readouterr().out
-    assert "| vmamba_nano |" in text and "| fractalmamba_nano |" in text and "erf: 2/2 images" in text
-    assert_png(out)
+    assert "| vmamba_nano | random weights (no --checkpoint) |" in text and "| fractalmamba_nano | random weights (no --checkpoint) |" \
+        in text and "erf: 2/2 images" in text
+    assert "random weights (no --checkpoint): the ERF of the initialised architectures" in text
+    assert_png(out, min_side=250)
+    assert png_title(out) == ("Effective receptive field of the central output (RepLKNet method): "
+                              "random weights (no --checkpoint)")
     import torch
     maps = torch.load(tmp_path / "maps.pt", weights_only=True)
     assert maps["vmamba_nano"].shape == (48, 48)
@@ -55,7 +64,9 @@ def test_erf_loads_a_checkpoint_strictly(tmp_path, capsys):
     torch.save({"model": vssm.create_model("vmamba_nano").state_dict()}, path)
     assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path), "--images", "1", "--size", "32",
                              "--random", "--out", str(tmp_path / "e.png")]) == 0
-    assert f"loaded checkpoint {path}" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"loaded checkpoint {path}" in text and "| vmamba_nano | w.pth |" in text and "random" not in text
+    assert png_title(tmp_path / "e.png") == "Effective receptive field of the central output (RepLKNet method)"
     torch.save({"model": {"stray": torch.zeros(1)}}, path)
     assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path),
                              "--out", str(tmp_path / "e.png")]) == 2
@@ -72,7 +83,39 @@ def test_attnmap(tmp_path, capsys):
     for block in ("block 0.0: 16x16", "block 1.0: 8x8", "block 2.0: 4x4", "block 3.0: 2x2"):
         assert block in text
     assert_png(out)
+    assert png_title(out) == ("Implicit attention of the scans of spatialmamba_nano, query at (0.25, 0.75) of the "
+                              "image: random weights (no --checkpoint)")
+    # block 0.0 (256 tokens) is too large for --max-tokens 64: said in the printout and under the figure
+    assert "no matrix drawn for block 0.0: 16x16 = 256 tokens > --max-tokens 64" in text
     assert_png(tmp_path / "attn_matrix.png")
+    assert png_title(tmp_path / "attn_matrix.png") == (
+        "Implicit attention matrices of spatialmamba_nano: random weights (no --checkpoint). Not drawn (more tokens "
+        "than --max-tokens 64): block 0.0: 16x16 = 256 tokens.")
+
+
+def panel_gaps(fig) -> list:
+    """Horizontal gaps in pixels between neighbouring panels' extents (labels, ticks and titles included)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((ax.get_tightbbox(renderer) for ax in fig.axes if ax.axison and ax.get_label() != "<colorbar>"),
+                   key=lambda b: (round(b.y0), b.x0))
+    return [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:]) if abs(a.y0 - b.y0) < 5]
+
+
+def test_attention_figures_keep_labels_off_their_neighbours():
+    """Before: panels 1 pixel apart, a matrix's 'query' label against its neighbour's tick labels."""
+    import torch
+    from vssm.analysis.plots import attention_plot, matrix_plot, plt
+    matrices = {f"block {i}.0": torch.rand(n, n) + 0.01 for i, n in enumerate((1024, 256, 64, 16))}
+    fig = matrix_plot(matrices, left_out=["Not drawn: block 0.0 (3136 tokens)."])
+    gaps = panel_gaps(fig)
+    assert len(gaps) == 2 and min(gaps) >= 5, gaps  # three panels a row, then one
+    plt.close(fig)
+    rows = {f"block {i}.0": torch.rand(n, n) + 0.01 for i, n in enumerate((56, 28, 14, 7, 7))}
+    fig = attention_plot(torch.rand(224, 224, 3), (0.5, 0.5), rows)
+    gaps = panel_gaps(fig)
+    assert len(gaps) == 4 and min(gaps) >= 5, gaps
+    plt.close(fig)
 
 
 def test_attnmap_rejects_unknown_blocks(capsys):

@@ -83,10 +83,16 @@ def erf_figure(maps: dict, path: str, notes: dict = None, decades: float = 4.0, 
 
 def attention_figure(image, query, maps: dict, path: str, log_scale: bool = True, decades: float = 3.0,
                      title: str = "Implicit attention of the scans") -> str:
-    """The image with the query marked, then one map per {title: (h, w) attention row}.
+    """The image with the query marked, then one map per {title: (h, w) attention row}, as a PNG at ``path``.
 
     query: (row, col) fractions of the image (0.5, 0.5 = centre).
     """
+    return save_figure(attention_plot(image, query, maps, log_scale, decades, title), path, title)
+
+
+def attention_plot(image, query, maps: dict, log_scale: bool = True, decades: float = 3.0,
+                   title: str = "Implicit attention of the scans"):
+    """The figure of :func:`attention_figure`."""
     fig, axes = _grid(len(maps) + 1, columns=5)
     H, W = image.shape[:2]
     axes[0].imshow(image.numpy())
@@ -106,15 +112,19 @@ def attention_figure(image, query, maps: dict, path: str, log_scale: bool = True
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[1:len(maps) + 1], shrink=0.8, label=label)
     fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path, title)
+    return fig
 
 
 def matrix_figure(matrices: dict, path: str, decades: float = 4.0, title: str = "Implicit attention matrices",
                   left_out: list = ()) -> str:
-    """One (L, L) implicit-attention matrix per {title: matrix}: rows are queries, columns tokens (raster order).
+    """One (L, L) implicit-attention matrix per {title: matrix}: rows are queries, columns tokens (raster order),
+    as a PNG at ``path``. left_out: lines naming the blocks not drawn and why, written under the figure."""
+    return save_figure(matrix_plot(matrices, decades, title, left_out), path,
+                       title + (". " + " ".join(left_out) if left_out else ""))
 
-    left_out: lines naming the blocks not drawn and why, written under the figure.
-    """
+
+def matrix_plot(matrices: dict, decades: float = 4.0, title: str = "Implicit attention matrices", left_out: list = ()):
+    """The figure of :func:`matrix_figure` (constrained layout: no label reaches a neighbouring panel)."""
     fig, axes = _grid(len(matrices), columns=3, width=4.4, height=4.2)
     for ax, (name, matrix) in zip(axes, matrices.items()):
         im = ax.imshow(log_relative(matrix.double(), decades).numpy(), cmap="magma", vmin=-decades, vmax=0,
@@ -127,7 +137,7 @@ def matrix_figure(matrices: dict, path: str, decades: float = 4.0, title: str = 
     fig.suptitle(title, fontsize=10)
     if left_out:
         fig.supxlabel("\n".join(textwrap.fill(line, 110) for line in left_out), fontsize=8, color="dimgray")
-    return save_figure(fig, path, title + (". " + " ".join(left_out) if left_out else ""))
+    return fig
 
 
 def line_figure(series: dict, path: str, xlabel: str, ylabel: str, title: str, log_y: bool = False) -> str:

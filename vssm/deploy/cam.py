@@ -95,8 +95,10 @@ def upscaled(picture: np.ndarray, attribution: np.ndarray, factor: int):
 def save_cam_figure(path: str, picture: np.ndarray, attribution: np.ndarray, title: str,
                     scale_label: str = "attribution (1 = this image's maximum)") -> str:
     """The attribution (H, W) in [0, 1] over ``picture`` (H, W, 3) in [0, 1] as a PNG at ``path``: upscaled to at
-    least 256 pixels on the short side, ``title`` above (also stored as the PNG's ``Title``), a colour bar of the
-    JET scale beside it. Returns ``path``."""
+    least 256 pixels on the short side, ``title`` above (lines wrapped to the picture's width; stored as the PNG's
+    ``Title``, lines joined by "; "), a colour bar of the JET scale beside it. Returns ``path``."""
+    import textwrap
+
     from ..analysis.plots import plt, save_figure, upscale_factor
     picture, attribution = upscaled(picture, attribution, upscale_factor(*attribution.shape))
     overlay = overlay_map(picture, attribution)
@@ -106,7 +108,8 @@ def save_cam_figure(path: str, picture: np.ndarray, attribution: np.ndarray, tit
     ax = fig.add_axes((0.1 / width, 0.1 / height, W / dpi / width, H / dpi / height))
     ax.imshow(overlay, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9, loc="left")
+    columns = max(32, (W + 100) // 6)  # characters of 9-point text across the picture and the bar
+    ax.set_title("\n".join(textwrap.fill(line, columns) for line in title.splitlines()), fontsize=9, loc="left")
     cax = fig.add_axes(((0.25 + W / dpi) / width, 0.1 / height, 0.15 / width, H / dpi / height))
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap="jet"), cax=cax)
     bar.set_label(scale_label, fontsize=8)
