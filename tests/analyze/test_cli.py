@@ -1,4 +1,5 @@
 """The analyze/ command-line tools, each run once on nano models at small sizes."""
+import importlib
 import importlib.util
 import json
 import os
@@ -130,12 +131,26 @@ def test_throughput(tmp_path, capsys):
     out = tmp_path / "tp.json"
     assert tool("throughput").main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "24x40",
                                     "--batch-size", "2", "--train", "--warmup", "1", "--iters", "1",
-                                    "--json", str(out)]) == 0
+                                    "--json", str(out), "--out", str(tmp_path / "tp.png")]) == 0
     text = capsys.readouterr().out
     assert "| vmamba_nano | 24x40 | 2 |" in text and "[4/4] vmamba_nano 24x40 train" in text
     results = json.loads(out.read_text())["results"]
     assert [r["size"] for r in results] == [[32, 32], [24, 40]]
     assert all(r["inference"]["images_per_s"] > 0 and r["train"]["images_per_s"] > 0 for r in results)
+    assert f"wrote {tmp_path / 'tp.png'}" in text
+    assert_png(tmp_path / "tp.png", min_side=400)  # four panels: images/s and peak MB, inference and training
+    assert png_title(tmp_path / "tp.png").startswith("Throughput and peak memory: cpu (")
+
+
+def test_bar_figure_labels_every_value_and_failures(tmp_path, monkeypatch):
+    from vssm.analysis.plots import bar_figure, plt
+    texts = []
+    original = plt.Axes.text
+    monkeypatch.setattr(plt.Axes, "text", lambda ax, x, y, s, **kw: texts.append(s) or original(ax, x, y, s, **kw))
+    path = bar_figure(["a", "b"], {"x": {"s1": [1.5, None], "s2": [2.25, 3.0]}, "y": {"s1": [4.0, 5.0], "s2": [6.0, 7.0]}},
+                      str(tmp_path / "bars.png"), "two panels")
+    assert texts == ["1.5", "failed", "2.25", "3", "4", "5", "6", "7"]
+    assert png_title(path) == "two panels"
 
 
 def test_throughput_rejects_bad_sizes(capsys):
@@ -145,23 +160,34 @@ def test_throughput_rejects_bad_sizes(capsys):
     assert "error: argument --size: size must be S or HxW (e.g. 224 or 256x384), got '224x'" in capsys.readouterr().err
 
 
-def test_flops_classifiers(capsys):
+def test_flops_classifiers(tmp_path, capsys):
     import vssm
-    assert tool("flops").main(["--model", "vmamba_nano", "quadmamba_nano", "--size", "64", "96"]) == 0
+    out = tmp_path / "flops.png"
+    assert tool("flops").main(["--model", "vmamba_nano", "quadmamba_nano", "--size", "64", "96",
+                               "--out", str(out)]) == 0
     text = capsys.readouterr().out
     model = vssm.create_model("vmamba_nano")
     expected = vssm.count_flops(model, (3, 64, 96)) / 1e9
     assert f"| vmamba_nano | {sum(p.numel() for p in model.parameters()) / 1e6:.3f} | {expected:.4f} |" in text
+    assert f"wrote {out}" in text
+    assert_png(out, min_side=150)
+    assert png_title(out) == ("Classifiers: FLOPs (fvcore, 1 per multiply-add) at 64x96, batch 1, and parameters")
+    from vssm.analysis.commands import flops
+    assert flops.parse_args(["--task", "det"]).out == os.path.join("output", "flops_det.png")
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
-def test_flops_of_detector_and_segmentor(task, capsys):
+def test_flops_of_detector_and_segmentor(task, tmp_path, capsys):
     pytest.importorskip("mmdet" if task == "det" else "mmseg")
-    assert tool("flops").main(["--model", "vmamba_nano", "--task", task, "--size", "64", "96"]) == 0
+    out = tmp_path / "flops.png"
+    assert tool("flops").main(["--model", "vmamba_nano", "--task", task, "--size", "64", "96",
+                               "--out", str(out)]) == 0
     text = capsys.readouterr().out
     row = next(line for line in text.splitlines() if "_nano.py |" in line)
     params, gflops, backbone_params, backbone_gflops = (float(v) for v in row.split("|")[2:6])
     assert params > backbone_params > 1 and gflops > backbone_gflops > 0
+    assert_png(out, min_side=150)
+    assert png_title(out).endswith("at 64x96: FLOPs (fvcore, 1 per multiply-add) and parameters")
 
 
 def test_flops_without_a_config(tmp_path, capsys):
@@ -225,7 +251,8 @@ def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys, m
             raise RuntimeError("measuring vmamba_nano failed:\nRuntimeError: CUDA out of memory")
         return {"images_per_s": 10.0, "peak_memory_mb": 1.0}
     monkeypatch.setattr(module, "measure_isolated", measure_isolated)
-    assert module.main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "--train"]) == 1
+    assert module.main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "--train",
+                        "--out", str(tmp_path / "tp.png")]) == 1
     captured = capsys.readouterr()
     assert "| vmamba_nano | 32x32 | 8 | 10.00 | 1 | failed | - |" in captured.out
     assert "error: 1 of 2 measurements failed: vmamba_nano 32x32 train" in captured.err
@@ -246,3 +273,15 @@ def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsy
         k.startswith("optimizer/") for k in training["kind"]), training["kind"]
     total = sum(inference["kind"].values())
     assert total > 0 and abs(sum(inference["operator"].values()) - total) < 0.05 * total
+
+
+@pytest.mark.parametrize("name,argv,default", [
+    ("erf", ["--model", "vmamba_nano"], "erf.png"),
+    ("attnmap", ["--model", "vmamba_nano"], "attention.png"),
+    ("throughput", ["--model", "vmamba_nano"], "throughput.png"),
+    ("flops", [], "flops.png"),
+])
+def test_pictures_default_to_the_output_folder(name, argv, default):
+    """Before: erf.png and attention.png in the current folder (the repository root in the README)."""
+    module = importlib.import_module(f"vssm.analysis.commands.{name}")
+    assert module.parse_args(argv).out == os.path.join("output", default)

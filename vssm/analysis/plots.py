@@ -155,24 +155,29 @@ def line_figure(series: dict, path: str, xlabel: str, ylabel: str, title: str, l
     return save_figure(fig, path, title)
 
 
-def bar_figure(groups: list, panels: dict, path: str, title: str, series: list = None) -> str:
-    """Grouped horizontal bar charts, one panel per {axis label: {series: [value per group or None]}}.
+def bar_figure(groups: list, panels: dict, path: str, title: str, series: list = None, columns: int = 2,
+               series_title: str = None) -> str:
+    """Grouped horizontal bar charts, one panel per {axis label: {series: [value per group or None]}}, ``columns``
+    panels a row.
 
     groups: the bars' labels (e.g. models); series: the bars of each group (e.g. input sizes), in order (default
-    the first panel's keys). A missing value (None) is drawn as the word "failed"; each bar is labelled with its
-    value.
+    the first panel's keys), named in a legend under the panels when there are several. A missing value (None)
+    is drawn as the word "failed"; each bar is labelled with its value.
     """
     series = series or list(next(iter(panels.values())))
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
     height = 0.8 / len(series)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 1.0 + 0.45 * len(groups) * len(series)),
-                             squeeze=False, layout="constrained")
-    for ax, (label, values) in zip(axes[0], panels.items()):
+    fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
+                             figsize=(5.4 * columns, rows * (0.9 + 0.4 * len(groups) * len(series))))
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (label, values) in zip(axes.flat, panels.items()):
         top = max((v for s in series for v in values.get(s, []) if v is not None), default=1.0) or 1.0
         for k, name in enumerate(series):
             ys = [i - 0.4 + height * (k + 0.5) for i in range(len(groups))]
             vals = values.get(name, [None] * len(groups))
-            ax.barh(ys, [v or 0 for v in vals], height=height * 0.9, label=name if len(series) > 1 else None,
-                    color=f"C{k}")
+            ax.barh(ys, [v or 0 for v in vals], height=height * 0.9, label=name, color=f"C{k}")
             for y, v in zip(ys, vals):
                 ax.text((v or 0) + 0.01 * top, y, "failed" if v is None else f"{v:.3g}", va="center", fontsize=7)
         ax.set_yticks(range(len(groups)), groups, fontsize=8)
@@ -181,6 +186,8 @@ def bar_figure(groups: list, panels: dict, path: str, title: str, series: list =
         ax.set_xlabel(label)
         ax.grid(True, axis="x", alpha=0.3)
     if len(series) > 1:
-        axes[0][-1].legend(fontsize=8, loc="lower right")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(series), 6), fontsize=8,
+                   title=series_title, title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, title)
