@@ -345,9 +345,12 @@ def run(args) -> int:
         say(f"attribution maps of stage {args.cam_stage}: {h}x{w} cells upsampled to the input"
             + (" (a single cell: a flat map; use --cam-stage -2 or a larger --img-size)" if h * w == 1 else ""))
     failed = 0
-    from .analysis.plots import weights_label
+    weights = None
+    if args.cam:
+        from .analysis.plots import weights_label
+        weights = weights_label(args.checkpoint)
     for result in predict(model, files, config, names, device, args.batch_size, args.topk, args.workers, args.cam,
-                          args.cam_method, args.cam_stage, progress=say, weights=weights_label(args.checkpoint)):
+                          args.cam_method, args.cam_stage, progress=say, weights=weights):
         failed += "error" in result
         if args.json:
             record = dict(result)

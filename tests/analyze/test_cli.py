@@ -261,8 +261,11 @@ def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys, m
 def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert tool("breakdown").main(["--model", "quadmamba_nano", "--train", "--batch-size", "1", "--size", "64",
-                                   "--iters", "1", "--warmup", "1", "--json", str(out)]) == 0
+                                   "--iters", "1", "--warmup", "1", "--json", str(out),
+                                   "--threads", "1", "--out", str(tmp_path / "b.png")]) == 0
     text = capsys.readouterr().out
+    assert_png(tmp_path / "b.png", min_side=300)
+    assert png_title(tmp_path / "b.png") == "Profiled time by kind: batch 1 at 64x64, 1 thread, fp32"
     assert "## quadmamba_nano: inference" in text and "## quadmamba_nano: training step" in text
     figures = json.loads(out.read_text())
     assert [f["mode"] for f in figures] == ["inference", "training step"]
@@ -280,6 +283,7 @@ def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsy
     ("attnmap", ["--model", "vmamba_nano"], "attention.png"),
     ("throughput", ["--model", "vmamba_nano"], "throughput.png"),
     ("flops", [], "flops.png"),
+    ("breakdown", ["--model", "vmamba_nano"], "breakdown.png"),
 ])
 def test_pictures_default_to_the_output_folder(name, argv, default):
     """Before: erf.png and attention.png in the current folder (the repository root in the README)."""

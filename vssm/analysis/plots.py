@@ -156,30 +156,41 @@ def line_figure(series: dict, path: str, xlabel: str, ylabel: str, title: str, l
 
 
 def bar_figure(groups: list, panels: dict, path: str, title: str, series: list = None, columns: int = 2,
-               series_title: str = None) -> str:
-    """Grouped horizontal bar charts, one panel per {axis label: {series: [value per group or None]}}, ``columns``
-    panels a row.
+               series_title: str = None, stacked: bool = False) -> str:
+    """Grouped (or ``stacked``) horizontal bar charts, one panel per {axis label: {series: [value per group or
+    None]}}, ``columns`` panels a row.
 
     groups: the bars' labels (e.g. models); series: the bars of each group (e.g. input sizes), in order (default
-    the first panel's keys), named in a legend under the panels when there are several. A missing value (None)
-    is drawn as the word "failed"; each bar is labelled with its value.
+    the first panel's keys), named in a legend under the panels when there are several. Each bar (a stacked
+    bar: its total) is labelled with its value; a missing value (None) is drawn as the word "failed".
     """
     series = series or list(next(iter(panels.values())))
     columns = min(columns, len(panels))
     rows = math.ceil(len(panels) / columns)
-    height = 0.8 / len(series)
+    bars = 1 if stacked else len(series)
+    height = 0.8 / bars
     fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
-                             figsize=(5.4 * columns, rows * (0.9 + 0.4 * len(groups) * len(series))))
+                             figsize=(5.4 * columns, rows * (0.9 + 0.4 * len(groups) * bars)))
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (label, values) in zip(axes.flat, panels.items()):
-        top = max((v for s in series for v in values.get(s, []) if v is not None), default=1.0) or 1.0
-        for k, name in enumerate(series):
-            ys = [i - 0.4 + height * (k + 0.5) for i in range(len(groups))]
-            vals = values.get(name, [None] * len(groups))
-            ax.barh(ys, [v or 0 for v in vals], height=height * 0.9, label=name, color=f"C{k}")
-            for y, v in zip(ys, vals):
-                ax.text((v or 0) + 0.01 * top, y, "failed" if v is None else f"{v:.3g}", va="center", fontsize=7)
+        table = [values.get(name, [None] * len(groups)) for name in series]
+        if stacked:
+            sums = [sum(v or 0 for v in column) for column in zip(*table)]
+            top = max(sums, default=1.0) or 1.0
+            left = [0.0] * len(groups)
+            for k, (name, vals) in enumerate(zip(series, table)):
+                ax.barh(range(len(groups)), [v or 0 for v in vals], left=left, height=0.8, label=name, color=f"C{k}")
+                left = [a + (v or 0) for a, v in zip(left, vals)]
+            for y, v in enumerate(sums):
+                ax.text(v + 0.01 * top, y, f"{v:.3g}", va="center", fontsize=7)
+        else:
+            top = max((v for vals in table for v in vals if v is not None), default=1.0) or 1.0
+            for k, (name, vals) in enumerate(zip(series, table)):
+                ys = [i - 0.4 + height * (k + 0.5) for i in range(len(groups))]
+                ax.barh(ys, [v or 0 for v in vals], height=height * 0.9, label=name, color=f"C{k}")
+                for y, v in zip(ys, vals):
+                    ax.text((v or 0) + 0.01 * top, y, "failed" if v is None else f"{v:.3g}", va="center", fontsize=7)
         ax.set_yticks(range(len(groups)), groups, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, top * 1.18)
