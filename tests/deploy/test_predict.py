@@ -201,6 +201,18 @@ def test_save_cam_figure_upscales_by_whole_pixels(tmp_path):
     assert 0 <= big_map.min() and big_map.max() <= 1 and abs(big_map.mean() - attribution.mean()) < 0.01
 
 
+def test_a_flat_attribution_map_says_so(tmp_path):
+    """A map with nothing in it (e.g. Grad-CAM's ReLU of only negative evidence) is not drawn as if it were one."""
+    from vssm.analysis.plots import png_title
+    from vssm.deploy.cam import save_cam_figure
+    picture = np.full((32, 32, 3), 0.5, np.float32)
+    save_cam_figure(str(tmp_path / "flat.png"), picture, np.zeros((32, 32), np.float32), "digit.png: 3 (91.1%)")
+    assert png_title(tmp_path / "flat.png") == "digit.png: 3 (91.1%); flat map (all 0): nothing localised at this stage"
+    attribution = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    save_cam_figure(str(tmp_path / "map.png"), picture, attribution, "digit.png: 3 (91.1%)")
+    assert png_title(tmp_path / "map.png") == "digit.png: 3 (91.1%)"
+
+
 def test_small_images_need_an_earlier_stage(photos):
     model, _ = load_classifier("vmamba_nano")
     config = data_config(model, img_size=32)

@@ -100,6 +100,8 @@ def save_cam_figure(path: str, picture: np.ndarray, attribution: np.ndarray, tit
     import textwrap
 
     from ..analysis.plots import plt, save_figure, upscale_factor
+    if float(attribution.max() - attribution.min()) < 1e-6:  # e.g. Grad-CAM's ReLU of only negative evidence
+        title += f"\nflat map (all {float(attribution.max()):.2g}): nothing localised at this stage"
     picture, attribution = upscaled(picture, attribution, upscale_factor(*attribution.shape))
     overlay = overlay_map(picture, attribution)
     dpi, (H, W) = 100, overlay.shape[:2]
