@@ -17,7 +17,9 @@ cannot be read is named and the others are still classified (exit status 1).
 
 ``--cam OUT_DIR`` writes, for each image, ``OUT_DIR/<name>_<method>.png``: the attribution of its top class
 (Grad-CAM family methods of the ``grad-cam`` package, ``--cam-method``) over the image as the model sees it
-(resized and centre-cropped to the input size).
+(resized and centre-cropped to the input size; drawn at least 256 pixels on the short side), titled with the
+image's name, the class and its probability, the method and stage, and the weights ("random weights" without
+--checkpoint), with a colour bar of the scale.
 """
 import argparse
 import json
@@ -196,6 +198,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cam_title(image: str, top: tuple, method: str, stage: int, cells: tuple, weights: str = None) -> str:
+    """The title of an attribution picture: image name, top class and probability, method and stage, weights."""
+    probability, _, name = top
+    lines = [f"{os.path.basename(image)}: {name} ({100 * probability:.1f}%)",
+             f"{method}, stage {stage} ({cells[0]}x{cells[1]} cells)"]
+    return "\n".join(lines + ([weights] if weights else []))
+
+
 def _cam_path(out_dir: str, path: str, method: str, used: set) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     name, n = f"{stem}_{method}.png", 1
@@ -208,10 +218,11 @@ def _cam_path(out_dir: str, path: str, method: str, used: set) -> str:
 
 # ---- prediction -------------------------------------------------------------------------------------------
 def predict(model, files, config: dict, names: list, device, batch_size: int = 16, topk: int = 5, workers: int = 0,
-            cam_dir: str = None, cam_method: str = "gradcam", cam_stage: int = -1, progress=None):
+            cam_dir: str = None, cam_method: str = "gradcam", cam_stage: int = -1, progress=None,
+            weights: str = None):
     """Yield one result per file, in order: {"image", "top": [(probability, index, name), ...], "cam": path}
-    for a readable image, {"image", "error"} for one that is not."""
-    from PIL import Image
+    for a readable image, {"image", "error"} for one that is not. ``weights``: what the pictures' titles say
+    about the weights (``vssm.analysis.plots.weights_label``; None: nothing)."""
     in_chans = config["input_size"][0]
     loader = torch.utils.data.DataLoader(_Images(files, in_chans, build_transform(config)), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate)
@@ -227,15 +238,17 @@ def predict(model, files, config: dict, names: list, device, batch_size: int = 1
             top_p, top_i = probs.topk(k, dim=-1)
             maps = None
             if cam_dir is not None:
-                from .deploy.cam import class_activation_maps, displayable, overlay_map
+                from .deploy.cam import class_activation_maps, displayable, map_size, save_cam_figure
                 maps = class_activation_maps(model, images, top_i[:, 0].tolist(), cam_method, cam_stage)
+                stage, cells = cam_stage % len(model.layers), map_size(model, images.shape[-2:], cam_stage)
             for row, i in enumerate(indices):
                 top = [(float(p), int(c), names[int(c)]) for p, c in zip(top_p[row].tolist(), top_i[row].tolist())]
                 results[i] = {"image": files[i], "top": top}
                 if maps is not None:
                     picture = displayable(images[row], config["mean"], config["std"])
                     out = _cam_path(cam_dir, files[i], cam_method, used)
-                    Image.fromarray(overlay_map(picture, maps[row])).save(out)
+                    save_cam_figure(out, picture, maps[row],
+                                    cam_title(files[i], top[0], cam_method, stage, cells, weights))
                     results[i]["cam"] = out
         done += len(indices) + len(errors)
         if progress is not None and len(files) > batch_size:
@@ -332,8 +345,12 @@ def run(args) -> int:
         say(f"attribution maps of stage {args.cam_stage}: {h}x{w} cells upsampled to the input"
             + (" (a single cell: a flat map; use --cam-stage -2 or a larger --img-size)" if h * w == 1 else ""))
     failed = 0
+    weights = None
+    if args.cam:
+        from .analysis.plots import weights_label
+        weights = weights_label(args.checkpoint)
     for result in predict(model, files, config, names, device, args.batch_size, args.topk, args.workers, args.cam,
-                          args.cam_method, args.cam_stage, progress=say):
+                          args.cam_method, args.cam_stage, progress=say, weights=weights):
         failed += "error" in result
         if args.json:
             record = dict(result)

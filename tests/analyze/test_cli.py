@@ -1,4 +1,5 @@
 """The analyze/ command-line tools, each run once on nano models at small sizes."""
+import importlib
 import importlib.util
 import json
 import os
@@ -16,9 +17,14 @@ def tool(name):
     return module
 
 
-def assert_png(path):
+def assert_png(path, min_side=100):
     with Image.open(path) as img:
-        assert img.format == "PNG" and min(img.size) > 100
+        assert img.format == "PNG" and min(img.size) > min_side, img.size
+
+
+def png_title(path):
+    with Image.open(path) as img:
+        return img.text.get("Title", "")
 
 
 @pytest.mark.parametrize("name", ["erf", "attnmap", "throughput", "flops", "compare", "breakdown"])
@@ -34,8 +40,12 @@ def test_erf(tmp_path, capsys):
     assert tool("erf").main(["--model", "vmamba_nano", "fractalmamba_nano", "--images", "2", "--size", "48",
                              "--out", str(out), "--save-maps", str(tmp_path / "maps.pt")]) == 0
     text = capsys.readouterr().out
-    assert "| vmamba_nano |" in text and "| fractalmamba_nano |" in text and "erf: 2/2 images" in text
-    assert_png(out)
+    assert "| vmamba_nano | random weights (no --checkpoint) |" in text and "| fractalmamba_nano | random weights (no --checkpoint) |" \
+        in text and "erf: 2/2 images" in text
+    assert "random weights (no --checkpoint): the ERF of the initialised architectures" in text
+    assert_png(out, min_side=250)
+    assert png_title(out) == ("Effective receptive field of the central output (RepLKNet method): "
+                              "random weights (no --checkpoint)")
     import torch
     maps = torch.load(tmp_path / "maps.pt", weights_only=True)
     assert maps["vmamba_nano"].shape == (48, 48)
@@ -55,7 +65,9 @@ def test_erf_loads_a_checkpoint_strictly(tmp_path, capsys):
     torch.save({"model": vssm.create_model("vmamba_nano").state_dict()}, path)
     assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path), "--images", "1", "--size", "32",
                              "--random", "--out", str(tmp_path / "e.png")]) == 0
-    assert f"loaded checkpoint {path}" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"loaded checkpoint {path}" in text and "| vmamba_nano | w.pth |" in text and "random" not in text
+    assert png_title(tmp_path / "e.png") == "Effective receptive field of the central output (RepLKNet method)"
     torch.save({"model": {"stray": torch.zeros(1)}}, path)
     assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path),
                              "--out", str(tmp_path / "e.png")]) == 2
@@ -72,7 +84,39 @@ def test_attnmap(tmp_path, capsys):
     for block in ("block 0.0: 16x16", "block 1.0: 8x8", "block 2.0: 4x4", "block 3.0: 2x2"):
         assert block in text
     assert_png(out)
+    assert png_title(out) == ("Implicit attention of the scans of spatialmamba_nano, query at (0.25, 0.75) of the "
+                              "image: random weights (no --checkpoint)")
+    # block 0.0 (256 tokens) is too large for --max-tokens 64: said in the printout and under the figure
+    assert "no matrix drawn for block 0.0: 16x16 = 256 tokens > --max-tokens 64" in text
     assert_png(tmp_path / "attn_matrix.png")
+    assert png_title(tmp_path / "attn_matrix.png") == (
+        "Implicit attention matrices of spatialmamba_nano: random weights (no --checkpoint). Not drawn (more tokens "
+        "than --max-tokens 64): block 0.0: 16x16 = 256 tokens.")
+
+
+def panel_gaps(fig) -> list:
+    """Horizontal gaps in pixels between neighbouring panels' extents (labels, ticks and titles included)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((ax.get_tightbbox(renderer) for ax in fig.axes if ax.axison and ax.get_label() != "<colorbar>"),
+                   key=lambda b: (round(b.y0), b.x0))
+    return [b.x0 - a.x1 for a, b in zip(boxes, boxes[1:]) if abs(a.y0 - b.y0) < 5]
+
+
+def test_attention_figures_keep_labels_off_their_neighbours():
+    """Before: panels 1 pixel apart, a matrix's 'query' label against its neighbour's tick labels."""
+    import torch
+    from vssm.analysis.plots import attention_plot, matrix_plot, plt
+    matrices = {f"block {i}.0": torch.rand(n, n) + 0.01 for i, n in enumerate((1024, 256, 64, 16))}
+    fig = matrix_plot(matrices, left_out=["Not drawn: block 0.0 (3136 tokens)."])
+    gaps = panel_gaps(fig)
+    assert len(gaps) == 2 and min(gaps) >= 5, gaps  # three panels a row, then one
+    plt.close(fig)
+    rows = {f"block {i}.0": torch.rand(n, n) + 0.01 for i, n in enumerate((56, 28, 14, 7, 7))}
+    fig = attention_plot(torch.rand(224, 224, 3), (0.5, 0.5), rows)
+    gaps = panel_gaps(fig)
+    assert len(gaps) == 4 and min(gaps) >= 5, gaps
+    plt.close(fig)
 
 
 def test_attnmap_rejects_unknown_blocks(capsys):
@@ -87,12 +131,26 @@ def test_throughput(tmp_path, capsys):
     out = tmp_path / "tp.json"
     assert tool("throughput").main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "24x40",
                                     "--batch-size", "2", "--train", "--warmup", "1", "--iters", "1",
-                                    "--json", str(out)]) == 0
+                                    "--json", str(out), "--out", str(tmp_path / "tp.png")]) == 0
     text = capsys.readouterr().out
     assert "| vmamba_nano | 24x40 | 2 |" in text and "[4/4] vmamba_nano 24x40 train" in text
     results = json.loads(out.read_text())["results"]
     assert [r["size"] for r in results] == [[32, 32], [24, 40]]
     assert all(r["inference"]["images_per_s"] > 0 and r["train"]["images_per_s"] > 0 for r in results)
+    assert f"wrote {tmp_path / 'tp.png'}" in text
+    assert_png(tmp_path / "tp.png", min_side=400)  # four panels: images/s and peak MB, inference and training
+    assert png_title(tmp_path / "tp.png").startswith("Throughput and peak memory: cpu (")
+
+
+def test_bar_figure_labels_every_value_and_failures(tmp_path, monkeypatch):
+    from vssm.analysis.plots import bar_figure, plt
+    texts = []
+    original = plt.Axes.text
+    monkeypatch.setattr(plt.Axes, "text", lambda ax, x, y, s, **kw: texts.append(s) or original(ax, x, y, s, **kw))
+    path = bar_figure(["a", "b"], {"x": {"s1": [1.5, None], "s2": [2.25, 3.0]}, "y": {"s1": [4.0, 5.0], "s2": [6.0, 7.0]}},
+                      str(tmp_path / "bars.png"), "two panels")
+    assert texts == ["1.5", "failed", "2.25", "3", "4", "5", "6", "7"]
+    assert png_title(path) == "two panels"
 
 
 def test_throughput_rejects_bad_sizes(capsys):
@@ -102,23 +160,34 @@ def test_throughput_rejects_bad_sizes(capsys):
     assert "error: argument --size: size must be S or HxW (e.g. 224 or 256x384), got '224x'" in capsys.readouterr().err
 
 
-def test_flops_classifiers(capsys):
+def test_flops_classifiers(tmp_path, capsys):
     import vssm
-    assert tool("flops").main(["--model", "vmamba_nano", "quadmamba_nano", "--size", "64", "96"]) == 0
+    out = tmp_path / "flops.png"
+    assert tool("flops").main(["--model", "vmamba_nano", "quadmamba_nano", "--size", "64", "96",
+                               "--out", str(out)]) == 0
     text = capsys.readouterr().out
     model = vssm.create_model("vmamba_nano")
     expected = vssm.count_flops(model, (3, 64, 96)) / 1e9
     assert f"| vmamba_nano | {sum(p.numel() for p in model.parameters()) / 1e6:.3f} | {expected:.4f} |" in text
+    assert f"wrote {out}" in text
+    assert_png(out, min_side=150)
+    assert png_title(out) == ("Classifiers: FLOPs (fvcore, 1 per multiply-add) at 64x96, batch 1, and parameters")
+    from vssm.analysis.commands import flops
+    assert flops.parse_args(["--task", "det"]).out == os.path.join("output", "flops_det.png")
 
 
 @pytest.mark.parametrize("task", ["det", "seg"])
-def test_flops_of_detector_and_segmentor(task, capsys):
+def test_flops_of_detector_and_segmentor(task, tmp_path, capsys):
     pytest.importorskip("mmdet" if task == "det" else "mmseg")
-    assert tool("flops").main(["--model", "vmamba_nano", "--task", task, "--size", "64", "96"]) == 0
+    out = tmp_path / "flops.png"
+    assert tool("flops").main(["--model", "vmamba_nano", "--task", task, "--size", "64", "96",
+                               "--out", str(out)]) == 0
     text = capsys.readouterr().out
     row = next(line for line in text.splitlines() if "_nano.py |" in line)
     params, gflops, backbone_params, backbone_gflops = (float(v) for v in row.split("|")[2:6])
     assert params > backbone_params > 1 and gflops > backbone_gflops > 0
+    assert_png(out, min_side=150)
+    assert png_title(out).endswith("at 64x96: FLOPs (fvcore, 1 per multiply-add) and parameters")
 
 
 def test_flops_without_a_config(tmp_path, capsys):
@@ -182,7 +251,8 @@ def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys, m
             raise RuntimeError("measuring vmamba_nano failed:\nRuntimeError: CUDA out of memory")
         return {"images_per_s": 10.0, "peak_memory_mb": 1.0}
     monkeypatch.setattr(module, "measure_isolated", measure_isolated)
-    assert module.main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "--train"]) == 1
+    assert module.main(["--model", "vmamba_nano", "--reference", "none", "--size", "32", "--train",
+                        "--out", str(tmp_path / "tp.png")]) == 1
     captured = capsys.readouterr()
     assert "| vmamba_nano | 32x32 | 8 | 10.00 | 1 | failed | - |" in captured.out
     assert "error: 1 of 2 measurements failed: vmamba_nano 32x32 train" in captured.err
@@ -191,8 +261,11 @@ def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys, m
 def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert tool("breakdown").main(["--model", "quadmamba_nano", "--train", "--batch-size", "1", "--size", "64",
-                                   "--iters", "1", "--warmup", "1", "--json", str(out)]) == 0
+                                   "--iters", "1", "--warmup", "1", "--json", str(out),
+                                   "--threads", "1", "--out", str(tmp_path / "b.png")]) == 0
     text = capsys.readouterr().out
+    assert_png(tmp_path / "b.png", min_side=300)
+    assert png_title(tmp_path / "b.png") == "Profiled time by kind: batch 1 at 64x64, 1 thread, fp32"
     assert "## quadmamba_nano: inference" in text and "## quadmamba_nano: training step" in text
     figures = json.loads(out.read_text())
     assert [f["mode"] for f in figures] == ["inference", "training step"]
@@ -203,3 +276,16 @@ def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsy
         k.startswith("optimizer/") for k in training["kind"]), training["kind"]
     total = sum(inference["kind"].values())
     assert total > 0 and abs(sum(inference["operator"].values()) - total) < 0.05 * total
+
+
+@pytest.mark.parametrize("name,argv,default", [
+    ("erf", ["--model", "vmamba_nano"], "erf.png"),
+    ("attnmap", ["--model", "vmamba_nano"], "attention.png"),
+    ("throughput", ["--model", "vmamba_nano"], "throughput.png"),
+    ("flops", [], "flops.png"),
+    ("breakdown", ["--model", "vmamba_nano"], "breakdown.png"),
+])
+def test_pictures_default_to_the_output_folder(name, argv, default):
+    """Before: erf.png and attention.png in the current folder (the repository root in the README)."""
+    module = importlib.import_module(f"vssm.analysis.commands.{name}")
+    assert module.parse_args(argv).out == os.path.join("output", default)

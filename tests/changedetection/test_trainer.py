@@ -1,6 +1,7 @@
 """The change-detection trainer end to end on small generated pairs (CPU)."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -65,10 +66,10 @@ def test_train_evaluate_save_maps_and_log(tmp_path, data, capsys):
     assert f"F1 {best['metrics']['F1']:.2f}" in line  # the same weights give the same numbers
     pictures = sorted(maps.glob("*.png"))
     assert [p.name for p in pictures] == [f"test_{i}.png" for i in range(4)]
-    picture = np.asarray(Image.open(pictures[0]))
-    assert picture.shape == (48, 4 * 48 + 3 * 4, 3)
-    label = np.asarray(Image.open(os.path.join(data, "test", "label", "test_0.png")))
-    assert np.array_equal(picture[:, 2 * 52:2 * 52 + 48, 0], label)  # third panel: the ground truth
+    with Image.open(pictures[0]) as picture:  # 48 x 48 tiles drawn 6 times larger, four panels side by side
+        assert picture.width > 4 * 288 and picture.height > 288
+        assert re.fullmatch(r"test_0\.png: (F1 \d+\.\d%, IoU \d+\.\d%|no change, none predicted) \(this pair\)",
+                            picture.text["Title"]), picture.text
     # started again: nothing left to train, the final weights are evaluated
     code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(out),
                               "--opts", "TRAIN.EPOCHS", "2", *FAST)
@@ -154,3 +155,33 @@ def test_a_decompression_bomb_label_is_named(tmp_path, data, capsys):
     code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path), "--eval",
                            "--opts", *FAST)
     assert code == 2 and "test_1.png" in err and "Traceback" not in err, err
+
+
+def test_change_map_is_readable_and_titled(tmp_path):
+    """Before: a 48 x 204 strip of raw pixels (96 x 396 for the generated pairs), no titles, no legend."""
+    from vssm.analysis.plots import png_title
+    from vssm.changedetection.metrics import metrics_from_confusion
+    from vssm.changedetection.task import CHANGE_COLOURS, save_change_map
+    from vssm.data.change_pairs import generate_pair
+    pre, post, label = generate_pair(np.random.default_rng(0), size=96)
+    image = [(torch.from_numpy(a).permute(2, 0, 1).float() / 255 - 0.5) / 0.25 for a in (pre, post)]
+    labels = torch.from_numpy((label > 0).astype(np.int64))
+    preds = labels.clone()
+    preds[:10] = 1 - preds[:10]  # false alarms and misses in the top rows
+    path = tmp_path / "pair.png"
+    boxes = save_change_map(str(path), *image, labels, preds, (0.5,) * 3, (0.25,) * 3, name="pair_7.tif")
+    assert [(r - l, b - t) for l, t, r, b in boxes] == [(288, 288)] * 4  # 96 x 96 tiles drawn 3 times larger
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    left, top, right, bottom = boxes[2]  # the ground truth, each pixel a 3 x 3 square
+    assert np.array_equal(picture[top:bottom:3, left:right:3, 0], np.where(label > 0, 255, 0))
+    left, top, right, bottom = boxes[3]
+    expected = {tuple(c) for c in (CHANGE_COLOURS["false alarm"], CHANGE_COLOURS["miss"])}
+    colours = {tuple(c) for c in picture[top:top + 30:3, left:right:3].reshape(-1, 3)} - {(0, 0, 0), (255, 255, 255)}
+    assert colours and colours <= expected
+    truth, found = labels.flatten() == 1, preds.flatten() == 1
+    tp, fp, fn = int((truth & found).sum()), int((~truth & found).sum()), int((truth & ~found).sum())
+    scores = metrics_from_confusion([[labels.numel() - tp - fp - fn, fp], [fn, tp]])
+    assert png_title(path) == f"pair_7.tif: F1 {100 * scores['F1']:.1f}%, IoU {100 * scores['IoU']:.1f}% (this pair)"
+    empty = torch.zeros_like(labels)
+    save_change_map(str(path), *image, empty, empty, (0.5,) * 3, (0.25,) * 3, name="quiet.png")
+    assert png_title(path) == "quiet.png: no change, none predicted (this pair)"

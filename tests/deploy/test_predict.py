@@ -78,10 +78,13 @@ def test_top5_with_trainer_classes_and_cam(name, photos, tmp_path, capsys):
     with torch.no_grad():
         logits = model(((TF.to_tensor(img) - 0.5) / 0.25)[None])
     assert results[images[1]][0].split(maxsplit=2)[2] == CLASSES[logits.argmax().item()]
-    for photo in PHOTOS:
+    for photo in PHOTOS:  # 64 x 64 inputs drawn 4 times larger, titled, with a colour bar beside
         with Image.open(tmp_path / "cams" / f"{photo}_gradcam.png") as cam:
-            assert cam.format == "PNG" and cam.size == (SIZE, SIZE) and cam.mode == "RGB"
-            assert np.asarray(cam).std() > 5
+            assert cam.format == "PNG" and cam.height > 4 * SIZE and cam.width > 4 * SIZE + 40
+            assert np.asarray(cam.convert("RGB")).std() > 5
+            top = results[photos[photo]][0].split(maxsplit=2)
+            assert cam.text["Title"] == (f"{photo}.png: {top[2]} ({float(top[1].rstrip('%')):.1f}%); "
+                                         f"gradcam, stage 3 (2x2 cells); weights: best.pth"), cam.text
 
 
 @pytest.mark.parametrize("name", NANO)
@@ -132,7 +135,7 @@ def test_grayscale_photograph_through_a_one_channel_model(photos, tmp_path, caps
     assert code == 0, err
     assert "1 channels" in err and out.count("attribution map") == 2
     with Image.open(tmp_path / "camera_gradcam.png") as cam:
-        assert cam.size == (SIZE, SIZE)
+        assert min(cam.size) > 4 * SIZE and "weights: gray.pth" in cam.text["Title"]
 
 
 def test_errors(photos, tmp_path, capsys):
@@ -167,6 +170,47 @@ def test_errors(photos, tmp_path, capsys):
         main(["--model", "vmamba_nano", "--topk", "0", photos["coffee"]])
     assert exit_info.value.code == 2
     assert "error: --topk must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_attribution_picture_of_a_small_input_is_upscaled_and_says_random_weights(photos, tmp_path, capsys):
+    """Before: a bare 32 x 32 overlay with no title, no scale, and nothing saying the weights were random."""
+    from vssm.analysis.plots import png_title
+    code, out, err = run(capsys, "--model", "vmamba_nano", "--img-size", 32, "--cam-stage", -2, "--cam", tmp_path,
+                         "--topk", 1, photos["coffee"])
+    assert code == 0, err
+    _, probability, name = parse(out)[photos["coffee"]][0].split(maxsplit=2)
+    path = tmp_path / "coffee_gradcam.png"
+    assert png_title(path) == (f"coffee.png: {name} ({float(probability.rstrip('%')):.1f}%); gradcam, stage 2 "
+                               f"(2x2 cells); random weights (no --checkpoint)")
+    with Image.open(path) as cam:
+        picture = np.asarray(cam.convert("RGB"))
+    assert picture.shape[0] >= 256 and picture.shape[1] >= 256 + 40
+    # the input drawn 8 times larger, one pixel per pixel: 256 rows and columns of the overlay, the bar beside it
+    coloured = (picture.max(axis=2).astype(int) - picture.min(axis=2)) > 30
+    rows, cols = np.nonzero(coloured.any(axis=1))[0], np.nonzero(coloured.any(axis=0))[0]
+    assert len(rows) >= 256 and len(cols) >= 256
+
+
+def test_save_cam_figure_upscales_by_whole_pixels(tmp_path):
+    from vssm.deploy.cam import upscaled
+    picture = np.random.default_rng(0).random((32, 24, 3)).astype(np.float32)
+    attribution = np.linspace(0, 1, 32 * 24, dtype=np.float32).reshape(32, 24)
+    big, big_map = upscaled(picture, attribution, 11)
+    assert big.shape == (352, 264, 3) and big_map.shape == (352, 264)
+    assert np.array_equal(big[::11, ::11], picture) and np.array_equal(big[10::11, 10::11], picture)
+    assert 0 <= big_map.min() and big_map.max() <= 1 and abs(big_map.mean() - attribution.mean()) < 0.01
+
+
+def test_a_flat_attribution_map_says_so(tmp_path):
+    """A map with nothing in it (e.g. Grad-CAM's ReLU of only negative evidence) is not drawn as if it were one."""
+    from vssm.analysis.plots import png_title
+    from vssm.deploy.cam import save_cam_figure
+    picture = np.full((32, 32, 3), 0.5, np.float32)
+    save_cam_figure(str(tmp_path / "flat.png"), picture, np.zeros((32, 32), np.float32), "digit.png: 3 (91.1%)")
+    assert png_title(tmp_path / "flat.png") == "digit.png: 3 (91.1%); flat map (all 0): nothing localised at this stage"
+    attribution = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    save_cam_figure(str(tmp_path / "map.png"), picture, attribution, "digit.png: 3 (91.1%)")
+    assert png_title(tmp_path / "map.png") == "digit.png: 3 (91.1%)"
 
 
 def test_small_images_need_an_earlier_stage(photos):

@@ -17,7 +17,7 @@ from .config import ConfigError, run_dir
 from .data import build_datasets, build_loaders
 from .detector import build_change_detector
 from .losses import ChangeLoss
-from .metrics import METRIC_NAMES, ChangeMetrics
+from .metrics import METRIC_NAMES, ChangeMetrics, metrics_from_confusion
 
 log = logging.getLogger("train")
 
@@ -109,7 +109,7 @@ class ChangeDetectionTask(Task):
             if save_maps:
                 for i, index in enumerate(indices.tolist()):
                     save_change_map(os.path.join(save_maps, picture_names[index]), pre[i], post[i], labels[i],
-                                    preds[i], c.DATA.MEAN, c.DATA.STD)
+                                    preds[i], c.DATA.MEAN, c.DATA.STD, name=loader.dataset.names[index])
             if (idx + 1) % c.PRINT_FREQ == 0 and idx + 1 < steps:
                 elapsed = time.time() - start
                 log.info(f"Test: [{idx + 1}/{steps}]  eta {format_eta(elapsed / (idx + 1) * (steps - idx - 1))}")
@@ -144,22 +144,84 @@ def _to_uint8(image: torch.Tensor, mean, std) -> np.ndarray:
     return ((image.float() * std + mean) * 255).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+CHANGE_COLOURS = {"hit": (255, 255, 255), "false alarm": (230, 30, 30), "miss": (40, 200, 40),
+                  "ignored": (128, 128, 128)}
+PANEL_TITLES = ("pre (T1)", "post (T2)", "ground truth", "prediction")
+
+
 def change_map_colours(labels: torch.Tensor, preds: torch.Tensor) -> np.ndarray:
-    """(H, W) labels and predictions -> (H, W, 3) uint8: white correct change, black correct no-change,
+    """(H, W) labels and predictions -> (H, W, 3) uint8: white correct change (hit), black correct no-change,
     red false alarm, green missed change (ignored pixels grey)."""
     labels, preds = labels.cpu(), preds.cpu()
     out = np.zeros((*labels.shape, 3), np.uint8)
-    out[(preds == 1) & (labels == 1)] = (255, 255, 255)
-    out[(preds == 1) & (labels == 0)] = (230, 30, 30)
-    out[(preds == 0) & (labels == 1)] = (40, 200, 40)
-    out[labels == 255] = (128, 128, 128)
+    out[(preds == 1) & (labels == 1)] = CHANGE_COLOURS["hit"]
+    out[(preds == 1) & (labels == 0)] = CHANGE_COLOURS["false alarm"]
+    out[(preds == 0) & (labels == 1)] = CHANGE_COLOURS["miss"]
+    out[labels == 255] = CHANGE_COLOURS["ignored"]
     return out
 
 
-def save_change_map(path: str, pre, post, labels, preds, mean, std, gap: int = 4):
-    """pre | post | ground truth | prediction (coloured by :func:`change_map_colours`), side by side."""
+def pair_scores(labels: torch.Tensor, preds: torch.Tensor) -> str:
+    """F1 and IoU (percent) of one pair, or why they are undefined (no change in the truth nor the prediction)."""
+    labels, preds = labels.cpu(), preds.cpu()
+    valid, true = labels != 255, labels == 1
+    found = (preds == 1) & valid
+    tp, fp, fn = int((found & true).sum()), int((found & ~true).sum()), int((~found & true).sum())
+    if tp + fp + fn == 0:
+        return "no change, none predicted"
+    scores = metrics_from_confusion([[int(valid.sum()) - tp - fp - fn, fp], [fn, tp]])
+    return f"F1 {100 * scores['F1']:.1f}%, IoU {100 * scores['IoU']:.1f}%"
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    return ImageFont.load_default(size=size)
+
+
+def save_change_map(path: str, pre, post, labels, preds, mean, std, name: str = None) -> list:
+    """pre | post | ground truth | prediction side by side, as a PNG a person reads: tiles smaller than 256
+    pixels upscaled (nearest neighbour), a title with the pair's F1 and IoU, a title above each panel and the
+    prediction's colour legend below (:func:`change_map_colours`); the title is also the PNG's ``Title``.
+
+    pre, post: normalised (3, H, W); labels (0, 1, 255 ignored) and preds: (H, W). Returns the panels' boxes
+    (left, top, right, bottom) in the picture.
+    """
+    from PIL import ImageDraw, PngImagePlugin
+
+    from ..analysis.plots import upscale_factor
+    h, w = labels.shape[-2:]
+    k = upscale_factor(h, w)
     truth = np.repeat(np.where(labels.cpu().numpy() == 1, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+    truth[labels.cpu().numpy() == 255] = CHANGE_COLOURS["ignored"]
     panels = [_to_uint8(pre, mean, std), _to_uint8(post, mean, std), truth, change_map_colours(labels, preds)]
-    spacer = np.full((panels[0].shape[0], gap, 3), 255, np.uint8)
-    row = np.concatenate([x for p in panels for x in (p, spacer)][:-1], axis=1)
-    Image.fromarray(row).save(path)
+    panels = [np.repeat(np.repeat(p, k, axis=0), k, axis=1) for p in panels]
+    ph, pw = h * k, w * k
+    size = min(28, max(12, pw // 18))
+    while size > 10 and max(_font(size).getlength(t) for t in PANEL_TITLES) > pw:
+        size -= 1
+    font, line, gap, margin = _font(size), round(size * 1.5), max(6, size // 2), max(8, size // 2)
+    title = f"{name or os.path.splitext(os.path.basename(path))[0]}: {pair_scores(labels, preds)} (this pair)"
+    top, width = margin + 2 * line, 4 * pw + 3 * gap + 2 * margin
+    canvas = Image.new("RGB", (width, top + ph + line + 2 * margin), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((margin, margin), title, fill="black", font=font)
+    boxes = []
+    for i, (panel, label) in enumerate(zip(panels, PANEL_TITLES)):
+        left = margin + i * (pw + gap)
+        canvas.paste(Image.fromarray(panel), (left, top))
+        draw.text((left, margin + line), label, fill="black", font=font)
+        boxes.append((left, top, left + pw, top + ph))
+    x, y = margin, top + ph + margin
+    draw.text((x, y), "prediction:", fill="black", font=font)
+    x += font.getlength("prediction:") + size
+    for label, colour in CHANGE_COLOURS.items():
+        draw.rectangle((x, y + 2, x + size, y + 2 + size), fill=colour, outline="black")
+        x += size * 1.4
+        draw.text((x, y), label, fill="black", font=font)
+        x += font.getlength(label) + size * 1.5
+    x += size
+    draw.text((x, y), "(black: no change)", fill="black", font=font)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", title)
+    canvas.save(path, pnginfo=info)
+    return boxes

@@ -8,6 +8,10 @@ is a single token, so its map is flat).
 
     maps = class_activation_maps(model, images, classes=[281, 285], method="gradcam")   # (batch, H, W) in [0, 1]
     overlay = overlay_map(view, maps[0])                                                 # (H, W, 3) uint8
+    save_cam_figure("cat_gradcam.png", view, maps[0], "cat.png: tabby (71.2%)")         # titled, colour bar
+
+:func:`save_cam_figure` draws a picture a person reads: inputs smaller than 256 pixels upscaled (the image by
+nearest neighbour, so its pixels stay visible; the map bilinearly), a title and a colour bar of the scale.
 """
 import numpy as np
 import torch
@@ -75,3 +79,41 @@ def overlay_map(picture: np.ndarray, attribution: np.ndarray, image_weight: floa
     """The attribution (H, W) in [0, 1] as a JET heatmap over ``picture`` (H, W, 3) in [0, 1]: (H, W, 3) uint8."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
     return show_cam_on_image(picture, attribution, use_rgb=True, image_weight=image_weight)
+
+
+def upscaled(picture: np.ndarray, attribution: np.ndarray, factor: int):
+    """(H, W, 3) picture and (H, W) attribution, ``factor`` times larger: the picture by nearest neighbour (each
+    input pixel a visible square), the attribution bilinearly (it is already a smooth upsampled map)."""
+    if factor == 1:
+        return picture, attribution
+    big = np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+    attribution = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(attribution))[None, None],
+                                                  scale_factor=factor, mode="bilinear", align_corners=False)
+    return big, attribution[0, 0].clamp(0, 1).numpy()
+
+
+def save_cam_figure(path: str, picture: np.ndarray, attribution: np.ndarray, title: str,
+                    scale_label: str = "attribution (1 = this image's maximum)") -> str:
+    """The attribution (H, W) in [0, 1] over ``picture`` (H, W, 3) in [0, 1] as a PNG at ``path``: upscaled to at
+    least 256 pixels on the short side, ``title`` above (lines wrapped to the picture's width; stored as the PNG's
+    ``Title``, lines joined by "; "), a colour bar of the JET scale beside it. Returns ``path``."""
+    import textwrap
+
+    from ..analysis.plots import plt, save_figure, upscale_factor
+    if float(attribution.max() - attribution.min()) < 1e-6:  # e.g. Grad-CAM's ReLU of only negative evidence
+        title += f"\nflat map (all {float(attribution.max()):.2g}): nothing localised at this stage"
+    picture, attribution = upscaled(picture, attribution, upscale_factor(*attribution.shape))
+    overlay = overlay_map(picture, attribution)
+    dpi, (H, W) = 100, overlay.shape[:2]
+    width, height = W / dpi + 1.2, H / dpi + 0.2  # inches: the image at one pixel per pixel, the bar beside it
+    fig = plt.figure(figsize=(width, height), dpi=dpi)
+    ax = fig.add_axes((0.1 / width, 0.1 / height, W / dpi / width, H / dpi / height))
+    ax.imshow(overlay, interpolation="nearest")
+    ax.set_axis_off()
+    columns = max(32, (W + 100) // 6)  # characters of 9-point text across the picture and the bar
+    ax.set_title("\n".join(textwrap.fill(line, columns) for line in title.splitlines()), fontsize=9, loc="left")
+    cax = fig.add_axes(((0.25 + W / dpi) / width, 0.1 / height, 0.15 / width, H / dpi / height))
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap="jet"), cax=cax)
+    bar.set_label(scale_label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return save_figure(fig, path, title, dpi=dpi)

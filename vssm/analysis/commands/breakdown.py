@@ -19,6 +19,8 @@ the profiled time; self times, so nothing is counted twice):
   mixer's own operators), FractalMamba's ``ffp`` (Fractal Fusion Pathway), Spatial-Mamba's ``state_fusion``.
 
 A training step is forward, backward and an AdamW step; its tables split forward, backward and optimizer.
+A bar chart of the time by kind (ms per step, stacked by phase, one panel per model and mode) goes to --out
+(default output/breakdown.png).
 Timings on a shared machine are noisy; shares within one profile are the robust figure. (Named breakdown.py,
 not profile.py: a script's folder comes first on sys.path, and a profile.py there would shadow the standard
 library's ``profile`` module that torch imports.)
@@ -244,6 +246,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=positive, default=3, help="profiled steps")
     p.add_argument("--top", type=positive, default=25, help="rows of the operator and block tables")
     p.add_argument("--json", help="also write the tables' figures to this JSON file")
+    p.add_argument("--out", default=os.path.join("output", "breakdown.png"),
+                   help="bar chart PNG of the time by kind (default: output/breakdown.png)")
     args = p.parse_args(argv)
     check_models(p, args.model)
     return args
@@ -288,8 +292,37 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
         print(f"wrote {args.json}")
+    print(f"wrote {kind_figure(figures, args)}")
     return 0
 
+
+def kind_figure(figures: list, args, rows: int = 12) -> str:
+    """Bars of ms per step by kind, stacked by phase (forward, backward, optimizer), one panel per profiled model
+    and mode, at ``args.out``: the ``rows`` kinds with the most time over all panels, the rest summed as ``other``."""
+    from vssm.analysis.plots import bar_figure
+    split = [{tuple(k.split("/", 1)): v for k, v in f["kind"].items()} for f in figures]
+    phases = [p for p in ("forward", "backward", "optimizer") if any(p == q for t in split for q, _ in t)]
+    phases += sorted({q for t in split for q, _ in t} - set(phases))
+    totals = collections.Counter()
+    for times in split:
+        for (_, kind), v in times.items():
+            totals[kind] += v
+    kinds = [k for k, _ in totals.most_common()]
+    shown = kinds if len(kinds) <= rows + 1 else kinds[:rows]
+    groups = shown + (["other"] if len(shown) < len(kinds) else [])
+    panels = {}
+    for f, times in zip(figures, split):
+        values = {}
+        for phase in phases:
+            row = [times.get((phase, k), 0.0) for k in shown]
+            if len(groups) > len(shown):
+                row.append(sum(v for (q, k), v in times.items() if q == phase and k not in shown))
+            values[phase] = row
+        panels[f"{f['model']}, {f['mode']}: ms per step ({f['ms_per_step']:.0f} ms in all)"] = values
+    title = (f"Profiled time by kind: batch {args.batch_size} at {args.size}x{args.size}, {args.threads} thread"
+             f"{'s' if args.threads > 1 else ''}, {'bf16 autocast' if args.amp else 'fp32'}"
+             f"{', compiled (inductor)' if args.compile else ''}")
+    return bar_figure(groups, panels, args.out, title, series=phases, series_title="phase", stacked=True)
 
 if __name__ == "__main__":
     sys.exit(main())

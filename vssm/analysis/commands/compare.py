@@ -132,7 +132,8 @@ def main(argv=None):
             results[name]["resolution"][size] = {"seconds": r["seconds_per_batch"], "peak_memory_mb": r["peak_memory_mb"]}
 
     figures = {
-        "erf": erf_figure(maps, os.path.join(args.out, "erf.png"), notes),
+        "erf": erf_figure(maps, os.path.join(args.out, "erf.png"), notes,
+                          weights={name: args.checkpoint.get(name) for name in models}),
         "time": line_figure({n: _series(results[n], "seconds") for n in models},
                             os.path.join(args.out, "resolution_time.png"), "input side (pixels)", "seconds / image",
                             f"Inference time against resolution ({args.device}, batch 1)", log_y=True),

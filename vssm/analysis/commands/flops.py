@@ -11,7 +11,8 @@ FLOPs are fvcore's (1 per multiply-add) with vssm's selective-scan handle (vssm.
 config under configs/) and counted on one image of --size (default 800x1280 for det, 512x2048 for seg,
 the sizes the papers report), as mmdet's and mmseg's get_flops tools do (vssm.mm.flops). With --task cd the
 change detector of configs/changedetection/<family>/<model>.yaml is counted on one pair of --size images
-(default 1024x1024, LEVIR-CD+'s tiles; vssm.changedetection.flops).
+(default 1024x1024, LEVIR-CD+'s tiles; vssm.changedetection.flops). Writes a bar chart of GFLOPs and parameters
+per model (or config) to --out (default output/flops.png, output/flops_<task>.png with --task).
 """
 import argparse
 import glob
@@ -58,7 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--size", type=positive, nargs="+", help="input S or H W (default: 224; det 800 1280; seg 512 2048)")
     p.add_argument("--task", choices=sorted(TASKS), help="count the detector / segmentor instead of the classifier")
     p.add_argument("--config", nargs="+", help="mmdet / mmseg configs (with --task; default: from --model)")
+    p.add_argument("--out", help="bar chart PNG of GFLOPs and parameters (default: output/flops.png, "
+                                 "output/flops_<task>.png with --task)")
     args = p.parse_args(argv)
+    args.out = args.out or os.path.join("output", f"flops_{args.task}.png" if args.task else "flops.png")
     if args.size and len(args.size) not in (1, 2):
         p.error("--size takes S or H W")
     if args.config and not args.task:
@@ -74,14 +78,20 @@ def main(argv=None):
     if args.task:
         return task_table(args, tuple(size or TASKS[args.task][2]))
     size = tuple(size or (224, 224))
+    from vssm.analysis.plots import bar_figure
     print(f"classifiers at {size[0]}x{size[1]}, batch 1")
     print("| model | params (M) | GFLOPs |")
     print("|---|---|---|")
-    for name in args.model or default_models():
+    names, params, gflops = args.model or default_models(), [], []
+    for name in names:
         model = analysis_model(name)
-        params = sum(p.numel() for p in model.parameters())
-        flops = vssm.count_flops(model, (3, *size))
-        print(f"| {name} | {params / 1e6:.3f} | {flops / 1e9:.4f} |", flush=True)
+        params.append(sum(p.numel() for p in model.parameters()) / 1e6)
+        gflops.append(vssm.count_flops(model, (3, *size)) / 1e9)
+        print(f"| {name} | {params[-1]:.3f} | {gflops[-1]:.4f} |", flush=True)
+    path = bar_figure(names, {f"GFLOPs at {size[0]}x{size[1]}": {"": gflops}, "parameters (M)": {"": params}},
+                      args.out, f"Classifiers: FLOPs (fvcore, 1 per multiply-add) at {size[0]}x{size[1]}, batch 1, "
+                                "and parameters")
+    print(f"wrote {path}")
     return 0
 
 
@@ -108,12 +118,23 @@ def task_table(args, size):
     print(f"{what} at {size[0]}x{size[1]}, batch 1")
     print("| config | params (M) | GFLOPs | backbone params (M) | backbone GFLOPs | seconds |")
     print("|---|---|---|---|---|---|")
+    counts = []
     for config in configs:
         start = time.perf_counter()
         r = task_flops(config, size)
+        counts.append(r)
         print(f"| {os.path.basename(config)} | {r['params'] / 1e6:.2f} | {r['flops'] / 1e9:.3f} | "
               f"{r['backbone_params'] / 1e6:.2f} | {r['backbone_flops'] / 1e9:.3f} | "
               f"{time.perf_counter() - start:.0f} |", flush=True)
+    from vssm.analysis.plots import bar_figure
+    panels = {f"GFLOPs at {size[0]}x{size[1]}": {"whole model": [r["flops"] / 1e9 for r in counts],
+                                                  "backbone": [r["backbone_flops"] / 1e9 for r in counts]},
+              "parameters (M)": {"whole model": [r["params"] / 1e6 for r in counts],
+                                 "backbone": [r["backbone_params"] / 1e6 for r in counts]}}
+    path = bar_figure([os.path.splitext(os.path.basename(c))[0] for c in configs], panels, args.out,
+                      f"{what[0].upper() + what[1:]} at {size[0]}x{size[1]}: FLOPs (fvcore, 1 per multiply-add) "
+                      "and parameters")
+    print(f"wrote {path}")
     return 0
 
 

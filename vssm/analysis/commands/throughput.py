@@ -12,6 +12,7 @@ on a GPU and, on a CPU, the process's peak resident set above its idle size afte
 weights, activations, gradients and optimizer state, not the libraries). The reference model
 (timm's convnext_tiny by default) is measured in the same run, so the ratio is a like-for-like figure;
 with --compile every model is also measured torch.compile'd, its ratio taken to the compiled reference.
+Writes a bar chart of images/s and peak memory per model and size to --out (default output/throughput.png).
 """
 import argparse
 import json
@@ -50,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=at_least(0), default=2)
     p.add_argument("--iters", type=positive, default=5)
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--out", default=os.path.join("output", "throughput.png"),
+                   help="bar chart PNG of images/s and peak memory (default: output/throughput.png)")
     args = p.parse_args(argv)
     check_models(p, args.model + ([] if args.reference.lower() == "none" else [args.reference]))
     return args
@@ -91,6 +94,7 @@ def main(argv=None):
                 results.append(row)
     print()
     print(table(results, reference, args.train))
+    print(f"wrote {figure(results, args, batch)}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -100,6 +104,29 @@ def main(argv=None):
         print(f"error: {len(failed)} of {total} measurements failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def figure(results, args, batch) -> str:
+    """Bar charts of ``main``'s results at ``args.out``: images/s and peak MB of each model (rows) and size (bars),
+    for inference and, with --train, training steps; a failed measurement is marked "failed"."""
+    from vssm.analysis.plots import bar_figure
+    gpu = args.device.startswith("cuda")
+    groups = list(dict.fromkeys(r["model"] + (" (compiled)" if r.get("compiled") else "") for r in results))
+    sizes = [f"{h}x{w}" for h, w in args.size]
+    memory = "peak MB (CUDA max allocated)" if gpu else "peak MB (resident above idle)"
+    panels = {}
+    for mode in (["inference", "train"] if args.train else ["inference"]):
+        what = "training step" if mode == "train" else mode
+        for key, label in (("images_per_s", f"{what}: images/s"), ("peak_memory_mb", f"{what}: {memory}")):
+            values = {size: [None] * len(groups) for size in sizes}
+            for r in results:
+                group = groups.index(r["model"] + (" (compiled)" if r.get("compiled") else ""))
+                values[f"{r['size'][0]}x{r['size'][1]}"][group] = r[mode][key] if mode in r else None
+            panels[label] = values
+    threads = "" if gpu else f" ({args.threads} thread{'s' if args.threads > 1 else ''})"
+    title = (f"Throughput and peak memory: {args.device}{threads}, batch {batch}, {'AMP' if args.amp else 'fp32'}, "
+             f"{'median' if gpu else 'best'} of {args.iters} iteration{'s' if args.iters > 1 else ''}")
+    return bar_figure(groups, panels, args.out, title, series=sizes, series_title="input size")
 
 
 def table(results, reference=None, train=False) -> str:
