@@ -198,16 +198,20 @@ def _progress(log, what, done, total, start):
         log(f"{what}: {done}/{total} images, {time.time() - start:.1f} s")
 
 
+def _restart(root: str, seed: int):
+    """Mark the set at ``root`` as unfinished (it is being written again); the generator of its scenes."""
+    if os.path.exists(os.path.join(root, ".complete")):
+        os.remove(os.path.join(root, ".complete"))
+    return np.random.default_rng(seed)
+
+
 def make_coco(root: str, train: int = 1600, val: int = 200, size: int = 128, seed: int = 0, log=None) -> str:
     """Write the COCO-format set under ``root`` (kept when made with the same arguments); returns root.
     ``log``: a function given progress lines."""
     recipe = _recipe(train, val, size, seed)
     if _is_made(root, recipe):
         return root
-    start = time.time()
-    if os.path.exists(os.path.join(root, ".complete")):
-        os.remove(os.path.join(root, ".complete"))
-    rng = np.random.default_rng(seed)
+    start, rng = time.time(), _restart(root, seed)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(CLASSES)]
     for split, count in (("train", train), ("val", val)):
@@ -238,10 +242,7 @@ def make_ade(root: str, train: int = 1600, val: int = 200, size: int = 128, seed
     recipe = _recipe(train, val, size, seed)
     if _is_made(root, recipe):
         return root
-    start = time.time()
-    if os.path.exists(os.path.join(root, ".complete")):
-        os.remove(os.path.join(root, ".complete"))
-    rng = np.random.default_rng(seed)
+    start, rng = time.time(), _restart(root, seed)
     for split, count in (("training", train), ("validation", val)):
         _clear(os.path.join(root, "images", split), (".jpg",))
         _clear(os.path.join(root, "annotations", split), (".png",))

@@ -6,11 +6,17 @@ custom_imports = dict(imports=['vssm.mm.mmseg'], allow_failed_imports=False)
 data_root = 'data/shapes_ade/'
 norm_cfg = dict(type='BN', requires_grad=True)
 classes = ('background', 'circle', 'square', 'triangle', 'star')
+# The background covers ~87% of the pixels: at full weight a short run stays at the constant answer (mIoU 17).
+class_weight = [0.5, 1.0, 1.0, 1.0, 1.0]
 model = dict(
     data_preprocessor=dict(size=(128, 128)),
     backbone=dict(_delete_=True, type='VMamba', arch='vmamba_nano', out_indices=(0, 1, 2, 3)),
-    decode_head=dict(in_channels=[32, 64, 128, 256], channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=128, channels=32, num_classes=len(classes), norm_cfg=norm_cfg))
+    decode_head=dict(in_channels=[32, 64, 128, 256], channels=64, num_classes=len(classes), norm_cfg=norm_cfg,
+                     loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
+                                      class_weight=class_weight)),
+    auxiliary_head=dict(in_channels=128, channels=32, num_classes=len(classes), norm_cfg=norm_cfg,
+                        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
+                                         class_weight=class_weight)))
 dataset = dict(type='BaseSegDataset', data_root=data_root, reduce_zero_label=True, img_suffix='.jpg',
                seg_map_suffix='.png',
                metainfo=dict(classes=classes, palette=[[0, 0, 0], [220, 60, 60], [60, 200, 60], [60, 90, 230],
@@ -27,7 +33,7 @@ tta_pipeline = [dict(type='LoadImageFromFile', backend_args=None),
                     [dict(type='RandomFlip', prob=0., direction='horizontal'),
                      dict(type='RandomFlip', prob=1., direction='horizontal')],
                     [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]
-train_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False,
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
                         sampler=dict(type='InfiniteSampler', shuffle=True),
                         dataset=dict(**dataset, data_prefix=dict(img_path='images/training',
                                                                  seg_map_path='annotations/training'),
@@ -40,14 +46,14 @@ val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
-max_iters = 1000
+max_iters = 4800  # six epochs of the 1600 training images at batch 4 (more steps beat larger batches here)
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.01),
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.01),
                      clip_grad=dict(max_norm=10.0))
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
                    dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=max_iters, eta_min_ratio=0.01)]
-default_hooks = dict(logger=dict(type='LoggerHook', interval=50),
+default_hooks = dict(logger=dict(type="LoggerHook", interval=200),
                      checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
