@@ -70,11 +70,40 @@ def _tested(work_dir, keys):
 
 
 def _assert_pictures(show_dir, image_dir):
-    """--show-dir wrote one PNG per image: the image's ground truth and prediction side by side."""
+    """--show-dir wrote one PNG per image: the image's ground truth and prediction side by side, small images
+    enlarged by a whole factor to a readable size."""
+    from vssm.mm.visualization import READABLE, enlargement
     for name in os.listdir(image_dir):
         picture = os.path.join(show_dir, os.path.splitext(name)[0] + ".png")
         with Image.open(picture) as drawn, Image.open(os.path.join(image_dir, name)) as image:
-            assert drawn.format == "PNG" and drawn.size == (2 * image.width, image.height), picture
+            factor = enlargement(image.height, image.width)
+            assert factor > 1 and min(image.size) * factor >= READABLE
+            assert drawn.format == "PNG" and drawn.size == (2 * factor * image.width, factor * image.height), picture
+
+
+def test_enlarged_samples_scale_boxes_masks_and_class_maps():
+    import numpy as np
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData, PixelData
+    from mmseg.structures import SegDataSample
+    from vssm.mm.visualization import enlarged, enlargement
+    assert enlargement(128, 200) == 3 and enlargement(400, 500) == 1
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    det = DetDataSample()
+    masks = torch.zeros(1, 2, 3, dtype=torch.bool)
+    masks[0, 1, 2] = True
+    det.pred_instances = InstanceData(bboxes=torch.tensor([[0.5, 0.0, 2.0, 1.5]]), masks=masks,
+                                      scores=torch.tensor([0.9]), labels=torch.tensor([1]))
+    big, drawn = enlarged(image, det, 2)
+    assert big.shape == (4, 6, 3) and (big[::2, ::2] == image).all() and (big[1::2, 1::2] == image).all()
+    assert drawn.pred_instances.bboxes.tolist() == [[1.0, 0.0, 4.0, 3.0]]
+    assert drawn.pred_instances.masks[0].nonzero().tolist() == [[2, 4], [2, 5], [3, 4], [3, 5]]
+    assert det.pred_instances.bboxes.tolist() == [[0.5, 0.0, 2.0, 1.5]], "the test's own sample was changed"
+    seg = SegDataSample()
+    seg.gt_sem_seg = PixelData(data=torch.tensor([[[0, 1, 2], [3, 4, 255]]]))
+    _, drawn = enlarged(image, seg, 2)
+    assert drawn.gt_sem_seg.data.shape == (1, 4, 6) and drawn.gt_sem_seg.data[0, 3, 5] == 255
 
 
 DET_METRICS = ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50")
