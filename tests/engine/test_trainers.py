@@ -203,9 +203,10 @@ def _final_state(run, epoch):
 
 
 def test_killed_run_resumes_to_identical_weights(case, data, tmp_path):
-    """SIGKILL after the second optimizer step of epoch 1 (data loaded by 2 worker processes): the resumed run
-    ends with the weights, EMA weights and optimizer state of the run that was never stopped, bit for bit."""
-    argv = case.argv(data, None, "DATA.NUM_WORKERS", "2", epochs=3)
+    """SIGKILL after the second optimizer step of epoch 1 (data loaded by 2 worker processes, stochastic depth
+    drawing from the main process's generator): the resumed run ends with the weights, EMA weights and optimizer
+    state of the run that was never stopped, bit for bit."""
+    argv = case.argv(data, None, "DATA.NUM_WORKERS", "2", "MODEL.DROP_PATH_RATE", "0.1", epochs=3)
     straight = _subprocess_run([sys.executable, case.main, *argv, "OUTPUT", str(tmp_path / "a")], str(tmp_path))
     assert straight.returncode == 0, straight.stderr[-3000:]
     _killed_at(case, f"step {case.steps + 2}", argv + ["OUTPUT", str(tmp_path / "b")], str(tmp_path))

@@ -33,12 +33,16 @@ def test_flops_match_published(name):
 
 
 def _trained_like(model):
-    """Perturb the freshly initialised scan parameters so the parity test is not at a special point."""
-    g = torch.Generator().manual_seed(1)
+    """Perturb the freshly initialised scan parameters and the norms' scales so the parity test is not at a special
+    point (at initialisation every LayerNorm has the same unit scale, so a block reading the wrong norm goes
+    unseen; the norms' biases stay zero, which keeps the logits sensitive to the scans)."""
+    g, g_norm = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith(("A_logs", "dt_projs_bias", "Ds")):
                 p.add_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "norm" in n and n.endswith(".weight"):
+                p.mul_(1 + torch.randn(p.shape, generator=g_norm) * 0.3)
     return model
 
 
@@ -49,7 +53,9 @@ def test_logits_match_literal_channel_first_forward(name, size):
     with torch.no_grad():
         ours = model(x)
         ref = reference_forward(model.state_dict(), x, model.depths)
-    assert (ours - ref).abs().max() <= 1e-4 * ref.abs().max()
+    # fp32 against the float64 reference measured 0.6e-6 (nano) and 1.5e-6 (tiny) of the logits' largest value; the
+    # scans move these logits little (a step-size bias left out: 1.5e-4), so the bound stays close to fp32's error
+    assert (ours - ref).abs().max() <= 2e-5 * ref.abs().max()
 
 
 @pytest.mark.parametrize("layout", [to_conv_layout, to_per_direction_layout])

@@ -105,6 +105,18 @@ def test_vision_length(emulator, segments):
     assert_close(run(None, inputs, scan=extension_scan(emulator, segments)), reference(inputs), torch.float32)
 
 
+@pytest.mark.parametrize("N", [1, 4])
+def test_segments_with_slow_decays(emulator, N):
+    """|A| a hundred times smaller, so a state or gradient carried across parallel segments still matters hundreds
+    of steps later (at the usual decays it has vanished within a segment, and a wrong carry goes unseen): one,
+    three and five segments."""
+    inputs = make_inputs(2, 2, 3, N, 300, grouped=True, seed=11 + N)
+    inputs["A"] = inputs["A"] / 100
+    expected = reference(inputs)
+    for segments in (1, 3, 5):
+        assert_close(run(None, inputs, scan=extension_scan(emulator, segments)), expected, torch.float32)
+
+
 @pytest.mark.parametrize("with_D,with_z,with_bias,softplus",
                          [(d, z, b, s) for d in (False, True) for z in (False, True) for b in (False, True)
                           for s in (False, True)])

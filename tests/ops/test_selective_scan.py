@@ -79,6 +79,16 @@ def test_cpu_channel_blocks(D, L, batch):
     check_backend("cpu", inputs, reference(inputs, states=False), states=False)
 
 
+@pytest.mark.parametrize("N,L", [(1, 196), (1, 300), (4, 49)])
+def test_cpu_single_channel(N, L):
+    """One channel, (batch, 1, L): the only sequences the compiled entry does not make time-major, so at N = 1 they
+    run the generic kernels' fused N = 1 loops (scan_cpu_kernels.h) rather than the vector kernels; several
+    segments of the saved states (128 steps at N = 1)."""
+    require("cpu")
+    inputs = make_inputs(2, 1, 1, N, L, seed=N + L)
+    check_backend("cpu", inputs, reference(inputs))
+
+
 def test_cpu_parity_under_load():
     """The cpu backend at 2 threads in every layout while another process spins: a thread descheduled in the
     middle of its task must not change a result (a probe under load once saw a 2.09 relative error on
