@@ -38,8 +38,14 @@ import sys
 import tempfile
 import time
 
-MODELS = ["vmamba_tiny_s1l8", "spatialmamba_tiny", "quadmamba_tiny", "fractalmamba_tiny"]
-QUICK_MODELS = ["vmamba_nano", "spatialmamba_nano", "quadmamba_nano", "fractalmamba_nano"]
+
+
+def family_models(size: str) -> list:
+    """Every registered family's ``tiny`` (or ``nano``) model, in registration order."""
+    from vssm.models import families
+    return [getattr(family, size) for family in families()]
+
+
 MODES = {"infer8": (False, 8), "infer1": (False, 1), "train8": (True, 8)}
 VARIANTS = {"eager": (False, False), "compiled": (True, False), "eager-bf16": (False, True),
             "compiled-bf16": (True, True)}
@@ -259,7 +265,7 @@ def speed_ratio_table(title, results, numerator, denominator, modes):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", help=f"default: {' '.join(MODELS)}")
+    p.add_argument("--models", nargs="+", help="default: every family's tiny model (nano with --quick)")
     p.add_argument("--reference", default=None, help="default: convnext_tiny (convnext_atto with --quick)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -268,7 +274,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=None, help="image size (default 224; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="nano models against convnext_atto at 64 x 64")
-    p.add_argument("--at-once", type=int, default=len(MODELS) + 1,
+    p.add_argument("--at-once", type=int, default=None,
                    help="worker processes alive at once (default: every model and the reference); fewer measures "
                         "the models in turns, each turn beside its own reference worker")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -289,7 +295,8 @@ def parse_args(argv=None):
             p.error(f"{name} must be at least {low}, got {value}")
     if args.clock == "cpu" and args.threads > 1:
         p.error("--clock cpu counts every thread's time: use it with --threads 1")
-    args.models = args.models or (QUICK_MODELS if args.quick else MODELS)
+    args.models = args.models or family_models("nano" if args.quick else "tiny")
+    args.at_once = args.at_once or len(args.models) + 1
     args.reference = args.reference or ("convnext_atto" if args.quick else "convnext_tiny")
     args.size = args.size or (64 if args.quick else 224)
     from vssm.analysis.cli import unknown_model

@@ -85,8 +85,8 @@ def test_multichannel_arrays(tmp_path, photos, capsys):
     image = os.path.join(data, "val", "light", "0.npy")
     code = predict(["--model", "vmamba_nano", "--checkpoint", str(best), "--cam", str(tmp_path / "cams"), image])
     assert code == 0, capsys.readouterr().err
-    with Image.open(tmp_path / "cams" / "0_gradcam.png") as cam:
-        assert cam.size == (32, 32)
+    with Image.open(tmp_path / "cams" / "0_gradcam.png") as cam:  # the 32 x 32 input drawn 8 times larger
+        assert min(cam.size) >= 256 and "0.npy" in cam.text.get("Title", ""), (cam.size, cam.text)
 
 
 def test_images_and_config_that_disagree(tmp_path, capsys):
