@@ -7,6 +7,7 @@ import vssm
 from vssm.models.fractal_mamba import FractalSS2D, pool_runs
 from vssm.scans.hilbert import curve_steps, hilbert_curve, hilbert_orders
 
+from .helpers import scan_dominated
 from .reference_fractal_mamba import hilbert_positions, reference_forward_fractal
 
 
@@ -67,24 +68,6 @@ def test_flops_can_be_counted_repeatedly():
         assert vssm.count_flops(model, (3, 64, 64)) == vssm.count_flops(model, (3, 64, 64)) > 0
 
 
-def _scan_dominated(model):
-    """Trained-like scan parameters whose scans dominate the mixers' outputs (step sizes softplus(U(-1.5, 0.5)),
-    decays and skips perturbed, B and C scaled up): at the published initialisation the order of the tokens
-    hardly changes the logits, so a wrong order would pass."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("dt_projs_bias"):
-                p.copy_(torch.rand(p.shape, generator=g) * 2 - 1.5)
-            elif name.endswith("A_logs"):
-                p.add_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name.endswith("Ds"):
-                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
-            elif name.endswith("x_proj_weight"):
-                p.mul_(4)
-    return model
-
-
 def _reference_logits(model, x, **kwargs):
     state = {k: v.double() for k, v in model.state_dict().items()}
     return reference_forward_fractal(state, x.double(), model.depths, directions=model.hilbert_directions, **kwargs)
@@ -104,7 +87,7 @@ def _assert_matches(ours, ref):
 ])
 def test_logits_match_an_independent_reference(size, kwargs):
     torch.manual_seed(0)
-    model = _scan_dominated(vssm.create_model("fractalmamba_nano", num_classes=10, **kwargs)).eval()
+    model = scan_dominated(vssm.create_model("fractalmamba_nano", num_classes=10, **kwargs)).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         ours = model(x)
@@ -132,7 +115,7 @@ def test_same_weights_at_several_resolutions():
     """One model's logits at several sizes equal the reference's: power-of-two maps with the reference's own curve,
     and an odd size (25x33 .. 4x5 maps, partial fusion runs) with vssm's curve, whose properties are checked here."""
     torch.manual_seed(0)
-    model = _scan_dominated(vssm.create_model("fractalmamba_nano", num_classes=10)).eval()
+    model = scan_dominated(vssm.create_model("fractalmamba_nano", num_classes=10)).eval()
 
     def checked_curve(H, W, transposed=False):
         order = hilbert_curve(H, W)

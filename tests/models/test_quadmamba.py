@@ -7,6 +7,7 @@ import vssm
 from vssm.checkpoint import load_checkpoint
 from vssm.models.quadmamba import QuadMamba, QuadSS2D
 
+from .helpers import scan_dominated
 from .reference_quadmamba import quad_ss2d, reference_forward_quad
 
 PUBLISHED = {"quadmamba_tiny": (31_252_176, 5.5), "quadmamba_small": (50_694_096, 9.3)}
@@ -104,23 +105,6 @@ def test_authors_key_layout_loads_strictly():
     assert load_checkpoint(target, {"model": state}).ok
 
 
-def _scan_dominated(model):
-    """Trained-like scan parameters whose scans dominate the mixers' outputs (see test_fractal_mamba): at the
-    published initialisation another quadrant or shift moves the logits by less than fp32's error."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("dt_projs_bias"):
-                p.copy_(torch.rand(p.shape, generator=g) * 2 - 1.5)
-            elif name.endswith("A_logs"):
-                p.add_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name.endswith("Ds"):
-                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
-            elif name.endswith("x_proj_weight"):
-                p.mul_(4)
-    return model
-
-
 def _double(module):
     return {k: v.double() for k, v in module.state_dict().items()}
 
@@ -140,7 +124,7 @@ def _assert_matches(ours, ref, bound=1e-5):
 def test_logits_match_an_independent_reference(size, depths):
     torch.manual_seed(0)
     model = vssm.create_model("quadmamba_nano", num_classes=10, **({"depths": depths} if depths else {}))
-    model = _scan_dominated(model).eval()
+    model = scan_dominated(model).eval()
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         ours = model(x)
@@ -159,7 +143,7 @@ def test_training_path_matches_the_reference_for_the_same_choice(monkeypatch):
     choose_quadrants = QuadSS2D.choose_quadrants
     monkeypatch.setattr(QuadSS2D, "choose_quadrants", argmax_choice)
     torch.manual_seed(0)
-    model = _scan_dominated(vssm.create_model("quadmamba_nano", num_classes=10, depths=(2, 2, 1, 1))).train()
+    model = scan_dominated(vssm.create_model("quadmamba_nano", num_classes=10, depths=(2, 2, 1, 1))).train()
     x = torch.randn(2, 3, 72, 40)
     ours = model(x)
     _assert_matches(ours.detach(), reference_forward_quad(_double(model), x.double(), model.depths))
@@ -171,7 +155,7 @@ def test_mixer_matches_the_reference(layout, shift):
     """One QuadSS2D against the reference mixer on an 18x22 map (padded to 20x24, shifts of 2 and 2; the logits
     test covers (+,+) and (-,-)): the images pick different quadrants, which the test checks."""
     torch.manual_seed(0)
-    op = _scan_dominated(QuadSS2D(16, shift=shift, quad_order=layout)).eval()
+    op = scan_dominated(QuadSS2D(16, shift=shift, quad_order=layout)).eval()
     x = torch.randn(6, 18, 22, 16)
     with torch.no_grad():
         ours = op(x)

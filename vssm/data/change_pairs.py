@@ -13,10 +13,11 @@ under ``~/.cache/vssm/change_pairs_v1`` (or ``$VSSM_CACHE/change_pairs_v1``), an
 """
 import functools
 import os
-import shutil
 
 import numpy as np
 from PIL import Image
+
+from .folders import publish
 
 __all__ = ["prepare_change_pairs", "generate_pair", "default_root", "SPLITS"]
 
@@ -121,9 +122,4 @@ def prepare_change_pairs(root: str = None) -> str:
         for i in range(count):
             for folder, array in zip(folders, generate_pair(rng)):
                 Image.fromarray(array).save(os.path.join(folder, f"{split}_{i:04d}.png"))
-    open(os.path.join(tmp, ".complete"), "w").close()
-    try:
-        os.rename(tmp, root)  # atomic: a concurrent writer loses the race harmlessly
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return publish(tmp, root)

@@ -8,6 +8,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from .folders import publish
+
 
 def default_data_root() -> str:
     cache = os.environ.get("VSSM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vssm")
@@ -33,10 +35,4 @@ def prepare_digits(root: str = None) -> str:
             folder = os.path.join(tmp, split, str(digits.target[i]))
             os.makedirs(folder, exist_ok=True)
             Image.fromarray(images[i], mode="L").convert("RGB").save(os.path.join(folder, f"{i:04d}.png"))
-    open(os.path.join(tmp, ".complete"), "w").close()
-    try:
-        os.rename(tmp, root)  # atomic: a concurrent writer loses the race harmlessly
-    except OSError:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return publish(tmp, root)
