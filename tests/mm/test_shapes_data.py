@@ -107,6 +107,18 @@ def test_a_set_made_otherwise_is_replaced_and_the_same_one_kept(tmp_path):
         make_coco(str(tmp_path / "coco"), train=0)
 
 
+def test_a_folder_that_is_not_a_finished_set_is_left_alone(tmp_path):
+    """A folder without the marker (the user's own, or an interrupted writer's) is named, never overwritten;
+    no scratch folder is left beside it."""
+    root = tmp_path / "ade"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "mine.jpg").write_bytes(b"the user's")
+    with pytest.raises(FileExistsError, match="ade exists and is not a finished generated set"):
+        make_ade(str(root), train=2, val=1, size=48)
+    assert (root / "images" / "mine.jpg").read_bytes() == b"the user's"
+    assert sorted(os.listdir(tmp_path)) == ["ade"]
+
+
 def test_script_writes_both_sets_and_names_bad_arguments(tmp_path, capsys):
     main = runpy.run_path(os.path.join(ROOT, "scripts", "make_shapes_data.py"))["main"]
     assert main(["--root", str(tmp_path), "--train", "2", "--val", "1", "--size", "48"]) == 0

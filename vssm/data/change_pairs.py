@@ -17,7 +17,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .folders import publish
+from .folders import is_complete, publish, scratch
 
 __all__ = ["prepare_change_pairs", "generate_pair", "default_root", "SPLITS"]
 
@@ -111,9 +111,9 @@ def generate_pair(rng: np.random.Generator, size: int = SIZE):
 def prepare_change_pairs(root: str = None) -> str:
     """Write the generated pairs under ``root`` once (LEVIR-CD+ layout); returns the root."""
     root = root or default_root()
-    if os.path.exists(os.path.join(root, ".complete")):
+    if is_complete(root):
         return root
-    tmp = f"{root}.tmp{os.getpid()}"
+    tmp = scratch(root)
     for split, (count, seed) in SPLITS.items():
         rng = np.random.default_rng([VERSION, seed])
         folders = [os.path.join(tmp, split, part) for part in ("A", "B", "label")]

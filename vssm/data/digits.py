@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .folders import publish
+from .folders import is_complete, publish, scratch
 
 
 def default_data_root() -> str:
@@ -19,8 +19,7 @@ def default_data_root() -> str:
 def prepare_digits(root: str = None) -> str:
     """Write the digits as PNG folders under ``root`` once; returns the root."""
     root = root or default_data_root()
-    done = os.path.join(root, ".complete")
-    if os.path.exists(done):
+    if is_complete(root):
         return root
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -29,7 +28,7 @@ def prepare_digits(root: str = None) -> str:
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     index = np.arange(len(images))
     train_idx, val_idx = train_test_split(index, test_size=360, stratify=digits.target, random_state=0)
-    tmp = root + f".tmp{os.getpid()}"
+    tmp = scratch(root)
     for split, idx in (("train", train_idx), ("val", val_idx)):
         for i in idx:
             folder = os.path.join(tmp, split, str(digits.target[i]))

@@ -12,8 +12,9 @@ shape is redrawn, so that every shape can be seen.
 loaded with reduce_zero_label=True):
     root/images/{training,validation}/*.jpg, root/annotations/{training,validation}/*.png
 
-Deterministic for a given seed. A set is written once: ``root/.complete`` records how it was made (format
-version, counts, size, seed), and a set made otherwise (other counts, an older generator) is replaced.
+Deterministic for a given seed. A set is written once, into a scratch folder published atomically
+(:mod:`vssm.data.folders`): ``root/.complete`` records how it was made (format version, counts, size, seed),
+and a set made otherwise (other counts, an older generator) is replaced.
 """
 import functools
 import json
@@ -23,6 +24,8 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .folders import is_complete, publish, scratch
 
 CLASSES = ("circle", "square", "triangle", "star")
 PALETTE = ((0, 0, 0), (220, 60, 60), (60, 200, 60), (60, 90, 230), (230, 200, 40))  # background, then CLASSES
@@ -170,58 +173,28 @@ def _recipe(train, val, size, seed):
     return {"version": VERSION, "train": train, "val": val, "size": size, "seed": seed}
 
 
-def _is_made(root, recipe):
-    try:
-        with open(os.path.join(root, ".complete")) as f:
-            return json.load(f) == recipe
-    except (OSError, ValueError):
-        return False
-
-
-def _clear(folder, suffixes):
-    """Create ``folder``, removing the files with these suffixes a previous set left there."""
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):
-        if name.endswith(suffixes):
-            os.remove(os.path.join(folder, name))
-
-
-def _mark_made(root, recipe):
-    marker = os.path.join(root, ".complete")
-    with open(f"{marker}.tmp{os.getpid()}", "w") as f:
-        json.dump(recipe, f)
-    os.replace(f"{marker}.tmp{os.getpid()}", marker)
-
-
 def _progress(log, what, done, total, start):
     if log is not None and (done == total or done % 500 == 0):
         log(f"{what}: {done}/{total} images, {time.time() - start:.1f} s")
-
-
-def _restart(root: str, seed: int):
-    """Mark the set at ``root`` as unfinished (it is being written again); the generator of its scenes."""
-    if os.path.exists(os.path.join(root, ".complete")):
-        os.remove(os.path.join(root, ".complete"))
-    return np.random.default_rng(seed)
 
 
 def make_coco(root: str, train: int = 1600, val: int = 200, size: int = 128, seed: int = 0, log=None) -> str:
     """Write the COCO-format set under ``root`` (kept when made with the same arguments); returns root.
     ``log``: a function given progress lines."""
     recipe = _recipe(train, val, size, seed)
-    if _is_made(root, recipe):
+    if is_complete(root, recipe):
         return root
-    start, rng = time.time(), _restart(root, seed)
-    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    start, rng, tmp = time.time(), np.random.default_rng(seed), scratch(root)
+    os.makedirs(os.path.join(tmp, "annotations"))
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(CLASSES)]
     for split, count in (("train", train), ("val", val)):
         folder = f"{split}2017"
-        _clear(os.path.join(root, folder), (".jpg",))
+        os.makedirs(os.path.join(tmp, folder))
         images, annotations = [], []
         for i in range(count):
             image, shapes = scene(rng, size)
             name = f"{i:06d}.jpg"
-            Image.fromarray(image).save(os.path.join(root, folder, name), quality=95)
+            Image.fromarray(image).save(os.path.join(tmp, folder, name), quality=95)
             images.append({"id": i + 1, "file_name": name, "height": size, "width": size})
             for kind, visible in shapes:
                 ys, xs = np.nonzero(visible)
@@ -230,29 +203,27 @@ def make_coco(root: str, train: int = 1600, val: int = 200, size: int = 128, see
                                     "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0],
                                     "area": int(visible.sum()), "iscrowd": 0, "segmentation": mask_to_rle(visible)})
             _progress(log, f"{root} {folder}", i + 1, count, start)
-        with open(os.path.join(root, "annotations", f"instances_{folder}.json"), "w") as f:
+        with open(os.path.join(tmp, "annotations", f"instances_{folder}.json"), "w") as f:
             json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
-    _mark_made(root, recipe)
-    return root
+    return publish(tmp, root, recipe)
 
 
 def make_ade(root: str, train: int = 1600, val: int = 200, size: int = 128, seed: int = 1, log=None) -> str:
     """Write the ADE20K-format set under ``root`` (kept when made with the same arguments); returns root.
     ``log``: a function given progress lines."""
     recipe = _recipe(train, val, size, seed)
-    if _is_made(root, recipe):
+    if is_complete(root, recipe):
         return root
-    start, rng = time.time(), _restart(root, seed)
+    start, rng, tmp = time.time(), np.random.default_rng(seed), scratch(root)
     for split, count in (("training", train), ("validation", val)):
-        _clear(os.path.join(root, "images", split), (".jpg",))
-        _clear(os.path.join(root, "annotations", split), (".png",))
+        os.makedirs(os.path.join(tmp, "images", split))
+        os.makedirs(os.path.join(tmp, "annotations", split))
         for i in range(count):
             image, shapes = scene(rng, size)
             label = np.ones((size, size), np.uint8)  # 1 = background: class 0 after reduce_zero_label
             for kind, visible in shapes:
                 label[visible] = kind + 2
-            Image.fromarray(image).save(os.path.join(root, "images", split, f"{i:06d}.jpg"), quality=95)
-            Image.fromarray(label).save(os.path.join(root, "annotations", split, f"{i:06d}.png"))
+            Image.fromarray(image).save(os.path.join(tmp, "images", split, f"{i:06d}.jpg"), quality=95)
+            Image.fromarray(label).save(os.path.join(tmp, "annotations", split, f"{i:06d}.png"))
             _progress(log, f"{root} {split}", i + 1, count, start)
-    _mark_made(root, recipe)
-    return root
+    return publish(tmp, root, recipe)

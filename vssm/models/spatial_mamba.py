@@ -267,17 +267,14 @@ class SpatialMamba(StagedModel):
                  mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.2,
                  scan_backend: str = "auto", grad_checkpointing: bool = False):
         super().__init__()
-        self._set_stages(depths, dims, in_chans, num_classes, global_pool, grad_checkpointing)
+        dpr = self._set_stages(depths, dims, in_chans, num_classes, global_pool, grad_checkpointing, drop_path_rate)
         depths, dims = self.depths, self.dims
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = Stem(in_chans, dims[0])
         self.layers = nn.ModuleList([
-            SpatialMambaStage(dims[i], depth, dpr[sum(depths[:i]):sum(depths[:i + 1])], i < len(depths) - 1,
+            SpatialMambaStage(dims[i], depth, dpr[i], i < len(depths) - 1,
                               mlp_ratio=mlp_ratio, drop=drop_rate, d_state=d_state, expand=expand, dt_rank=dt_rank,
                               scan_backend=scan_backend)
             for i, depth in enumerate(depths)])
-        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks.{depths[i] - 1}")
-                             for i in range(len(depths))]
         self.norm = nn.LayerNorm(self.num_features)
         self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()

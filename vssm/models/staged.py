@@ -141,9 +141,14 @@ class StagedModel(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _set_stages(self, depths, dims, in_chans: int, num_classes: int, global_pool: str, grad_checkpointing: bool):
+    def _set_stages(self, depths, dims, in_chans: int, num_classes: int, global_pool: str, grad_checkpointing: bool,
+                    drop_path_rate: float = 0.0) -> list:
         """Check and set what every family's classifier derives from its shared arguments: ``depths``, ``dims`` (a
-        list, or the first stage's doubled per stage), ``in_chans``, the head's settings, ``num_features``."""
+        list, or the first stage's doubled per stage), ``in_chans``, the head's settings, ``num_features``,
+        ``feature_info`` (the last block of each stage, at strides 4, 8, 16, ...).
+
+        Returns the stochastic-depth rate of each block, one list per stage: linear in the block's index over the
+        whole network, from 0 to ``drop_path_rate``."""
         check_head(type(self).__name__, num_classes, global_pool)
         depths = tuple(depths)
         dims = tuple(dims) if isinstance(dims, (list, tuple)) else tuple(dims * 2 ** i for i in range(len(depths)))
@@ -153,6 +158,10 @@ class StagedModel(nn.Module):
         self.num_classes, self.global_pool = num_classes, global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = grad_checkpointing
+        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks.{depths[i] - 1}")
+                             for i in range(len(depths))]
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        return [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
 
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable

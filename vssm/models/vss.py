@@ -62,20 +62,17 @@ class VSSNet(StagedModel):
                  mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  scan_backend: str = "auto", grad_checkpointing: bool = False):
         super().__init__()
-        self._set_stages(depths, dims, in_chans, num_classes, global_pool, grad_checkpointing)
+        dpr = self._set_stages(depths, dims, in_chans, num_classes, global_pool, grad_checkpointing, drop_path_rate)
         depths, dims = self.depths, self.dims
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = _stem(in_chans, dims[0])
         self.layers = nn.ModuleList()
         ssm = dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, scan_backend=scan_backend)
         for i, depth in enumerate(depths):
-            blocks = [VSSBlock(dims[i], drop_path=dpr[sum(depths[:i]) + j], mlp_ratio=mlp_ratio, drop=drop_rate,
+            blocks = [VSSBlock(dims[i], drop_path=dpr[i][j], mlp_ratio=mlp_ratio, drop=drop_rate,
                                op=self.make_mixer(i, j, sum(depths[:i]) + j, dims[i], ssm))
                       for j in range(depth)]
             downsample = _downsample(dims[i], dims[i + 1]) if i < len(depths) - 1 else nn.Identity()
             self.layers.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks), downsample=downsample)))
-        self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"layers.{i}.blocks.{depths[i] - 1}")
-                             for i in range(len(depths))]
         avgpool, flatten = _pooling(global_pool)
         self.classifier = nn.Sequential(OrderedDict(  # on (batch, H, W, C)
             norm=nn.LayerNorm(self.num_features), permute=Permute(0, 3, 1, 2), avgpool=avgpool, flatten=flatten,
