@@ -1,7 +1,8 @@
 """Generated shapes for detection and segmentation: a small seeded task that a nano backbone learns on a CPU.
 
 Each scene is a crop of one of scikit-image's photographs (rescaled, flipped, colour-shifted, its contrast
-reduced) under 2-5 shapes of four classes (circle, square, triangle, star) of random size, rotation, aspect,
+reduced) under 2-5 shapes of four classes (circle, square, triangle, star) of random size (circumradius 14-30 % of the
+side: smaller ones are too few pixels for a nano segmentor to tell apart in minutes), rotation, aspect,
 colour and fill (solid, gradient or stripes), drawn in order with anti-aliased edges: later shapes occlude
 earlier ones, each keeping at least 60 % of its area visible. A colour too close to what lies under the
 shape is redrawn, so that every shape can be seen.
@@ -29,10 +30,11 @@ from .folders import is_complete, publish, scratch
 
 CLASSES = ("circle", "square", "triangle", "star")
 PALETTE = ((0, 0, 0), (220, 60, 60), (60, 200, 60), (60, 90, 230), (230, 200, 40))  # background, then CLASSES
-VERSION = 2  # of the generator: a set written by another version is replaced
+VERSION = 3  # of the generator: a set written by another version is replaced
 PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
           "immunohistochemistry", "moon", "page", "retina", "rocket", "text")
 MIN_VISIBLE = 0.6  # the fraction of each shape's area that later shapes leave visible, at least
+RADIUS = (0.14, 0.30)  # a shape's circumradius, a fraction of the image side (log-uniform between the two)
 MIN_CONTRAST = 60.0  # mean absolute difference (0-255, over channels) between a shape's fill and what it covers
 SUPERSAMPLE = 4  # shapes are drawn at this scale and averaged down: anti-aliased edges
 
@@ -133,7 +135,7 @@ def scene(rng, size: int = 128, max_shapes: int = 5):
     shapes = []  # [class index, visible mask, full area]
     for _ in range(rng.integers(2, max_shapes + 1)):
         for _attempt in range(10):
-            r = size * math.exp(rng.uniform(math.log(0.09), math.log(0.25)))
+            r = size * math.exp(rng.uniform(math.log(RADIUS[0]), math.log(RADIUS[1])))
             cx, cy = rng.uniform(r, size - r, 2)
             kind = int(rng.integers(len(CLASSES)))
             alpha = _coverage(_outline(CLASSES[kind], rng, cx, cy, r), size)

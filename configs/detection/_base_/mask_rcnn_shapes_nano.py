@@ -1,6 +1,6 @@
 # Mask R-CNN + FPN on the generated shapes (python scripts/make_shapes_data.py): a nano backbone trained from
 # scratch on one CPU process in minutes (bash detection/tools/dist_train.sh CONFIG 1), evaluated once at the end.
-# Sized for 128x128 images holding shapes of 12-60 px: four FPN levels (strides 4-32) with one anchor size
+# Sized for 128x128 images holding shapes of 20-77 px: four FPN levels (strides 4-32) with one anchor size
 # each (12, 24, 48, 96 px), narrow heads (64-channel FPN, 256-wide box head, 2-conv mask head), fewer
 # proposals and RoI samples than the COCO recipe, torchvision's RoIAlign (mmcv's is slow on a CPU).
 _base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', 'mmdet::_base_/default_runtime.py']
