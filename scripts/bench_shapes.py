@@ -8,8 +8,8 @@ Each run is what the README tells a user to start: ``bash detection/tools/dist_t
 configs/detection/<family>/mask_rcnn_<family>_fpn_shapes_nano.py 1`` (and segmentation's
 ``upernet_<family>_shapes-128x128_nano.py``), one CPU process with ``--threads`` OpenMP threads, training to
 the end of the config's schedule and evaluating the held-out images once, in the repository root (the configs
-read ``data/shapes_coco`` and ``data/shapes_ade``, made first when missing: ``vssm.data.shapes``). A family registered without these configs (a plugin) is listed
-as skipped.
+read ``data/shapes_coco`` and ``data/shapes_ade``, made first when missing: ``vssm.data.shapes``). A family
+registered without these configs (a plugin) is listed as skipped.
 
 Prints a Markdown table: family, task, the held-out metrics the run printed (bbox / segm mAP, or mIoU and the
 per-class IoU), training steps, wall-clock minutes of the whole run (start-up, training, evaluation) and the
@@ -123,8 +123,7 @@ def run_one(family: str, task: str, config: str, args) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] {task} {family}: started, log {log_path}", flush=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env=env).returncode
+        code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     minutes = (time.perf_counter() - start) / 60
     metrics = read_metrics(run_folders(work_dir) - before, keys)
     steps, step_time, classes = read_log(log_path)

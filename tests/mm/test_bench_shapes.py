@@ -53,8 +53,8 @@ def test_reads_steps_step_time_classes_and_the_last_evaluation(tmp_path):
     old, new = tmp_path / "20261205_101010", tmp_path / "20261205_111111"
     for folder, miou in ((old, 10.0), (new, 41.36)):
         (folder / "vis_data").mkdir(parents=True)
-        (folder / "vis_data" / "scalars.json").write_text(
-            json.dumps({"loss": 0.5, "step": 2400}) + "\n" + json.dumps({"aAcc": 92.06, "mIoU": miou, "step": 0}) + "\n")
+        records = [{"loss": 0.5, "step": 2400}, {"aAcc": 92.06, "mIoU": miou, "step": 0}]
+        (folder / "vis_data" / "scalars.json").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert bench["read_metrics"]({str(new)}, ("mIoU", "aAcc")) == {"mIoU": 41.36, "aAcc": 92.06}
     assert bench["run_folders"](str(tmp_path)) == {str(old), str(new)}
     row = dict(family="vmamba", task="seg", exit=0, minutes=9.5, steps=2400, step_seconds=0.1657,
