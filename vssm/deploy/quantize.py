@@ -8,17 +8,17 @@ int8 per output channel, their input activations int8 with a scale and zero poin
 images read as the trainer reads them (:func:`calibration_batches`: ``vssm.data.images.read_image`` and the
 evaluation transform of the checkpoint's data config). ONNX Runtime and OpenVINO run those products in int8.
 
-What stays in float, and why: the stem's first convolution, which reads the images (3 input channels, a
-small share of the work; OpenVINO's CPU plugin computes it wrongly when the network input itself is
-quantized: 66% top-1 agreement on the digits instead of 100%); convolutions with kernels above 7 x 7 or
-dilations (Spatial-Mamba's 11 x 11 depthwise state fusion: OpenVINO has no int8 implementation of them and
-refuses to compile the file); the selective scan (step sizes, ``exp`` of the
-decays, the recurrence, the gathers by scan order), the normalisations, the activations and the residual sums.
-The recurrence multiplies hundreds of decays in [0, 1] and adds contributions of very different sizes along a
-sequence of up to 3136 steps: one int8 scale for a tensor whose values span many orders of magnitude would
-round most of them to zero, and its error would be carried to every later step. The elementwise operators
-gain nothing from int8 on a CPU anyway (they are memory-bound, and a quantize / dequantize pair costs more than
-the operator).
+What stays in float, and why: the stem's first convolution, which reads the images (3 input channels, a small share
+of the work; OpenVINO's CPU plugin computes it wrongly when the network input itself is quantized: 66% top-1
+agreement on the digits instead of 100%); convolutions with kernels above 7 x 7 or dilations (Spatial-Mamba's
+11 x 11 depthwise state fusion: OpenVINO has no int8 implementation of them and refuses to compile the file); products
+whose activation is zero-padded just before them (QuadMamba's windows: OpenVINO's low-precision pass fails on them,
+see :func:`float_products`); the selective scan (step sizes, ``exp`` of the decays, the recurrence, the gathers by
+scan order), the normalisations, the activations and the residual sums. The recurrence multiplies hundreds of
+decays in [0, 1] and adds contributions of very different sizes along a sequence of up to 3136 steps: one int8
+scale for a tensor whose values span many orders of magnitude would round most of them to zero, and its error would
+be carried to every later step. The elementwise operators gain nothing from int8 on a CPU anyway (they are
+memory-bound, and a quantize / dequantize pair costs more than the operator).
 """
 import os
 
@@ -91,12 +91,26 @@ class _Reader:
 LARGEST_INT8_KERNEL = 7  # OpenVINO's CPU plugin has no int8 convolution for larger kernels (or dilations)
 
 
-def float_convolutions(model, input_name: str = "images") -> list:
-    """Names of the convolutions kept in float: the first one, on the input images, and those with a kernel
-    side above :data:`LARGEST_INT8_KERNEL` or a dilation (Spatial-Mamba's 11 x 11 state fusion), which
-    OpenVINO's CPU plugin cannot compile in int8 ("No suitable implementations")."""
+def float_products(model, input_name: str = "images") -> list:
+    """Names of the products (:data:`QUANTIZED_OPS`) kept in float, because a runtime computes them wrongly or
+    cannot compile them in int8:
+
+    - the convolution on the input images (OpenVINO's CPU plugin: 66% top-1 agreement instead of 100%);
+    - convolutions with a kernel side above :data:`LARGEST_INT8_KERNEL` or a dilation (Spatial-Mamba's 11 x 11
+      state fusion; OpenVINO: "No suitable implementations");
+    - products whose activation is zero-padded just before (QuadMamba pads its map to whole windows): OpenVINO's
+      low-precision pass moves the zero point of the activation through the ``Pad`` as a constant that varies
+      along the padded axis, then fails on the product ("... cannot be broadcasted").
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
     kept = []
     for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        source = producer.get(node.input[0])
+        if source is not None and source.op_type == "Pad":
+            kept.append(node.name)
+            continue
         if node.op_type != "Conv":
             continue
         attrs = {a.name: list(a.ints) for a in node.attribute if a.name in ("kernel_shape", "dilations")}
@@ -109,7 +123,7 @@ def float_convolutions(model, input_name: str = "images") -> list:
 def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str = "images", progress=None):
     """Write ``int8_path``: ``fp32_path`` statically quantized (QDQ, int8 weights per channel and uint8
     activations, min / max calibration on ``batches``) in its convolutions and constant-weight matrix products
-    (:data:`QUANTIZED_OPS`) except :func:`float_convolutions`; everything else, the scan included, stays float. Written to
+    (:data:`QUANTIZED_OPS`) except :func:`float_products`; everything else, the scan included, stays float. Written to
     ``<int8_path>.tmp<PID>`` and renamed; the metadata of the fp32 file is kept, with ``vssm.int8`` added."""
     import onnx
     from onnxruntime.quantization import (
@@ -125,7 +139,7 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
     tmp = f"{int8_path}.tmp{os.getpid()}"
     say(f"quantizing {os.path.basename(fp32_path)} to int8 ({', '.join(QUANTIZED_OPS)}; calibrating on "
         f"{sum(len(b) for b in batches)} images) ...")
-    kept_float = float_convolutions(onnx.load(fp32_path, load_external_data=False), input_name)
+    kept_float = float_products(onnx.load(fp32_path, load_external_data=False), input_name)
     try:
         quantize_static(fp32_path, tmp, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
