@@ -46,7 +46,7 @@ def pool_runs(seq: torch.Tensor, run: int) -> torch.Tensor:
     """Mean of consecutive runs of ``run`` tokens: (batch, L, D) -> (batch, ceil(L / run), D)."""
     batch, L, D = seq.shape
     pad = -L % run
-    total = F.pad(seq, (0, 0, 0, pad)).view(batch, -1, run, D).sum(dim=2)
+    total = (F.pad(seq, (0, 0, 0, pad)) if pad else seq).reshape(batch, -1, run, D).sum(dim=2)
     counts = torch.full((total.shape[1], 1), float(run), dtype=seq.dtype, device=seq.device)
     if pad:
         counts[-1] = run - pad

@@ -99,7 +99,8 @@ class QuadSS2D(SS2D):
         if self.shift is not None:
             x = torch.roll(x, shifts=(self.shift[0] * (H // 8), self.shift[1] * (W // 8)), dims=(1, 2))
         Hp, Wp = -(-H // 4) * 4, -(-W // 4) * 4
-        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+        if (Hp, Wp) != (H, W):  # (a zero pad still copies the map, and puts a Pad node in exported graphs)
+            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
         choice = self.choose_quadrants(score, Hp, Wp)
         if self.training or self.quad_order != "nested":
             y = self._scan_masked(x, choice)
