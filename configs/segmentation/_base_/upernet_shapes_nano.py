@@ -11,7 +11,11 @@ class_weight = [0.5, 1.0, 1.0, 1.0, 1.0]
 model = dict(
     data_preprocessor=dict(size=(128, 128)),
     backbone=dict(_delete_=True, type='VMamba', arch='vmamba_nano', out_indices=(0, 1, 2, 3)),
-    decode_head=dict(in_channels=[32, 64, 128, 256], channels=64, num_classes=len(classes), norm_cfg=norm_cfg,
+    # UperNet over stages 1-3 (strides 8-32): its 3x3 fusion convolutions at stride 4 were 40% of a training
+    # step; without them a step takes 0.55x the time, and the extra steps more than make up for the coarser
+    # output (a perfect stride-8 prediction, upsampled, would score mIoU 90 on these shapes; stride 4: 96)
+    decode_head=dict(in_index=(1, 2, 3), in_channels=[64, 128, 256], channels=64, num_classes=len(classes),
+                     norm_cfg=norm_cfg,
                      loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
                                       class_weight=class_weight)),
     # the auxiliary head on stage 3 at full weight: the shape's class is learnt there first
@@ -47,15 +51,16 @@ val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
-max_iters = 4400  # 11 epochs of the 1600 training images at batch 4 (batch 2 or 8 learn less from as many images)
+max_iters = 6000  # 15 epochs of the 1600 training images at batch 4 (batch 2 or 8 learn less from as many images)
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-# foreach: one batched update of all parameters (on a CPU torch's default is a Python loop over them)
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.01, foreach=True),
+# fused: one kernel updates all parameters (on a CPU torch's default is a Python loop over them)
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.01, fused=True),
                      clip_grad=dict(max_norm=10.0))
 param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
                    dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=max_iters, eta_min_ratio=0.01)]
 default_hooks = dict(logger=dict(type="LoggerHook", interval=200),
                      checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)  # the same run, and figure, on the same machine and thread count
