@@ -170,13 +170,13 @@ def plot(rows, path: str, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     keys = [k for k in ("torch", "ort_static", "ort_dynamic", "ov_f32", "ov_bf16", "int8_ort", "int8_ov")
-            if k in rows[0]["images_per_s"]]
+            if any(k in r["images_per_s"] for r in rows)]  # a variant that could not run has no bar in its row
     labels = [f"{r['model']}\nbatch {r['batch']}" for r in rows]
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(rows)), 4))
     for i, key in enumerate(keys):
         ax.bar([j + (i - len(keys) / 2) * width for j in range(len(rows))],
-               [r["images_per_s"][key] for r in rows], width, label=key)
+               [r["images_per_s"].get(key, 0.0) for r in rows], width, label=key)
     ax.set_xticks(list(range(len(rows))), labels, fontsize=7)
     ax.set_ylabel("images / s")
     ax.set_title(title, fontsize=9)

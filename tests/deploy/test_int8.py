@@ -100,16 +100,22 @@ def test_every_family_quantizes_and_runs(family, runtime, tmp_path):
     assert np.abs(a - b).max() <= 0.2 * np.abs(a).max(), (np.abs(a - b).max(), np.abs(a).max())
 
 
-def test_products_after_a_pad_stay_float():
-    """OpenVINO's low-precision pass fails on a product whose quantized activation was zero-padded just before
-    (QuadMamba-T: "Input shape dimension equal 56 cannot be broadcasted"): such products are kept float."""
+def test_products_after_a_pad_or_a_spatial_concat_stay_float():
+    """OpenVINO's low-precision pass fails on a product whose quantized activation was zero-padded or concatenated
+    along a spatial axis just before (QuadMamba-T's roll: "Input shape dimension equal 56 cannot be broadcasted"):
+    such products are kept float; after a concatenation along the channels they stay int8."""
     from onnx import TensorProto, helper
     weight = helper.make_tensor("w", TensorProto.FLOAT, (8, 4), np.ones(32, np.float32))
+    wide = helper.make_tensor("w2", TensorProto.FLOAT, (16, 4), np.ones(64, np.float32))
     pads = helper.make_tensor("pads", TensorProto.INT64, (6,), [0, 1, 0, 0, 1, 0])
     nodes = [helper.make_node("Pad", ["x", "pads"], ["padded"], name="pad"),
              helper.make_node("MatMul", ["padded", "w"], ["y"], name="after_pad"),
+             helper.make_node("Concat", ["x", "x"], ["rolled"], name="roll", axis=1),
+             helper.make_node("MatMul", ["rolled", "w"], ["r"], name="after_roll"),
+             helper.make_node("Concat", ["x", "x"], ["wider"], name="cat", axis=-1),
+             helper.make_node("MatMul", ["wider", "w2"], ["c"], name="after_channel_concat"),
              helper.make_node("MatMul", ["x", "w"], ["z"], name="plain")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 3, 8))],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")],
-                              [weight, pads])
-    assert quantize.float_products(helper.make_model(graph), "x") == ["after_pad"]
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "yrcz"],
+                              [weight, wide, pads])
+    assert quantize.float_products(helper.make_model(graph), "x") == ["after_pad", "after_roll"]

@@ -12,8 +12,8 @@ What stays in float, and why: the stem's first convolution, which reads the imag
 of the work; OpenVINO's CPU plugin computes it wrongly when the network input itself is quantized: 66% top-1
 agreement on the digits instead of 100%); convolutions with kernels above 7 x 7 or dilations (Spatial-Mamba's
 11 x 11 depthwise state fusion: OpenVINO has no int8 implementation of them and refuses to compile the file); products
-whose activation is zero-padded just before them (QuadMamba's windows: OpenVINO's low-precision pass fails on them,
-see :func:`float_products`); the selective scan (step sizes, ``exp`` of the decays, the recurrence, the gathers by
+whose activation was just padded or concatenated along H or W (QuadMamba's windows and rolls: OpenVINO's
+low-precision pass fails on them, see :func:`float_products`); the selective scan (step sizes, ``exp`` of the decays, the recurrence, the gathers by
 scan order), the normalisations, the activations and the residual sums. The recurrence multiplies hundreds of
 decays in [0, 1] and adds contributions of very different sizes along a sequence of up to 3136 steps: one int8
 scale for a tensor whose values span many orders of magnitude would round most of them to zero, and its error would
@@ -98,17 +98,26 @@ def float_products(model, input_name: str = "images") -> list:
     - the convolution on the input images (OpenVINO's CPU plugin: 66% top-1 agreement instead of 100%);
     - convolutions with a kernel side above :data:`LARGEST_INT8_KERNEL` or a dilation (Spatial-Mamba's 11 x 11
       state fusion; OpenVINO: "No suitable implementations");
-    - products whose activation is zero-padded just before (QuadMamba pads its map to whole windows): OpenVINO's
-      low-precision pass moves the zero point of the activation through the ``Pad`` as a constant that varies
-      along the padded axis, then fails on the product ("... cannot be broadcasted").
+    - products whose activation was just zero-padded or concatenated along an axis other than the channels
+      (QuadMamba pads its map to whole windows and rolls it, a roll being two slices concatenated along H or
+      W): OpenVINO's low-precision pass turns the zero point of the activation into a constant that varies
+      along that axis, then fails on the product (QuadMamba-T: "Input shape dimension equal 56 cannot be
+      broadcasted"). Concatenations along the channels stay int8.
     """
     producer = {out: node for node in model.graph.node for out in node.output}
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.value_info}
+
+    def spatial_move(node) -> bool:  # a Pad, or a Concat not along the last (channel) axis
+        if node is None or node.op_type not in ("Pad", "Concat"):
+            return False
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        return node.op_type == "Pad" or not (axis == -1 or axis == rank.get(node.output[0], 0) - 1)
+
     kept = []
     for node in model.graph.node:
         if node.op_type not in QUANTIZED_OPS:
             continue
-        source = producer.get(node.input[0])
-        if source is not None and source.op_type == "Pad":
+        if spatial_move(producer.get(node.input[0])):
             kept.append(node.name)
             continue
         if node.op_type != "Conv":
