@@ -13,12 +13,12 @@ of the work; OpenVINO's CPU plugin computes it wrongly when the network input it
 agreement on the digits instead of 100%); convolutions with kernels above 7 x 7 or dilations (Spatial-Mamba's
 11 x 11 depthwise state fusion: OpenVINO has no int8 implementation of them and refuses to compile the file); products
 whose activation was just padded or concatenated along H or W (QuadMamba's windows and rolls: OpenVINO's
-low-precision pass fails on them, see :func:`float_products`); the selective scan (step sizes, ``exp`` of the decays, the recurrence, the gathers by
-scan order), the normalisations, the activations and the residual sums. The recurrence multiplies hundreds of
-decays in [0, 1] and adds contributions of very different sizes along a sequence of up to 3136 steps: one int8
-scale for a tensor whose values span many orders of magnitude would round most of them to zero, and its error would
-be carried to every later step. The elementwise operators gain nothing from int8 on a CPU anyway (they are
-memory-bound, and a quantize / dequantize pair costs more than the operator).
+low-precision pass fails on them, see :func:`float_products`); the selective scan (step sizes, ``exp`` of the decays,
+the recurrence, the gathers by scan order), the normalisations, the activations and the residual sums. The
+recurrence multiplies hundreds of decays in [0, 1] and adds contributions of very different sizes along a sequence
+of up to 3136 steps: one int8 scale for a tensor whose values span many orders of magnitude would round most of
+them to zero, and its error would be carried to every later step. The elementwise operators gain nothing from int8
+on a CPU anyway (they are memory-bound, and a quantize / dequantize pair costs more than the operator).
 """
 import os
 
