@@ -4,12 +4,15 @@
     python scripts/bench_models.py --variants eager --rounds 5       # fp32 eager only
     python scripts/bench_models.py --modes infer8 infer1 --variants eager eager-bf16
     python scripts/bench_models.py --quick                           # nano models at 64 x 64 (a smoke run)
+    python scripts/bench_models.py --modes infer8 infer1 --variants eager eager-unfused  # fused path's gain
 
 Measures, at 224 x 224 with 2 threads and the ``auto`` scan backend: inference at batch 8 (``infer8``) and
 batch 1 (``infer1``) and a training step at batch 8 (``train8``: forward, backward, AdamW step), for each
 variant: ``eager`` and ``compiled`` (torch.compile, inductor) in fp32, and both under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (``eager-bf16``, ``compiled-bf16``) where the CPU has bf16
 arithmetic (AVX512-BF16 or AMX, as oneDNN reports; elsewhere those variants are skipped and said so).
+``eager-unfused`` is ``eager`` with ``vssm.models.fused``'s inference path off (``VSSM_FUSED_INFERENCE=0``):
+the modules' own calls instead of oneDNN products with their activations fused (training is the same in both).
 
 The training step's AdamW is PyTorch's fused CPU implementation (``--adamw fused``, the default; ``loop`` is
 ``torch.optim.AdamW``'s default on a CPU, several times slower for these models' 200-300 parameter tensors).
@@ -39,7 +42,6 @@ import tempfile
 import time
 
 
-
 def family_models(size: str) -> list:
     """Every registered family's ``tiny`` (or ``nano``) model, in registration order."""
     from vssm.models import families
@@ -47,8 +49,8 @@ def family_models(size: str) -> list:
 
 
 MODES = {"infer8": (False, 8), "infer1": (False, 1), "train8": (True, 8)}
-VARIANTS = {"eager": (False, False), "compiled": (True, False), "eager-bf16": (False, True),
-            "compiled-bf16": (True, True)}
+VARIANTS = {"eager": (False, False, True), "compiled": (True, False, True), "eager-bf16": (False, True, True),
+            "compiled-bf16": (True, True, True), "eager-unfused": (False, False, False)}  # (compiled, bf16, fused)
 
 
 # ---- the worker: one model, one mode, one variant -----------------------------------------------------------
@@ -56,13 +58,16 @@ VARIANTS = {"eager": (False, False), "compiled": (True, False), "eager-bf16": (F
 def worker(args):
     """Build the model, warm up, then answer `step` with one step's seconds and `peak` with peak MB above idle."""
     import torch
+
     from vssm.analysis.models import analysis_model
     from vssm.devtools.benchmark import process_memory_mb, reset_peak_memory, training_or_inference_step
     from vssm.runtime import retain_freed_memory
     retain_freed_memory()
     torch.set_num_threads(args.threads)
     train, batch = MODES[args.mode]
-    compiled, bf16 = VARIANTS[args.variant]
+    compiled, bf16, fused = VARIANTS[args.variant]
+    from vssm.models import fused as fused_inference
+    fused_inference.set_enabled(fused)
     reset_peak_memory()
     idle = process_memory_mb()
     torch.manual_seed(0)
@@ -200,6 +205,7 @@ def measure_window(models, mode, variant, args):
 
 def gflops(models, size):
     import torch
+
     from vssm import count_flops
     from vssm.analysis.models import analysis_model
     out = {}
@@ -212,6 +218,7 @@ def gflops(models, size):
 def bf16_logits_difference(models, size):
     """Relative difference ||bf16 - fp32|| / ||fp32|| of the logits of a batch of 8 random images, eval mode."""
     import torch
+
     from vssm.analysis.models import analysis_model
     out = {}
     for name in models:
@@ -268,7 +275,8 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", help="default: every family's tiny model (nano with --quick)")
     p.add_argument("--reference", default=None, help="default: convnext_tiny (convnext_atto with --quick)")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                   default=[v for v in VARIANTS if v != "eager-unfused"])
     p.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (one step each)")
     p.add_argument("--warmup", type=int, default=2, help="steps after the first (compiling) one")
     p.add_argument("--threads", type=int, default=2)
@@ -338,7 +346,8 @@ def main(argv=None):
     for num, den, title in (("compiled", "eager", "compiled / eager images/s (fp32)"),
                             ("compiled-bf16", "eager-bf16", "compiled / eager images/s (bf16)"),
                             ("eager-bf16", "eager", "bf16 / fp32 images/s (eager)"),
-                            ("compiled-bf16", "compiled", "bf16 / fp32 images/s (compiled)")):
+                            ("compiled-bf16", "compiled", "bf16 / fp32 images/s (compiled)"),
+                            ("eager", "eager-unfused", "fused / unfused inference images/s (eager fp32)")):
         if num in results and den in results:
             print(speed_ratio_table(title, results, num, den, args.modes) + "\n")
     if difference:

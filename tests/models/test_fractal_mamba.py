@@ -44,6 +44,17 @@ def test_fractal_fusion_is_switchable_and_changes_the_output():
         torch.testing.assert_close(with_ffp(x), without(x))
 
 
+@pytest.mark.parametrize("levels", [1, 2])
+def test_fractal_fusion_in_map_order_is_the_sequence_context_reordered(levels):
+    torch.manual_seed(0)
+    mixer = FractalSS2D(8, ffp_levels=levels).eval()
+    seq, order = torch.randn(2, 35, 16), torch.randperm(35)
+    steps = torch.empty_like(order).scatter_(0, order, torch.arange(35))  # the step at each map position
+    with torch.no_grad():
+        in_sequence = mixer.fractal_fusion(seq)
+        torch.testing.assert_close(mixer.fractal_fusion(seq, steps), in_sequence[:, steps])
+
+
 @pytest.mark.parametrize("directions,levels", [(2, 0), (2, 2), (4, 1)])
 def test_ablation_settings_build_and_run(directions, levels):
     """The options reach every mixer (an ignored option would still run); their outputs are checked against the

@@ -6,6 +6,7 @@ import torch
 import vssm
 from vssm.checkpoint import load_checkpoint
 from vssm.models.quadmamba import QuadMamba, QuadSS2D
+from vssm.scans.quadtree import quadtree_permutation
 
 from .helpers import scan_dominated
 from .reference_quadmamba import quad_ss2d, reference_forward_quad
@@ -164,3 +165,20 @@ def test_mixer_matches_the_reference(layout, shift):
     ref = quad_ss2d(x.double().permute(0, 3, 1, 2), state, "op", shift, layout, picked).permute(0, 2, 3, 1)
     assert len(set(picked)) >= 3, picked
     _assert_matches(ours, ref)
+
+
+@pytest.mark.parametrize("shift", [(1, 1), (-1, -1), (1, -1), (-1, 1)])
+@pytest.mark.parametrize("size", [(16, 24), (12, 20)])
+def test_evaluation_reads_the_roll_through_the_order(shift, size):
+    """In evaluation the roll is composed into the scan order (no rolled copies): bit for bit the published
+    roll -> scan -> roll back."""
+    torch.manual_seed(0)
+    mixer = QuadSS2D(16, shift=shift).eval()
+    x = torch.randn(2, *size, 32)
+    H, W = size
+    shifts = (shift[0] * (H // 8), shift[1] * (W // 8))
+    with torch.no_grad():
+        order = quadtree_permutation(mixer.choose_quadrants(mixer.score_predictor(x)[..., 0], H, W), H, W)
+        rolled = mixer.scan_map(torch.roll(x, shifts, dims=(1, 2)), torch.stack([order, order.flip(-1)], dim=1))
+        expected = torch.roll(rolled, (-shifts[0], -shifts[1]), dims=(1, 2))
+        assert torch.equal(mixer.mix(x), expected)

@@ -6,6 +6,7 @@ import vssm
 from vssm.checkpoint import load_checkpoint
 from vssm.models import dense_backbone
 from vssm.models.spatial_mamba import StateFusion, _replicate_pad, _replicate_pad_by_index
+from vssm.ops.selective_scan.cpu import load_extension
 
 from .reference_spatial_mamba import reference_forward
 
@@ -63,6 +64,31 @@ def test_folded_kernel_equals_the_three_dilated_ones():
     with torch.no_grad():
         folded = fusion(h)
     torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_fwd"),
+                    reason="the compiled CPU extension (with state_fusion_fwd) is not built")
+@pytest.mark.parametrize("E,size", [(6, (13, 9)), (70, (4, 11)), (128, (1, 2)), (64, (7, 7))])
+def test_compiled_observation_equals_fusion_then_observation(E, size):
+    """The kernel's C * fuse(h) + D * x equals the modules' on random kernels (not the initial ones), replicate
+    edges included (maps smaller than the dilation), channel counts off the kernel's 64-channel chunks."""
+    torch.manual_seed(0)
+    fusion = StateFusion(E).eval()
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.copy_(torch.randn_like(p))
+    H, W = size
+    h = torch.randn(2, E, H, W).contiguous(memory_format=torch.channels_last)  # the scan's time-major states
+    C, x, D = torch.randn(2, H, W, 1), torch.randn(2, H, W, E), torch.randn(E)
+    with torch.no_grad():
+        expected = fusion(h).permute(0, 2, 3, 1) * C + x * D
+        out = fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D)
+        assert out is not None
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        fusion.kernel_3_2.add_(1.0)  # a changed parameter reaches the kernel's taps
+        torch.testing.assert_close(fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D),
+                                   fusion(h).permute(0, 2, 3, 1) * C + x * D, rtol=1e-5, atol=1e-5)
+    assert fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D) is None  # gradients wanted: the modules' way
 
 
 @pytest.mark.parametrize("d,size", [(1, (5, 7)), (5, (3, 4)), (3, (1, 1))])

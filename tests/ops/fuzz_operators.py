@@ -129,6 +129,9 @@ class CpuExtensionTarget:
     def map_residuals(self, a):
         return [self.map_fwd(a)[1]]
 
+    def fusion_fwd(self, a):  # Spatial-Mamba's state fusion and observation (state_fusion_cpu.cpp)
+        return self.m.state_fusion_fwd(a["h"], a["weight"], a["offsets"], a["C"], a["x"], a["D"])
+
     def map_bwd(self, a):
         return self.m.cross_bwd(a["x"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["delta_bias"], True,
                                 a["orders"], a["residuals"][0] if a["residuals"] else torch.empty(0), a["dy"])
@@ -331,6 +334,43 @@ def _map_cases():
     return cases
 
 
+def _fusion_inputs():
+    g = torch.Generator().manual_seed(0)
+    b, H, W, E, T = 2, 5, 3, 20, 25
+    offsets = torch.tensor([(a * d, c * d) for d in (1, 3, 5) for a in (-1, 0, 1) for c in (-1, 0, 1)][:T])
+    return dict(h=torch.randn(b, H, W, E, generator=g), weight=torch.randn(T, E, generator=g), offsets=offsets,
+                C=torch.randn(b, H, W, generator=g), x=torch.randn(b, H, W, E, generator=g),
+                D=torch.randn(E, generator=g))
+
+
+def _rows_gapped(t):
+    """A view with gaps between the rows (dimension 1) and contiguous channels."""
+    return torch.stack([t, torch.full_like(t, float("nan"))], dim=2).flatten(1, 2)[:, ::2]
+
+
+def _fusion_cases():
+    return [
+        Case("state fusion: h is 3-D", "fusion_fwd", _apply("h", lambda t: t[0]), needle=about("h")),
+        Case("state fusion: h is float64", "fusion_fwd", _apply("h", lambda t: t.double()), needle=about("h")),
+        Case("state fusion: weight of another E", "fusion_fwd", _apply("weight", lambda t: t[:, :-1]),
+             needle=about("weight")),
+        Case("state fusion: D of length 1", "fusion_fwd", _apply("D", lambda t: t[:1]), needle=about("D")),
+        Case("state fusion: offsets int32", "fusion_fwd", _apply("offsets", lambda t: t.int()), needle="offsets"),
+        Case("state fusion: offsets of 3 columns", "fusion_fwd", _apply("offsets", lambda t: t.repeat(1, 2)[:, :3]),
+             needle="offsets"),
+        Case("state fusion: offsets on the meta device", "fusion_fwd", _apply("offsets", lambda t: t.to("meta")),
+             needle="offsets"),
+        Case("state fusion: C of another size", "fusion_fwd", _apply("C", lambda t: t[:, :-1]), needle=about("C")),
+        Case("state fusion: x of another batch", "fusion_fwd", _apply("x", lambda t: t[:1]), needle=about("C", "x")),
+        Case("state fusion: x with strided channels", "fusion_fwd", _apply("x", gapped), needle="contiguous channels"),
+        Case("state fusion: offsets 10**18 read the edge", "fusion_fwd",
+             _apply("offsets", lambda t: t * 10 ** 17), "ok"),
+        Case("state fusion: rows and C strided", "fusion_fwd",
+             lambda a: a.update(h=_rows_gapped(a["h"]), x=_rows_gapped(a["x"]), C=gapped(a["C"]),
+                                weight=gapped(a["weight"]), D=gapped(a["D"])), "same"),
+    ]
+
+
 def _poke(orders, value):
     o = orders.clone()
     o[1, 3] = value
@@ -368,7 +408,7 @@ def _compile_cases():
 
 def _all_cases() -> dict:
     cases = {}
-    for c in _seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _orders_cases() + _compile_cases():
+    for c in _seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _fusion_cases() + _orders_cases() + _compile_cases():
         name = c.name + (" [backward]" if c.entry.endswith("bwd") and "backward" not in c.name else "")
         assert name not in cases, f"two fuzz cases named {name!r}"
         cases[name] = c
@@ -386,6 +426,8 @@ def applies(case: Case, target: str) -> bool:
         return target == "op:torch"
     if case.entry == "compile":
         return target == "op:cpu"
+    if case.entry.startswith("fusion"):
+        return target == "ext:cpu"  # a function of the compiled CPU module only
     if target == "ext:emulator" and case.entry.startswith("map"):
         return False  # the CUDA binding has the sequence entry only (the map entry gathers for it)
     if target == "op:triton" and case.expect == "same" and not case.name.startswith(("every", "dy, dlast")):
@@ -434,6 +476,8 @@ def _contiguous(v):
 
 
 def _valid_args(entry):
+    if entry.startswith("fusion"):
+        return _fusion_inputs()
     if entry.startswith("seq"):
         a = _seq_inputs()
         if entry == "seq_bwd":

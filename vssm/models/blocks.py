@@ -16,6 +16,7 @@ from timm.layers import DropPath, register_notrace_module
 
 from ..ops import selective_scan, selective_scan_map
 from ..scans import cross_orders
+from . import fused
 
 
 class Permute(nn.Module):
@@ -32,6 +33,7 @@ class Permute(nn.Module):
         return ", ".join(map(str, self.dims))
 
 
+@register_notrace_module  # an fx leaf, so that traced feature extractors run its fused inference path too
 class Mlp(nn.Module):
     """fc1 -> GELU -> fc2 over the last dimension."""
 
@@ -43,7 +45,7 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(fused.linear(self.drop(fused.linear(x, self.fc1, self.act)), self.fc2))
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:
@@ -128,13 +130,22 @@ class DirectionalScan(nn.Module):
         """
         batch, L, K, D = us.shape
         R, N = self.dt_rank, self.d_state
-        dts = torch.einsum("blkr,kdr->blkd", proj[..., :R], self.dt_projs_weight).reshape(batch, L, K * D)
+        dts = fused.directional_product(proj[..., :R], self.dt_projs_weight).reshape(batch, L, K * D)
         Bs, Cs = proj[..., R:R + N].permute(0, 2, 3, 1), proj[..., R + N:].permute(0, 2, 3, 1)  # (batch, K, N, L)
         ys = selective_scan(us.reshape(batch, L, K * D).transpose(1, 2), dts.transpose(1, 2),
                             -torch.exp(self.A_logs.float()), Bs, Cs, None if self.linearized else self.Ds.float(),
                             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
                             backend=self.scan_backend)  # (batch, K*D, L), time-major memory
         return ys.transpose(1, 2).view(batch, L, K, D)
+
+    def scan_both_ways(self, seq: torch.Tensor) -> torch.Tensor:
+        """Two directions over one sequence: (batch, L, D) -> (batch, L, D), direction 0 scanning it forward and
+        direction 1 backward, their outputs summed at each token (QuadMamba's quadtree sequence, FractalMamba's
+        pooled Hilbert sequences)."""
+        forward_proj, backward_proj = self.project(seq).unbind(2)  # unbind: one gradient buffer, not two
+        ys = self.scan(torch.stack([seq, seq.flip(1)], dim=2), torch.stack([forward_proj, backward_proj.flip(1)], 2))
+        forward, backward = ys.unbind(2)
+        return forward + backward.flip(1)
 
     def scan_map(self, x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
         """Selective scans of the (batch, H, W, D) map along K orders, added back onto the map.
@@ -146,7 +157,7 @@ class DirectionalScan(nn.Module):
         batch, H, W, D = x.shape
         L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
         proj = self.project(x).reshape(batch, L, K, R + 2 * N)
-        dts = torch.einsum("blkr,kdr->blkd", proj[..., :R], self.dt_projs_weight)
+        dts = fused.directional_product(proj[..., :R], self.dt_projs_weight)
         y = selective_scan_map(x.reshape(batch, L, D), dts, -torch.exp(self.A_logs.float()), proj[..., R:R + N],
                                proj[..., R + N:], orders, D=None if self.linearized else self.Ds.float(),
                                delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
@@ -188,8 +199,8 @@ class SS2D(DirectionalScan):
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.conv2d(to_nchw(self.in_proj(x)))).permute(0, 2, 3, 1)  # (batch, H, W, D)
-        return self.out_proj(self.out_norm(self.mix(x).to(x.dtype)))
+        x = to_nhwc(fused.conv2d(to_nchw(fused.linear(x, self.in_proj)), self.conv2d, self.act))  # (batch, H, W, D)
+        return fused.linear(self.out_norm(self.mix(x).to(x.dtype)), self.out_proj)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The 4-way cross scan: (batch, H, W, D) -> (batch, H, W, D) float32."""

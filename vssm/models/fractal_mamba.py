@@ -71,22 +71,25 @@ class FractalSS2D(SS2D):
         orders = hilbert_orders(H, W, self.variants, x.device)
         y = self.scan_map(x, orders)
         if len(self.ffp):  # the pathway's context joins the first direction's outputs at their positions
-            first = orders[0]
-            context = self.fractal_fusion(x.reshape(batch, H * W, D).index_select(1, first))
-            y = y + context.index_select(1, inverse_orders(orders[:1])[0]).view(batch, H, W, D)
+            first = orders[:1]
+            seq = x.reshape(batch, H * W, D).index_select(1, first[0])
+            y = y + self.fractal_fusion(seq, inverse_orders(first)[0]).view(batch, H, W, D)
         return y
 
-    def fractal_fusion(self, seq: torch.Tensor) -> torch.Tensor:
-        """(batch, L, D) Hilbert sequence -> (batch, L, D) coarse-scale context for each token."""
+    def fractal_fusion(self, seq: torch.Tensor, steps: torch.Tensor = None) -> torch.Tensor:
+        """(batch, L, D) Hilbert sequence -> (batch, L, D) coarse-scale context for each token.
+
+        steps: (L,) the step of the sequence at each map position (the inverse order): the context is returned in
+        map order, each position reading its coarse token directly (no sequence-order copy to reorder); None:
+        in sequence order.
+        """
         L = seq.shape[1]
+        if steps is None:
+            steps = torch.arange(L, device=seq.device)
         context = 0
         for level, scan in enumerate(self.ffp, start=1):
             run = 4 ** level  # on maps of at most `run` tokens the level is one token: the global mean
-            coarse = pool_runs(seq, run)
-            both = torch.stack([coarse, coarse.flip(1)], dim=2)
-            proj = scan.project(coarse)
-            ys = scan.scan(both, torch.stack([proj[:, :, 0], proj[:, :, 1].flip(1)], dim=2))
-            context = context + (ys[:, :, 0] + ys[:, :, 1].flip(1)).repeat_interleave(run, dim=1)[:, :L]
+            context = context + scan.scan_both_ways(pool_runs(seq, run)).index_select(1, steps // run)
         return context
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..scans.quadtree import QUAD_ORDERS, quadrant_mask, quadtree_gather, quadtree_merge, quadtree_permutation
+from . import fused
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
 from .blocks import SS2D, to_nchw, to_nhwc
 from .staged import DenseBackbone
@@ -41,7 +42,8 @@ class LocalityPredictor(nn.Module):
 
     LayerNorm -> Linear -> GELU; the second half of the channels is replaced by its 2 x 2 average pooled
     and upsampled back (global context); then Linear(D, D/2) -> GELU -> Linear(D/2, D/4) -> GELU ->
-    Linear(D/4, 2) -> LogSoftmax.
+    Linear(D/4, 2) -> LogSoftmax. (The upsampling is applied after the first Linear's product with the
+    pooled half, the same sum computed once per quadrant.)
     """
 
     def __init__(self, dim: int):
@@ -51,11 +53,34 @@ class LocalityPredictor(nn.Module):
                                       nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.in_conv(x)
+        x = fused.sequential(x, self.in_conv)
         H, W, D = x.shape[1:]
         local, glob = x[..., :D // 2], x[..., D // 2:]
-        glob = F.interpolate(F.adaptive_avg_pool2d(to_nchw(glob), (2, 2)), size=(H, W), mode="nearest")
-        return self.out_conv(torch.cat([local, to_nhwc(glob)], dim=-1))
+        # out_conv's first Linear of the concatenation [local, upsampled pooled glob] is its local half's product
+        # plus its glob half's; the pooled glob is one vector per quadrant, so that half is computed on the 2 x 2
+        # pooled map and upsampled (the same sum, without the concatenation and 1/4 of the products)
+        first = self.out_conv[0]
+        pooled = to_nhwc(F.adaptive_avg_pool2d(to_nchw(glob), (2, 2)))  # (batch, 2, 2, D/2)
+        h = add_quadrants(F.linear(local, first.weight[:, :D // 2], first.bias),
+                          F.linear(pooled, first.weight[:, D // 2:]))
+        return fused.sequential(h, list(self.out_conv)[1:])
+
+
+def rolled_positions(H: int, W: int, shift, device=None) -> torch.Tensor:
+    """(H*W,) map positions: entry p is the position whose token ``torch.roll(map, (sign_h * (H // 8), sign_w *
+    (W // 8)), dims=(1, 2))`` moves to p, so that an order on the rolled map composed with it reads the map."""
+    sh, sw = shift[0] * (H // 8), shift[1] * (W // 8)
+    rows = (torch.arange(H, device=device) - sh) % H
+    cols = (torch.arange(W, device=device) - sw) % W
+    return (rows[:, None] * W + cols[None, :]).reshape(-1)
+
+
+def add_quadrants(x: torch.Tensor, per_quadrant: torch.Tensor) -> torch.Tensor:
+    """x + per_quadrant upsampled to x's size by nearest neighbours: (batch, H, W, C) + (batch, 2, 2, C)."""
+    batch, H, W, C = x.shape
+    if H % 2 == 0 and W % 2 == 0:
+        return (x.view(batch, 2, H // 2, 2, W // 2, C) + per_quadrant.view(batch, 2, 1, 2, 1, C)).view(x.shape)
+    return x + to_nhwc(F.interpolate(to_nchw(per_quadrant), size=(H, W), mode="nearest"))
 
 
 class QuadSS2D(SS2D):
@@ -96,6 +121,13 @@ class QuadSS2D(SS2D):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, D = x.shape
         score = self.score_predictor(x)[..., 0]  # from the unshifted map, as published
+        if not self.training and self.quad_order == "nested" and H % 4 == 0 and W % 4 == 0:
+            # a hard choice without gradients: the order is a permutation per image, and so is the roll; the
+            # scan reads the unrolled map through the composed order and writes its outputs back in place
+            order = quadtree_permutation(self.choose_quadrants(score, H, W), H, W)
+            if self.shift is not None:
+                order = rolled_positions(H, W, self.shift, x.device)[order]
+            return self.scan_map(x, torch.stack([order, order.flip(-1)], dim=1))
         if self.shift is not None:
             x = torch.roll(x, shifts=(self.shift[0] * (H // 8), self.shift[1] * (W // 8)), dims=(1, 2))
         Hp, Wp = -(-H // 4) * 4, -(-W // 4) * 4
@@ -118,11 +150,7 @@ class QuadSS2D(SS2D):
         batch, Hp, Wp, D = x.shape
         mask = quadrant_mask(choice, Hp, Wp).to(x.dtype)
         seq = quadtree_gather(x, mask, self.quad_order)  # (batch, L, D)
-        proj = self.project(seq)  # (batch, L, 2, R + 2N)
-        us = torch.stack([seq, seq.flip(1)], dim=2)
-        proj = torch.stack([proj[:, :, 0], proj[:, :, 1].flip(1)], dim=2)
-        ys = self.scan(us, proj)
-        return quadtree_merge(ys[:, :, 0] + ys[:, :, 1].flip(1), mask, Hp, Wp, self.quad_order)
+        return quadtree_merge(self.scan_both_ways(seq), mask, Hp, Wp, self.quad_order)
 
 
 SHIFT_CYCLE = ((1, 1), (-1, -1), (1, -1), (-1, 1))

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module
 
 from ..ops import selective_scan
+from ..ops.selective_scan.cpu import load_extension
+from . import fused
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
 from .blocks import Mlp, refuse_torchscript, to_nchw, to_nhwc
 from .staged import DenseBackbone, StagedModel, check_head
@@ -61,6 +63,7 @@ class StateFusion(nn.Module):
         self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
         self.alpha = nn.Parameter(torch.ones(3))
         self._folded = None  # (key, kernel): the 11x11 kernel of the parameters identified by key
+        self._taps = None  # (kernel, offsets, weights): the taps of that kernel
 
     def _kernels(self):
         return (self.kernel_3, self.kernel_3_1, self.kernel_3_2)
@@ -83,6 +86,31 @@ class StateFusion(nn.Module):
             with torch.no_grad():
                 self._folded = (key, self.fold())
         return self._folded[1]
+
+    def taps(self):
+        """(offsets (T, 2) int64 (dy, dx), weights (T, E)): the folded kernel's T = 25 distinct taps (the three
+        kernels' 27, whose centres meet), cached with the fold."""
+        kernel = self.folded_kernel()
+        if self._taps is None or self._taps[0] is not kernel:
+            offsets = sorted({(a * d, b * d) for d in self.dilations for a in (-1, 0, 1) for b in (-1, 0, 1)})
+            offsets = torch.tensor(offsets, dtype=torch.long)
+            weights = kernel[:, 0, 5 + offsets[:, 0], 5 + offsets[:, 1]].t().contiguous()
+            self._taps = (kernel, offsets, weights)
+        return self._taps[1], self._taps[2]
+
+    def observe(self, h: torch.Tensor, C: torch.Tensor, x: torch.Tensor, D: torch.Tensor):
+        """``C * fuse(h) + D * x`` in one pass of the compiled CPU kernel, for inference: h, x (batch, H, W, E)
+        with contiguous channels, C (batch, H, W), D (E,) -> (batch, H, W, E); None where it cannot run (no
+        compiled extension, gradients wanted, another device or dtype, traced or compiled)."""
+        ext = load_extension()
+        if (ext is None or not hasattr(ext, "state_fusion_fwd") or not fused.is_enabled() or torch.is_grad_enabled()
+                or torch.jit.is_tracing() or torch.compiler.is_compiling() or type(h) is not torch.Tensor
+                or h.device.type != "cpu" or not h.dtype == x.dtype == C.dtype == torch.float32
+                or h.stride(-1) != 1 or x.stride(-1) != 1):
+            return None
+        offsets, weights = self.taps()
+        with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
+            return ext.state_fusion_fwd(h, weights.float(), offsets, C, x, D.float())
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.training or torch.jit.is_tracing() or torch.is_grad_enabled() and self.alpha.requires_grad:
@@ -141,9 +169,9 @@ class StructureAwareSSM(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = to_nhwc(self.act(self.conv2d(to_nchw(x))))  # (batch, H, W, E), channels-last memory
-        return self.out_proj(self.out_norm(self.mix(x)) * F.silu(z))
+        x, z = fused.linear_chunks(x, self.in_proj, 2)  # fused: x contiguous for the convolution
+        x = to_nhwc(fused.conv2d(to_nchw(x), self.conv2d, self.act))  # (batch, H, W, E), channels-last memory
+        return fused.linear(self.out_norm(self.mix(x)) * F.silu(z), self.out_proj)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Raster scan of the states, state fusion, y = C h' + D x: (batch, H, W, E) -> (batch, H, W, E)."""
@@ -156,6 +184,10 @@ class StructureAwareSSM(nn.Module):
                                 -torch.exp(self.A_logs.float()), Bs.reshape(batch, L, N).transpose(1, 2), None,
                                 delta_bias=self.dt_projs_bias.float(), delta_softplus=True, return_states=True,
                                 backend=self.scan_backend)  # (batch, E, N, L)
+        if N == 1 and not self.linearized:  # inference on a CPU: the fusion and y = C h' + D x in one kernel
+            y = self.state_fusion.observe(to_nhwc(states.view(batch, E, H, W)), Cs[..., 0], x, self.Ds)
+            if y is not None:
+                return y
         h = states.permute(0, 2, 1, 3).reshape(batch * N, E, H, W) if N > 1 else states.view(batch, E, H, W)
         h = self.state_fusion(h.to(x.dtype))
         if N > 1:
@@ -163,7 +195,7 @@ class StructureAwareSSM(nn.Module):
             y = torch.einsum("bhwen,bhwn->bhwe", h, Cs)
         else:
             y = to_nhwc(h) * Cs
-        return y if self.linearized else y + x * self.Ds.to(x.dtype)
+        return y if self.linearized else torch.addcmul(y, x, self.Ds.to(x.dtype))  # y + D x in one pass
 
 
 class SpatialMambaBlock(nn.Module):
@@ -186,6 +218,7 @@ class SpatialMambaBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.ln_2(x)))
 
 
+@register_notrace_module  # an fx leaf, so that traced feature extractors run its fused inference path too
 class ConvLayer(nn.Module):
     """conv -> BatchNorm (optional) -> ReLU (optional), on (batch, C, H, W)."""
 
@@ -197,10 +230,7 @@ class ConvLayer(nn.Module):
         self.act = nn.ReLU() if act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        return self.act(x) if self.act is not None else x
+        return fused.conv_bn_act(x, self.conv, self.norm, self.act)
 
 
 class Stem(nn.Module):
@@ -216,7 +246,9 @@ class Stem(nn.Module):
                                    ConvLayer(dim * 4, dim, 1, bias=False, act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
+        # channels-last memory from the first convolution on, so that the (batch, H, W, C) map the blocks read
+        # is contiguous (from NCHW memory every LayerNorm copied it, and oneDNN reordered every convolution)
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
         x = self.conv2(x) + x
         return to_nhwc(self.conv3(x))
 

@@ -8,6 +8,7 @@
 //   cross_fwd(x, delta, A, B, C, D, delta_bias, softplus, orders, save) -> [y, segment_states]
 //   cross_bwd(x, delta, A, B, C, D, delta_bias, softplus, orders, segment_states, dy)
 //       -> [dx, ddelta, dA, dB, dC, dD, ddelta_bias]
+//   state_fusion_fwd(h, weight, offsets, C, x, D) -> y   (Spatial-Mamba's state fusion, state_fusion_cpu.cpp)
 //
 // Layouts are those of vssm.ops.selective_scan (u: (batch, channels, L), B/C: (batch, G, N, L) or (batch, N, L))
 // and of its cross-scan entry (x: (batch, L, D) map tokens, delta: (batch, L, K, D), B/C: (batch, L, K, N),
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "scan_cpu_problem.h"
+#include "state_fusion_cpu.h"
 
 namespace {
 
@@ -555,6 +557,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bwd", &bwd, "selective scan backward");
   m.def("cross_fwd", &cross_fwd, "fused cross-scan forward");
   m.def("cross_bwd", &cross_bwd, "fused cross-scan backward");
+  m.def("state_fusion_fwd", &vssm_cpu::state_fusion_fwd,
+        "Spatial-Mamba's state fusion and observation, y = C * taps(h) + D * x (inference)");
   m.def("fresh_buffer", [](int64_t n) { return fresh(at::empty({n}, at::kFloat)); },
         "n uninitialised float32 values allocated as the entry points allocate their outputs (NaN under "
         "VSSM_CPU_POISON=1): for the tests of the poisoning");

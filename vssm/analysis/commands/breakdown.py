@@ -40,12 +40,14 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from vssm.analysis.cli import InputError, at_least, check_models, command, positive
 from vssm.analysis.models import analysis_model
 from vssm.devtools.benchmark import training_or_inference_step
+from vssm.models.fused import observer
 from vssm.runtime import retain_freed_memory
 
 MODULE = "module::"
 BACKWARD = "autograd::engine::evaluate_function: "
 OPTIMIZER = "Optimizer."
 KINDS = [  # (kind, pattern on the outermost operator's name), first match wins
+    ("conv", r"vssm::state_fusion"),  # Spatial-Mamba's fused state fusion: a depthwise convolution's arithmetic
     ("scan", r"vssm::|selective_scan"),
     ("compiled (inductor)", r"^inductor |Torch-Compiled|CompiledFunction|cpp_kernel"),
     ("optimizer", r"^Optimizer\.|_foreach|adam"),
@@ -88,24 +90,26 @@ def block_name(path: str) -> str:
 
 
 class ModuleRanges:
-    """Forward hooks that put every module call in a profiler range named module::<block name>."""
+    """Forward hooks that put every module call in a profiler range named module::<block name>.
+
+    They are observers (``vssm.models.fused.observer``): the fused inference path stays on, and a product it
+    fuses (``mlp.fc1`` with its GELU) is timed in the module that calls it (``mlp (own)``)."""
 
     def __init__(self, model: torch.nn.Module):
         self.stack, self.handles = [], []
+        exit_hook = observer(lambda module, args, output: self.stack.pop().__exit__(None, None, None))
         for path, module in model.named_modules():
             if path:
                 self.handles.append(module.register_forward_pre_hook(self._enter(MODULE + block_name(path))))
-                self.handles.append(module.register_forward_hook(self._exit))
+                self.handles.append(module.register_forward_hook(exit_hook))
 
     def _enter(self, name):
+        @observer
         def hook(module, args):
             r = record_function(name)
             r.__enter__()
             self.stack.append(r)
         return hook
-
-    def _exit(self, module, args, output):
-        self.stack.pop().__exit__(None, None, None)
 
     def remove(self):
         for h in self.handles:

@@ -1,0 +1,117 @@
+// Spatial-Mamba's structure-aware state fusion and observation in one pass over the states (inference):
+//
+//   y[b, i, j, e] = C[b, i, j] * sum_t w[t, e] * h[b, clamp(i + dy_t), clamp(j + dx_t), e] + D[e] * x[b, i, j, e]
+//
+// h: (batch, H, W, E) states (the map the scan's states form, channels contiguous), w: (T, E) per-channel weights
+// of T taps at offsets (T, 2) (dy, dx) (the dilated 3 x 3 kernels' 25 distinct taps; clamping the indices is the
+// replicate padding), C: (batch, H, W) the per-position observation, x: (batch, H, W, E) the skip input, D: (E,).
+// Returns y (batch, H, W, E) contiguous, float32 like its inputs.
+//
+// One task per (batch element, row); each position gathers its T tap rows once and accumulates channels in
+// chunks of four vectors (64 with AVX-512) kept in registers, so every state is read from cache
+// and y is written once. PyTorch's equivalent (replicate pad, an 11 x 11 depthwise convolution of the folded
+// kernel, the products and the sum) makes four passes over memory and computes the 96 zero taps too.
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "simd.h"
+#include "state_fusion_cpu.h"
+
+namespace vssm_cpu {
+
+namespace {
+
+using simd::kLanes;
+using simd::Vec;
+constexpr int kVecs = 4;                       // vectors of accumulators per chunk, kept in registers
+constexpr int64_t kChunk = kVecs * kLanes;     // channels per chunk: 64 with AVX-512, 32 with AVX2
+
+void check(const at::Tensor& t, const char* name, int64_t dims) {
+  TORCH_CHECK_VALUE(t.dim() == dims, "state_fusion cpu: ", name, " must have ", dims, " dimensions, got ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "state_fusion cpu: ", name, " must be float32, got ",
+                   t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), "state_fusion cpu: ", name, " must be on the CPU, got ", t.device());
+}
+
+}  // namespace
+
+at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                            const at::Tensor& C, const at::Tensor& x, const at::Tensor& D) {
+  check(h, "h", 4);
+  check(weight, "weight", 2);
+  check(C, "C", 3);
+  check(x, "x", 4);
+  check(D, "D", 1);
+  const int64_t batch = h.size(0), H = h.size(1), W = h.size(2), E = h.size(3), T = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == E, "state_fusion cpu: weight must be (T, E) with E = h's channels = ", E,
+                    ", got ", weight.sizes());
+  TORCH_CHECK_VALUE(D.size(0) == E, "state_fusion cpu: D must be (E,) with E = h's channels = ", E, ", got ",
+                    D.sizes());
+  TORCH_CHECK(offsets.device().is_cpu(), "state_fusion cpu: offsets must be on the CPU, got ", offsets.device());
+  TORCH_CHECK_VALUE(offsets.dim() == 2 && offsets.size(0) == T && offsets.size(1) == 2 &&
+                        offsets.scalar_type() == at::kLong,
+                    "state_fusion cpu: offsets must be (T, 2) int64 = (", T, ", 2), got ", offsets.sizes(), " ",
+                    offsets.scalar_type());
+  TORCH_CHECK_VALUE(C.sizes() == h.sizes().slice(0, 3) && x.sizes() == h.sizes(), "state_fusion cpu: C must be ",
+                    "(batch, H, W) and x (batch, H, W, E) like h ", h.sizes(), ", got ", C.sizes(), " and ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(h.stride(3) == 1 && x.stride(3) == 1, "state_fusion cpu: h and x must have contiguous channels");
+  const at::Tensor w = weight.contiguous(), d = D.contiguous();
+  // any offset reads the edge beyond the map (replicate padding); clamped first so that i + dy cannot overflow
+  const at::Tensor off = at::stack({offsets.select(1, 0).clamp(-H, H), offsets.select(1, 1).clamp(-W, W)}, 1)
+                             .contiguous();
+  at::Tensor y = at::empty({batch, H, W, E}, h.options());
+  const float *hp = h.data_ptr<float>(), *wp = w.data_ptr<float>(), *dp = d.data_ptr<float>();
+  const float *cp = C.data_ptr<float>(), *xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t* op = off.data_ptr<int64_t>();
+  const int64_t hb = h.stride(0), hi = h.stride(1), hj = h.stride(2);
+  const int64_t xb = x.stride(0), xi = x.stride(1), xj = x.stride(2);
+  const int64_t cb = C.stride(0), ci = C.stride(1), cj = C.stride(2);
+
+  at::parallel_for(0, batch * H, 1, [&](int64_t lo, int64_t hi_task) {
+    std::vector<const float*> rows(T);
+    for (int64_t task = lo; task < hi_task; ++task) {
+      const int64_t b = task / H, i = task % H;
+      for (int64_t j = 0; j < W; ++j) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t r = std::clamp<int64_t>(i + op[2 * t], 0, H - 1);
+          const int64_t c = std::clamp<int64_t>(j + op[2 * t + 1], 0, W - 1);
+          rows[t] = hp + b * hb + r * hi + c * hj;
+        }
+        const float c_obs = cp[b * cb + i * ci + j * cj];
+        const float* xrow = xp + b * xb + i * xi + j * xj;
+        float* yrow = yp + ((b * H + i) * W + j) * E;
+        int64_t e0 = 0;
+        for (; e0 + kChunk <= E; e0 += kChunk) {
+          Vec acc[kVecs];
+#pragma GCC unroll 8
+          for (int v = 0; v < kVecs; ++v) acc[v] = simd::zero();
+          for (int64_t t = 0; t < T; ++t) {
+            const float* src = rows[t] + e0;
+            const float* wt = wp + t * E + e0;
+#pragma GCC unroll 8
+            for (int v = 0; v < kVecs; ++v) acc[v] = simd::fma(simd::load(wt + v * kLanes), simd::load(src + v * kLanes), acc[v]);
+          }
+          const Vec c_vec = simd::bcast(c_obs);
+#pragma GCC unroll 8
+          for (int v = 0; v < kVecs; ++v) {
+            const int64_t e = e0 + v * kLanes;
+            simd::store(yrow + e, simd::fma(acc[v], c_vec, simd::load(dp + e) * simd::load(xrow + e)));
+          }
+        }
+        for (; e0 < E; ++e0) {  // the last channels, fewer than a chunk
+          float acc = 0.f;
+          for (int64_t t = 0; t < T; ++t) acc += wp[t * E + e0] * rows[t][e0];
+          yrow[e0] = acc * c_obs + dp[e0] * xrow[e0];
+        }
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace vssm_cpu

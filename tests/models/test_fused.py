@@ -1,0 +1,183 @@
+"""The fused CPU inference path (vssm.models.fused): the same results as the modules' own calls, taken only where
+nothing needs those calls, and actually taken where it should be."""
+import pytest
+import torch
+import torch.nn as nn
+from torch.profiler import profile
+
+import vssm
+from vssm.models import families, fused
+
+pytestmark = pytest.mark.skipif(not fused.is_enabled(), reason="this torch build has no oneDNN fused products")
+
+FUSED_OPS = ("mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise")
+
+
+def fused_calls(fn, *args):
+    """(fn's output, number of fused oneDNN products it ran)."""
+    with profile(acc_events=True) as prof:
+        out = fn(*args)
+    return out, sum(1 for e in prof.events() if e.name in FUSED_OPS)
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture
+def unfused():
+    previous = fused.set_enabled(False)
+    yield
+    fused.set_enabled(previous)
+
+
+ACTIVATIONS = [None, nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ReLU()]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: type(a).__name__ + getattr(a, "approximate", ""))
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_the_modules(act, bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40, bias=bias)
+    x = torch.randn(2, 5, 7, 24)
+    expected = layer(x) if act is None else act(layer(x))
+    with torch.no_grad():
+        out, n = fused_calls(fused.linear, x, layer, act)
+    assert n == 1 and out.shape == expected.shape
+    assert rel(out, expected) < 1e-5
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_chunks_are_the_chunks_of_the_product(bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(12, 18, bias=bias)
+    x = torch.randn(2, 4, 4, 12)
+    with torch.no_grad():
+        chunks, n = fused_calls(fused.linear_chunks, x, layer, 3)
+        expected = layer(x).chunk(3, dim=-1)
+    assert n == 3 and all(c.is_contiguous() for c in chunks)
+    assert all(rel(c, e) < 1e-5 for c, e in zip(chunks, expected, strict=True))
+
+
+def test_linear_reads_strided_inputs():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8)
+    x = torch.randn(3, 16, 6, 6).permute(0, 2, 3, 1)  # channels-last view
+    with torch.no_grad():
+        out, n = fused_calls(fused.linear, x, layer, nn.GELU())
+    assert n == 1 and rel(out, torch.nn.functional.gelu(layer(x))) < 1e-5
+
+
+@pytest.mark.parametrize("groups,stride,dilation", [(1, 1, 1), (16, 2, 1), (16, 1, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv2d_matches_the_module(groups, stride, dilation, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups)
+    x = torch.randn(2, 16, 11, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out, n = fused_calls(fused.conv2d, x, conv, nn.SiLU())
+    assert n == 1 and rel(out, torch.nn.functional.silu(conv(x))) < 1e-5
+
+
+@pytest.mark.parametrize("affine,conv_bias", [(True, False), (False, True)])
+def test_conv_bn_act_folds_an_evaluating_batchnorm(affine, conv_bias):
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(8, 12, 3, padding=1, bias=conv_bias), nn.BatchNorm2d(12, affine=affine)
+    with torch.no_grad():
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        if affine:
+            norm.weight.normal_()
+            norm.bias.normal_()
+    norm.eval()
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        out, n = fused_calls(fused.conv_bn_act, x, conv, norm, nn.ReLU())
+        expected = torch.relu(norm(conv(x)))
+    assert n == 1 and rel(out, expected) < 1e-5
+
+
+def test_conv_bn_act_leaves_a_training_batchnorm_to_the_modules():
+    conv, norm = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)  # training mode: batch statistics
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        out, n = fused_calls(fused.conv_bn_act, x, conv, norm, nn.ReLU())
+    assert n == 0 and norm.num_batches_tracked.item() == 1
+
+
+def test_sequential_fuses_each_product_with_its_activation():
+    torch.manual_seed(0)
+    layers = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 8), nn.Linear(8, 2),
+                           nn.LogSoftmax(dim=-1))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        out, n = fused_calls(fused.sequential, x, layers)
+    assert n == 3 and rel(out, layers(x)) < 1e-5
+
+
+def test_not_taken_when_gradients_are_wanted():
+    layer = nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    out, n = fused_calls(fused.linear, x, layer, nn.GELU())
+    assert n == 0 and out.grad_fn is not None
+
+
+def test_not_taken_under_tracing_or_autocast():
+    layer = nn.Linear(8, 8).requires_grad_(False)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda t: fused.linear(t, layer, nn.GELU()), x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, n = fused_calls(fused.linear, x, layer)
+    assert "mkldnn" not in str(traced.graph)
+    assert n == 0 and out.dtype == torch.bfloat16
+
+
+def test_a_users_hook_is_called_and_an_observer_leaves_the_path_on():
+    layer = nn.Linear(8, 8)
+    seen = []
+    handle = layer.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    with torch.no_grad():
+        _, n = fused_calls(fused.linear, torch.randn(2, 8), layer, nn.GELU())
+    handle.remove()
+    assert n == 0 and seen == [torch.Size([2, 8])]
+    handle = layer.register_forward_hook(fused.observer(lambda module, args, output: seen.append("observer")))
+    with torch.no_grad():
+        _, n = fused_calls(fused.linear, torch.randn(2, 8), layer, nn.GELU())
+    handle.remove()
+    assert n == 1 and seen == [torch.Size([2, 8])]  # the fused call skips the module, and its observer
+
+
+def test_set_enabled_turns_it_off(unfused):
+    with torch.no_grad():
+        _, n = fused_calls(fused.linear, torch.randn(2, 8), nn.Linear(8, 8), nn.GELU())
+    assert n == 0 and not fused.is_enabled()
+
+
+@pytest.mark.parametrize("name", [family.nano for family in families()])
+def test_every_family_runs_fused_and_agrees_with_the_modules(name):
+    torch.manual_seed(0)
+    model = vssm.create_model(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out, n = fused_calls(model, x)
+        previous = fused.set_enabled(False)
+        try:
+            expected, n_off = fused_calls(model, x)
+        finally:
+            fused.set_enabled(previous)
+    assert n > 0 and n_off == 0
+    assert rel(out, expected) < 1e-5
+
+
+@pytest.mark.parametrize("K,R", [(4, 6), (2, 12), (4, 24)])
+def test_directional_product_is_the_einsum(K, R):
+    torch.manual_seed(0)
+    codes, weight = torch.randn(2, 50, K, R), torch.randn(K, 16, R)
+    expected = torch.einsum("blkr,kdr->blkd", codes, weight)
+    with torch.no_grad():
+        out, n = fused_calls(fused.directional_product, codes, weight)
+    assert n == (1 if K * R <= 32 else 0) and out.shape == expected.shape
+    assert rel(out, expected) < 1e-5

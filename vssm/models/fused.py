@@ -1,0 +1,172 @@
+"""Fused CPU inference for the blocks' products: oneDNN's linear and convolution with the activation in the kernel.
+
+``linear(x, layer, act)``, ``conv2d(x, conv, act)`` and ``conv_bn_act(x, conv, norm, act)`` compute
+``act(layer(x))`` (an evaluating BatchNorm folded into the convolution); ``sequential`` runs an nn.Sequential
+so; ``linear_chunks`` is ``layer(x).chunk(n)`` with each chunk contiguous; ``directional_product`` is the
+scans' step-size product of K directions. When nothing needs the autograd graph or the module calls (CPU
+float32 tensors, no gradient wanted, no hooks on the modules, not traced, compiled, exported or under
+autocast), they run ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise``: oneDNN's product
+with the activation applied to its output while it is still in cache, instead of MKL's GEMM and a second
+pass over memory (``python scripts/bench_models.py --variants eager eager-unfused`` measures the models with
+and without it, side by side).
+
+Everything else (training, ``torch.compile``, ONNX export, FLOP counting by tracing, forward hooks, bf16
+autocast, GPUs) takes the modules' own calls, so results there are unchanged. The fused kernels agree with
+them to float32 rounding (1e-6 relative; GELU is the exact erf form unless the module says tanh).
+``VSSM_FUSED_INFERENCE=0`` in the environment, or :func:`set_enabled`, turns the fused path off; hooks marked
+with :func:`observer` (``analyze/breakdown.py``'s profiler ranges) leave it on.
+"""
+import os
+
+import torch
+import torch.nn as nn
+
+__all__ = ["linear", "linear_chunks", "directional_product", "conv2d", "conv_bn_act", "sequential", "observer",
+           "set_enabled", "is_enabled"]
+
+_enabled = os.environ.get("VSSM_FUSED_INFERENCE", "1").strip().lower() not in ("0", "false", "no", "off")
+_HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Turn the fused inference path on or off for this process; returns the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    return previous
+
+
+def is_enabled() -> bool:
+    return _enabled and _HAVE_ONEDNN
+
+
+def _activation(act):
+    """oneDNN's (attribute, scalars, algorithm) for an activation module, or None when it has no fused form."""
+    if act is None:
+        return "none", [], ""
+    kind = type(act)
+    if kind is nn.GELU:
+        return "gelu", [], act.approximate
+    if kind is nn.SiLU:
+        return "swish", [], ""
+    if kind is nn.ReLU:
+        return "relu", [], ""
+    return None
+
+
+def observer(hook):
+    """Mark a forward (pre-)hook as an observer (a profiler range, a timer): it does not turn the fused path off.
+    A fused product skips the calls of the modules it fuses, so their observers see it in the caller's call."""
+    hook.vssm_observer = True
+    return hook
+
+
+def _no_hooks(module) -> bool:
+    if module is None:
+        return True
+    if module._backward_hooks or module._backward_pre_hooks:
+        return False
+    hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
+    return all(getattr(hook, "vssm_observer", False) for hook in hooks)
+
+
+def _fusable(x: torch.Tensor, layer, act=None) -> bool:
+    """``layer``: a module with a ``weight``, or a weight tensor."""
+    weight = layer if isinstance(layer, torch.Tensor) else layer.weight
+    if not (_enabled and _HAVE_ONEDNN and type(x) is torch.Tensor and x.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32):
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    params = [layer] if isinstance(layer, torch.Tensor) else layer.parameters()
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return False
+    module_hooks = nn.modules.module
+    if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+            or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
+        return False
+    return (isinstance(layer, torch.Tensor) or _no_hooks(layer)) and _no_hooks(act)
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module = None) -> torch.Tensor:
+    """``act(layer(x))``: (..., in_features) -> (..., out_features); ``act`` None, GELU, SiLU, ReLU or any module."""
+    attr = _activation(act)
+    if attr is not None and type(layer) is nn.Linear and _fusable(x, layer, act):
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, *attr)
+    x = layer(x)
+    return x if act is None else act(x)
+
+
+def directional_product(codes: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``einsum("...kr,kdr->...kd")``: K directions' rank-R codes (..., K, R) times their (K, D, R) weights.
+
+    Fused, when K * R is small (at most 32: the product is bound by writing its output), as one product with the
+    block-diagonal (K * D, K * R) weight, which writes the (..., K, D) output in place; the einsum's batched
+    product writes (K, ..., D) and copies it into that order."""
+    K, D, R = weight.shape
+    if K * R <= 32 and _fusable(codes, weight):
+        block = torch.block_diag(*weight.unbind(0))  # (K * D, K * R), zeros off the diagonal blocks
+        flat = torch.ops.mkldnn._linear_pointwise(codes.reshape(*codes.shape[:-2], K * R), block, None, "none", [], "")
+        return flat.unflatten(-1, (K, D))
+    return torch.einsum("...kr,kdr->...kd", codes, weight)
+
+
+def linear_chunks(x: torch.Tensor, layer: nn.Linear, chunks: int) -> tuple:
+    """``layer(x).chunk(chunks, dim=-1)``; fused, one product per chunk, so that each chunk is contiguous."""
+    if type(layer) is nn.Linear and layer.out_features % chunks == 0 and _fusable(x, layer, None):
+        size = layer.out_features // chunks
+        bias = [None] * chunks if layer.bias is None else layer.bias.split(size)
+        return tuple(torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+                     for w, b in zip(layer.weight.split(size), bias))
+    return layer(x).chunk(chunks, dim=-1)
+
+
+def conv2d(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module = None) -> torch.Tensor:
+    """``act(conv(x))`` on (batch, C, H, W); the output keeps the input's memory format."""
+    attr = _activation(act)
+    if (attr is not None and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and _fusable(x, conv, act)):
+        return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding),
+                                                       list(conv.stride), list(conv.dilation), conv.groups, *attr)
+    x = conv(x)
+    return x if act is None else act(x)
+
+
+def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: nn.Module = None) -> torch.Tensor:
+    """``act(norm(conv(x)))`` on (batch, C, H, W); an evaluating BatchNorm2d (running statistics) is folded into the
+    convolution's weights and bias for the fused kernel (float32 rounding differs, nothing else)."""
+    if norm is None:
+        return conv2d(x, conv, act)
+    if (type(norm) is nn.BatchNorm2d and not norm.training and norm.track_running_stats and _no_hooks(norm)
+            and _activation(act) is not None and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and _fusable(x, conv, act)):
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.affine:
+            scale = scale * norm.weight
+        bias = -norm.running_mean * scale if conv.bias is None else (conv.bias - norm.running_mean) * scale
+        if norm.affine:
+            bias = bias + norm.bias
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(conv.padding), list(conv.stride),
+                                                       list(conv.dilation), conv.groups, *_activation(act))
+    x = norm(conv(x))
+    return x if act is None else act(x)
+
+
+def sequential(x: torch.Tensor, layers) -> torch.Tensor:
+    """``layers(x)`` for an nn.Sequential or a list of modules applied in turn, each Linear followed by a GELU /
+    SiLU / ReLU run as one fused product."""
+    if isinstance(layers, nn.Module) and not _no_hooks(layers):
+        return layers(x)
+    modules = list(layers)
+    i = 0
+    while i < len(modules):
+        module, following = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+        if type(module) is nn.Linear and following is not None and _activation(following) is not None:
+            x, i = linear(x, module, following), i + 2
+        elif type(module) is nn.Linear:
+            x, i = linear(x, module), i + 1
+        else:
+            x, i = module(x), i + 1
+    return x
