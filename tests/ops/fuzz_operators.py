@@ -132,6 +132,9 @@ class CpuExtensionTarget:
     def fusion_fwd(self, a):  # Spatial-Mamba's state fusion and observation (state_fusion_cpu.cpp)
         return self.m.state_fusion_fwd(a["h"], a["weight"], a["offsets"], a["C"], a["x"], a["D"])
 
+    def fusion_grad(self, a):
+        return self.m.state_fusion_bwd(a["h"], a["weight"], a["offsets"], a["C"], a["dy"])
+
     def map_bwd(self, a):
         return self.m.cross_bwd(a["x"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["delta_bias"], True,
                                 a["orders"], a["residuals"][0] if a["residuals"] else torch.empty(0), a["dy"])
@@ -340,7 +343,7 @@ def _fusion_inputs():
     offsets = torch.tensor([(a * d, c * d) for d in (1, 3, 5) for a in (-1, 0, 1) for c in (-1, 0, 1)][:T])
     return dict(h=torch.randn(b, H, W, E, generator=g), weight=torch.randn(T, E, generator=g), offsets=offsets,
                 C=torch.randn(b, H, W, generator=g), x=torch.randn(b, H, W, E, generator=g),
-                D=torch.randn(E, generator=g))
+                D=torch.randn(E, generator=g), dy=torch.randn(b, H, W, E, generator=g))
 
 
 def _rows_gapped(t):
@@ -368,6 +371,19 @@ def _fusion_cases():
         Case("state fusion: rows and C strided", "fusion_fwd",
              lambda a: a.update(h=_rows_gapped(a["h"]), x=_rows_gapped(a["x"]), C=gapped(a["C"]),
                                 weight=gapped(a["weight"]), D=gapped(a["D"])), "same"),
+        Case("state fusion gradients: dy of another size", "fusion_grad", _apply("dy", lambda t: t[:, :-1]),
+             needle=about("C", "dy")),
+        Case("state fusion gradients: dy is float64", "fusion_grad", _apply("dy", lambda t: t.double()),
+             needle=about("dy")),
+        Case("state fusion gradients: dy with strided channels", "fusion_grad", _apply("dy", gapped),
+             needle="contiguous channels"),
+        Case("state fusion gradients: offsets of 24 taps", "fusion_grad", _apply("offsets", lambda t: t[:-1]),
+             needle="offsets"),
+        Case("state fusion gradients: offsets 10**18 read the edge", "fusion_grad",
+             _apply("offsets", lambda t: t * 10 ** 17), "ok"),
+        Case("state fusion gradients: rows and C strided", "fusion_grad",
+             lambda a: a.update(h=_rows_gapped(a["h"]), dy=_rows_gapped(a["dy"]), C=gapped(a["C"]),
+                                weight=gapped(a["weight"])), "same"),
     ]
 
 

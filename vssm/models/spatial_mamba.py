@@ -50,6 +50,25 @@ def _replicate_pad_by_index(h: torch.Tensor, d: int) -> torch.Tensor:
     return torch.cat([h[..., :1].expand(-1, -1, -1, d), h, h[..., -1:].expand(-1, -1, -1, d)], dim=3)
 
 
+class FusedObservation(torch.autograd.Function):
+    """``C * fuse(h) + D * x`` by the compiled CPU kernels (``state_fusion_fwd`` / ``_bwd``); see
+    :meth:`StateFusion.observe`. Gradients for h, the tap weights (T, E), C, x and D."""
+
+    @staticmethod
+    def forward(ctx, h, weights, offsets, C, x, D):
+        ctx.save_for_backward(h, weights, offsets, C, x, D)
+        with torch.profiler.record_function("vssm::state_fusion_fwd"):
+            return load_extension().state_fusion_fwd(h, weights.contiguous(), offsets, C, x, D)
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, weights, offsets, C, x, D = ctx.saved_tensors
+        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+        with torch.profiler.record_function("vssm::state_fusion_bwd"):
+            dh, dweights, dC = load_extension().state_fusion_bwd(h, weights.contiguous(), offsets, C, dy)
+        return dh, dweights, None, dC, dy * D, (dy * x).sum((0, 1, 2))
+
+
 class StateFusion(nn.Module):
     """h' = sum_k alpha_k * depthwise 3x3 (dilation 1, 3, 5, replicate padding) of h: (batch, E, H, W)."""
 
@@ -63,7 +82,7 @@ class StateFusion(nn.Module):
         self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
         self.alpha = nn.Parameter(torch.ones(3))
         self._folded = None  # (key, kernel): the 11x11 kernel of the parameters identified by key
-        self._taps = None  # (kernel, offsets, weights): the taps of that kernel
+        self._taps = None  # (kernel, weights): the taps of that kernel
 
     def _kernels(self):
         return (self.kernel_3, self.kernel_3_1, self.kernel_3_2)
@@ -87,30 +106,40 @@ class StateFusion(nn.Module):
                 self._folded = (key, self.fold())
         return self._folded[1]
 
-    def taps(self):
-        """(offsets (T, 2) int64 (dy, dx), weights (T, E)): the folded kernel's T = 25 distinct taps (the three
-        kernels' 27, whose centres meet), cached with the fold."""
+    @staticmethod
+    def tap_offsets() -> torch.Tensor:
+        """(T, 2) int64 (dy, dx): the T = 25 distinct taps of the three dilated kernels (their centres meet)."""
+        dilations = StateFusion.dilations
+        return torch.tensor(sorted({(a * d, b * d) for d in dilations for a in (-1, 0, 1) for b in (-1, 0, 1)}))
+
+    def taps(self, kernel: torch.Tensor = None) -> tuple:
+        """(offsets (T, 2), weights (T, E)): the taps of ``kernel`` (a fold: differentiable when given), or of
+        the cached fold (cached with it)."""
+        offsets = self.tap_offsets()
+        if kernel is not None:
+            return offsets, kernel[:, 0, 5 + offsets[:, 0], 5 + offsets[:, 1]].t()
         kernel = self.folded_kernel()
         if self._taps is None or self._taps[0] is not kernel:
-            offsets = sorted({(a * d, b * d) for d in self.dilations for a in (-1, 0, 1) for b in (-1, 0, 1)})
-            offsets = torch.tensor(offsets, dtype=torch.long)
-            weights = kernel[:, 0, 5 + offsets[:, 0], 5 + offsets[:, 1]].t().contiguous()
-            self._taps = (kernel, offsets, weights)
-        return self._taps[1], self._taps[2]
+            self._taps = (kernel, kernel[:, 0, 5 + offsets[:, 0], 5 + offsets[:, 1]].t().contiguous())
+        return offsets, self._taps[1]
 
     def observe(self, h: torch.Tensor, C: torch.Tensor, x: torch.Tensor, D: torch.Tensor):
-        """``C * fuse(h) + D * x`` in one pass of the compiled CPU kernel, for inference: h, x (batch, H, W, E)
-        with contiguous channels, C (batch, H, W), D (E,) -> (batch, H, W, E); None where it cannot run (no
-        compiled extension, gradients wanted, another device or dtype, traced or compiled)."""
+        """``C * fuse(h) + D * x`` through the compiled CPU kernels (one pass over the states, forward and
+        backward): h, x (batch, H, W, E) with contiguous channels, C (batch, H, W), D (E,) -> (batch, H, W, E).
+        None where they cannot run (no compiled extension, another device or dtype, traced or compiled)."""
         ext = load_extension()
-        if (ext is None or not hasattr(ext, "state_fusion_fwd") or not fused.is_enabled() or torch.is_grad_enabled()
-                or torch.jit.is_tracing() or torch.compiler.is_compiling() or type(h) is not torch.Tensor
-                or h.device.type != "cpu" or not h.dtype == x.dtype == C.dtype == torch.float32
-                or h.stride(-1) != 1 or x.stride(-1) != 1):
+        if (ext is None or not hasattr(ext, "state_fusion_bwd") or torch.jit.is_tracing()
+                or torch.compiler.is_compiling() or type(h) is not torch.Tensor or h.device.type != "cpu"
+                or not h.dtype == x.dtype == C.dtype == D.dtype == torch.float32 or h.stride(-1) != 1
+                or x.stride(-1) != 1):
             return None
+        params = self._kernels() + (self.alpha,)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
+            offsets, weights = self.taps(self.fold())
+            return FusedObservation.apply(h, weights, offsets, C, x, D)
         offsets, weights = self.taps()
         with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
-            return ext.state_fusion_fwd(h, weights.float(), offsets, C, x, D.float())
+            return ext.state_fusion_fwd(h, weights.float(), offsets, C, x, D)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.training or torch.jit.is_tracing() or torch.is_grad_enabled() and self.alpha.requires_grad:
@@ -184,7 +213,8 @@ class StructureAwareSSM(nn.Module):
                                 -torch.exp(self.A_logs.float()), Bs.reshape(batch, L, N).transpose(1, 2), None,
                                 delta_bias=self.dt_projs_bias.float(), delta_softplus=True, return_states=True,
                                 backend=self.scan_backend)  # (batch, E, N, L)
-        if N == 1 and not self.linearized:  # inference on a CPU: the fusion and y = C h' + D x in one kernel
+        if N == 1 and not self.linearized and self.scan_backend in ("auto", "cpu"):
+            # on a CPU: the fusion and y = C h' + D x in one compiled kernel (and one for the gradients)
             y = self.state_fusion.observe(to_nhwc(states.view(batch, E, H, W)), Cs[..., 0], x, self.Ds)
             if y is not None:
                 return y

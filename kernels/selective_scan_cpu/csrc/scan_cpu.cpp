@@ -9,6 +9,7 @@
 //   cross_bwd(x, delta, A, B, C, D, delta_bias, softplus, orders, segment_states, dy)
 //       -> [dx, ddelta, dA, dB, dC, dD, ddelta_bias]
 //   state_fusion_fwd(h, weight, offsets, C, x, D) -> y   (Spatial-Mamba's state fusion, state_fusion_cpu.cpp)
+//   state_fusion_bwd(h, weight, offsets, C, dy) -> [dh, dweight, dC]
 //
 // Layouts are those of vssm.ops.selective_scan (u: (batch, channels, L), B/C: (batch, G, N, L) or (batch, N, L))
 // and of its cross-scan entry (x: (batch, L, D) map tokens, delta: (batch, L, K, D), B/C: (batch, L, K, N),
@@ -558,7 +559,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_fwd", &cross_fwd, "fused cross-scan forward");
   m.def("cross_bwd", &cross_bwd, "fused cross-scan backward");
   m.def("state_fusion_fwd", &vssm_cpu::state_fusion_fwd,
-        "Spatial-Mamba's state fusion and observation, y = C * taps(h) + D * x (inference)");
+        "Spatial-Mamba's state fusion and observation, y = C * taps(h) + D * x");
+  m.def("state_fusion_bwd", &vssm_cpu::state_fusion_bwd,
+        "gradients of the state fusion and observation but the skip: [dh, dweight, dC]");
   m.def("fresh_buffer", [](int64_t n) { return fresh(at::empty({n}, at::kFloat)); },
         "n uninitialised float32 values allocated as the entry points allocate their outputs (NaN under "
         "VSSM_CPU_POISON=1): for the tests of the poisoning");

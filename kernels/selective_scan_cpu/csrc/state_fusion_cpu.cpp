@@ -114,4 +114,90 @@ at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const
   return y;
 }
 
+std::vector<at::Tensor> state_fusion_bwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                                         const at::Tensor& C, const at::Tensor& dy) {
+  check(h, "h", 4);
+  check(weight, "weight", 2);
+  check(C, "C", 3);
+  check(dy, "dy", 4);
+  const int64_t batch = h.size(0), H = h.size(1), W = h.size(2), E = h.size(3), T = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == E, "state_fusion cpu: weight must be (T, E) with E = h's channels = ", E,
+                    ", got ", weight.sizes());
+  TORCH_CHECK(offsets.device().is_cpu(), "state_fusion cpu: offsets must be on the CPU, got ", offsets.device());
+  TORCH_CHECK_VALUE(offsets.dim() == 2 && offsets.size(0) == T && offsets.size(1) == 2 &&
+                        offsets.scalar_type() == at::kLong,
+                    "state_fusion cpu: offsets must be (T, 2) int64 = (", T, ", 2), got ", offsets.sizes(), " ",
+                    offsets.scalar_type());
+  TORCH_CHECK_VALUE(C.sizes() == h.sizes().slice(0, 3) && dy.sizes() == h.sizes(), "state_fusion cpu: C must be ",
+                    "(batch, H, W) and dy (batch, H, W, E) like h ", h.sizes(), ", got ", C.sizes(), " and ",
+                    dy.sizes());
+  TORCH_CHECK_VALUE(h.stride(3) == 1 && dy.stride(3) == 1, "state_fusion cpu: h and dy must have contiguous channels");
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor off = at::stack({offsets.select(1, 0).clamp(-H, H), offsets.select(1, 1).clamp(-W, W)}, 1)
+                             .contiguous();
+  const int64_t chunks = (E + kChunk - 1) / kChunk;
+  at::Tensor dh = at::zeros({batch, H, W, E}, h.options());
+  at::Tensor dw = at::zeros({batch, T, E}, h.options());               // per image, summed below
+  at::Tensor dC = at::zeros({batch, chunks, H, W}, h.options());       // per chunk of channels, summed below
+  const float *hp = h.data_ptr<float>(), *wp = w.data_ptr<float>(), *cp = C.data_ptr<float>();
+  const float* gp = dy.data_ptr<float>();
+  float *dhp = dh.data_ptr<float>(), *dwp = dw.data_ptr<float>(), *dcp = dC.data_ptr<float>();
+  const int64_t* op = off.data_ptr<int64_t>();
+  const int64_t hb = h.stride(0), hi = h.stride(1), hj = h.stride(2);
+  const int64_t gb = dy.stride(0), gi = dy.stride(1), gj = dy.stride(2);
+  const int64_t cb = C.stride(0), ci = C.stride(1), cj = C.stride(2);
+
+  // One task per (image, chunk of channels): its dh rows and dw entries are its own, so the scatter of the
+  // transposed taps needs no atomics.
+  at::parallel_for(0, batch * chunks, 1, [&](int64_t lo, int64_t hi_task) {
+    std::vector<int64_t> cells(T);
+    std::vector<Vec> dw_acc(T * kVecs);
+    for (int64_t task = lo; task < hi_task; ++task) {
+      const int64_t b = task / chunks, chunk = task % chunks, e0 = chunk * kChunk;
+      const int n = static_cast<int>(std::min<int64_t>(kChunk, E - e0));
+      const int nv = (n + kLanes - 1) / kLanes, tail = n - (nv - 1) * kLanes;
+      auto ld = [&](const float* p, int v) { return v < nv - 1 ? simd::load(p + v * kLanes) : simd::load(p + v * kLanes, tail); };
+      auto st = [&](float* p, int v, Vec a) {
+        if (v < nv - 1) simd::store(p + v * kLanes, a); else simd::store(p + v * kLanes, a, tail);
+      };
+      std::fill(dw_acc.begin(), dw_acc.end(), simd::zero());
+      for (int64_t i = 0; i < H; ++i) {
+        for (int64_t j = 0; j < W; ++j) {
+          for (int64_t t = 0; t < T; ++t) {
+            const int64_t r = std::clamp<int64_t>(i + op[2 * t], 0, H - 1);
+            const int64_t c = std::clamp<int64_t>(j + op[2 * t + 1], 0, W - 1);
+            cells[t] = r * W + c;
+          }
+          const Vec c_obs = simd::bcast(cp[b * cb + i * ci + j * cj]);
+          const float* grow = gp + b * gb + i * gi + j * gj + e0;
+          Vec g[kVecs], gf[kVecs], f[kVecs];
+          for (int v = 0; v < nv; ++v) {
+            g[v] = ld(grow, v);
+            gf[v] = g[v] * c_obs;  // the gradient of the fused states h'
+            f[v] = simd::zero();
+          }
+          for (int64_t t = 0; t < T; ++t) {
+            const int64_t r = cells[t] / W, c = cells[t] % W;
+            const float* src = hp + b * hb + r * hi + c * hj + e0;
+            float* dst = dhp + ((b * H + r) * W + c) * E + e0;
+            const float* wt = wp + t * E + e0;
+            for (int v = 0; v < nv; ++v) {
+              const Vec hv = ld(src, v), wv = ld(wt, v);
+              f[v] = simd::fma(wv, hv, f[v]);                                 // h' again, for dC
+              dw_acc[t * kVecs + v] = simd::fma(gf[v], hv, dw_acc[t * kVecs + v]);
+              st(dst, v, simd::fma(wv, gf[v], ld(dst, v)));                   // the transposed tap
+            }
+          }
+          Vec dc = simd::zero();
+          for (int v = 0; v < nv; ++v) dc = simd::fma(g[v], f[v], dc);
+          dcp[((b * chunks + chunk) * H + i) * W + j] = simd::sum(dc);
+        }
+      }
+      for (int64_t t = 0; t < T; ++t)
+        for (int v = 0; v < nv; ++v) st(dwp + (b * T + t) * E + e0, v, dw_acc[t * kVecs + v]);
+    }
+  });
+  return {dh, dw.sum(0), dC.sum(1)};
+}
+
 }  // namespace vssm_cpu

@@ -3,9 +3,15 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace vssm_cpu {
 
 at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
                             const at::Tensor& C, const at::Tensor& x, const at::Tensor& D);
+
+// -> [dh (batch, H, W, E), dweight (T, E), dC (batch, H, W)] for dy (batch, H, W, E); the skip D * x is the caller's.
+std::vector<at::Tensor> state_fusion_bwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                                         const at::Tensor& C, const at::Tensor& dy);
 
 }  // namespace vssm_cpu
