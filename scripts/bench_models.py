@@ -258,13 +258,23 @@ def table(results, flops, reference, modes, variant):
     return f"{variant}:\n\n" + "\n".join(lines)
 
 
-def speed_ratio_table(title, results, numerator, denominator, modes):
+def speed_ratio_table(title, results, numerator, denominator, modes, reference=None):
+    """Images/s of one variant over another's, per model and mode; with ``reference`` (a model that runs the
+    same code in both), each divided by the reference's first, which cancels a change of the machine's speed
+    between the two variants' rounds."""
     lines = [f"{title}:", "", "| model |" + "".join(f" {m} |" for m in modes), "|---|" + "---|" * len(modes)]
+
+    def speed(variant, model, m):
+        value = results[variant].get(model, {}).get(m, {}).get("images_per_s")
+        base = results[variant].get(reference, {}).get(m, {}).get("images_per_s") if reference else 1.0
+        return value / base if value and base else None
+
     for model in results[denominator]:
+        if model == reference:
+            continue
         cells = [model]
         for m in modes:
-            a = results[numerator].get(model, {}).get(m, {}).get("images_per_s")
-            b = results[denominator].get(model, {}).get(m, {}).get("images_per_s")
+            a, b = speed(numerator, model, m), speed(denominator, model, m)
             cells.append(f"{a / b:.2f}" if a and b else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -346,10 +356,13 @@ def main(argv=None):
     for num, den, title in (("compiled", "eager", "compiled / eager images/s (fp32)"),
                             ("compiled-bf16", "eager-bf16", "compiled / eager images/s (bf16)"),
                             ("eager-bf16", "eager", "bf16 / fp32 images/s (eager)"),
-                            ("compiled-bf16", "compiled", "bf16 / fp32 images/s (compiled)"),
-                            ("eager", "eager-unfused", "fused / unfused inference images/s (eager fp32)")):
+                            ("compiled-bf16", "compiled", "bf16 / fp32 images/s (compiled)")):
         if num in results and den in results:
             print(speed_ratio_table(title, results, num, den, args.modes) + "\n")
+    if "eager" in results and "eager-unfused" in results:  # the reference runs the same code in both
+        print(speed_ratio_table(f"fused / unfused inference (eager fp32): ratios to {args.reference} of the "
+                                f"two variants' rounds (training takes the same path in both)", results, "eager",
+                                "eager-unfused", args.modes, reference=args.reference) + "\n")
     if difference:
         print("bf16 autocast against fp32, relative difference of the logits (8 random images, random weights):\n")
         print("| model | ||bf16 - fp32|| / ||fp32|| |\n|---|---|")
