@@ -14,7 +14,10 @@ strictly.
 
 Differences from the original code:
 - no custom CUDA kernels: the states come from ``vssm.ops.selective_scan(..., C=None, return_states=True)``
-  (any backend, CPU included) and the fusion is PyTorch convolutions;
+  (any backend, CPU included) and the fusion is PyTorch convolutions, except on a CPU with the compiled
+  extension (scan backend ``auto`` or ``cpu``), where the fusion and ``y = C h' + D x`` run in one compiled
+  pass over the states, forward and backward (``FusedObservation``: the fold's 25 distinct taps, the replicate
+  padding as clamped indices);
 - at inference the three dilated kernels are folded into one 11x11 depthwise kernel (exact: replicate
   padding reads the same values whatever its width). The authors build the folded kernel once and never
   refresh it, so evaluation during training, EMA teachers and reloaded weights silently use stale
