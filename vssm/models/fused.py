@@ -124,34 +124,36 @@ def linear_chunks(x: torch.Tensor, layer: nn.Linear, chunks: int) -> tuple:
 
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module = None) -> torch.Tensor:
     """``act(conv(x))`` on (batch, C, H, W); the output keeps the input's memory format."""
-    attr = _activation(act)
-    if (attr is not None and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and _fusable(x, conv, act)):
-        return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding),
-                                                       list(conv.stride), list(conv.dilation), conv.groups, *attr)
-    x = conv(x)
-    return x if act is None else act(x)
+    return conv_bn_act(x, conv, None, act)
 
 
 def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: nn.Module = None) -> torch.Tensor:
-    """``act(norm(conv(x)))`` on (batch, C, H, W); an evaluating BatchNorm2d (running statistics) is folded into the
-    convolution's weights and bias for the fused kernel (float32 rounding differs, nothing else)."""
-    if norm is None:
-        return conv2d(x, conv, act)
-    if (type(norm) is nn.BatchNorm2d and not norm.training and norm.track_running_stats and _no_hooks(norm)
-            and _activation(act) is not None and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+    """``act(norm(conv(x)))`` on (batch, C, H, W) (``norm`` None: none); an evaluating BatchNorm2d (running
+    statistics) is folded into the convolution's weights and bias for the fused kernel (float32 rounding differs,
+    nothing else)."""
+    attr = _activation(act)
+    foldable = norm is None or (type(norm) is nn.BatchNorm2d and not norm.training and norm.track_running_stats
+                                and _no_hooks(norm))
+    if (attr is not None and foldable and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and _fusable(x, conv, act)):
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.affine:
-            scale = scale * norm.weight
-        bias = -norm.running_mean * scale if conv.bias is None else (conv.bias - norm.running_mean) * scale
-        if norm.affine:
-            bias = bias + norm.bias
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        weight, bias = (conv.weight, conv.bias) if norm is None else _fold_batchnorm(conv, norm)
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(conv.padding), list(conv.stride),
-                                                       list(conv.dilation), conv.groups, *_activation(act))
-    x = norm(conv(x))
+                                                       list(conv.dilation), conv.groups, *attr)
+    x = conv(x)
+    if norm is not None:
+        x = norm(x)
     return x if act is None else act(x)
+
+
+def _fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple:
+    """(weight, bias) of ``norm(conv(x))`` as one convolution, from the norm's running statistics."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    bias = -norm.running_mean * scale if conv.bias is None else (conv.bias - norm.running_mean) * scale
+    if norm.affine:
+        bias = bias + norm.bias
+    return conv.weight * scale.view(-1, 1, 1, 1), bias
 
 
 def sequential(x: torch.Tensor, layers) -> torch.Tensor:

@@ -127,7 +127,7 @@ class QuadSS2D(SS2D):
             order = quadtree_permutation(self.choose_quadrants(score, H, W), H, W)
             if self.shift is not None:
                 order = rolled_positions(H, W, self.shift, x.device)[order]
-            return self.scan_map(x, torch.stack([order, order.flip(-1)], dim=1))
+            return self._scan_permutation(x, order)
         if self.shift is not None:
             x = torch.roll(x, shifts=(self.shift[0] * (H // 8), self.shift[1] * (W // 8)), dims=(1, 2))
         Hp, Wp = -(-H // 4) * 4, -(-W // 4) * 4
@@ -136,13 +136,16 @@ class QuadSS2D(SS2D):
         choice = self.choose_quadrants(score, Hp, Wp)
         if self.training or self.quad_order != "nested":
             y = self._scan_masked(x, choice)
-        else:  # a hard choice without gradients: the order is a permutation per image, read in place
-            order = quadtree_permutation(choice, Hp, Wp)
-            y = self.scan_map(x, torch.stack([order, order.flip(-1)], dim=1))
+        else:  # a hard choice without gradients (a map padded to whole windows): a permutation, read in place
+            y = self._scan_permutation(x, quadtree_permutation(choice, Hp, Wp))
         y = y[:, :H, :W]
         if self.shift is not None:
             y = torch.roll(y, shifts=(-self.shift[0] * (H // 8), -self.shift[1] * (W // 8)), dims=(1, 2))
         return y
+
+    def _scan_permutation(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """The two directions read the (batch, H, W, D) map along ``order`` (batch, H*W) and its reverse."""
+        return self.scan_map(x, torch.stack([order, order.flip(-1)], dim=1))
 
     def _scan_masked(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """The quadtree scan as mask arithmetic (training: straight-through gradients reach the quadrant

@@ -59,16 +59,17 @@ class FusedObservation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weights, offsets, C, x, D):
+        weights = weights.contiguous()
         ctx.save_for_backward(h, weights, offsets, C, x, D)
         with torch.profiler.record_function("vssm::state_fusion_fwd"):
-            return load_extension().state_fusion_fwd(h, weights.contiguous(), offsets, C, x, D)
+            return load_extension().state_fusion_fwd(h, weights, offsets, C, x, D)
 
     @staticmethod
     def backward(ctx, dy):
         h, weights, offsets, C, x, D = ctx.saved_tensors
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         with torch.profiler.record_function("vssm::state_fusion_bwd"):
-            dh, dweights, dC = load_extension().state_fusion_bwd(h, weights.contiguous(), offsets, C, dy)
+            dh, dweights, dC = load_extension().state_fusion_bwd(h, weights, offsets, C, dy)
         return dh, dweights, None, dC, dy * D, (dy * x).sum((0, 1, 2))
 
 
@@ -109,16 +110,13 @@ class StateFusion(nn.Module):
                 self._folded = (key, self.fold())
         return self._folded[1]
 
-    @staticmethod
-    def tap_offsets() -> torch.Tensor:
-        """(T, 2) int64 (dy, dx): the T = 25 distinct taps of the three dilated kernels (their centres meet)."""
-        dilations = StateFusion.dilations
-        return torch.tensor(sorted({(a * d, b * d) for d in dilations for a in (-1, 0, 1) for b in (-1, 0, 1)}))
+    # (T, 2) int64 (dy, dx): the T = 25 distinct taps of the three dilated kernels (their centres meet)
+    tap_offsets = torch.tensor(sorted({(a * d, b * d) for d in dilations for a in (-1, 0, 1) for b in (-1, 0, 1)}))
 
     def taps(self, kernel: torch.Tensor = None) -> tuple:
         """(offsets (T, 2), weights (T, E)): the taps of ``kernel`` (a fold: differentiable when given), or of
         the cached fold (cached with it)."""
-        offsets = self.tap_offsets()
+        offsets = self.tap_offsets
         if kernel is not None:
             return offsets, kernel[:, 0, 5 + offsets[:, 0], 5 + offsets[:, 1]].t()
         kernel = self.folded_kernel()

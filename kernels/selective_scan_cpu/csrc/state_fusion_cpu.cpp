@@ -1,11 +1,13 @@
-// Spatial-Mamba's structure-aware state fusion and observation in one pass over the states (inference):
+// Spatial-Mamba's structure-aware state fusion and observation in one pass over the states, and its gradients:
 //
 //   y[b, i, j, e] = C[b, i, j] * sum_t w[t, e] * h[b, clamp(i + dy_t), clamp(j + dx_t), e] + D[e] * x[b, i, j, e]
 //
 // h: (batch, H, W, E) states (the map the scan's states form, channels contiguous), w: (T, E) per-channel weights
 // of T taps at offsets (T, 2) (dy, dx) (the dilated 3 x 3 kernels' 25 distinct taps; clamping the indices is the
 // replicate padding), C: (batch, H, W) the per-position observation, x: (batch, H, W, E) the skip input, D: (E,).
-// Returns y (batch, H, W, E) contiguous, float32 like its inputs.
+// Returns y (batch, H, W, E) contiguous, float32 like its inputs. state_fusion_bwd gives dh, dw and dC for dy
+// (the skip's gradients are the caller's): one task per (image, chunk of channels), which scatters the
+// transposed taps into its own rows of dh.
 //
 // One task per (batch element, row); each position gathers its T tap rows once and accumulates channels in
 // chunks of four vectors (64 with AVX-512) kept in registers, so every state is read from cache
@@ -36,33 +38,50 @@ void check(const at::Tensor& t, const char* name, int64_t dims) {
   TORCH_CHECK(t.device().is_cpu(), "state_fusion cpu: ", name, " must be on the CPU, got ", t.device());
 }
 
-}  // namespace
-
-at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
-                            const at::Tensor& C, const at::Tensor& x, const at::Tensor& D) {
+// The checks both entries share, for h, weight (T, E), offsets (T, 2), C and `other` (x or dy, shaped like h);
+// returns the offsets clamped to [-H, H] x [-W, W]: any offset beyond reads the edge (replicate padding), and
+// clamped first, i + dy cannot overflow.
+at::Tensor checked_offsets(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                           const at::Tensor& C, const at::Tensor& other, const char* other_name) {
   check(h, "h", 4);
   check(weight, "weight", 2);
   check(C, "C", 3);
-  check(x, "x", 4);
-  check(D, "D", 1);
-  const int64_t batch = h.size(0), H = h.size(1), W = h.size(2), E = h.size(3), T = weight.size(0);
+  check(other, other_name, 4);
+  const int64_t H = h.size(1), W = h.size(2), E = h.size(3), T = weight.size(0);
   TORCH_CHECK_VALUE(weight.size(1) == E, "state_fusion cpu: weight must be (T, E) with E = h's channels = ", E,
                     ", got ", weight.sizes());
-  TORCH_CHECK_VALUE(D.size(0) == E, "state_fusion cpu: D must be (E,) with E = h's channels = ", E, ", got ",
-                    D.sizes());
   TORCH_CHECK(offsets.device().is_cpu(), "state_fusion cpu: offsets must be on the CPU, got ", offsets.device());
   TORCH_CHECK_VALUE(offsets.dim() == 2 && offsets.size(0) == T && offsets.size(1) == 2 &&
                         offsets.scalar_type() == at::kLong,
                     "state_fusion cpu: offsets must be (T, 2) int64 = (", T, ", 2), got ", offsets.sizes(), " ",
                     offsets.scalar_type());
-  TORCH_CHECK_VALUE(C.sizes() == h.sizes().slice(0, 3) && x.sizes() == h.sizes(), "state_fusion cpu: C must be ",
-                    "(batch, H, W) and x (batch, H, W, E) like h ", h.sizes(), ", got ", C.sizes(), " and ",
-                    x.sizes());
-  TORCH_CHECK_VALUE(h.stride(3) == 1 && x.stride(3) == 1, "state_fusion cpu: h and x must have contiguous channels");
+  TORCH_CHECK_VALUE(C.sizes() == h.sizes().slice(0, 3) && other.sizes() == h.sizes(), "state_fusion cpu: C must be ",
+                    "(batch, H, W) and ", other_name, " (batch, H, W, E) like h ", h.sizes(), ", got ", C.sizes(),
+                    " and ", other.sizes());
+  TORCH_CHECK_VALUE(h.stride(3) == 1 && other.stride(3) == 1, "state_fusion cpu: h and ", other_name,
+                    " must have contiguous channels");
+  return at::stack({offsets.select(1, 0).clamp(-H, H), offsets.select(1, 1).clamp(-W, W)}, 1).contiguous();
+}
+
+// The rows and columns of position (i, j)'s T taps (op: clamped (T, 2) offsets).
+inline void tap_cells(const int64_t* op, int64_t T, int64_t i, int64_t j, int64_t H, int64_t W, int64_t* rows,
+                      int64_t* cols) {
+  for (int64_t t = 0; t < T; ++t) {
+    rows[t] = std::clamp<int64_t>(i + op[2 * t], 0, H - 1);
+    cols[t] = std::clamp<int64_t>(j + op[2 * t + 1], 0, W - 1);
+  }
+}
+
+}  // namespace
+
+at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                            const at::Tensor& C, const at::Tensor& x, const at::Tensor& D) {
+  const at::Tensor off = checked_offsets(h, weight, offsets, C, x, "x");
+  check(D, "D", 1);
+  const int64_t batch = h.size(0), H = h.size(1), W = h.size(2), E = h.size(3), T = weight.size(0);
+  TORCH_CHECK_VALUE(D.size(0) == E, "state_fusion cpu: D must be (E,) with E = h's channels = ", E, ", got ",
+                    D.sizes());
   const at::Tensor w = weight.contiguous(), d = D.contiguous();
-  // any offset reads the edge beyond the map (replicate padding); clamped first so that i + dy cannot overflow
-  const at::Tensor off = at::stack({offsets.select(1, 0).clamp(-H, H), offsets.select(1, 1).clamp(-W, W)}, 1)
-                             .contiguous();
   at::Tensor y = at::empty({batch, H, W, E}, h.options());
   const float *hp = h.data_ptr<float>(), *wp = w.data_ptr<float>(), *dp = d.data_ptr<float>();
   const float *cp = C.data_ptr<float>(), *xp = x.data_ptr<float>();
@@ -74,14 +93,12 @@ at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const
 
   at::parallel_for(0, batch * H, 1, [&](int64_t lo, int64_t hi_task) {
     std::vector<const float*> rows(T);
+    std::vector<int64_t> tap_rows(T), tap_cols(T);
     for (int64_t task = lo; task < hi_task; ++task) {
       const int64_t b = task / H, i = task % H;
       for (int64_t j = 0; j < W; ++j) {
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t r = std::clamp<int64_t>(i + op[2 * t], 0, H - 1);
-          const int64_t c = std::clamp<int64_t>(j + op[2 * t + 1], 0, W - 1);
-          rows[t] = hp + b * hb + r * hi + c * hj;
-        }
+        tap_cells(op, T, i, j, H, W, tap_rows.data(), tap_cols.data());
+        for (int64_t t = 0; t < T; ++t) rows[t] = hp + b * hb + tap_rows[t] * hi + tap_cols[t] * hj;
         const float c_obs = cp[b * cb + i * ci + j * cj];
         const float* xrow = xp + b * xb + i * xi + j * xj;
         float* yrow = yp + ((b * H + i) * W + j) * E;
@@ -116,25 +133,9 @@ at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const
 
 std::vector<at::Tensor> state_fusion_bwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
                                          const at::Tensor& C, const at::Tensor& dy) {
-  check(h, "h", 4);
-  check(weight, "weight", 2);
-  check(C, "C", 3);
-  check(dy, "dy", 4);
+  const at::Tensor off = checked_offsets(h, weight, offsets, C, dy, "dy");
   const int64_t batch = h.size(0), H = h.size(1), W = h.size(2), E = h.size(3), T = weight.size(0);
-  TORCH_CHECK_VALUE(weight.size(1) == E, "state_fusion cpu: weight must be (T, E) with E = h's channels = ", E,
-                    ", got ", weight.sizes());
-  TORCH_CHECK(offsets.device().is_cpu(), "state_fusion cpu: offsets must be on the CPU, got ", offsets.device());
-  TORCH_CHECK_VALUE(offsets.dim() == 2 && offsets.size(0) == T && offsets.size(1) == 2 &&
-                        offsets.scalar_type() == at::kLong,
-                    "state_fusion cpu: offsets must be (T, 2) int64 = (", T, ", 2), got ", offsets.sizes(), " ",
-                    offsets.scalar_type());
-  TORCH_CHECK_VALUE(C.sizes() == h.sizes().slice(0, 3) && dy.sizes() == h.sizes(), "state_fusion cpu: C must be ",
-                    "(batch, H, W) and dy (batch, H, W, E) like h ", h.sizes(), ", got ", C.sizes(), " and ",
-                    dy.sizes());
-  TORCH_CHECK_VALUE(h.stride(3) == 1 && dy.stride(3) == 1, "state_fusion cpu: h and dy must have contiguous channels");
   const at::Tensor w = weight.contiguous();
-  const at::Tensor off = at::stack({offsets.select(1, 0).clamp(-H, H), offsets.select(1, 1).clamp(-W, W)}, 1)
-                             .contiguous();
   const int64_t chunks = (E + kChunk - 1) / kChunk;
   at::Tensor dh = at::zeros({batch, H, W, E}, h.options());
   at::Tensor dw = at::zeros({batch, T, E}, h.options());               // per image, summed below
@@ -150,7 +151,7 @@ std::vector<at::Tensor> state_fusion_bwd(const at::Tensor& h, const at::Tensor& 
   // One task per (image, chunk of channels): its dh rows and dw entries are its own, so the scatter of the
   // transposed taps needs no atomics.
   at::parallel_for(0, batch * chunks, 1, [&](int64_t lo, int64_t hi_task) {
-    std::vector<int64_t> cells(T);
+    std::vector<int64_t> tap_rows(T), tap_cols(T);
     std::vector<Vec> dw_acc(T * kVecs);
     for (int64_t task = lo; task < hi_task; ++task) {
       const int64_t b = task / chunks, chunk = task % chunks, e0 = chunk * kChunk;
@@ -163,11 +164,7 @@ std::vector<at::Tensor> state_fusion_bwd(const at::Tensor& h, const at::Tensor& 
       std::fill(dw_acc.begin(), dw_acc.end(), simd::zero());
       for (int64_t i = 0; i < H; ++i) {
         for (int64_t j = 0; j < W; ++j) {
-          for (int64_t t = 0; t < T; ++t) {
-            const int64_t r = std::clamp<int64_t>(i + op[2 * t], 0, H - 1);
-            const int64_t c = std::clamp<int64_t>(j + op[2 * t + 1], 0, W - 1);
-            cells[t] = r * W + c;
-          }
+          tap_cells(op, T, i, j, H, W, tap_rows.data(), tap_cols.data());
           const Vec c_obs = simd::bcast(cp[b * cb + i * ci + j * cj]);
           const float* grow = gp + b * gb + i * gi + j * gj + e0;
           Vec g[kVecs], gf[kVecs], f[kVecs];
@@ -177,7 +174,7 @@ std::vector<at::Tensor> state_fusion_bwd(const at::Tensor& h, const at::Tensor& 
             f[v] = simd::zero();
           }
           for (int64_t t = 0; t < T; ++t) {
-            const int64_t r = cells[t] / W, c = cells[t] % W;
+            const int64_t r = tap_rows[t], c = tap_cols[t];
             const float* src = hp + b * hb + r * hi + c * hj + e0;
             float* dst = dhp + ((b * H + r) * W + c) * E + e0;
             const float* wt = wp + t * E + e0;

@@ -1,4 +1,4 @@
-// Spatial-Mamba's state fusion and observation in one pass (inference); see state_fusion_cpu.cpp.
+// Spatial-Mamba's state fusion and observation in one pass, and its gradients; see state_fusion_cpu.cpp.
 #pragma once
 
 #include <ATen/ATen.h>
