@@ -99,6 +99,90 @@ def test_conv_bn_act_folds_an_evaluating_batchnorm(affine, conv_bias):
     assert n == 1 and rel(out, expected) < 1e-5
 
 
+def _conv_bn(seed=0):
+    torch.manual_seed(seed)
+    conv, norm = nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+    return conv, norm
+
+
+def test_packed_convolution_weights_follow_every_change():
+    """The oneDNN-packed (and BatchNorm-folded) weights kept between calls are rebuilt whenever a parameter or
+    statistic changes in place, is replaced or reloaded, or the input size changes: never a stale result."""
+    conv, norm = _conv_bn()
+    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+
+    def check(inputs=x):
+        with torch.no_grad():
+            out, n = fused_calls(fused.conv_bn_act, inputs, conv, norm, nn.ReLU())
+            expected = torch.relu(norm(conv(inputs)))
+        assert n == 1 and rel(out, expected) < 1e-5
+        return fused._packed_convs[conv][3]
+
+    first = check()
+    assert check() is first  # packed once, then reused
+    with torch.no_grad():
+        conv.weight.mul_(-2.0)  # an optimizer step or an in-place edit
+    check()
+    with torch.no_grad():
+        norm.running_var.mul_(3.0)
+        norm.bias.add_(1.0)
+    check()
+    conv.weight = nn.Parameter(torch.randn_like(conv.weight))  # replaced
+    check()
+    other_conv, other_norm = _conv_bn(seed=1)
+    conv.load_state_dict(other_conv.state_dict())
+    norm.load_state_dict(other_norm.state_dict())
+    check()
+    check(torch.randn(1, 8, 7, 13).contiguous(memory_format=torch.channels_last))  # another input size
+    check(torch.randn(1, 8, 7, 13))  # NCHW input: the plain weights
+
+
+@pytest.mark.parametrize("name", [family.nano for family in families()])
+def test_a_model_with_packed_weights_still_copies_and_saves(name, tmp_path):
+    """The packed weights live beside the model, not in it: deepcopy (an EMA copy), state dicts and pickles of an
+    evaluated model are as before, and the copy computes the same."""
+    import copy
+    model = vssm.create_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        assert any(module in fused._packed_convs for module in model.modules())
+        clone = copy.deepcopy(model)
+        torch.save(clone, tmp_path / "model.pt")
+        assert set(clone.state_dict()) == set(model.state_dict())
+        assert torch.equal(clone(x), expected)
+
+
+def test_residual_conv2d_is_x_plus_the_convolution():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    x = torch.randn(2, 16, 9, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out, n = fused_calls(fused.residual_conv2d, x, conv)
+        assert n == 1 and rel(out, x + conv(x)) < 1e-6
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = fused.residual_conv2d(x, conv)  # gradients wanted: the modules
+    assert out.grad_fn is not None and rel(out.detach(), (x + conv(x)).detach()) < 1e-6
+
+
+def test_fused_sequential_is_the_sequential():
+    """fused.Sequential keeps nn.Sequential's parameter names and results, its convolutions fused."""
+    from vssm.models.blocks import Permute
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, stride=2, padding=1), Permute(0, 2, 3, 1), nn.LayerNorm(8), Permute(0, 3, 1, 2),
+              nn.GELU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()]
+    plain, fast = nn.Sequential(*layers), fused.Sequential(*layers)
+    assert list(plain.state_dict()) == list(fast.state_dict())
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        out, n = fused_calls(fast, x)
+        assert n == 2 and rel(out, plain(x)) < 1e-5
+
+
 def test_conv_bn_act_leaves_a_training_batchnorm_to_the_modules():
     conv, norm = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)  # training mode: batch statistics
     x = torch.randn(2, 4, 6, 6)

@@ -139,13 +139,13 @@ class DirectionalScan(nn.Module):
         return ys.transpose(1, 2).view(batch, L, K, D)
 
     def scan_both_ways(self, seq: torch.Tensor) -> torch.Tensor:
-        """Two directions over one sequence: (batch, L, D) -> (batch, L, D), direction 0 scanning it forward and
-        direction 1 backward, their outputs summed at each token (QuadMamba's quadtree sequence, FractalMamba's
-        pooled Hilbert sequences)."""
-        forward_proj, backward_proj = self.project(seq).unbind(2)  # unbind: one gradient buffer, not two
-        ys = self.scan(torch.stack([seq, seq.flip(1)], dim=2), torch.stack([forward_proj, backward_proj.flip(1)], 2))
-        forward, backward = ys.unbind(2)
-        return forward + backward.flip(1)
+        """Two directions over one sequence: (batch, L, D) -> (batch, L, D) float32, direction 0 scanning it forward
+        and direction 1 backward, their outputs summed at each token (QuadMamba's quadtree sequence, FractalMamba's
+        pooled Hilbert sequences). The sequence is a 1 x L map read along its forward and reversed orders by
+        :meth:`scan_map`: no flipped or stacked copies."""
+        batch, L, D = seq.shape
+        orders = cross_orders(1, L, seq.device)[0::2]  # (2, L): rows 0 and 2 of a 1 x L grid's cross orders
+        return self.scan_map(seq.view(batch, 1, L, D), orders).view(batch, L, D)
 
     def scan_map(self, x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
         """Selective scans of the (batch, H, W, D) map along K orders, added back onto the map.

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..scans import inverse_orders
 from ..scans.hilbert import hilbert_orders
+from ..scans.orders import order_cache
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
 from .blocks import SS2D, DirectionalScan
 from .staged import DenseBackbone
@@ -46,11 +47,19 @@ def pool_runs(seq: torch.Tensor, run: int) -> torch.Tensor:
     """Mean of consecutive runs of ``run`` tokens: (batch, L, D) -> (batch, ceil(L / run), D)."""
     batch, L, D = seq.shape
     pad = -L % run
-    total = (F.pad(seq, (0, 0, 0, pad)) if pad else seq).reshape(batch, -1, run, D).sum(dim=2)
+    if not pad:
+        return seq.reshape(batch, L // run, run, D).mean(dim=2)
+    total = F.pad(seq, (0, 0, 0, pad)).reshape(batch, -1, run, D).sum(dim=2)
     counts = torch.full((total.shape[1], 1), float(run), dtype=seq.dtype, device=seq.device)
     if pad:
         counts[-1] = run - pad
     return total / counts
+
+
+@order_cache
+def _map_steps(orders: torch.Tensor) -> torch.Tensor:
+    """(K, L) orders -> (L,): the step at which the first reads each map position, cached per (cached) table."""
+    return inverse_orders(orders[:1])[0]
 
 
 class FractalSS2D(SS2D):
@@ -73,7 +82,8 @@ class FractalSS2D(SS2D):
         if len(self.ffp):  # the pathway's context joins the first direction's outputs at their positions
             first = orders[:1]
             seq = x.reshape(batch, H * W, D).index_select(1, first[0])
-            y = y + self.fractal_fusion(seq, inverse_orders(first)[0]).view(batch, H, W, D)
+            steps = inverse_orders(first)[0] if torch.compiler.is_compiling() else _map_steps(orders)
+            y = y + self.fractal_fusion(seq, steps).view(batch, H, W, D)
         return y
 
     def fractal_fusion(self, seq: torch.Tensor, steps: torch.Tensor = None) -> torch.Tensor:

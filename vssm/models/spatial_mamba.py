@@ -243,9 +243,9 @@ class SpatialMambaBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + to_nhwc(self.cpe1(to_nchw(x)))
+        x = to_nhwc(fused.residual_conv2d(to_nchw(x), self.cpe1))
         x = x + self.drop_path(self.self_attention(self.ln_1(x)))
-        x = x + to_nhwc(self.cpe2(to_nchw(x)))
+        x = to_nhwc(fused.residual_conv2d(to_nchw(x), self.cpe2))
         return x + self.drop_path(self.mlp(self.ln_2(x)))
 
 

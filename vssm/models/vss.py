@@ -12,6 +12,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from . import fused
 from .blocks import SS2D, Permute, VSSBlock
 from .staged import StagedModel, check_head
 
@@ -21,9 +22,10 @@ __all__ = ["VSSNet", "convert_vss_checkpoint"]
 def _stem(in_chans: int, dim: int) -> nn.Sequential:
     """(batch, in_chans, H, W) -> (batch, H/4, W/4, C): conv3x3 s2 -> C/2, norm, GELU, conv3x3 s2 -> C, norm.
 
-    The permutes sit where the authors' have them, so the parameters keep their indices 0, 2, 5, 7.
+    The permutes sit where the authors' have them, so the parameters keep their indices 0, 2, 5, 7. (A
+    :class:`fused.Sequential`: in CPU inference the convolutions run with oneDNN weights packed once.)
     """
-    return nn.Sequential(
+    return fused.Sequential(
         nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1), Permute(0, 2, 3, 1), nn.LayerNorm(dim // 2),
         Permute(0, 3, 1, 2), nn.GELU(), nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1), Permute(0, 2, 3, 1),
         nn.LayerNorm(dim))
@@ -31,8 +33,8 @@ def _stem(in_chans: int, dim: int) -> nn.Sequential:
 
 def _downsample(dim: int, out_dim: int) -> nn.Sequential:
     """(batch, H, W, C) -> (batch, H/2, W/2, 2C): conv3x3 s2, norm (parameters at the authors' indices 1, 3)."""
-    return nn.Sequential(Permute(0, 3, 1, 2), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), Permute(0, 2, 3, 1),
-                         nn.LayerNorm(out_dim))
+    return fused.Sequential(Permute(0, 3, 1, 2), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1),
+                            Permute(0, 2, 3, 1), nn.LayerNorm(out_dim))
 
 
 class VSSNet(StagedModel):
