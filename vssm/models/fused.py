@@ -1,10 +1,13 @@
 """Fused CPU inference for the blocks' products: oneDNN's linear and convolution with the activation in the kernel.
 
 ``linear(x, layer, act)``, ``conv2d(x, conv, act)`` and ``conv_bn_act(x, conv, norm, act)`` compute
-``act(layer(x))`` (an evaluating BatchNorm folded into the convolution); ``sequential`` runs an nn.Sequential
-so; ``linear_chunks`` is ``layer(x).chunk(n)`` with each chunk contiguous; ``directional_product`` is the
-scans' step-size product of K directions. When nothing needs the autograd graph or the module calls (CPU
-float32 tensors, no gradient wanted, no hooks on the modules, not traced, compiled, exported or under
+``act(layer(x))`` (an evaluating BatchNorm folded into the convolution); ``residual_conv2d`` is ``x + conv(x)``;
+``sequential`` (and the module :class:`Sequential`) runs an nn.Sequential so; ``linear_chunks`` is
+``layer(x).chunk(n)`` with each chunk contiguous; ``directional_product`` is the scans' step-size product of K
+directions. A convolution of a channels-last input keeps its weights packed in oneDNN's layout between calls
+(beside the module, in a weak table: rebuilt when a parameter or statistic changes or the input size does),
+which at batch 1 can save more than the convolution costs. When nothing needs the autograd graph or the module
+calls (CPU float32 tensors, no gradient wanted, no hooks on the modules, not traced, compiled, exported or under
 autocast), they run ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise``: oneDNN's product
 with the activation applied to its output while it is still in cache, instead of MKL's GEMM and a second
 pass over memory (``python scripts/bench_models.py --variants eager eager-unfused`` measures the models with
