@@ -212,9 +212,10 @@ FAULTS = [
           "tests/models/test_fused.py -k test_conv_bn_act_folds_an_evaluating_batchnorm",
           "the folded BatchNorm loses its shift (beta)"),
     Fault("models_fused_packed_weights_ignore_edits", "models", "vssm/models/fused.py",
-          "versions = tuple(-1 if t is None else t._version for t in tensors)", "versions = ()",
+          "state = tuple((-1, 0) if t is None else (t._version, t.data_ptr()) for t in tensors)", "state = ()",
           "tests/models/test_fused.py -k test_packed_convolution_weights_follow_every_change",
-          "the packed convolution weights are not rebuilt after an in-place change of the weights or statistics"),
+          "the packed convolution weights are not rebuilt after an in-place change of the weights or statistics, or "
+          "new data"),
     Fault("models_spatial_folded_kernel_transposed", "models", "vssm/models/spatial_mamba.py",
           "kernel[:, :, taps[:, None], taps[None, :]] += a * k", "kernel[:, :, taps[None, :], taps[:, None]] += a * k",
           "tests/models/test_spatial_mamba.py -k 'test_folded_kernel_equals_the_three_dilated_ones or "

@@ -119,7 +119,7 @@ def test_packed_convolution_weights_follow_every_change():
             out, n = fused_calls(fused.conv_bn_act, inputs, conv, norm, nn.ReLU())
             expected = torch.relu(norm(conv(inputs)))
         assert n == 1 and rel(out, expected) < 1e-5
-        return fused._packed_convs[conv][3]
+        return fused._packed_convs[conv][4]
 
     first = check()
     assert check() is first  # packed once, then reused
@@ -132,9 +132,17 @@ def test_packed_convolution_weights_follow_every_change():
     check()
     conv.weight = nn.Parameter(torch.randn_like(conv.weight))  # replaced
     check()
+    conv.weight.data = torch.randn_like(conv.weight)  # new data: the version counter does not move
+    check()
+    norm.running_mean.data = torch.randn_like(norm.running_mean)
+    check()
     other_conv, other_norm = _conv_bn(seed=1)
     conv.load_state_dict(other_conv.state_dict())
     norm.load_state_dict(other_norm.state_dict())
+    check()
+    norm.eps = 0.5
+    check()
+    conv.padding = (2, 0)
     check()
     check(torch.randn(1, 8, 7, 13).contiguous(memory_format=torch.channels_last))  # another input size
     check(torch.randn(1, 8, 7, 13))  # NCHW input: the plain weights

@@ -66,6 +66,28 @@ def test_folded_kernel_equals_the_three_dilated_ones():
     torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
 
 
+def test_cached_fold_follows_new_parameter_data():
+    """The cached 11 x 11 fold is rebuilt after in-place edits and after ``.data =`` (which leaves the version
+    counter alone), however often the data is replaced between two forwards."""
+    fusion = StateFusion(6)
+    h = torch.randn(2, 6, 13, 9)
+
+    def check():
+        fusion.eval()
+        with torch.no_grad():
+            folded = fusion(h)
+        fusion.train()
+        torch.testing.assert_close(folded, fusion(h).detach(), rtol=1e-5, atol=1e-5)
+
+    check()
+    with torch.no_grad():
+        fusion.alpha.mul_(-0.5)
+    check()
+    for _ in range(3):
+        fusion.kernel_3_1.data = torch.randn_like(fusion.kernel_3_1)
+    check()
+
+
 @pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_bwd"),
                     reason="the compiled CPU extension (with the state fusion kernels) is not built")
 @pytest.mark.parametrize("E,size", [(6, (13, 9)), (70, (4, 11)), (128, (1, 2)), (64, (7, 7))])

@@ -167,31 +167,37 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: n
     return x if act is None else act(x)
 
 
-# conv module -> (its tensors, their versions, input shape, packed weight, bias); weak, so that copies and pickles
-# of a model never carry it and a freed module frees its entry
+# conv module -> (its tensors, their versions and data pointers, the storages' anchors, input shape and settings,
+# packed weight, bias, norm); weak, so that copies and pickles of a model never carry it and a freed module frees
+# its entry
 _packed_convs = weakref.WeakKeyDictionary()
 
 
 def _conv_weights(x: torch.Tensor, conv: nn.Conv2d, norm) -> tuple:
     """(weight, bias) for the fused convolution of ``x``: BatchNorm folded in, and for a channels-last input the
     weight in oneDNN's own layout for this input size, packed once and kept until a parameter or statistic
-    changes (version counters), is replaced, or the input size changes. oneDNN otherwise reorders the weight on
-    every call, which at batch 1 can cost more than the convolution (a 2048 -> 512 1x1 on 7x7: 2.2 ms, 0.5 packed)."""
+    changes in place (version counters), is replaced (identity) or gets new data (``.data =``, which leaves the
+    version alone: data pointers, whose storages the entry keeps alive so that no new tensor can reuse them), or
+    the input size, the convolution's geometry or the norm's eps changes. oneDNN otherwise reorders the weight
+    on every call, which at batch 1 can cost more than the convolution (a 2048 -> 512 1x1 on 7x7: 2.2 ms, 0.5
+    packed)."""
     if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
         return (conv.weight, conv.bias) if norm is None else _fold_batchnorm(conv, norm)
     tensors = (conv.weight, conv.bias) if norm is None else (conv.weight, conv.bias, norm.weight, norm.bias,
                                                               norm.running_mean, norm.running_var)
-    versions = tuple(-1 if t is None else t._version for t in tensors)
+    state = tuple((-1, 0) if t is None else (t._version, t.data_ptr()) for t in tensors)
+    settings = (x.shape, conv.padding, conv.stride, conv.dilation, conv.groups, None if norm is None else norm.eps)
     entry = _packed_convs.get(conv)
-    if (entry is not None and entry[2] == x.shape and entry[1] == versions and entry[5] is norm
+    if (entry is not None and entry[3] == settings and entry[1] == state and entry[6] is norm
             and all(a is b for a, b in zip(entry[0], tensors))):
-        return entry[3], entry[4]
+        return entry[4], entry[5]
     weight, bias = (conv.weight, conv.bias) if norm is None else _fold_batchnorm(conv, norm)
     packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().contiguous().to_mkldnn(), list(conv.padding),
                                                        list(conv.stride), list(conv.dilation), conv.groups,
                                                        list(x.shape))
     bias = None if bias is None else bias.detach()
-    _packed_convs[conv] = (tensors, versions, x.shape, packed, bias, norm)
+    anchors = tuple(None if t is None else t.detach() for t in tensors)
+    _packed_convs[conv] = (tensors, state, anchors, settings, packed, bias, norm)
     return packed, bias
 
 

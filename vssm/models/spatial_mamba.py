@@ -85,7 +85,7 @@ class StateFusion(nn.Module):
         self.kernel_3_1 = nn.Parameter(torch.ones(dim, 1, 3, 3))
         self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
         self.alpha = nn.Parameter(torch.ones(3))
-        self._folded = None  # (key, kernel): the 11x11 kernel of the parameters identified by key
+        self._folded = None  # (key, kernel, anchors): the 11x11 kernel of the parameters identified by key
         self._taps = None  # (kernel, weights): the taps of that kernel
 
     def _kernels(self):
@@ -106,8 +106,8 @@ class StateFusion(nn.Module):
         params = self._kernels() + (self.alpha,)
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._folded is None or self._folded[0] != key:
-            with torch.no_grad():
-                self._folded = (key, self.fold())
+            with torch.no_grad():  # the parameters' storages kept alive with the key: no new tensor reuses them
+                self._folded = (key, self.fold(), tuple(p.detach() for p in params))
         return self._folded[1]
 
     # (T, 2) int64 (dy, dx): the T = 25 distinct taps of the three dilated kernels (their centres meet)
