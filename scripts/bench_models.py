@@ -72,6 +72,8 @@ def worker(args):
     idle = process_memory_mb()
     torch.manual_seed(0)
     model = analysis_model(args.worker).train(train)
+    if not train:
+        fused_inference.pack_weights(model)  # as vssm's command-line tools run inference
     x = torch.randn(batch, 3, args.size, args.size)
     options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[args.adamw]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, **options) if train else None

@@ -32,7 +32,7 @@ import torch
 from .checkpoint import CheckpointMismatchError, check_data_config, checkpoint_info, load_fitted, read_checkpoint
 from .cli import UsageError
 from .data.images import ImageReadError, ImageTransform, image_files, read_image, tensor_transform
-from .models import create_model
+from .models import create_model, fused
 from .models.meta import InsufficientMemoryError, check_memory, on_meta_device
 
 RANDOM_WEIGHTS_WARNING = ("WARNING: no --checkpoint: the model has RANDOM weights, so its predictions and "
@@ -323,6 +323,7 @@ def run(args) -> int:
                      f"classifying at {size[0]}x{size[1]} (the input size of {source}) in batches of "
                      f"{min(args.batch_size, len(files))}")
     model, saved = load_classifier(args.model, args.checkpoint, args.trust_checkpoint, before_build=fits)
+    fused.pack_weights(model)  # the weights stay as loaded: derived weights kept between batches
     args.model = saved["model"]
     names = class_names(model, saved["classes"], saved["class_descriptions"])
     config = data_config(model, saved["data_config"], args.img_size)

@@ -112,6 +112,7 @@ def test_packed_convolution_weights_follow_every_change():
     """The oneDNN-packed (and BatchNorm-folded) weights kept between calls are rebuilt whenever a parameter or
     statistic changes in place, is replaced or reloaded, or the input size changes: never a stale result."""
     conv, norm = _conv_bn()
+    fused.pack_weights(conv)
     x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
 
     def check(inputs=x):
@@ -142,10 +143,52 @@ def test_packed_convolution_weights_follow_every_change():
     check()
     norm.eps = 0.5
     check()
+    norm.train()  # a training forward updates the statistics in place without moving their version counters
+    with torch.no_grad():
+        norm(conv(x))
+    norm.eval()
+    check()
     conv.padding = (2, 0)
     check()
     check(torch.randn(1, 8, 7, 13).contiguous(memory_format=torch.channels_last))  # another input size
     check(torch.randn(1, 8, 7, 13))  # NCHW input: the plain weights
+
+
+def test_weights_are_packed_only_where_asked_and_data_edits_need_a_new_pack():
+    conv, norm = _conv_bn()
+    x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+
+    def fused_and_plain():
+        with torch.no_grad():
+            return fused.conv_bn_act(x, conv, norm, nn.ReLU()), torch.relu(norm(conv(x)))
+
+    out, expected = fused_and_plain()
+    assert conv not in fused._packed_convs and rel(out, expected) < 1e-5  # not asked: folded on every call
+    with torch.no_grad():
+        conv.weight.data.mul_(2.0)  # through .data: invisible to any cache, but nothing is kept
+    out, expected = fused_and_plain()
+    assert rel(out, expected) < 1e-5
+    fused.pack_weights(conv)
+    fused_and_plain()
+    assert conv in fused._packed_convs and fused.is_packed(conv)
+    conv.weight.data.mul_(-1.0)
+    fused.pack_weights(conv)  # the documented remedy: drops what was kept
+    out, expected = fused_and_plain()
+    assert rel(out, expected) < 1e-5
+    fused.pack_weights(conv, False)
+    assert conv not in fused._packed_convs and not fused.is_packed(conv)
+
+
+def test_packing_leaves_inference_tensors_and_trainable_norms_to_the_plain_path():
+    with torch.inference_mode():  # parameters made here are inference tensors, which have no version counters
+        conv, norm = _conv_bn()
+        fused.pack_weights(conv)
+        x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+        assert rel(fused.conv_bn_act(x, conv, norm, nn.ReLU()), torch.relu(norm(conv(x)))) < 1e-5
+    conv, norm = _conv_bn()
+    conv.requires_grad_(False)  # fine-tuning only the BatchNorm's affine parameters (in eval mode)
+    out = fused.conv_bn_act(x.clone(), conv, norm, nn.ReLU())
+    assert out.requires_grad
 
 
 @pytest.mark.parametrize("name", [family.nano for family in families()])
@@ -153,7 +196,7 @@ def test_a_model_with_packed_weights_still_copies_and_saves(name, tmp_path):
     """The packed weights live beside the model, not in it: deepcopy (an EMA copy), state dicts and pickles of an
     evaluated model are as before, and the copy computes the same."""
     import copy
-    model = vssm.create_model(name).eval()
+    model = fused.pack_weights(vssm.create_model(name).eval())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)

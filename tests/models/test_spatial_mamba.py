@@ -69,7 +69,8 @@ def test_folded_kernel_equals_the_three_dilated_ones():
 def test_cached_fold_follows_new_parameter_data():
     """The cached 11 x 11 fold is rebuilt after in-place edits and after ``.data =`` (which leaves the version
     counter alone), however often the data is replaced between two forwards."""
-    fusion = StateFusion(6)
+    from vssm.models import fused
+    fusion = fused.pack_weights(StateFusion(6))
     h = torch.randn(2, 6, 13, 9)
 
     def check():

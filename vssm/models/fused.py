@@ -4,9 +4,9 @@
 ``act(layer(x))`` (an evaluating BatchNorm folded into the convolution); ``residual_conv2d`` is ``x + conv(x)``;
 ``sequential`` (and the module :class:`Sequential`) runs an nn.Sequential so; ``linear_chunks`` is
 ``layer(x).chunk(n)`` with each chunk contiguous; ``directional_product`` is the scans' step-size product of K
-directions. A convolution of a channels-last input keeps its weights packed in oneDNN's layout between calls
-(beside the module, in a weak table: rebuilt when a parameter or statistic changes or the input size does),
-which at batch 1 can save more than the convolution costs. When nothing needs the autograd graph or the module
+directions. :func:`pack_weights` (opt-in: the command-line tools call it) lets a model's convolutions keep their
+weights packed in oneDNN's layout between calls, which at batch 1 can save more than the convolutions cost; read
+its contract. When nothing needs the autograd graph or the module
 calls (CPU float32 tensors, no gradient wanted, no hooks on the modules, not traced, compiled, exported or under
 autocast), they run ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise``: oneDNN's product
 with the activation applied to its output while it is still in cache, instead of MKL's GEMM and a second
@@ -25,9 +25,10 @@ import weakref
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
+from torch.nn.modules.utils import _pair
 
 __all__ = ["linear", "linear_chunks", "directional_product", "conv2d", "conv_bn_act", "residual_conv2d", "sequential",
-           "Sequential", "observer", "set_enabled", "is_enabled"]
+           "Sequential", "observer", "set_enabled", "is_enabled", "pack_weights", "is_packed"]
 
 _enabled = os.environ.get("VSSM_FUSED_INFERENCE", "1").strip().lower() not in ("0", "false", "no", "off")
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -141,9 +142,8 @@ def residual_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     if (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and _fusable(x, conv)):
         weight, bias = _conv_weights(x, conv, None)
-        y = torch.ops.mkldnn._convolution_pointwise.binary(x, x, weight, bias, list(conv.padding), list(conv.stride),
-                                                           list(conv.dilation), conv.groups, "add", None, None, [],
-                                                           None)
+        y = torch.ops.mkldnn._convolution_pointwise.binary(x, x, weight, bias, *_geometry(conv), "add", None, None,
+                                                           [], None)
         if y.shape == x.shape:
             return y
     return x + conv(x)
@@ -155,36 +155,65 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: n
     nothing else). The output keeps the input's memory format."""
     attr = _activation(act)
     foldable = norm is None or (type(norm) is nn.BatchNorm2d and not norm.training and norm.track_running_stats
-                                and _no_hooks(norm))
+                                and _no_hooks(norm) and not (torch.is_grad_enabled()
+                                                             and any(p.requires_grad for p in norm.parameters())))
     if (attr is not None and foldable and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and _fusable(x, conv, act)):
         weight, bias = _conv_weights(x, conv, norm)
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(conv.padding), list(conv.stride),
-                                                       list(conv.dilation), conv.groups, *attr)
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), *attr)
     x = conv(x)
     if norm is not None:
         x = norm(x)
     return x if act is None else act(x)
 
 
-# conv module -> (its tensors, their versions and data pointers, the storages' anchors, input shape and settings,
-# packed weight, bias, norm); weak, so that copies and pickles of a model never carry it and a freed module frees
-# its entry
+# modules whose weights may be kept packed (pack_weights), and conv module -> (its tensors, their versions and data
+# pointers, the storages' anchors, input shape and settings, packed weight, bias, norm); weak, so that copies and
+# pickles of a model never carry them and a freed module frees its entry
+_frozen = weakref.WeakSet()
 _packed_convs = weakref.WeakKeyDictionary()
 
 
+def pack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Let ``model``'s modules keep derived weights between inference calls: convolution weights packed in oneDNN's
+    layout (with an evaluating BatchNorm folded in), Spatial-Mamba's folded state-fusion kernel. At batch 1 this
+    can save more than the convolutions cost (a 2048 -> 512 1x1 on 7x7: 2.2 ms, 0.5 packed).
+
+    The contract, as for ``torch.jit.freeze`` or inductor's freezing: the weights change only in ways PyTorch
+    records, and any of those rebuilds what was kept: an optimizer step, ``load_state_dict``, ``copy_`` and other
+    in-place ops on the parameters or buffers, a training forward of a BatchNorm, assigning a new tensor or
+    ``.data``. In-place edits *through* ``.data`` (``p.data.mul_(2)``) leave no trace, so they are not seen: after
+    such edits call ``pack_weights(model)`` again (it drops what was kept), or ``pack_weights(model, False)``
+    first. Returns ``model``. The command-line tools (prediction, benchmarks) call it on the models they load."""
+    for module in model.modules():
+        _packed_convs.pop(module, None)
+        if getattr(module, "_folded", None) is not None:
+            module._folded = None
+        if enabled:
+            _frozen.add(module)
+        else:
+            _frozen.discard(module)
+    return model
+
+
+def is_packed(module: nn.Module) -> bool:
+    """Whether ``module`` may keep derived weights between calls (see :func:`pack_weights`)."""
+    return module in _frozen
+
+
 def _conv_weights(x: torch.Tensor, conv: nn.Conv2d, norm) -> tuple:
-    """(weight, bias) for the fused convolution of ``x``: BatchNorm folded in, and for a channels-last input the
-    weight in oneDNN's own layout for this input size, packed once and kept until a parameter or statistic
-    changes in place (version counters), is replaced (identity) or gets new data (``.data =``, which leaves the
-    version alone: data pointers, whose storages the entry keeps alive so that no new tensor can reuse them), or
-    the input size, the convolution's geometry or the norm's eps changes. oneDNN otherwise reorders the weight
-    on every call, which at batch 1 can cost more than the convolution (a 2048 -> 512 1x1 on 7x7: 2.2 ms, 0.5
-    packed)."""
-    if not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
-        return (conv.weight, conv.bias) if norm is None else _fold_batchnorm(conv, norm)
+    """(weight, bias) for the fused convolution of ``x``: BatchNorm folded in, and, for a module under
+    :func:`pack_weights` and a channels-last input, the weight in oneDNN's own layout for this input size,
+    packed once and kept until a parameter or statistic changes in place (version counters; a BatchNorm's
+    training forward: its ``num_batches_tracked``), is replaced (identity) or gets new data (``.data =``, which
+    leaves the version alone: data pointers, whose storages the entry keeps alive so that no new tensor can reuse
+    them), or the input size, the convolution's geometry or the norm's eps changes."""
     tensors = (conv.weight, conv.bias) if norm is None else (conv.weight, conv.bias, norm.weight, norm.bias,
-                                                              norm.running_mean, norm.running_var)
+                                                              norm.running_mean, norm.running_var,
+                                                              norm.num_batches_tracked)
+    if (conv not in _frozen or not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4
+            or any(t is not None and t.is_inference() for t in tensors)):  # (inference tensors have no versions)
+        return (conv.weight, conv.bias) if norm is None else _fold_batchnorm(conv, norm)
     state = tuple((-1, 0) if t is None else (t._version, t.data_ptr()) for t in tensors)
     settings = (x.shape, conv.padding, conv.stride, conv.dilation, conv.groups, None if norm is None else norm.eps)
     entry = _packed_convs.get(conv)
@@ -192,13 +221,17 @@ def _conv_weights(x: torch.Tensor, conv: nn.Conv2d, norm) -> tuple:
             and all(a is b for a, b in zip(entry[0], tensors))):
         return entry[4], entry[5]
     weight, bias = (conv.weight, conv.bias) if norm is None else _fold_batchnorm(conv, norm)
-    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().contiguous().to_mkldnn(), list(conv.padding),
-                                                       list(conv.stride), list(conv.dilation), conv.groups,
+    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().contiguous().to_mkldnn(), *_geometry(conv),
                                                        list(x.shape))
     bias = None if bias is None else bias.detach()
     anchors = tuple(None if t is None else t.detach() for t in tensors)
     _packed_convs[conv] = (tensors, state, anchors, settings, packed, bias, norm)
     return packed, bias
+
+
+def _geometry(conv: nn.Conv2d) -> tuple:
+    """(padding, stride, dilation, groups) as oneDNN's operators take them (ints set after construction too)."""
+    return list(_pair(conv.padding)), list(_pair(conv.stride)), list(_pair(conv.dilation)), conv.groups
 
 
 def _fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple:

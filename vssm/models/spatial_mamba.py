@@ -100,10 +100,14 @@ class StateFusion(nn.Module):
         return kernel
 
     def folded_kernel(self) -> torch.Tensor:
-        """:meth:`fold`, cached and rebuilt whenever a parameter changes (computed in the graph when compiled)."""
+        """:meth:`fold`; under :func:`vssm.models.fused.pack_weights` cached and rebuilt whenever a parameter
+        changes (computed in the graph when compiled)."""
         if torch.compiler.is_compiling():
             return self.fold()
         params = self._kernels() + (self.alpha,)
+        if not fused.is_packed(self) or any(p.is_inference() for p in params):  # (inference tensors: no versions)
+            with torch.no_grad():
+                return self.fold()
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if self._folded is None or self._folded[0] != key:
             with torch.no_grad():  # the parameters' storages kept alive with the key: no new tensor reuses them

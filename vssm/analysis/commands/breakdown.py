@@ -40,6 +40,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from vssm.analysis.cli import InputError, at_least, check_models, command, positive
 from vssm.analysis.models import analysis_model
 from vssm.devtools.benchmark import training_or_inference_step
+from vssm.models import fused
 from vssm.models.fused import observer
 from vssm.runtime import retain_freed_memory
 
@@ -271,6 +272,8 @@ def main(argv=None):
                   flush=True)
             torch.manual_seed(0)
             model = analysis_model(name)
+            if not train:
+                fused.pack_weights(model)  # as the command-line tools run inference
             try:
                 events, wall = profile_steps(model, args.batch_size, (args.size, args.size), train, args.amp,
                                              args.iters, args.warmup, args.compile)
