@@ -216,6 +216,11 @@ FAULTS = [
           "tests/models/test_fused.py -k test_packed_convolution_weights_follow_every_change",
           "the packed convolution weights are not rebuilt after an in-place change of the weights or statistics, or "
           "new data"),
+    Fault("models_spatial_tap_mixing_transposed", "models", "vssm/models/spatial_mamba.py",
+          "torch.tensor([(a * d, b * d) for d in dilations for a in (-1, 0, 1)",
+          "torch.tensor([(b * d, a * d) for d in dilations for a in (-1, 0, 1)",
+          "tests/models/test_spatial_mamba.py -k test_compiled_observation_equals_fusion_then_observation",
+          "Spatial-Mamba's state-fusion taps take each kernel's entries transposed"),
     Fault("models_spatial_folded_kernel_transposed", "models", "vssm/models/spatial_mamba.py",
           "kernel[:, :, taps[:, None], taps[None, :]] += a * k", "kernel[:, :, taps[None, :], taps[:, None]] += a * k",
           "tests/models/test_spatial_mamba.py -k 'test_folded_kernel_equals_the_three_dilated_ones or "

@@ -41,7 +41,7 @@ def test_fullgraph_inference_matches_eager(name):
 def test_fullgraph_training_step_matches_eager(name):
     """Forward and backward through the registered autograd of both scan operators (map: VMamba; sequence with
     every state: Spatial-Mamba)."""
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     grads = []
     for compiled in (False, True):
         model = _model(name, train=True)
@@ -50,10 +50,15 @@ def test_fullgraph_training_step_matches_eager(name):
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
     # eager Spatial-Mamba runs its state fusion in the compiled CPU kernels, the graph in PyTorch's convolutions
-    # (another order of the same sums): differences are judged against the largest gradient entry of the model
+    # (another order of the same sums, amplified back to the stem): differences are judged against the largest
+    # gradient entry of the model (entries) and each tensor's norm (over four inputs at most 2.3e-5 and 2.8e-5;
+    # a wrong gradient formula is off by order 1)
     scale = max(float(g.abs().max()) for g in grads[0].values())
     for n in grads[0]:
-        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=2e-6 * scale, msg=lambda m: f"{n}: {m}")
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=5e-5 * scale, msg=lambda m: f"{n}: {m}")
+        norm = float(grads[0][n].norm())
+        if norm > 1e-3 * scale:
+            assert float((grads[1][n] - grads[0][n]).norm()) <= 1e-4 * norm, n
 
 
 def test_quadmamba_training_compiles_as_one_graph():

@@ -96,8 +96,9 @@ def test_compiled_observation_equals_fusion_then_observation(E, size):
     """The kernels' C * fuse(h) + D * x, and its gradients for h, C, x, D and the fusion's parameters, equal the
     modules' on random kernels (not the initial ones), replicate edges included (maps smaller than the
     dilation), channel counts off the kernels' 64-channel chunks; in evaluation too, with the cached taps."""
+    from vssm.models import fused
     torch.manual_seed(0)
-    fusion = StateFusion(E)
+    fusion = fused.pack_weights(StateFusion(E))  # in evaluation the taps are kept between calls
     with torch.no_grad():
         for p in fusion.parameters():
             p.copy_(torch.randn_like(p))
@@ -122,7 +123,11 @@ def test_compiled_observation_equals_fusion_then_observation(E, size):
     with torch.no_grad():
         torch.testing.assert_close(fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D), results[0][0],
                                    rtol=1e-5, atol=1e-5)
-        fusion.kernel_3_2.add_(1.0)  # a changed parameter reaches the cached taps
+        fusion.kernel_3_2.add_(1.0)  # a changed parameter reaches the kept taps
+        torch.testing.assert_close(fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D),
+                                   fusion(h).permute(0, 2, 3, 1) * C + x * D, rtol=1e-5, atol=1e-5)
+        assert fusion._tap_weights is not None
+        fusion.alpha.data = torch.randn(3)  # so does new data
         torch.testing.assert_close(fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D),
                                    fusion(h).permute(0, 2, 3, 1) * C + x * D, rtol=1e-5, atol=1e-5)
 

@@ -187,8 +187,8 @@ def pack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
     first. Returns ``model``. The command-line tools (prediction, benchmarks) call it on the models they load."""
     for module in model.modules():
         _packed_convs.pop(module, None)
-        if getattr(module, "_folded", None) is not None:
-            module._folded = None
+        if hasattr(module, "drop_kept"):  # modules that keep derived weights themselves (Spatial-Mamba's fusion)
+            module.drop_kept()
         if enabled:
             _frozen.add(module)
         else:

@@ -86,7 +86,7 @@ class StateFusion(nn.Module):
         self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
         self.alpha = nn.Parameter(torch.ones(3))
         self._folded = None  # (key, kernel, anchors): the 11x11 kernel of the parameters identified by key
-        self._taps = None  # (kernel, weights): the taps of that kernel
+        self._tap_weights = None  # (key, (T, E) tap weights, anchors), likewise
 
     def _kernels(self):
         return (self.kernel_3, self.kernel_3_1, self.kernel_3_2)
@@ -100,33 +100,44 @@ class StateFusion(nn.Module):
         return kernel
 
     def folded_kernel(self) -> torch.Tensor:
-        """:meth:`fold`; under :func:`vssm.models.fused.pack_weights` cached and rebuilt whenever a parameter
-        changes (computed in the graph when compiled)."""
-        if torch.compiler.is_compiling():
-            return self.fold()
+        """:meth:`fold`; under :func:`vssm.models.fused.pack_weights` kept until a parameter changes (computed in
+        the graph when compiled)."""
+        return self.fold() if torch.compiler.is_compiling() else self._kept("_folded", self.fold)
+
+    def _kept(self, slot: str, build):
+        """``build()`` without gradients; for a module under :func:`vssm.models.fused.pack_weights` kept in
+        ``self.<slot>`` until a parameter changes (versions and data pointers, with the storages kept alive so
+        that no new tensor reuses them)."""
         params = self._kernels() + (self.alpha,)
         if not fused.is_packed(self) or any(p.is_inference() for p in params):  # (inference tensors: no versions)
             with torch.no_grad():
-                return self.fold()
+                return build()
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if self._folded is None or self._folded[0] != key:
-            with torch.no_grad():  # the parameters' storages kept alive with the key: no new tensor reuses them
-                self._folded = (key, self.fold(), tuple(p.detach() for p in params))
-        return self._folded[1]
+        kept = getattr(self, slot)
+        if kept is None or kept[0] != key:
+            with torch.no_grad():
+                kept = (key, build(), tuple(p.detach() for p in params))
+            setattr(self, slot, kept)
+        return kept[1]
+
+    def drop_kept(self):
+        """Forget what :meth:`_kept` holds (:func:`vssm.models.fused.pack_weights` calls it)."""
+        self._folded = self._tap_weights = None
 
     # (T, 2) int64 (dy, dx): the T = 25 distinct taps of the three dilated kernels (their centres meet)
     tap_offsets = torch.tensor(sorted({(a * d, b * d) for d in dilations for a in (-1, 0, 1) for b in (-1, 0, 1)}))
+    # (T, 27) 0/1: which of the three kernels' 27 entries (dilation-major, then row-major) land on each tap
+    tap_mixing = (tap_offsets[:, None, :] == torch.tensor([(a * d, b * d) for d in dilations for a in (-1, 0, 1)
+                                                          for b in (-1, 0, 1)])[None]).all(-1).float()
 
     def taps(self, kernel: torch.Tensor = None) -> tuple:
-        """(offsets (T, 2), weights (T, E)): the taps of ``kernel`` (a fold: differentiable when given), or of
-        the cached fold (cached with it)."""
+        """(offsets (T, 2), weights (T, E)): the taps of ``kernel`` (a fold), or, without it, straight from the
+        three kernels and alpha: one (T, 27) x (27, E) product, differentiable, with no 11 x 11 fold to keep."""
         offsets = self.tap_offsets
         if kernel is not None:
             return offsets, kernel[:, 0, 5 + offsets[:, 0], 5 + offsets[:, 1]].t()
-        kernel = self.folded_kernel()
-        if self._taps is None or self._taps[0] is not kernel:
-            self._taps = (kernel, kernel[:, 0, 5 + offsets[:, 0], 5 + offsets[:, 1]].t().contiguous())
-        return offsets, self._taps[1]
+        entries = torch.stack(self._kernels()).view(3, self.dim, 9) * self.alpha.view(3, 1, 1)  # (3, E, 9)
+        return offsets, self.tap_mixing.to(entries.dtype) @ entries.transpose(1, 2).reshape(27, self.dim)
 
     def observe(self, h: torch.Tensor, C: torch.Tensor, x: torch.Tensor, D: torch.Tensor):
         """``C * fuse(h) + D * x`` through the compiled CPU kernels (one pass over the states, forward and
@@ -140,9 +151,9 @@ class StateFusion(nn.Module):
             return None
         params = self._kernels() + (self.alpha,)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
-            offsets, weights = self.taps(self.fold())
+            offsets, weights = self.taps()
             return FusedObservation.apply(h, weights, offsets, C, x, D)
-        offsets, weights = self.taps()
+        offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1])
         with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
             return ext.state_fusion_fwd(h, weights.float(), offsets, C, x, D)
 
