@@ -212,7 +212,7 @@ FAULTS = [
           "tests/models/test_fused.py -k test_conv_bn_act_folds_an_evaluating_batchnorm",
           "the folded BatchNorm loses its shift (beta)"),
     Fault("models_fused_packed_weights_ignore_edits", "models", "vssm/models/fused.py",
-          "state = tuple((-1, 0) if t is None else (t._version, t.data_ptr()) for t in tensors)", "state = ()",
+          "return tuple((-1, 0) if t is None else (t._version, t.data_ptr()) for t in tensors)", "return ()",
           "tests/models/test_fused.py -k test_packed_convolution_weights_follow_every_change",
           "the packed convolution weights are not rebuilt after an in-place change of the weights or statistics, or "
           "new data"),

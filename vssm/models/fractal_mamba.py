@@ -51,8 +51,7 @@ def pool_runs(seq: torch.Tensor, run: int) -> torch.Tensor:
         return seq.reshape(batch, L // run, run, D).mean(dim=2)
     total = F.pad(seq, (0, 0, 0, pad)).reshape(batch, -1, run, D).sum(dim=2)
     counts = torch.full((total.shape[1], 1), float(run), dtype=seq.dtype, device=seq.device)
-    if pad:
-        counts[-1] = run - pad
+    counts[-1] = run - pad
     return total / counts
 
 

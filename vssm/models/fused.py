@@ -136,11 +136,16 @@ def conv2d(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module = None) -> torch.Ten
     return conv_bn_act(x, conv, None, act)
 
 
+def _conv_fusable(x: torch.Tensor, conv, act=None) -> bool:
+    """Whether oneDNN's convolution can stand in for ``conv`` (a plain zero-padded Conv2d) on ``x`` now."""
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and _fusable(x, conv, act))
+
+
 def residual_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``x + conv(x)`` on (batch, C, H, W) (a conditional position encoding); fused, the sum is the convolution's
     post-op, written while its output is in cache."""
-    if (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and _fusable(x, conv)):
+    if _conv_fusable(x, conv):
         weight, bias = _conv_weights(x, conv, None)
         y = torch.ops.mkldnn._convolution_pointwise.binary(x, x, weight, bias, *_geometry(conv), "add", None, None,
                                                            [], None)
@@ -157,8 +162,7 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: n
     foldable = norm is None or (type(norm) is nn.BatchNorm2d and not norm.training and norm.track_running_stats
                                 and _no_hooks(norm) and not (torch.is_grad_enabled()
                                                              and any(p.requires_grad for p in norm.parameters())))
-    if (attr is not None and foldable and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and _fusable(x, conv, act)):
+    if attr is not None and foldable and _conv_fusable(x, conv, act):
         weight, bias = _conv_weights(x, conv, norm)
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), *attr)
     x = conv(x)
@@ -201,6 +205,20 @@ def is_packed(module: nn.Module) -> bool:
     return module in _frozen
 
 
+def tensor_state(tensors) -> tuple:
+    """A key of ``tensors`` (None entries allowed) that changes with every change PyTorch records: each one's
+    (version counter, data pointer); kept beside :func:`anchors` of the same tensors, so that no new tensor can
+    reuse a pointer. None when one is an inference tensor (it has no version counter: nothing may be kept)."""
+    if any(t is not None and t.is_inference() for t in tensors):
+        return None
+    return tuple((-1, 0) if t is None else (t._version, t.data_ptr()) for t in tensors)
+
+
+def anchors(tensors) -> tuple:
+    """References to the storages of ``tensors`` (None entries allowed), held with their :func:`tensor_state`."""
+    return tuple(None if t is None else t.detach() for t in tensors)
+
+
 def _conv_weights(x: torch.Tensor, conv: nn.Conv2d, norm) -> tuple:
     """(weight, bias) for the fused convolution of ``x``: BatchNorm folded in, and, for a module under
     :func:`pack_weights` and a channels-last input, the weight in oneDNN's own layout for this input size,
@@ -211,10 +229,9 @@ def _conv_weights(x: torch.Tensor, conv: nn.Conv2d, norm) -> tuple:
     tensors = (conv.weight, conv.bias) if norm is None else (conv.weight, conv.bias, norm.weight, norm.bias,
                                                               norm.running_mean, norm.running_var,
                                                               norm.num_batches_tracked)
-    if (conv not in _frozen or not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4
-            or any(t is not None and t.is_inference() for t in tensors)):  # (inference tensors have no versions)
+    state = tensor_state(tensors)
+    if conv not in _frozen or state is None or not x.is_contiguous(memory_format=torch.channels_last) or x.dim() != 4:
         return (conv.weight, conv.bias) if norm is None else _fold_batchnorm(conv, norm)
-    state = tuple((-1, 0) if t is None else (t._version, t.data_ptr()) for t in tensors)
     settings = (x.shape, conv.padding, conv.stride, conv.dilation, conv.groups, None if norm is None else norm.eps)
     entry = _packed_convs.get(conv)
     if (entry is not None and entry[3] == settings and entry[1] == state and entry[6] is norm
@@ -224,8 +241,7 @@ def _conv_weights(x: torch.Tensor, conv: nn.Conv2d, norm) -> tuple:
     packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.detach().contiguous().to_mkldnn(), *_geometry(conv),
                                                        list(x.shape))
     bias = None if bias is None else bias.detach()
-    anchors = tuple(None if t is None else t.detach() for t in tensors)
-    _packed_convs[conv] = (tensors, state, anchors, settings, packed, bias, norm)
+    _packed_convs[conv] = (tensors, state, anchors(tensors), settings, packed, bias, norm)
     return packed, bias
 
 

@@ -109,14 +109,14 @@ class StateFusion(nn.Module):
         ``self.<slot>`` until a parameter changes (versions and data pointers, with the storages kept alive so
         that no new tensor reuses them)."""
         params = self._kernels() + (self.alpha,)
-        if not fused.is_packed(self) or any(p.is_inference() for p in params):  # (inference tensors: no versions)
+        key = fused.tensor_state(params)
+        if not fused.is_packed(self) or key is None:
             with torch.no_grad():
                 return build()
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         kept = getattr(self, slot)
         if kept is None or kept[0] != key:
             with torch.no_grad():
-                kept = (key, build(), tuple(p.detach() for p in params))
+                kept = (key, build(), fused.anchors(params))
             setattr(self, slot, kept)
         return kept[1]
 
