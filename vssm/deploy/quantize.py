@@ -13,12 +13,13 @@ of the work; OpenVINO's CPU plugin computes it wrongly when the network input it
 agreement on the digits instead of 100%); convolutions with kernels above 7 x 7 or dilations (Spatial-Mamba's
 11 x 11 depthwise state fusion: OpenVINO has no int8 implementation of them and refuses to compile the file); products
 whose activation was just padded or concatenated along H or W (QuadMamba's windows and rolls: OpenVINO's
-low-precision pass fails on them, see :func:`float_products`); the selective scan (step sizes, ``exp`` of the decays,
-the recurrence, the gathers by scan order), the normalisations, the activations and the residual sums. The
-recurrence multiplies hundreds of decays in [0, 1] and adds contributions of very different sizes along a sequence
-of up to 3136 steps: one int8 scale for a tensor whose values span many orders of magnitude would round most of
-them to zero, and its error would be carried to every later step. The elementwise operators gain nothing from int8
-on a CPU anyway (they are memory-bound, and a quantize / dequantize pair costs more than the operator).
+low-precision pass fails on them, see :func:`float_products`); the selective scan (the step sizes' products and
+softplus, ``exp`` of the decays, the recurrence, the gathers by scan order), the normalisations, the activations and
+the residual sums. The recurrence multiplies hundreds of decays in [0, 1] and adds contributions of very different
+sizes along a sequence of up to 3136 steps: one int8 scale for a tensor whose values span many orders of magnitude
+would round most of them to zero, and its error would be carried to every later step. The elementwise operators gain
+nothing from int8 on a CPU anyway (they are memory-bound, and a quantize / dequantize pair costs more than the
+operator).
 """
 import os
 
@@ -98,6 +99,9 @@ def float_products(model, input_name: str = "images") -> list:
     - the convolution on the input images (OpenVINO's CPU plugin: 66% top-1 agreement instead of 100%);
     - convolutions with a kernel side above :data:`LARGEST_INT8_KERNEL` or a dilation (Spatial-Mamba's 11 x 11
       state fusion; OpenVINO: "No suitable implementations");
+    - the scans' step-size products (:mod:`vssm.deploy.rewrites`' batched ``MatMul``, named
+      ``directional_product*``): their output goes through softplus into the decays ``exp(dt A)`` that the
+      recurrence multiplies along the whole sequence, and they are a small share of the work;
     - products whose activation was just zero-padded or concatenated along an axis other than the channels
       (QuadMamba pads its map to whole windows and rolls it, a roll being two slices concatenated along H or
       W): OpenVINO's low-precision pass turns the zero point of the activation into a constant that varies
@@ -113,11 +117,12 @@ def float_products(model, input_name: str = "images") -> list:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         return node.op_type == "Pad" or not (axis == -1 or axis == rank.get(node.output[0], 0) - 1)
 
+    from .rewrites import PRODUCT_NAME
     kept = []
     for node in model.graph.node:
         if node.op_type not in QUANTIZED_OPS:
             continue
-        if spatial_move(producer.get(node.input[0])):
+        if node.name.startswith(PRODUCT_NAME) or spatial_move(producer.get(node.input[0])):
             kept.append(node.name)
             continue
         if node.op_type != "Conv":
