@@ -26,6 +26,10 @@ import os
 import numpy as np
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # the operators whose weights and inputs become int8
+# products whose output stays float: int8 operands, a float result (ONNX Runtime: MatMulIntegerToFloat). Their
+# consumers (residual sums, norms, the scan, the logits) read it as computed, with no quantize / dequantize pass
+# over it. Convolutions keep an int8 output: ONNX Runtime has no integer convolution with a float result.
+FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
 
 
 class QuantizationError(ValueError):
@@ -137,7 +141,8 @@ def float_products(model, input_name: str = "images") -> list:
 def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str = "images", progress=None):
     """Write ``int8_path``: ``fp32_path`` statically quantized (QDQ, int8 weights per channel and uint8
     activations, min / max calibration on ``batches``) in its convolutions and constant-weight matrix products
-    (:data:`QUANTIZED_OPS`) except :func:`float_products`; everything else, the scan included, stays float. Written to
+    (:data:`QUANTIZED_OPS`) except :func:`float_products`, the matrix products with a float output
+    (:data:`FLOAT_OUTPUT_OPS`); everything else, the scan included, stays float. Written to
     ``<int8_path>.tmp<PID>`` and renamed; the metadata of the fp32 file is kept, with ``vssm.int8`` added."""
     import onnx
     from onnxruntime.quantization import (
@@ -159,7 +164,8 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept_float,
                         extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
-                                       "WeightSymmetric": True})
+                                       "WeightSymmetric": True,
+                                       "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)})
         model = onnx.load(tmp)
         source = {p.key: p.value for p in onnx.load(fp32_path, load_external_data=False).metadata_props}
         source["vssm.int8"] = ("QDQ static: int8 weights (per channel) and uint8 activations in "
