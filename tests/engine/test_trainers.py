@@ -81,6 +81,16 @@ def uninterrupted(case, data, tmp_path_factory):
     return out / case.run
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_subprocess(case, data, tmp_path_factory):
+    """The same run as ``uninterrupted`` in a subprocess with the killed runs' environment (one OpenMP thread):
+    the reference of the tests whose epoch is computed there (the sums, hence the losses, depend on the threads)."""
+    out = tmp_path_factory.mktemp(f"uninterrupted_subprocess_{case.name}")
+    done = _subprocess_run([sys.executable, case.main, *case.argv(data, out)], str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / case.run
+
+
 def read_log(run):
     with open(os.path.join(run, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -180,8 +190,9 @@ def _killed_at(case, point, argv, cwd):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
-def test_kill_9_while_writing_best_pth(case, data, uninterrupted, tmp_path, capsys):
-    """A real SIGKILL in the last epoch, between writing best.pth's temporary file and renaming it."""
+def test_kill_9_while_writing_best_pth(case, data, uninterrupted_subprocess, tmp_path, capsys):
+    """A real SIGKILL in the last epoch, between writing best.pth's temporary file and renaming it (the epoch
+    is computed in the killed subprocess: compared with a subprocess run)."""
     argv = case.argv(data, tmp_path)
     _killed_at(case, "best.pth written, not renamed", argv, str(tmp_path))
     run = tmp_path / case.run
@@ -194,7 +205,7 @@ def test_kill_9_while_writing_best_pth(case, data, uninterrupted, tmp_path, caps
     out = capsys.readouterr().out
     assert f"removed {run / temporaries[0]}, left by a process killed while writing it" in out
     assert sorted(p.name for p in run.glob("*.tmp*")) == [live.name]
-    _assert_same_bookkeeping(run, uninterrupted)
+    _assert_same_bookkeeping(run, uninterrupted_subprocess)
 
 
 def _final_state(run, epoch):
@@ -224,6 +235,21 @@ def test_killed_run_resumes_to_identical_weights(case, data, tmp_path):
             for k in (va if isinstance(va, dict) else {None: va}):
                 x, y = (va[k], vb[k]) if k is not None else (va, vb)
                 assert torch.equal(x, y), f"{key}{'.' + k if k else ''} differs after resuming"
+
+
+def test_resuming_with_more_epochs_follows_the_new_schedule(case, data, tmp_path):
+    """A finished one-epoch run resumed with EPOCHS 3 trains epochs 1 and 2 at the rates of a three-epoch run
+    (a restored scheduler state would keep the finished schedule: the minimum rate), and says that the schedule
+    changed."""
+    assert case.cli(case.argv(data, tmp_path / "short")) == 0
+    assert case.cli(case.argv(data, tmp_path / "short", epochs=3)) == 0
+    assert case.cli(case.argv(data, tmp_path / "straight", epochs=3)) == 0
+    extended, straight = read_log(tmp_path / "short" / case.run), read_log(tmp_path / "straight" / case.run)
+    assert [r["epoch"] for r in extended] == [0, 1, 2]
+    assert [r["lr"] for r in extended[1:]] == pytest.approx([r["lr"] for r in straight[1:]], rel=1e-9)
+    text = (tmp_path / "short" / case.run / "log_rank0.txt").read_text()
+    assert "another learning-rate schedule (t_initial" in text, text[-2000:]
+    assert "another learning-rate schedule" not in (tmp_path / "straight" / case.run / "log_rank0.txt").read_text()
 
 
 # ---- distributed and mixed precision ---------------------------------------------------------------------------

@@ -211,7 +211,10 @@ class Trainer:
         if resume:
             state = self._read_state(resume, TRAINING_KEYS)
             optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["lr_scheduler"])
+            changed = schedule_changes(state["lr_scheduler"], scheduler.state_dict())
+            if changed:  # the schedule is a function of the step and this run's settings: nothing to restore
+                log.warning(f"{resume} was trained on another learning-rate schedule ({changed}): training goes on "
+                            f"from epoch {state['epoch'] + 1} on this run's schedule")
             if "scaler" in state:
                 scaler.load_state_dict(state["scaler"])
             elif scaler.is_enabled():
@@ -304,6 +307,27 @@ def sync_buffers(model):
     if dist.is_initialized():
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
+
+
+def schedule_changes(saved: dict, current: dict) -> str:
+    """The settings of timm's scheduler that differ between a checkpoint's state and this run's, as ``name saved
+    -> current`` ('' when the same). The schedule is rebuilt from the configuration, never restored: a
+    checkpoint's state would replace this run's epochs, rates and warm-up with the ones it was trained on."""
+    def same(a, b):
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, float) or isinstance(b, float):
+            return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-12 * max(
+                1.0, abs(a), abs(b))
+        return a == b
+
+    def shown(value):
+        return [float(f"{v:.4g}") for v in value] if isinstance(value, (list, tuple)) else value
+
+    derived = ("optimizer", "metric", "warmup_steps")  # not settings: the plateau metric, per-step warm-up sizes
+    keys = [k for k in current if k not in derived and not k.startswith("_")]
+    return ", ".join(f"{k} {shown(saved.get(k))} -> {shown(current[k])}" for k in keys
+                     if not same(saved.get(k), current[k]))
 
 
 class EpochLoop:
