@@ -167,6 +167,7 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
                                        "WeightSymmetric": True,
                                        "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)})
         model = onnx.load(tmp)
+        float_consumers_read_float(model, kept_float)
         source = {p.key: p.value for p in onnx.load(fp32_path, load_external_data=False).metadata_props}
         source["vssm.int8"] = ("QDQ static: int8 weights (per channel) and uint8 activations in "
                                f"{', '.join(QUANTIZED_OPS)}; the scan and the rest in float")
@@ -182,6 +183,40 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
         if os.path.exists(data):
             os.remove(data)
     say(f"wrote {int8_path} ({os.path.getsize(int8_path) / 2**20:.1f} MiB)")
+
+
+def float_consumers_read_float(model, kept_float=()) -> int:
+    """Point the float operators that read ``DequantizeLinear(QuantizeLinear(t))`` at ``t`` itself, where ``t`` is
+    an activation that exists in float (not the result of an int8 product): the quantization tools route every
+    consumer of a quantized product's input through the rounded copy, the scan's gathers and the residual sums
+    included. In float they read the value as computed, and ONNX Runtime no longer dequantizes the whole tensor
+    again for each of them (it copies a ``DequantizeLinear`` per consumer: one per step of the scan). Unused
+    quantize / dequantize pairs are removed. ``model``: an onnx ModelProto, edited in place; ``kept_float``: names of
+    products left in float. Returns how many inputs were redirected."""
+    nodes = list(model.graph.node)
+    int8_products = {n.name for n in nodes if n.op_type in QUANTIZED_OPS and n.name not in set(kept_float)}
+    producer = {out: n for n in nodes for out in n.output}
+    redirected = 0
+    for node in nodes:
+        if node.name in int8_products or node.op_type == "QuantizeLinear":
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear":
+                continue
+            source = producer.get(q.input[0])
+            if source is not None and source.name in int8_products:
+                continue  # an int8 product's result: no float copy of it exists once the runtime fuses the product
+            node.input[i] = q.input[0]
+            redirected += 1
+    outputs = {o.name for o in model.graph.output}
+    for kind in ("DequantizeLinear", "QuantizeLinear"):  # dequantize first: its removal may leave a quantize unused
+        used = {name for n in model.graph.node for name in n.input} | outputs
+        unused = [n for n in model.graph.node if n.op_type == kind and n.output[0] not in used]
+        for n in unused:
+            model.graph.node.remove(n)
+    return redirected
 
 
 def float_and_int8_ops(path: str) -> tuple:
