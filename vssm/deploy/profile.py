@@ -51,18 +51,12 @@ def input_shape(session, batch: int, size=None) -> tuple:
 
 def profile(path: str, batch: int = 8, threads: int = 2, runs: int = 3, size=None, seed: int = 0) -> dict:
     """{"run_ms": median run, "ops": {op_type: (ms per run, calls per run)}} of ``path`` in ONNX Runtime (CPU)."""
-    import onnxruntime as ort
+    from .runtimes import onnxruntime_session
     if not os.path.isfile(path):
         raise ProfileError(f"{path}: no such file")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
     with tempfile.TemporaryDirectory() as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(folder, "profile")
         try:
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            session = onnxruntime_session(path, threads, profile_prefix=os.path.join(folder, "profile"))
         except Exception as e:  # onnxruntime raises its own exception types for unreadable files
             reason = str(e).strip().splitlines()[-1][:200]
             raise ProfileError(f"{path}: ONNX Runtime cannot load it: {reason}") from None

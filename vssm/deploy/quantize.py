@@ -193,8 +193,8 @@ def float_consumers_read_float(model, kept_float=()) -> int:
     again for each of them (it copies a ``DequantizeLinear`` per consumer: one per step of the scan). Unused
     quantize / dequantize pairs are removed. ``model``: an onnx ModelProto, edited in place; ``kept_float``: names of
     products left in float. Returns how many inputs were redirected."""
-    nodes = list(model.graph.node)
-    int8_products = {n.name for n in nodes if n.op_type in QUANTIZED_OPS and n.name not in set(kept_float)}
+    nodes, kept_float = list(model.graph.node), set(kept_float)
+    int8_products = {n.name for n in nodes if n.op_type in QUANTIZED_OPS and n.name not in kept_float}
     producer = {out: n for n in nodes for out in n.output}
     redirected = 0
     for node in nodes:

@@ -25,8 +25,9 @@ def require(runtime: str):
                              f"version)")
 
 
-def onnxruntime_session(path: str, threads: int = 0):
-    """An ONNX Runtime CPU session (errors-only logging; ``threads`` intra-op threads, 0: its default)."""
+def onnxruntime_session(path: str, threads: int = 0, profile_prefix: str = None):
+    """An ONNX Runtime CPU session (errors-only logging; ``threads`` intra-op threads, 0: its default;
+    ``profile_prefix``: record every kernel to ``<prefix>*.json``, written by ``end_profiling()``)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT warns about buffer reuse across dynamic shapes
@@ -34,6 +35,9 @@ def onnxruntime_session(path: str, threads: int = 0):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
