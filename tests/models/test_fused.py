@@ -316,3 +316,65 @@ def test_directional_product_is_the_einsum(K, R):
         out, n = fused_calls(fused.directional_product, codes, weight)
     assert n == (1 if K * R <= 32 else 0) and out.shape == expected.shape
     assert rel(out, expected) < 1e-5
+
+
+@pytest.fixture
+def small_slices(monkeypatch):
+    """Slicing thresholds small enough for nano models at 32 x 32: intermediates above 32 KB go in 8 KB slices."""
+    monkeypatch.setattr(fused, "LARGE_BYTES", 32 * 2 ** 10)
+    monkeypatch.setattr(fused, "SLICE_BYTES", 8 * 2 ** 10)
+
+
+def test_in_slices_slices_only_what_is_large(small_slices):
+    seen = []
+
+    def rows_doubled(x, offset):
+        seen.append(x.shape[0])
+        return 2 * x + offset
+
+    x, offset = torch.randn(10, 3), torch.randn(10, 1)
+    out = fused.in_slices(rows_doubled, x, 50 * 2 ** 10, offset)  # 50 KB: 7 slices of at most 8 KB
+    assert seen == [2, 2, 2, 1, 1, 1, 1] and torch.equal(out, 2 * x + offset)
+    seen.clear()
+    assert torch.equal(fused.in_slices(rows_doubled, x, 32 * 2 ** 10, offset), 2 * x + offset) and seen == [10]
+
+
+def test_mlp_in_slices_is_the_mlp(small_slices):
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+    x = torch.randn(4, 12, 12, 8)  # hidden: 576 tokens x 32 x 4 bytes = 72 KB -> 9 slices
+    with torch.no_grad():
+        out, n = fused_calls(fused.mlp, x, fc1, nn.GELU(), fc2)
+        expected = fc2(nn.GELU()(fc1(x)))
+        _, n_small = fused_calls(fused.mlp, x[:1], fc1, nn.GELU(), fc2)
+    assert n == 18 and n_small == 2
+    assert out.shape == expected.shape and rel(out, expected) < 1e-5
+
+
+@pytest.mark.parametrize("name", [family.nano for family in families()])
+def test_every_family_in_slices_agrees_with_the_whole_batch(name, small_slices, monkeypatch):
+    """Each family's sliced parts (MLPs, scans per image with per-image orders, Spatial-Mamba's downsampling) give
+    the whole batch's result."""
+    torch.manual_seed(0)
+    model = vssm.create_model(name, num_classes=10).eval()
+    x = torch.randn(3, 3, 32, 32)
+    sliced = []
+    in_slices = fused.in_slices
+
+    def counting(fn, t, intermediate_bytes, *aligned, **kwargs):
+        if intermediate_bytes > fused.LARGE_BYTES:
+            sliced.append(t.shape)
+        return in_slices(fn, t, intermediate_bytes, *aligned, **kwargs)
+
+    monkeypatch.setattr(fused, "in_slices", counting)
+    with torch.no_grad():
+        out = model(x)
+        previous = fused.set_enabled(False)
+        try:
+            expected = model(x)
+        finally:
+            fused.set_enabled(previous)
+        single = torch.cat([model(x[i:i + 1]) for i in range(3)])
+    assert any(len(shape) == 2 for shape in sliced), "no MLP was sliced"
+    assert any(len(shape) == 4 for shape in sliced), "no map (a scan by images, a downsampling) was sliced"
+    assert rel(out, expected) < 1e-5 and rel(out, single) < 1e-5

@@ -45,6 +45,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.drop, nn.Identity) or not self.training:
+            return fused.mlp(x, self.fc1, self.act, self.fc2)
         return self.drop(fused.linear(self.drop(fused.linear(x, self.fc1, self.act)), self.fc2))
 
 
@@ -152,8 +154,19 @@ class DirectionalScan(nn.Module):
 
         orders: (K, H*W) or (batch, K, H*W) positions (see ``vssm.ops.selective_scan_map``). Every token is
         projected to its K directions' (dt, B, C) in map order and the scan reads the map through the orders,
-        so no gathered copies are made. Returns (batch, H, W, D) float32.
+        so no gathered copies are made. Returns (batch, H, W, D) float32. In CPU inference, a batch whose step
+        sizes (batch, H*W, K, D) are large is scanned in slices of images (``fused.in_slices``: each image's
+        result is its own, the same as whole).
         """
+        batch, H, W, D = x.shape
+        step_sizes = batch * H * W * self.directions * D * 4
+        if step_sizes > fused.LARGE_BYTES and fused.eager_inference(x, self):
+            fn = self._scan_map if orders.dim() == 3 else lambda part: self._scan_map(part, orders)
+            return fused.in_slices(fn, x, step_sizes, *((orders,) if orders.dim() == 3 else ()),
+                                   slice_bytes=fused.LARGE_BYTES // 2)
+        return self._scan_map(x, orders)
+
+    def _scan_map(self, x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
         batch, H, W, D = x.shape
         L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
         proj = self.project(x).reshape(batch, L, K, R + 2 * N)

@@ -4,9 +4,10 @@
 ``act(layer(x))`` (an evaluating BatchNorm folded into the convolution); ``residual_conv2d`` is ``x + conv(x)``;
 ``sequential`` (and the module :class:`Sequential`) runs an nn.Sequential so; ``linear_chunks`` is
 ``layer(x).chunk(n)`` with each chunk contiguous; ``directional_product`` is the scans' step-size product of K
-directions. :func:`pack_weights` (opt-in: the command-line tools call it) lets a model's convolutions keep their
-weights packed in oneDNN's layout between calls, which at batch 1 can save more than the convolutions cost; read
-its contract. When nothing needs the autograd graph or the module
+directions; ``mlp(x, fc1, act, fc2)`` is ``fc2(act(fc1(x)))``, and ``in_slices`` computes a chain whose
+intermediate would be large in slices of rows (below). :func:`pack_weights` (opt-in: the command-line tools
+call it) lets a model's convolutions keep their weights packed in oneDNN's layout between calls, which at batch 1
+can save more than the convolutions cost; read its contract. When nothing needs the autograd graph or the module
 calls (CPU float32 tensors, no gradient wanted, no hooks on the modules, not traced, compiled, exported or under
 autocast), they run ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise``: oneDNN's product
 with the activation applied to its output while it is still in cache, instead of MKL's GEMM and a second
@@ -27,8 +28,9 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 from torch.nn.modules.utils import _pair
 
-__all__ = ["linear", "linear_chunks", "directional_product", "conv2d", "conv_bn_act", "residual_conv2d", "sequential",
-           "Sequential", "observer", "set_enabled", "is_enabled", "pack_weights", "is_packed"]
+__all__ = ["linear", "mlp", "in_slices", "eager_inference", "hookless", "linear_chunks", "directional_product",
+           "conv2d", "conv_bn_act", "residual_conv2d", "sequential", "Sequential", "observer", "set_enabled",
+           "is_enabled", "pack_weights", "is_packed"]
 
 _enabled = os.environ.get("VSSM_FUSED_INFERENCE", "1").strip().lower() not in ("0", "false", "no", "off")
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -77,25 +79,38 @@ def _no_hooks(module) -> bool:
     return all(getattr(hook, "vssm_observer", False) for hook in hooks)
 
 
+def hookless(module: nn.Module) -> bool:
+    """Whether no hook (but :func:`observer` ones) is on ``module`` or any module inside it."""
+    return all(_no_hooks(m) for m in module.modules())
+
+
 def _fusable(x: torch.Tensor, layer, act=None) -> bool:
     """``layer``: a module with a ``weight``, or a weight tensor."""
+    if not eager_inference(x, layer):  # first: under fx tracing, reading a module's weight gives a proxy
+        return False
     weight = layer if isinstance(layer, torch.Tensor) else layer.weight
+    if weight.dtype != torch.float32:
+        return False
+    return (isinstance(layer, torch.Tensor) or _no_hooks(layer)) and _no_hooks(act)
+
+
+def eager_inference(x: torch.Tensor, layer=None) -> bool:
+    """Whether the fused path may run on ``x`` now: on, a plain float32 CPU tensor, no gradient wanted for it or
+    ``layer`` (a module or a tensor), nothing tracing, compiling, scripting or autocasting, no global module hooks."""
     if not (_enabled and _HAVE_ONEDNN and type(x) is torch.Tensor and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32):
+            and x.dtype == torch.float32):
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
     if torch.is_autocast_enabled("cpu"):
         return False
     if torch.is_grad_enabled():
-        params = [layer] if isinstance(layer, torch.Tensor) else layer.parameters()
+        params = [] if layer is None else [layer] if isinstance(layer, torch.Tensor) else layer.parameters()
         if x.requires_grad or any(p.requires_grad for p in params):
             return False
     module_hooks = nn.modules.module
-    if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
-            or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
-        return False
-    return (isinstance(layer, torch.Tensor) or _no_hooks(layer)) and _no_hooks(act)
+    return not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+                or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks)
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module = None) -> torch.Tensor:
@@ -105,6 +120,42 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module = None) -> torch.Te
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, *attr)
     x = layer(x)
     return x if act is None else act(x)
+
+
+# glibc's malloc gives an allocation above its largest mmap threshold (32 MB on 64-bit) pages of its own and returns
+# them to the system when it is freed, so the next one of that size is fresh pages the kernel zeroes on first touch
+# (about 0.27 ms per MB here, as much as the product writing them: a VMamba-T stage-1 MLP at batch 8 takes 35 ms
+# whole, 25 ms in slices). Fused inference computes a chain whose intermediate would be that large in slices whose
+# intermediates stay at most SLICE_BYTES, small enough for the next product to read them from cache (the chain's
+# output is written whole); a chain with more work per call (a scan) takes larger slices.
+LARGE_BYTES = 32 * 2 ** 20
+SLICE_BYTES = 4 * 2 ** 20
+
+
+def in_slices(fn, x: torch.Tensor, intermediate_bytes: int, *aligned: torch.Tensor,
+              slice_bytes: int = None) -> torch.Tensor:
+    """``fn(x, *aligned)`` for a ``fn`` acting on each row of ``x`` (its first axis; with the same rows of the
+    ``aligned`` tensors) alone, computed in slices of rows when its largest intermediate, ``intermediate_bytes``
+    for all of ``x``, is above :data:`LARGE_BYTES` (so that each slice's stays below ``slice_bytes``, as far as
+    the rows allow; default :data:`SLICE_BYTES`); the slices' results are concatenated along the first axis."""
+    count = min(x.shape[0], -(-intermediate_bytes // (slice_bytes or SLICE_BYTES)))
+    if intermediate_bytes <= LARGE_BYTES or count < 2:
+        return fn(x, *aligned)
+    parts = zip(x.tensor_split(count), *(t.tensor_split(count) for t in aligned))
+    return torch.cat([fn(*part) for part in parts])
+
+
+def mlp(x: torch.Tensor, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear) -> torch.Tensor:
+    """``fc2(act(fc1(x)))``: (..., in_features) -> (..., fc2.out_features). Fused, in slices of tokens when the
+    hidden activations are large (:func:`in_slices`): each slice's stay in cache for fc2 and no large buffer is
+    allocated (equal to the whole product up to float32 rounding)."""
+    if not (type(fc1) is nn.Linear and type(fc2) is nn.Linear and _fusable(x, fc1, act) and _fusable(x, fc2)
+            and _activation(act) is not None):
+        return linear(linear(x, fc1, act), fc2)
+    flat = x.reshape(-1, x.shape[-1])
+    out = in_slices(lambda rows: linear(linear(rows, fc1, act), fc2), flat,
+                    flat.shape[0] * fc1.out_features * flat.element_size())
+    return out.view(*x.shape[:-1], fc2.out_features)
 
 
 def directional_product(codes: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
