@@ -378,3 +378,21 @@ def test_every_family_in_slices_agrees_with_the_whole_batch(name, small_slices, 
     assert any(len(shape) == 2 for shape in sliced), "no MLP was sliced"
     assert any(len(shape) == 4 for shape in sliced), "no map (a scan by images, a downsampling) was sliced"
     assert rel(out, expected) < 1e-5 and rel(out, single) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [fused.BLOCK_DIAGONAL_ROWS, 64])
+def test_directional_product_in_training_has_the_einsums_gradients(rows):
+    """Many tokens: the block-diagonal product under autograd (no batched product); few: the einsum."""
+    torch.manual_seed(0)
+    codes = torch.randn(rows, 4, 6, requires_grad=True)
+    weight = torch.randn(4, 16, 6, requires_grad=True)
+    grad = torch.randn(rows, 4, 16)
+    with profile() as prof:
+        out = fused.directional_product(codes, weight)
+    batched = any(e.name == "aten::bmm" for e in prof.events())
+    assert batched == (rows < fused.BLOCK_DIAGONAL_ROWS)
+    got = torch.autograd.grad(out, (codes, weight), grad)
+    expected_out = torch.einsum("lkr,kdr->lkd", codes, weight)
+    expected = torch.autograd.grad(expected_out, (codes, weight), grad)
+    assert rel(out, expected_out) < 1e-6
+    assert all(rel(g, e) < 1e-6 for g, e in zip(got, expected))

@@ -25,6 +25,7 @@ import weakref
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch.nn.modules.utils import _pair
 
@@ -163,13 +164,23 @@ def directional_product(codes: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 
     Fused, when K * R is small (at most 32: the product is bound by writing its output), as one product with the
     block-diagonal (K * D, K * R) weight, which writes the (..., K, D) output in place; the einsum's batched
-    product writes (K, ..., D) and copies it into that order."""
+    product writes (K, ..., D) and copies it into that order. In CPU training the block-diagonal product (with
+    autograd) is taken too where it wins, on many tokens (at least :data:`BLOCK_DIAGONAL_ROWS`): VMamba-T's
+    stage-1 product, forward and backward at batch 8, 34 ms as an einsum, 26 ms so; on few tokens the einsum's
+    K smaller products are faster."""
     K, D, R = weight.shape
     if K * R <= 32 and _fusable(codes, weight):
         block = torch.block_diag(*weight.unbind(0))  # (K * D, K * R), zeros off the diagonal blocks
         flat = torch.ops.mkldnn._linear_pointwise(codes.reshape(*codes.shape[:-2], K * R), block, None, "none", [], "")
         return flat.unflatten(-1, (K, D))
+    if (K * R <= 32 and codes.device.type == "cpu" and codes.numel() >= BLOCK_DIAGONAL_ROWS * K * R
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"))):
+        block = torch.block_diag(*weight.unbind(0))
+        return F.linear(codes.reshape(*codes.shape[:-2], K * R), block).unflatten(-1, (K, D))
     return torch.einsum("...kr,kdr->...kd", codes, weight)
+
+
+BLOCK_DIAGONAL_ROWS = 4096
 
 
 def linear_chunks(x: torch.Tensor, layer: nn.Linear, chunks: int) -> tuple:
