@@ -95,10 +95,11 @@ class FractalSS2D(SS2D):
         L = seq.shape[1]
         if steps is None:
             steps = torch.arange(L, device=seq.device)
-        context = 0
+        context = None
         for level, scan in enumerate(self.ffp, start=1):
             run = 4 ** level  # on maps of at most `run` tokens the level is one token: the global mean
-            context = context + scan.scan_both_ways(pool_runs(seq, run)).index_select(1, steps // run)
+            coarse = scan.scan_both_ways(pool_runs(seq, run)).index_select(1, steps // run)
+            context = coarse if context is None else context + coarse
         return context
 
 
