@@ -173,7 +173,8 @@ def directional_product(codes: torch.Tensor, weight: torch.Tensor) -> torch.Tens
         block = torch.block_diag(*weight.unbind(0))  # (K * D, K * R), zeros off the diagonal blocks
         flat = torch.ops.mkldnn._linear_pointwise(codes.reshape(*codes.shape[:-2], K * R), block, None, "none", [], "")
         return flat.unflatten(-1, (K, D))
-    if (K * R <= 32 and codes.device.type == "cpu" and codes.numel() >= BLOCK_DIAGONAL_ROWS * K * R
+    if (K * R <= 32 and type(codes) is torch.Tensor and codes.device.type == "cpu"  # not an fx proxy, a fake tensor
+            and codes.numel() >= BLOCK_DIAGONAL_ROWS * K * R
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"))):
         block = torch.block_diag(*weight.unbind(0))
         return F.linear(codes.reshape(*codes.shape[:-2], K * R), block).unflatten(-1, (K, D))
