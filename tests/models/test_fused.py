@@ -396,3 +396,37 @@ def test_directional_product_in_training_has_the_einsums_gradients(rows):
     expected = torch.autograd.grad(expected_out, (codes, weight), grad)
     assert rel(out, expected_out) < 1e-6
     assert all(rel(g, e) < 1e-6 for g, e in zip(got, expected))
+
+
+def test_a_mixer_runs_in_slices_of_images_unless_it_combines_them(small_slices, monkeypatch):
+    from vssm.models.blocks import SS2D
+
+    class BatchMixing(SS2D):  # a mix that reads other images: its mixer must see the whole batch
+        images_independent = False
+
+        def mix(self, x):
+            return super().mix(x) + x.mean(dim=0, keepdim=True)
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 8, 8)
+    for cls, sliced_whole in ((SS2D, True), (BatchMixing, False)):
+        mixer = cls(8, ssm_ratio=2.0).eval()  # mixer input: 8 channels; its scans': 16
+        widths = []
+        in_slices = fused.in_slices
+
+        def counting(fn, t, intermediate_bytes, *aligned, **kwargs):
+            if intermediate_bytes > fused.LARGE_BYTES:
+                widths.append(t.shape[-1])
+            return in_slices(fn, t, intermediate_bytes, *aligned, **kwargs)
+
+        monkeypatch.setattr(fused, "in_slices", counting)
+        with torch.no_grad():
+            out = mixer(x)
+            previous = fused.set_enabled(False)
+            try:
+                expected = mixer(x)
+            finally:
+                fused.set_enabled(previous)
+        monkeypatch.setattr(fused, "in_slices", in_slices)
+        assert (8 in widths) == sliced_whole, (cls.__name__, widths)
+        assert rel(out, expected) < 1e-5
