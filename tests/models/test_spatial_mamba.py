@@ -1,11 +1,12 @@
 """Spatial-Mamba: published sizes, parity with a literal forward, the fold that cannot go stale."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vssm
 from vssm.checkpoint import load_checkpoint
 from vssm.models import dense_backbone
-from vssm.models.spatial_mamba import StateFusion, _replicate_pad, _replicate_pad_by_index
+from vssm.models.spatial_mamba import StateFusion, StructureAwareSSM, _replicate_pad, _replicate_pad_by_index
 from vssm.ops.selective_scan.cpu import load_extension
 
 from .reference_spatial_mamba import reference_forward
@@ -130,6 +131,57 @@ def test_compiled_observation_equals_fusion_then_observation(E, size):
         fusion.alpha.data = torch.randn(3)  # so does new data
         torch.testing.assert_close(fusion.observe(h.permute(0, 2, 3, 1), C[..., 0], x, D),
                                    fusion(h).permute(0, 2, 3, 1) * C + x * D, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_gated_fwd"),
+                    reason="the compiled CPU extension (with the gated state fusion kernel) is not built")
+@pytest.mark.parametrize("E,size", [(6, (5, 3)), (70, (4, 11)), (128, (2, 2))])
+def test_compiled_gate_equals_norm_then_gate(E, size):
+    """The inference kernel's out_norm(C * fuse(h) + D * x) * silu(z) equals the modules' (random norm weights,
+    a gate read with a row stride of its own, channel counts off the 64-channel chunks); bad gates are named."""
+    from vssm.models import fused
+    torch.manual_seed(0)
+    fusion = fused.pack_weights(StateFusion(E)).eval()
+    norm = torch.nn.LayerNorm(E, eps=1e-3)
+    with torch.no_grad():
+        for p in list(fusion.parameters()) + list(norm.parameters()):
+            p.copy_(torch.randn_like(p))
+    H, W = size
+    h, x = torch.randn(2, H, W, E), torch.randn(2, H, W, E) * 3 + 1
+    C, D = torch.randn(2, H, W), torch.randn(E)
+    z = torch.randn(2, H, W, 2 * E)[..., E:]  # a chunk of a wider projection
+    with torch.no_grad():
+        want = norm(fusion(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) * C[..., None] + x * D) * F.silu(z)
+        torch.testing.assert_close(fusion.observe(h, C, x, D, (z, norm)), want, rtol=1e-5, atol=1e-5)
+        ext, (offsets, weights) = load_extension(), fusion.taps()
+        with pytest.raises(ValueError, match="z must be"):
+            ext.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z[:, :1], norm.weight, norm.bias, norm.eps)
+        with pytest.raises(ValueError, match="norm_weight and norm_bias"):
+            ext.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z, norm.weight[1:], norm.bias, norm.eps)
+
+
+def test_mixer_gate_in_the_kernel_only_where_nothing_observes_the_norm():
+    """In evaluation the mixer's out_norm(y) * silu(z) runs inside the state fusion kernel, with the modules'
+    result; a hook on out_norm is still called, and a mix put in place of the class's (as the attention maps do)
+    is still what the mixer runs (the gate then runs in PyTorch)."""
+    torch.manual_seed(0)
+    mixer = StructureAwareSSM(32).eval()
+    with torch.no_grad():
+        mixer.out_norm.weight.normal_()
+        mixer.out_norm.bias.normal_()
+    x, calls = torch.randn(2, 5, 6, 32), []
+    with torch.no_grad():
+        xs, z = mixer.in_proj(x).chunk(2, dim=-1)
+        xs = mixer.act(mixer.conv2d(xs.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        want = mixer.out_proj(mixer.out_norm(mixer.mix(xs)) * F.silu(z))
+        want_of_zeros = mixer.out_proj(mixer.out_norm(torch.zeros_like(xs)) * F.silu(z))
+        torch.testing.assert_close(mixer(x), want, rtol=1e-5, atol=1e-5)
+        mixer.mix = torch.zeros_like
+        torch.testing.assert_close(mixer(x), want_of_zeros)
+        del mixer.mix
+        mixer.out_norm.register_forward_hook(lambda *args: calls.append(1))
+        torch.testing.assert_close(mixer(x), want, rtol=1e-5, atol=1e-5)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("d,size", [(1, (5, 7)), (5, (3, 4)), (3, (1, 1))])

@@ -132,6 +132,10 @@ class CpuExtensionTarget:
     def fusion_fwd(self, a):  # Spatial-Mamba's state fusion and observation (state_fusion_cpu.cpp)
         return self.m.state_fusion_fwd(a["h"], a["weight"], a["offsets"], a["C"], a["x"], a["D"])
 
+    def fusion_gated(self, a):  # the same, then the mixer's norm and gate (inference)
+        return self.m.state_fusion_gated_fwd(a["h"], a["weight"], a["offsets"], a["C"], a["x"], a["D"], a["z"],
+                                             a["norm_weight"], a["norm_bias"], a["eps"])
+
     def fusion_grad(self, a):
         return self.m.state_fusion_bwd(a["h"], a["weight"], a["offsets"], a["C"], a["dy"])
 
@@ -343,7 +347,9 @@ def _fusion_inputs():
     offsets = torch.tensor([(a * d, c * d) for d in (1, 3, 5) for a in (-1, 0, 1) for c in (-1, 0, 1)][:T])
     return dict(h=torch.randn(b, H, W, E, generator=g), weight=torch.randn(T, E, generator=g), offsets=offsets,
                 C=torch.randn(b, H, W, generator=g), x=torch.randn(b, H, W, E, generator=g),
-                D=torch.randn(E, generator=g), dy=torch.randn(b, H, W, E, generator=g))
+                D=torch.randn(E, generator=g), dy=torch.randn(b, H, W, E, generator=g),
+                z=torch.randn(b, H, W, E, generator=g), norm_weight=torch.randn(E, generator=g),
+                norm_bias=torch.randn(E, generator=g), eps=1e-5)
 
 
 def _rows_gapped(t):
@@ -371,6 +377,21 @@ def _fusion_cases():
         Case("state fusion: rows and C strided", "fusion_fwd",
              lambda a: a.update(h=_rows_gapped(a["h"]), x=_rows_gapped(a["x"]), C=gapped(a["C"]),
                                 weight=gapped(a["weight"]), D=gapped(a["D"])), "same"),
+        Case("gated state fusion: z of another size", "fusion_gated", _apply("z", lambda t: t[:, :-1]),
+             needle=about("z")),
+        Case("gated state fusion: z is float64", "fusion_gated", _apply("z", lambda t: t.double()), needle=about("z")),
+        Case("gated state fusion: z with strided channels", "fusion_gated", _apply("z", gapped),
+             needle="contiguous channels"),
+        Case("gated state fusion: norm weight of another E", "fusion_gated", _apply("norm_weight", lambda t: t[:-1]),
+             needle="norm_weight"),
+        Case("gated state fusion: norm bias is 2-D", "fusion_gated", _apply("norm_bias", lambda t: t[None]),
+             needle=about("norm_bias")),
+        Case("gated state fusion: negative eps", "fusion_gated", lambda a: a.update(eps=-1.0), needle="eps"),
+        Case("gated state fusion: h is 3-D", "fusion_gated", _apply("h", lambda t: t[0]), needle=about("h")),
+        Case("gated state fusion: rows, C, z and the norm strided", "fusion_gated",
+             lambda a: a.update(h=_rows_gapped(a["h"]), x=_rows_gapped(a["x"]), z=_rows_gapped(a["z"]),
+                                C=gapped(a["C"]), norm_weight=gapped(a["norm_weight"]),
+                                norm_bias=gapped(a["norm_bias"])), "same"),
         Case("state fusion gradients: dy of another size", "fusion_grad", _apply("dy", lambda t: t[:, :-1]),
              needle=about("C", "dy")),
         Case("state fusion gradients: dy is float64", "fusion_grad", _apply("dy", lambda t: t.double()),

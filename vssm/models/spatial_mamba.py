@@ -17,7 +17,7 @@ Differences from the original code:
   (any backend, CPU included) and the fusion is PyTorch convolutions, except on a CPU with the compiled
   extension (scan backend ``auto`` or ``cpu``), where the fusion and ``y = C h' + D x`` run in one compiled
   pass over the states, forward and backward (``FusedObservation``: the fold's 25 distinct taps, the replicate
-  padding as clamped indices);
+  padding as clamped indices; in inference the same pass also applies the mixer's out_norm and SiLU gate);
 - at inference the three dilated kernels are folded into one 11x11 depthwise kernel (exact: replicate
   padding reads the same values whatever its width). The authors build the folded kernel once and never
   refresh it, so evaluation during training, EMA teachers and reloaded weights silently use stale
@@ -139,10 +139,12 @@ class StateFusion(nn.Module):
         entries = torch.stack(self._kernels()).view(3, self.dim, 9) * self.alpha.view(3, 1, 1)  # (3, E, 9)
         return offsets, self.tap_mixing.to(entries.dtype) @ entries.transpose(1, 2).reshape(27, self.dim)
 
-    def observe(self, h: torch.Tensor, C: torch.Tensor, x: torch.Tensor, D: torch.Tensor):
+    def observe(self, h: torch.Tensor, C: torch.Tensor, x: torch.Tensor, D: torch.Tensor, gate: tuple = None):
         """``C * fuse(h) + D * x`` through the compiled CPU kernels (one pass over the states, forward and
         backward): h, x (batch, H, W, E) with contiguous channels, C (batch, H, W), D (E,) -> (batch, H, W, E).
-        None where they cannot run (no compiled extension, another device or dtype, traced or compiled)."""
+        None where they cannot run (no compiled extension, another device or dtype, traced or compiled).
+        ``gate``: (z, norm), an inference-only request for ``norm(y) * silu(z)`` instead, computed while each
+        position's row is in cache (z like x, norm an affine nn.LayerNorm over E)."""
         ext = load_extension()
         if (ext is None or not hasattr(ext, "state_fusion_bwd") or torch.jit.is_tracing()
                 or torch.compiler.is_compiling() or type(h) is not torch.Tensor or h.device.type != "cpu"
@@ -152,10 +154,18 @@ class StateFusion(nn.Module):
         params = self._kernels() + (self.alpha,)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
             offsets, weights = self.taps()
-            return FusedObservation.apply(h, weights, offsets, C, x, D)
-        offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1])
+            y = FusedObservation.apply(h, weights, offsets, C, x, D)
+            return y if gate is None else gate[1](y) * F.silu(gate[0])
+        offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1]).float()
         with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
-            return ext.state_fusion_fwd(h, weights.float(), offsets, C, x, D)
+            if gate is None:
+                return ext.state_fusion_fwd(h, weights, offsets, C, x, D)
+            z, norm = gate
+            if (hasattr(ext, "state_fusion_gated_fwd") and z.dtype == torch.float32 and z.stride(-1) == 1
+                    and norm.weight.dtype == norm.bias.dtype == torch.float32):
+                return ext.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z, norm.weight, norm.bias, norm.eps)
+            y = ext.state_fusion_fwd(h, weights, offsets, C, x, D)
+        return norm(y) * F.silu(z)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.training or torch.jit.is_tracing() or torch.is_grad_enabled() and self.alpha.requires_grad:
@@ -216,10 +226,26 @@ class StructureAwareSSM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, z = fused.linear_chunks(x, self.in_proj, 2)  # fused: x contiguous for the convolution
         x = to_nhwc(fused.conv2d(to_nchw(x), self.conv2d, self.act))  # (batch, H, W, E), channels-last memory
+        if self._gate_fusable(x):  # fused inference: out_norm(y) * silu(z) inside the state fusion kernel
+            return fused.linear(self._mix(x, gate=z), self.out_proj)
         return fused.linear(self.out_norm(self.mix(x)) * F.silu(z), self.out_proj)
+
+    def _gate_fusable(self, x: torch.Tensor) -> bool:
+        """Whether the mixer may compute ``out_norm(mix(x)) * silu(z)`` in one call of the state fusion kernel:
+        fused inference, this class's own ``mix`` (not one a subclass or an analysis put in its place), a plain
+        affine LayerNorm without hooks."""
+        norm = self.out_norm
+        return (type(self).mix is StructureAwareSSM.mix and "mix" not in vars(self) and not self.linearized
+                and type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None
+                and len(norm.normalized_shape) == 1 and fused.eager_inference(x, self) and fused.hookless(norm))
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Raster scan of the states, state fusion, y = C h' + D x: (batch, H, W, E) -> (batch, H, W, E)."""
+        return self._mix(x)
+
+    def _mix(self, x: torch.Tensor, gate: torch.Tensor = None) -> torch.Tensor:
+        """:meth:`mix`; with ``gate`` z (batch, H, W, E), the mixer's ``out_norm(y) * silu(z)`` (inside the
+        state fusion kernel where it runs)."""
         batch, H, W, E = x.shape
         R, N, L = self.dt_rank, self.d_state, H * W
         proj = F.linear(x.detach() if self.linearized else x, self.x_proj_weight)  # (batch, H, W, R + 2N)
@@ -231,7 +257,8 @@ class StructureAwareSSM(nn.Module):
                                 backend=self.scan_backend)  # (batch, E, N, L)
         if N == 1 and not self.linearized and self.scan_backend in ("auto", "cpu"):
             # on a CPU: the fusion and y = C h' + D x in one compiled kernel (and one for the gradients)
-            y = self.state_fusion.observe(to_nhwc(states.view(batch, E, H, W)), Cs[..., 0], x, self.Ds)
+            y = self.state_fusion.observe(to_nhwc(states.view(batch, E, H, W)), Cs[..., 0], x, self.Ds,
+                                          None if gate is None else (gate, self.out_norm))
             if y is not None:
                 return y
         h = states.permute(0, 2, 1, 3).reshape(batch * N, E, H, W) if N > 1 else states.view(batch, E, H, W)
@@ -241,7 +268,8 @@ class StructureAwareSSM(nn.Module):
             y = torch.einsum("bhwen,bhwn->bhwe", h, Cs)
         else:
             y = to_nhwc(h) * Cs
-        return y if self.linearized else torch.addcmul(y, x, self.Ds.to(x.dtype))  # y + D x in one pass
+        y = y if self.linearized else torch.addcmul(y, x, self.Ds.to(x.dtype))  # y + D x in one pass
+        return y if gate is None else self.out_norm(y) * F.silu(gate)
 
 
 class SpatialMambaBlock(nn.Module):

@@ -9,6 +9,7 @@
 //   cross_bwd(x, delta, A, B, C, D, delta_bias, softplus, orders, segment_states, dy)
 //       -> [dx, ddelta, dA, dB, dC, dD, ddelta_bias]
 //   state_fusion_fwd(h, weight, offsets, C, x, D) -> y   (Spatial-Mamba's state fusion, state_fusion_cpu.cpp)
+//   state_fusion_gated_fwd(h, weight, offsets, C, x, D, z, norm_weight, norm_bias, eps) -> LayerNorm(y) * silu(z)
 //   state_fusion_bwd(h, weight, offsets, C, dy) -> [dh, dweight, dC]
 //
 // Layouts are those of vssm.ops.selective_scan (u: (batch, channels, L), B/C: (batch, G, N, L) or (batch, N, L))
@@ -560,6 +561,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_bwd", &cross_bwd, "fused cross-scan backward");
   m.def("state_fusion_fwd", &vssm_cpu::state_fusion_fwd,
         "Spatial-Mamba's state fusion and observation, y = C * taps(h) + D * x");
+  m.def("state_fusion_gated_fwd", &vssm_cpu::state_fusion_gated_fwd,
+        "the state fusion and observation, then the mixer's norm and gate: LayerNorm(y) * silu(z) (inference)");
   m.def("state_fusion_bwd", &vssm_cpu::state_fusion_bwd,
         "gradients of the state fusion and observation but the skip: [dh, dweight, dC]");
   m.def("fresh_buffer", [](int64_t n) { return fresh(at::empty({n}, at::kFloat)); },

@@ -9,6 +9,9 @@
 // (the skip's gradients are the caller's): one task per (image, chunk of channels), which scatters the
 // transposed taps into its own rows of dh.
 //
+// state_fusion_gated_fwd also applies the mixer's next two steps while a position's row is in cache (inference):
+// out = LayerNorm(y) * silu(z), the norm over E with weight and bias, z (batch, H, W, E) the gate.
+//
 // One task per (batch element, row); each position gathers its T tap rows once and accumulates channels in
 // chunks of four vectors (64 with AVX-512) kept in registers, so every state is read from cache
 // and y is written once. PyTorch's equivalent (replicate pad, an 11 x 11 depthwise convolution of the folded
@@ -16,8 +19,10 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
+#include "fast_math.h"
 #include "simd.h"
 #include "state_fusion_cpu.h"
 
@@ -74,8 +79,36 @@ inline void tap_cells(const int64_t* op, int64_t T, int64_t i, int64_t j, int64_
 
 }  // namespace
 
-at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
-                            const at::Tensor& C, const at::Tensor& x, const at::Tensor& D) {
+namespace {
+
+// The gate of state_fusion_gated_fwd: z's rows, the norm's weight and bias (E,), its eps.
+struct Gate {
+  const float* z;
+  int64_t zb, zi, zj;
+  const float *weight, *bias;
+  float eps;
+};
+
+// out = LayerNorm(y) * silu(z) on one position's E channels, in place (y in cache); the mean and variance in two
+// passes over the row, as PyTorch's LayerNorm (biased variance).
+inline void norm_and_gate(float* y, const float* z, const Gate& g, int64_t E) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t e = 0; e < E; ++e) sum += y[e];
+  const float mean = sum / static_cast<float>(E);
+  float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t e = 0; e < E; ++e) squares += (y[e] - mean) * (y[e] - mean);
+  const float rstd = 1.f / std::sqrt(squares / static_cast<float>(E) + g.eps);
+#pragma omp simd
+  for (int64_t e = 0; e < E; ++e) {
+    const float silu = z[e] / (1.f + fast_exp(-z[e]));
+    y[e] = ((y[e] - mean) * rstd * g.weight[e] + g.bias[e]) * silu;
+  }
+}
+
+at::Tensor fusion_forward(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                          const at::Tensor& C, const at::Tensor& x, const at::Tensor& D, const Gate* gate) {
   const at::Tensor off = checked_offsets(h, weight, offsets, C, x, "x");
   check(D, "D", 1);
   const int64_t batch = h.size(0), H = h.size(1), W = h.size(2), E = h.size(3), T = weight.size(0);
@@ -125,10 +158,38 @@ at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const
           for (int64_t t = 0; t < T; ++t) acc += wp[t * E + e0] * rows[t][e0];
           yrow[e0] = acc * c_obs + dp[e0] * xrow[e0];
         }
+        if (gate != nullptr) norm_and_gate(yrow, gate->z + b * gate->zb + i * gate->zi + j * gate->zj, *gate, E);
       }
     }
   });
   return y;
+}
+
+}  // namespace
+
+at::Tensor state_fusion_fwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                            const at::Tensor& C, const at::Tensor& x, const at::Tensor& D) {
+  return fusion_forward(h, weight, offsets, C, x, D, nullptr);
+}
+
+at::Tensor state_fusion_gated_fwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
+                                  const at::Tensor& C, const at::Tensor& x, const at::Tensor& D, const at::Tensor& z,
+                                  const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps) {
+  check(h, "h", 4);
+  check(z, "z", 4);
+  check(norm_weight, "norm_weight", 1);
+  check(norm_bias, "norm_bias", 1);
+  const int64_t E = h.size(3);
+  TORCH_CHECK_VALUE(z.sizes() == h.sizes() && z.stride(3) == 1, "state_fusion cpu: z must be (batch, H, W, E) like ",
+                    "h ", h.sizes(), " with contiguous channels, got ", z.sizes());
+  TORCH_CHECK_VALUE(norm_weight.size(0) == E && norm_bias.size(0) == E, "state_fusion cpu: norm_weight and ",
+                    "norm_bias must be (E,) with E = h's channels = ", E, ", got ", norm_weight.sizes(), " and ",
+                    norm_bias.sizes());
+  TORCH_CHECK_VALUE(eps >= 0, "state_fusion cpu: eps must be >= 0, got ", eps);
+  const at::Tensor nw = norm_weight.contiguous(), nb = norm_bias.contiguous();
+  const Gate gate{z.data_ptr<float>(), z.stride(0), z.stride(1), z.stride(2), nw.data_ptr<float>(),
+                  nb.data_ptr<float>(), static_cast<float>(eps)};
+  return fusion_forward(h, weight, offsets, C, x, D, &gate);
 }
 
 std::vector<at::Tensor> state_fusion_bwd(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& offsets,
