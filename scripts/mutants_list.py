@@ -248,6 +248,10 @@ FAULTS = [
           'type(self).mix is StructureAwareSSM.mix and "mix" not in vars(self) and ', "",
           "tests/models/test_spatial_mamba.py -k test_mixer_gate_in_the_kernel_only_where_nothing_observes_the_norm",
           "Spatial-Mamba's mixer runs its own scan in inference where a subclass or an analysis replaced mix"),
+    Fault("models_stem_convolution_writes_nchw", "models", "vssm/models/fused.py",
+          "        return x.contiguous(memory_format=torch.channels_last)\n", "        return x\n",
+          "tests/models/test_fused.py -k test_a_convolution_permuted_next_writes_channels_last",
+          "a stem's convolution writes NCHW memory, which every LayerNorm after its permute copies first"),
     Fault("models_spatial_folded_kernel_transposed", "models", "vssm/models/spatial_mamba.py",
           "kernel[:, :, taps[:, None], taps[None, :]] += a * k", "kernel[:, :, taps[None, :], taps[:, None]] += a * k",
           "tests/models/test_spatial_mamba.py -k 'test_folded_kernel_equals_the_three_dilated_ones or "

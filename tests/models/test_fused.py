@@ -234,6 +234,29 @@ def test_fused_sequential_is_the_sequential():
         assert n == 2 and rel(out, plain(x)) < 1e-5
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_a_convolution_permuted_next_writes_channels_last(train):
+    """A stem's convolution -> Permute(0, 2, 3, 1) -> LayerNorm reads its NCHW images in channels-last memory, so
+    the permuted map the norm reads is contiguous; same values and gradients as the modules, fused or not."""
+    from vssm.models.blocks import Permute
+    torch.manual_seed(0)
+    seen = []
+    norm = nn.LayerNorm(8)
+    norm.register_forward_pre_hook(fused.observer(lambda module, args: seen.append(args[0].is_contiguous())))
+    layers = [nn.Conv2d(3, 8, 3, stride=2, padding=1), Permute(0, 2, 3, 1), norm]
+    plain, fast = nn.Sequential(*layers).train(train), fused.Sequential(*layers).train(train)
+    x = torch.randn(2, 3, 20, 20, requires_grad=train)
+    with torch.set_grad_enabled(train):
+        want, got = plain(x), fast(x)
+    assert seen == [False, True]  # the plain Sequential's norm reads a permuted NCHW map
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if train:
+        dy = torch.randn_like(want)
+        grads = [torch.autograd.grad(out, [x] + list(plain.parameters()), dy) for out in (want, got)]
+        for g_plain, g_fast in zip(*grads):
+            torch.testing.assert_close(g_fast, g_plain, rtol=1e-5, atol=1e-5)
+
+
 def test_conv_bn_act_leaves_a_training_batchnorm_to_the_modules():
     conv, norm = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)  # training mode: batch statistics
     x = torch.randn(2, 4, 6, 6)
