@@ -160,6 +160,38 @@ def test_compiled_gate_equals_norm_then_gate(E, size):
             ext.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z, norm.weight[1:], norm.bias, norm.eps)
 
 
+@pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_bwd"),
+                    reason="the compiled CPU extension (with the state fusion kernels) is not built")
+@pytest.mark.parametrize("train", [True, False])
+def test_state_fusion_kernels_run_under_bf16_autocast(train):
+    """Under bf16 autocast the state fusion and observation still run in the compiled kernels (in fp32: the
+    modules' fallback in bf16 is slower), with the fp32 result to bf16's precision, gradients included; the taps
+    kept in evaluation stay fp32, so a later fp32 call is exact."""
+    from torch.profiler import profile
+
+    from vssm.models import fused
+    torch.manual_seed(0)
+    mixer = fused.pack_weights(StructureAwareSSM(32)).train(train)
+    x = torch.randn(2, 6, 5, 32)
+
+    def run(autocast):
+        xs = x.clone().requires_grad_(train)
+        with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = mixer(xs).float()
+        grads = torch.autograd.grad(out.sum(), [xs] + list(mixer.parameters())) if train else []
+        return [out] + list(grads)
+
+    want = run(False)
+    with profile() as prof:
+        got = run(True)
+    assert any(e.name == "vssm::state_fusion_fwd" for e in prof.events())
+    for g, w in zip(got, want, strict=True):
+        assert (g - w).norm() <= 0.03 * w.norm()
+    if not train:
+        assert mixer.state_fusion._tap_weights[1].dtype == torch.float32
+        torch.testing.assert_close(run(False)[0], want[0], rtol=1e-6, atol=1e-6)
+
+
 def test_mixer_gate_in_the_kernel_only_where_nothing_observes_the_norm():
     """In evaluation the mixer's out_norm(y) * silu(z) runs inside the state fusion kernel, with the modules'
     result; a hook on out_norm is still called, and a mix put in place of the class's (as the attention maps do)

@@ -139,24 +139,33 @@ class StateFusion(nn.Module):
         entries = torch.stack(self._kernels()).view(3, self.dim, 9) * self.alpha.view(3, 1, 1)  # (3, E, 9)
         return offsets, self.tap_mixing.to(entries.dtype) @ entries.transpose(1, 2).reshape(27, self.dim)
 
+    compiled_dtypes = (torch.float32, torch.bfloat16, torch.float16)  # what observe takes (computed in fp32)
+
     def observe(self, h: torch.Tensor, C: torch.Tensor, x: torch.Tensor, D: torch.Tensor, gate: tuple = None):
         """``C * fuse(h) + D * x`` through the compiled CPU kernels (one pass over the states, forward and
         backward): h, x (batch, H, W, E) with contiguous channels, C (batch, H, W), D (E,) -> (batch, H, W, E).
         None where they cannot run (no compiled extension, another device or dtype, traced or compiled).
         ``gate``: (z, norm), an inference-only request for ``norm(y) * silu(z)`` instead, computed while each
-        position's row is in cache (z like x, norm an affine nn.LayerNorm over E)."""
+        position's row is in cache (z like x, norm an affine nn.LayerNorm over E). bf16 or fp16 inputs (autocast)
+        are computed in fp32 and the result returned in x's dtype: the kernels' fp32 pass over them is faster
+        than the convolutions' fallback in those dtypes (Spatial-Mamba-T under bf16 autocast: 1.2-1.3x)."""
         ext = load_extension()
         if (ext is None or not hasattr(ext, "state_fusion_bwd") or torch.jit.is_tracing()
                 or torch.compiler.is_compiling() or type(h) is not torch.Tensor or h.device.type != "cpu"
-                or not h.dtype == x.dtype == C.dtype == D.dtype == torch.float32 or h.stride(-1) != 1
+                or any(t.dtype not in self.compiled_dtypes for t in (h, C, x, D)) or h.stride(-1) != 1
                 or x.stride(-1) != 1):
             return None
+        dtype = x.dtype
+        if not h.dtype == x.dtype == C.dtype == D.dtype == torch.float32:  # e.g. bf16 autocast: fp32 arithmetic
+            y = self.observe(h.float(), C.float(), x.float(), D.float(), gate)
+            return None if y is None else y.to(dtype)
         params = self._kernels() + (self.alpha,)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
-            offsets, weights = self.taps()
-            y = FusedObservation.apply(h, weights, offsets, C, x, D)
-            return y if gate is None else gate[1](y) * F.silu(gate[0])
-        offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1]).float()
+        with torch.autocast("cpu", enabled=False):  # the taps in fp32 under autocast too (and so kept)
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
+                offsets, weights = self.taps()
+                y = FusedObservation.apply(h, weights, offsets, C, x, D)
+                return y if gate is None else gate[1](y) * F.silu(gate[0])
+            offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1]).float()
         with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
             if gate is None:
                 return ext.state_fusion_fwd(h, weights, offsets, C, x, D)
