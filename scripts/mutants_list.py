@@ -182,7 +182,7 @@ FAULTS = [
     Fault("models_sliced_scan_reads_first_images_orders", "models", "vssm/models/blocks.py",
           "fn = self._scan_map if orders.dim() == 3 else lambda part: self._scan_map(part, orders)",
           "fn = lambda part, *o: self._scan_map(part, orders)",
-          "tests/models/test_fused.py -k 'test_every_family_in_slices and quadmamba'",
+          "tests/models/test_fused.py -k test_a_scan_in_slices_of_images_reads_each_images_orders",
           "a batch scanned in slices of images gives every slice the whole batch's per-image orders (QuadMamba)"),
     Fault("models_mixer_slices_a_batch_mixing_mix", "models", "vssm/models/blocks.py",
           "if (step_sizes > fused.LARGE_BYTES and self.images_independent and not self.training",

@@ -31,6 +31,27 @@ def unfused():
     fused.set_enabled(previous)
 
 
+def without_fused_path(fn, *args):
+    """fn(*args) with the fused path off for that call."""
+    previous = fused.set_enabled(False)
+    try:
+        return fn(*args)
+    finally:
+        fused.set_enabled(previous)
+
+
+def record_large_slices(monkeypatch, seen: list, what=lambda t: t.shape):
+    """Have fused.in_slices append ``what(t)`` to ``seen`` for each call whose intermediate passes LARGE_BYTES."""
+    in_slices = fused.in_slices
+
+    def recording(fn, t, intermediate_bytes, *aligned, **kwargs):
+        if intermediate_bytes > fused.LARGE_BYTES:
+            seen.append(what(t))
+        return in_slices(fn, t, intermediate_bytes, *aligned, **kwargs)
+
+    monkeypatch.setattr(fused, "in_slices", recording)
+
+
 ACTIVATIONS = [None, nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ReLU()]
 
 
@@ -382,25 +403,35 @@ def test_every_family_in_slices_agrees_with_the_whole_batch(name, small_slices, 
     model = vssm.create_model(name, num_classes=10).eval()
     x = torch.randn(3, 3, 32, 32)
     sliced = []
-    in_slices = fused.in_slices
-
-    def counting(fn, t, intermediate_bytes, *aligned, **kwargs):
-        if intermediate_bytes > fused.LARGE_BYTES:
-            sliced.append(t.shape)
-        return in_slices(fn, t, intermediate_bytes, *aligned, **kwargs)
-
-    monkeypatch.setattr(fused, "in_slices", counting)
+    record_large_slices(monkeypatch, sliced)
     with torch.no_grad():
         out = model(x)
-        previous = fused.set_enabled(False)
-        try:
-            expected = model(x)
-        finally:
-            fused.set_enabled(previous)
+        expected = without_fused_path(model, x)
         single = torch.cat([model(x[i:i + 1]) for i in range(3)])
     assert any(len(shape) == 2 for shape in sliced), "no MLP was sliced"
     assert any(len(shape) == 4 for shape in sliced), "no map (a scan by images, a downsampling) was sliced"
     assert rel(out, expected) < 1e-5 and rel(out, single) < 1e-5
+
+
+@pytest.mark.parametrize("per_image_orders", [True, False])
+def test_a_scan_in_slices_of_images_reads_each_images_orders(per_image_orders, small_slices, monkeypatch):
+    """DirectionalScan.scan_map on a large batch (reached directly, or by a mixer that is not sliced whole) scans
+    it in slices of images, each slice with its own images' rows of a (batch, K, L) order table."""
+    from vssm.models.blocks import DirectionalScan
+    torch.manual_seed(0)
+    scan = DirectionalScan(32, 1, 2, 2).eval()
+    x = torch.randn(4, 8, 8, 32)  # step sizes of 64 KB: above the 32 KB of small_slices
+    orders = torch.stack([torch.stack([torch.randperm(64), torch.randperm(64)]) for _ in range(4)])
+    if not per_image_orders:
+        orders = orders[0]
+    sliced = []
+    record_large_slices(monkeypatch, sliced)
+    with torch.no_grad():
+        out = scan.scan_map(x, orders)
+        single = torch.cat([scan._scan_map(x[i:i + 1], orders[i:i + 1] if per_image_orders else orders)
+                            for i in range(4)])
+    assert sliced, "the batch was not sliced"
+    assert rel(out, single) < 1e-6
 
 
 @pytest.mark.parametrize("rows", [fused.BLOCK_DIAGONAL_ROWS, 64])
@@ -435,21 +466,10 @@ def test_a_mixer_runs_in_slices_of_images_unless_it_combines_them(small_slices, 
     for cls, sliced_whole in ((SS2D, True), (BatchMixing, False)):
         mixer = cls(8, ssm_ratio=2.0).eval()  # mixer input: 8 channels; its scans': 16
         widths = []
-        in_slices = fused.in_slices
-
-        def counting(fn, t, intermediate_bytes, *aligned, **kwargs):
-            if intermediate_bytes > fused.LARGE_BYTES:
-                widths.append(t.shape[-1])
-            return in_slices(fn, t, intermediate_bytes, *aligned, **kwargs)
-
-        monkeypatch.setattr(fused, "in_slices", counting)
-        with torch.no_grad():
-            out = mixer(x)
-            previous = fused.set_enabled(False)
-            try:
-                expected = mixer(x)
-            finally:
-                fused.set_enabled(previous)
-        monkeypatch.setattr(fused, "in_slices", in_slices)
+        with monkeypatch.context() as patch:
+            record_large_slices(patch, widths, lambda t: t.shape[-1])
+            with torch.no_grad():
+                out = mixer(x)
+                expected = without_fused_path(mixer, x)
         assert (8 in widths) == sliced_whole, (cls.__name__, widths)
         assert rel(out, expected) < 1e-5
