@@ -149,6 +149,10 @@ class DirectionalScan(nn.Module):
         orders = cross_orders(1, L, seq.device)[0::2]  # (2, L): rows 0 and 2 of a 1 x L grid's cross orders
         return self.scan_map(seq.view(batch, 1, L, D), orders).view(batch, L, D)
 
+    def step_size_bytes(self, tokens: int) -> int:
+        """Bytes of the fp32 step sizes (tokens, K, D) of ``tokens`` tokens: what decides slicing by images."""
+        return tokens * self.directions * self.d_inner * 4
+
     def scan_map(self, x: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
         """Selective scans of the (batch, H, W, D) map along K orders, added back onto the map.
 
@@ -158,8 +162,8 @@ class DirectionalScan(nn.Module):
         sizes (batch, H*W, K, D) are large is scanned in slices of images (``fused.in_slices``: each image's
         result is its own, the same as whole).
         """
-        batch, H, W, D = x.shape
-        step_sizes = batch * H * W * self.directions * D * 4
+        batch, H, W, _ = x.shape
+        step_sizes = self.step_size_bytes(batch * H * W)
         if step_sizes > fused.LARGE_BYTES and fused.eager_inference(x, self):
             fn = self._scan_map if orders.dim() == 3 else lambda part: self._scan_map(part, orders)
             return fused.in_slices(fn, x, step_sizes, *((orders,) if orders.dim() == 3 else ()),
@@ -220,7 +224,7 @@ class SS2D(DirectionalScan):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, _ = x.shape
-        step_sizes = batch * H * W * self.directions * self.d_inner * 4
+        step_sizes = self.step_size_bytes(batch * H * W)
         if (step_sizes > fused.LARGE_BYTES and self.images_independent and not self.training
                 and fused.eager_inference(x, self) and fused.hookless(self)):
             return fused.in_slices(self._forward, x, step_sizes, slice_bytes=fused.LARGE_BYTES // 2)

@@ -164,17 +164,22 @@ class StateFusion(nn.Module):
             if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
                 offsets, weights = self.taps()
                 y = FusedObservation.apply(h, weights, offsets, C, x, D)
-                return y if gate is None else gate[1](y) * F.silu(gate[0])
-            offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1]).float()
-        with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
-            if gate is None:
-                return ext.state_fusion_fwd(h, weights, offsets, C, x, D)
-            z, norm = gate
-            if (hasattr(ext, "state_fusion_gated_fwd") and z.dtype == torch.float32 and z.stride(-1) == 1
-                    and norm.weight.dtype == norm.bias.dtype == torch.float32):
-                return ext.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z, norm.weight, norm.bias, norm.eps)
-            y = ext.state_fusion_fwd(h, weights, offsets, C, x, D)
-        return norm(y) * F.silu(z)
+            else:
+                offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1]).float()
+                with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
+                    if gate is not None and self._gate_compiled(ext, *gate):
+                        z, norm = gate
+                        return ext.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z, norm.weight, norm.bias,
+                                                          norm.eps)
+                    y = ext.state_fusion_fwd(h, weights, offsets, C, x, D)
+        return y if gate is None else gate[1](y) * F.silu(gate[0])
+
+    @staticmethod
+    def _gate_compiled(ext, z: torch.Tensor, norm: nn.LayerNorm) -> bool:
+        """Whether the compiled kernel can apply the gate: an extension with it, fp32 z with contiguous channels
+        and an fp32 norm."""
+        return (hasattr(ext, "state_fusion_gated_fwd") and z.dtype == torch.float32 and z.stride(-1) == 1
+                and norm.weight.dtype == norm.bias.dtype == torch.float32)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.training or torch.jit.is_tracing() or torch.is_grad_enabled() and self.alpha.requires_grad:
