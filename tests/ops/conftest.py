@@ -8,6 +8,10 @@ def nan_filled_allocations(monkeypatch):
     Python's allocations here, the compiled cpu backend's C++ allocations through its VSSM_CPU_POISON switch
     (the CUDA emulator poisons its own)."""
     empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
+    # torch.device(...) contexts look factories up in a set cached on first use: fill it with the real ones now,
+    # or a context first entered under this fixture keeps the patched torch.empty, and every later model built
+    # on the meta device in this process gets CPU parameters (seen: a meta build failing in tests/deploy)
+    torch.utils._device._device_constructors()
 
     def poison(t):
         if t.is_floating_point():

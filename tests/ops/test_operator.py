@@ -154,3 +154,76 @@ def test_compiled_map_checks_the_orders_when_it_runs(backend):
         bad[1, 3] = value if value != 5 else bad[1, 4]
         with pytest.raises(ValueError, match=message):
             f(*args, bad)
+
+
+class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operators that reach the dispatcher (as FLOP counters and fake modes see them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _scan_both_entries(requires_grad=False):
+    """The map entry (cross orders) and the sequence entry (states only, Spatial-Mamba's use), on the ``auto``
+    backend (the compiled cpu one where it is built)."""
+    backend = "auto"
+    m = make_map(2, 3, 5, 4, 1, cross_orders(3, 5), seed=3)
+    m["x"].requires_grad_(requires_grad)
+    y_map = selective_scan_map(m["x"], m["delta"], m["A"], m["B"], m["C"], m["orders"], D=m["D"],
+                               delta_bias=m["delta_bias"], delta_softplus=True, backend=backend)
+    i = make_inputs(2, 2, 3, 2, 9, grouped=True, with_D=False, with_z=False, seed=5)
+    i["u"].requires_grad_(requires_grad)
+    states = selective_scan(i["u"], i["delta"], i["A"], i["B"], None, delta_bias=i["delta_bias"],
+                            delta_softplus=True, return_states=True, backend=backend)
+    return y_map, states
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_inference_runs_the_operators_bodies_without_their_dispatch(monkeypatch):
+    """An eager CPU forward that keeps nothing for a backward calls the operators' bodies directly (the same
+    checks and kernels, bitwise the same results); anything that must see the operators still does: autograd,
+    dispatch modes (FLOP counters, fake tensors), jit tracing, torch.compile; the profiler sees a range of the
+    operator's name."""
+    from vssm.ops.selective_scan import op
+    direct = []
+    run_directly = op.run_directly
+    monkeypatch.setattr(op, "run_directly", lambda name, *a: direct.append(name) or run_directly(name, *a))
+
+    with torch.no_grad():
+        fast = _scan_both_entries()
+    assert direct == ["vssm::selective_scan_map_fwd", "vssm::selective_scan_fwd"]
+
+    direct.clear()
+    with torch.no_grad(), _Recorder() as recorder:
+        seen = _scan_both_entries()
+    assert not direct
+    assert "vssm.selective_scan_map_fwd.default" in recorder.ops and "vssm.selective_scan_fwd.default" in recorder.ops
+    for a, b in zip(fast, seen):
+        assert torch.equal(a, b)
+
+    y_map, states = _scan_both_entries(requires_grad=True)  # a gradient wanted: the operators' autograd formulas
+    assert not direct and y_map.grad_fn is not None and states.grad_fn is not None
+
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda t: _scan_both_entries()[0] + t, torch.zeros(()), check_trace=False)
+    assert not direct and "vssm::selective_scan_map_fwd" in str(traced.graph)
+
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        _scan_both_entries()
+    assert direct and {"vssm::selective_scan_map_fwd", "vssm::selective_scan_fwd"} <= {e.name for e in prof.events()}
+
+
+def test_inference_without_dispatch_keeps_the_operators_checks():
+    """The direct path runs the operator's own checks: a bad order table is refused with the same message."""
+    m = make_map(1, 3, 5, 4, 1, cross_orders(3, 5), seed=3)
+    orders = m["orders"].clone()
+    orders[0, 0] = orders[0, 1]  # not a permutation
+    backend = "auto"
+    with torch.no_grad(), pytest.raises((ValueError, RuntimeError), match="permutation"):
+        selective_scan_map(m["x"], m["delta"], m["A"], m["B"], m["C"], orders, D=m["D"], delta_bias=m["delta_bias"],
+                           delta_softplus=True, backend=backend)

@@ -11,13 +11,14 @@ Two entries: :func:`selective_scan` scans (batch, channels, L) sequences; :func:
 (batch, L, D) token map along K scan orders and adds the K outputs back onto the map (VMamba's cross scan and
 its Hilbert and quadtree variants), which the ``cpu`` and ``triton`` kernels do without gathering copies.
 Every backend but ``naive`` runs inside the ``vssm::selective_scan*`` PyTorch operators (``op.py``), so models
-compile with ``torch.compile(fullgraph=True)`` and export with ``torch.export``.
+compile with ``torch.compile(fullgraph=True)`` and export with ``torch.export``; an eager CPU forward that keeps
+nothing for a backward runs the operators' bodies without their dispatch (``op.dispatch_free``).
 """
 import logging
 
 import torch
 
-from . import contract, op  # noqa: F401  (op registers the vssm:: operators)
+from . import choice, contract, cpu, cuda, op  # op registers the vssm:: operators
 from .gathered import add_to_map, gather_map
 from .naive import selective_scan_naive
 
@@ -45,8 +46,7 @@ def _triton_importable() -> bool:
 
 
 def _cpu_extension_built() -> bool:
-    from .cpu import load_extension
-    return load_extension() is not None
+    return cpu.load_extension() is not None
 
 
 def unsupported(backend: str, shape) -> str:
@@ -62,12 +62,10 @@ def available_backends(device, shape=None) -> list:
     """Backends that can run on ``device`` here, in the order ``auto`` prefers them for inputs of ``shape``
     (N, L, dtype): on a GPU the measured order of ``choice.py``, else (or without a shape) a fixed one.
     With a shape, backends that cannot run such inputs (``unsupported``) are left out."""
-    from . import choice
-    from .cuda import cuda_extension_available
     device = torch.device(device)
     if device.type == "cuda":
         found = ["triton"] if _triton_importable() else []
-        found += ["cuda"] if cuda_extension_available() and not unsupported("cuda", shape) else []
+        found += ["cuda"] if cuda.cuda_extension_available() and not unsupported("cuda", shape) else []
         found = choice.rank(device, found + ["torch"], shape)
     else:
         found = ["cpu"] if device.type == "cpu" and _cpu_extension_built() and not unsupported("cpu", shape) else []
@@ -89,9 +87,8 @@ def resolve_backend(backend: str, device, shape=None) -> str:
         chosen = available_backends(device, shape)[0]
         if device.type == "cpu" and chosen == "torch":
             if not _cpu_extension_built():
-                from .cpu import BUILD_HINT
                 _notice_once(f"selective_scan: the compiled cpu backend is not built, using the slower torch "
-                             f"backend; {BUILD_HINT}")
+                             f"backend; {cpu.BUILD_HINT}")
             else:
                 _notice_once(f"selective_scan: {unsupported('cpu', shape)}; using the torch backend for such scans")
         return chosen
@@ -183,9 +180,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                                     return_last_state, return_states)
     out_dtype = u.dtype
     u, delta, z, B, C = _common_dtypes(u, delta, z, B, C)
-    y, last, states, _ = torch.ops.vssm.selective_scan_fwd(
-        u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_states),
-        _needs_grad(u, delta, A, B, C, D, z, delta_bias), backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_states),
+            _needs_grad(u, delta, A, B, C, D, z, delta_bias), backend)
+    if not args[-2] and op.dispatch_free(u, delta, A, B, C, D, z, delta_bias):
+        y, last, states, _ = op.run_directly("vssm::selective_scan_fwd", op.sequence_forward, *args)
+    else:
+        y, last, states, _ = torch.ops.vssm.selective_scan_fwd(*args)
     y, states = y.to(out_dtype), states.to(out_dtype)
     outputs = [] if C is None else [y]
     if return_last_state:
@@ -206,6 +206,9 @@ def _concrete(backend: str, device, shape) -> str:
 def _common_dtypes(u, delta, z, B, C):
     """One dtype for the sequences (u, delta, z: the widest of theirs) and one for B and C (theirs, or float32),
     as the kernels read them; mixed inputs come from autocast, e.g. bf16 tokens with fp32 step sizes."""
+    if (delta.dtype == u.dtype and (z is None or z.dtype == u.dtype) and B.dtype in (u.dtype, torch.float32)
+            and (C is None or C.dtype == B.dtype)):
+        return u, delta, z, B, C  # already so (the usual case): nothing to convert
     seq = [t for t in (u, delta, z) if t is not None]
     dtype = seq[0].dtype
     for t in seq[1:]:
@@ -277,7 +280,11 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
         y = selective_scan_naive(u, dl, A, Bs, Cs, D, None, delta_bias, delta_softplus)
         return add_to_map(y, orders, L, Dm)
     x, delta, _, B, C = _common_dtypes(x, delta, None, B, C)
-    y, _ = torch.ops.vssm.selective_scan_map_fwd(
-        x, delta, A, B, C, D, delta_bias, bool(delta_softplus), orders,
-        _needs_grad(x, delta, A, B, C, D, delta_bias), backend)
+    args = (x, delta, A, B, C, D, delta_bias, bool(delta_softplus), orders,
+            _needs_grad(x, delta, A, B, C, D, delta_bias), backend)
+    if not args[-2] and op.dispatch_free(x, delta, A, B, C, D, delta_bias, orders):
+        # the checks above are the operator's (contract.check_map) but for Triton's offset limits
+        y, _ = op.run_directly("vssm::selective_scan_map_fwd", op.map_forward, *args, backend != "triton")
+    else:
+        y, _ = torch.ops.vssm.selective_scan_map_fwd(*args)
     return y

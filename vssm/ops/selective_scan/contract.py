@@ -24,6 +24,8 @@ import os
 
 import torch
 
+from . import cpu, cuda
+
 OP_BACKENDS = {"torch": "blocked", "cpu": "cpu", "triton": "fused_triton", "cuda": "cuda"}
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # the Triton kernels compute offsets in 32-bit integers: every element they touch must lie below this
@@ -138,11 +140,9 @@ def state_limit(backend: str):
     """The most states per channel ``backend`` holds (the compiled ones: fixed-size buffers, registers), or
     None for no limit."""
     if backend == "cpu":
-        from .cpu import max_state  # the built extension's (16)
-        return max_state()
+        return cpu.max_state()  # the built extension's (16)
     if backend == "cuda":
-        from .cuda import MAX_STATE
-        return MAX_STATE
+        return cuda.MAX_STATE
     return None
 
 

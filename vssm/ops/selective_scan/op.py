@@ -34,6 +34,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.nn import Parameter
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import contract, gathered
 
@@ -81,12 +83,52 @@ def _present(t: Optional[Tensor]) -> Optional[Tensor]:
     return t if t is not None and t.numel() > 0 else None
 
 
+# ---- forwards without the operators' dispatch -------------------------------------------------------------------
+
+def dispatch_free(*tensors) -> bool:
+    """Whether a forward that keeps nothing for a backward may run its kernel (``sequence_forward``,
+    ``map_forward``: the operators' own bodies, same checks) without going through the ``vssm::`` operator.
+
+    The dispatcher's path (autograd's wrapper, redispatch, the custom-op machinery) costs 30-100 us a call; a
+    VMamba-T forward makes 14 of them, FractalMamba-T 28. Taken only where nothing needs to see the operator:
+    plain CPU tensors (or parameters; no fake, functional or other subclass), no tracing, scripting or compiling
+    (``torch.jit``, ``torch.compile``, ``torch.export``), no Python dispatch or function mode (FLOP counters, fake
+    modes), no functorch transform (vmap, grad). Under the profiler the call is a range of the operator's name.
+    The caller checks that no gradient is wanted, and that all tensors are on the first one's device.
+    """
+    if tensors[0].device.type != "cpu":  # the callers have checked that all are on one device
+        return False
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+                or torch._C._functorch.peek_interpreter_stack() is not None)
+
+
+_PLAIN = (Tensor, Parameter)
+
+
+def run_directly(name: str, kernel, *args):
+    """``kernel(*args)``, under the profiler as a range named ``name`` (the operator's), so that profiles (and
+    ``analyze/breakdown.py``'s tables) show the scan where the operator would be."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        with torch.profiler.record_function(name):
+            return kernel(*args)
+    return kernel(*args)
+
+
 # ---- the sequence entry ----------------------------------------------------------------------------------------
 
 @torch.library.custom_op("vssm::selective_scan_fwd", mutates_args=(), device_types=("cpu", "cuda"))
 def selective_scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Optional[Tensor], D: Optional[Tensor],
                        z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, return_states: bool,
                        save: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    return sequence_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save, backend)
+
+
+def sequence_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_states, save, backend):
+    """The body of ``vssm::selective_scan_fwd``: checks, the backend's forward, the outputs in their layouts."""
     module = _check_forward(u, delta, A, B, C, D, z, delta_bias, return_states, backend)
     y, last, states, residuals = module.forward(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, True, return_states, save)
@@ -190,7 +232,16 @@ def _check_order_values(orders, L, backend, op):
 def selective_scan_map_fwd(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                            delta_bias: Optional[Tensor], delta_softplus: bool, orders: Tensor, save: bool,
                            backend: str) -> tuple[Tensor, list[Tensor]]:
-    impl = _check_map(x, delta, A, B, C, D, delta_bias, orders, backend)
+    return map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save, backend)
+
+
+def map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save, backend, checked=False):
+    """The body of ``vssm::selective_scan_map_fwd``: checks, the backend's map forward, contiguous outputs.
+    ``checked``: the caller has made :func:`contract.check_map`'s checks (``vssm.ops.selective_scan_map``'s own)."""
+    if checked:
+        impl = _map_impl(contract.backend_module(backend, x.device, "selective_scan_map_fwd"))
+    else:
+        impl = _check_map(x, delta, A, B, C, D, delta_bias, orders, backend)
     _check_order_values(orders, x.shape[1], backend, "selective_scan_map_fwd")
     y, residuals = impl.map_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, save)
     return y.float().contiguous(), [r.contiguous() for r in residuals]
