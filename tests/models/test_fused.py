@@ -395,6 +395,58 @@ def test_mlp_in_slices_is_the_mlp(small_slices):
     assert out.shape == expected.shape and rel(out, expected) < 1e-5
 
 
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_mlp_adds_the_residual_in_fc2s_kernel(small_slices, bias):
+    """fused.mlp(..., residual) is residual + the MLP, the sum taken by fc2's kernel (oneDNN's binary add), in
+    slices with the residual's rows too; a residual it cannot read so (strided, another shape) is added after."""
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(8, 32, bias=bias), nn.Linear(32, 8, bias=bias)
+    x, residual = torch.randn(4, 12, 12, 8), torch.randn(4, 12, 12, 8)  # hidden 72 KB: 9 slices
+    with torch.no_grad():
+        expected = residual + fc2(nn.GELU()(fc1(x)))
+        with _OpRecorder() as recorder:
+            out = fused.mlp(x, fc1, nn.GELU(), fc2, residual)
+        assert recorder.ops.count("mkldnn._linear_pointwise.binary") == 9 and "aten.add.Tensor" not in recorder.ops
+        assert rel(out, expected) < 1e-5
+        strided = torch.randn(4, 12, 12, 16)[..., ::2]
+        assert rel(fused.mlp(x, fc1, nn.GELU(), fc2, strided), strided + fc2(nn.GELU()(fc1(x)))) < 1e-5
+        assert rel(without_fused_path(fused.mlp, x, fc1, nn.GELU(), fc2, residual), expected) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["vmamba_nano", "spatialmamba_nano"])
+def test_a_blocks_mlp_residual_only_where_nothing_reads_the_mlps_output(name):
+    """A block's MLP half adds the residual inside the MLP in inference; a hook on the MLP still gets the MLP's own
+    output (no residual folded in), and training keeps the plain sum (same gradients)."""
+    torch.manual_seed(0)
+    model = vssm.create_model(name, num_classes=10).eval()
+    block = next(m for m in model.modules() if hasattr(m, "mlp") and hasattr(m, "drop_path"))
+    x = torch.randn(1, 3, 64, 64)
+    seen = []
+    with torch.no_grad():
+        with _OpRecorder() as recorder:
+            expected = model(x)
+        assert "mkldnn._linear_pointwise.binary" in recorder.ops
+        handle = block.mlp.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
+        hooked = model(x)
+        handle.remove()
+    normed, output = seen[0]
+    assert rel(output, block.mlp.fc2(block.mlp.act(block.mlp.fc1(normed)))) < 1e-5  # the MLP alone
+    assert rel(hooked, expected) < 1e-5
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in block.mlp.parameters())
+
+
 @pytest.mark.parametrize("name", [family.nano for family in families()])
 def test_every_family_in_slices_agrees_with_the_whole_batch(name, small_slices, monkeypatch):
     """Each family's sliced parts (MLPs, scans per image with per-image orders, Spatial-Mamba's downsampling) give

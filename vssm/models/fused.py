@@ -4,15 +4,15 @@
 ``act(layer(x))`` (an evaluating BatchNorm folded into the convolution); ``residual_conv2d`` is ``x + conv(x)``;
 ``sequential`` (and the module :class:`Sequential`) runs an nn.Sequential so; ``linear_chunks`` is
 ``layer(x).chunk(n)`` with each chunk contiguous; ``directional_product`` is the scans' step-size product of K
-directions; ``mlp(x, fc1, act, fc2)`` is ``fc2(act(fc1(x)))``, and ``in_slices`` computes a chain whose
-intermediate would be large in slices of rows (below). :func:`pack_weights` (opt-in: the command-line tools
-call it) lets a model's convolutions keep their weights packed in oneDNN's layout between calls, which at batch 1
-can save more than the convolutions cost; read its contract. When nothing needs the autograd graph or the module
-calls (CPU float32 tensors, no gradient wanted, no hooks on the modules, not traced, compiled, exported or under
-autocast), they run ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise``: oneDNN's product
-with the activation applied to its output while it is still in cache, instead of MKL's GEMM and a second
-pass over memory (``python scripts/bench_models.py --variants eager eager-unfused`` measures the models with
-and without it, side by side).
+directions; ``mlp(x, fc1, act, fc2[, residual])`` is ``[residual +] fc2(act(fc1(x)))``, and ``in_slices`` computes a
+chain whose intermediate would be large in slices of rows (below). :func:`pack_weights` (opt-in: the command-line
+tools call it) lets a model's convolutions keep their weights packed in oneDNN's layout between calls, which at
+batch 1 can save more than the convolutions cost; read its contract. When nothing needs the autograd graph or the
+module calls (CPU float32 tensors, no gradient wanted, no hooks on the modules, not traced, compiled, exported or
+under autocast), they run ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise``: oneDNN's product with
+the activation applied to its output while it is still in cache, instead of MKL's GEMM and a second pass over memory
+(``python scripts/bench_models.py --variants eager eager-unfused`` measures the models with and without it, side by
+side).
 
 Everything else (training, ``torch.compile``, ONNX export, FLOP counting by tracing, forward hooks, bf16
 autocast, GPUs) takes the modules' own calls, so results there are unchanged. The fused kernels agree with
@@ -146,17 +146,28 @@ def in_slices(fn, x: torch.Tensor, intermediate_bytes: int, *aligned: torch.Tens
     return torch.cat([fn(*part) for part in parts])
 
 
-def mlp(x: torch.Tensor, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear) -> torch.Tensor:
-    """``fc2(act(fc1(x)))``: (..., in_features) -> (..., fc2.out_features). Fused, in slices of tokens when the
-    hidden activations are large (:func:`in_slices`): each slice's stay in cache for fc2 and no large buffer is
-    allocated (equal to the whole product up to float32 rounding)."""
+def mlp(x: torch.Tensor, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, residual: torch.Tensor = None) -> torch.Tensor:
+    """``fc2(act(fc1(x)))``: (..., in_features) -> (..., fc2.out_features), plus ``residual`` (that shape) when
+    given. Fused, in slices of tokens when the hidden activations are large (:func:`in_slices`): each slice's
+    stay in cache for fc2 and no large buffer is allocated (equal to the whole product up to float32 rounding);
+    the residual is added by fc2's kernel while its output is in cache (one pass over the map less)."""
+    out_shape = (*x.shape[:-1], fc2.out_features)
     if not (type(fc1) is nn.Linear and type(fc2) is nn.Linear and _fusable(x, fc1, act) and _fusable(x, fc2)
             and _activation(act) is not None):
-        return linear(linear(x, fc1, act), fc2)
+        y = linear(linear(x, fc1, act), fc2)
+        return y if residual is None else residual + y
     flat = x.reshape(-1, x.shape[-1])
-    out = in_slices(lambda rows: linear(linear(rows, fc1, act), fc2), flat,
-                    flat.shape[0] * fc1.out_features * flat.element_size())
-    return out.view(*x.shape[:-1], fc2.out_features)
+    hidden_bytes = flat.shape[0] * fc1.out_features * flat.element_size()
+    if residual is None:
+        out = in_slices(lambda rows: linear(linear(rows, fc1, act), fc2), flat, hidden_bytes)
+        return out.view(out_shape)
+    if not (type(residual) is torch.Tensor and residual.dtype == torch.float32 and tuple(residual.shape) == out_shape
+            and residual.is_contiguous()):
+        return residual + mlp(x, fc1, act, fc2)
+    out = in_slices(lambda rows, res: torch.ops.mkldnn._linear_pointwise.binary(
+        linear(rows, fc1, act), res, fc2.weight, fc2.bias, "add"), flat, hidden_bytes,
+        residual.view(-1, fc2.out_features))
+    return out.view(out_shape)
 
 
 def directional_product(codes: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from ..ops import selective_scan
 from ..ops.selective_scan.cpu import load_extension
 from . import fused
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
-from .blocks import Mlp, refuse_torchscript, to_nchw, to_nhwc
+from .blocks import Mlp, mlp_residual, refuse_torchscript, to_nchw, to_nhwc
 from .staged import DenseBackbone, StagedModel, check_head
 
 __all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock", "FAMILY"]
@@ -303,7 +303,7 @@ class SpatialMambaBlock(nn.Module):
         x = to_nhwc(fused.residual_conv2d(to_nchw(x), self.cpe1))
         x = x + self.drop_path(self.self_attention(self.ln_1(x)))
         x = to_nhwc(fused.residual_conv2d(to_nchw(x), self.cpe2))
-        return x + self.drop_path(self.mlp(self.ln_2(x)))
+        return mlp_residual(self, x, self.ln_2(x))
 
 
 @register_notrace_module  # an fx leaf, so that traced feature extractors run its fused inference path too
