@@ -30,8 +30,9 @@ def test_profile_counts_every_kernel_of_the_timed_runs(files):
     assert ops["MatMul"][1] == two["ops"]["MatMul"][1] > 0, "calls are per run, the warm-up run not counted"
     kernels = sum(ms for ms, _ in ops.values())
     assert 0 < kernels <= one["run_ms"] * 1.05
-    text = profile.table(one, top=5)
-    assert "| MatMul |" in text and "more)" in text and "scan and other elementwise work" in text
+    text = profile.table(one, top=5)  # the 5 slowest: which they are depends on the run's timings
+    assert text.count("\n| ") == 6 and "more)" in text and "scan and other elementwise work" in text
+    assert "| MatMul |" in profile.table(one, top=len(ops))
 
 
 def test_command_line(files, capsys, tmp_path):
