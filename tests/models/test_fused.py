@@ -8,6 +8,8 @@ from torch.profiler import profile
 import vssm
 from vssm.models import families, fused
 
+from ..recording import OpRecorder
+
 pytestmark = pytest.mark.skipif(not fused.is_enabled(), reason="this torch build has no oneDNN fused products")
 
 FUSED_OPS = ("mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise")
@@ -395,16 +397,6 @@ def test_mlp_in_slices_is_the_mlp(small_slices):
     assert out.shape == expected.shape and rel(out, expected) < 1e-5
 
 
-class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_mlp_adds_the_residual_in_fc2s_kernel(small_slices, bias):
     """fused.mlp(..., residual) is residual + the MLP, the sum taken by fc2's kernel (oneDNN's binary add), in
@@ -414,7 +406,7 @@ def test_mlp_adds_the_residual_in_fc2s_kernel(small_slices, bias):
     x, residual = torch.randn(4, 12, 12, 8), torch.randn(4, 12, 12, 8)  # hidden 72 KB: 9 slices
     with torch.no_grad():
         expected = residual + fc2(nn.GELU()(fc1(x)))
-        with _OpRecorder() as recorder:
+        with OpRecorder() as recorder:
             out = fused.mlp(x, fc1, nn.GELU(), fc2, residual)
         assert recorder.ops.count("mkldnn._linear_pointwise.binary") == 9 and "aten.add.Tensor" not in recorder.ops
         assert rel(out, expected) < 1e-5
@@ -433,7 +425,7 @@ def test_a_blocks_mlp_residual_only_where_nothing_reads_the_mlps_output(name):
     x = torch.randn(1, 3, 64, 64)
     seen = []
     with torch.no_grad():
-        with _OpRecorder() as recorder:
+        with OpRecorder() as recorder:
             expected = model(x)
         assert "mkldnn._linear_pointwise.binary" in recorder.ops
         handle = block.mlp.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))

@@ -9,6 +9,7 @@ import torch
 from vssm.ops import selective_scan, selective_scan_map
 from vssm.scans import cross_orders
 
+from ..recording import OpRecorder
 from .parity import BACKENDS, GPU, device_of, make_inputs, require
 from .test_selective_scan_map import make_map, per_image_orders
 SCAN_CASES = [  # (batch, K, D, N, L, grouped, with C/D/z/bias, return_states)
@@ -156,18 +157,6 @@ def test_compiled_map_checks_the_orders_when_it_runs(backend):
             f(*args, bad)
 
 
-class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the operators that reach the dispatcher (as FLOP counters and fake modes see them)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def _scan_both_entries(requires_grad=False):
     """The map entry (cross orders) and the sequence entry (states only, Spatial-Mamba's use), on the ``auto``
     backend (the compiled cpu one where it is built)."""
@@ -199,7 +188,7 @@ def test_inference_runs_the_operators_bodies_without_their_dispatch(monkeypatch)
     assert direct == ["vssm::selective_scan_map_fwd", "vssm::selective_scan_fwd"]
 
     direct.clear()
-    with torch.no_grad(), _Recorder() as recorder:
+    with torch.no_grad(), OpRecorder() as recorder:
         seen = _scan_both_entries()
     assert not direct
     assert "vssm.selective_scan_map_fwd.default" in recorder.ops and "vssm.selective_scan_fwd.default" in recorder.ops

@@ -180,9 +180,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                                     return_last_state, return_states)
     out_dtype = u.dtype
     u, delta, z, B, C = _common_dtypes(u, delta, z, B, C)
-    args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_states),
-            _needs_grad(u, delta, A, B, C, D, z, delta_bias), backend)
-    if not args[-2] and op.dispatch_free(u, delta, A, B, C, D, z, delta_bias):
+    save = _needs_grad(u, delta, A, B, C, D, z, delta_bias)
+    args = (u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_states), save, backend)
+    if not save and op.dispatch_free(u, delta, A, B, C, D, z, delta_bias):
         y, last, states, _ = op.run_directly("vssm::selective_scan_fwd", op.sequence_forward, *args)
     else:
         y, last, states, _ = torch.ops.vssm.selective_scan_fwd(*args)
@@ -280,9 +280,9 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
         y = selective_scan_naive(u, dl, A, Bs, Cs, D, None, delta_bias, delta_softplus)
         return add_to_map(y, orders, L, Dm)
     x, delta, _, B, C = _common_dtypes(x, delta, None, B, C)
-    args = (x, delta, A, B, C, D, delta_bias, bool(delta_softplus), orders,
-            _needs_grad(x, delta, A, B, C, D, delta_bias), backend)
-    if not args[-2] and op.dispatch_free(x, delta, A, B, C, D, delta_bias, orders):
+    save = _needs_grad(x, delta, A, B, C, D, delta_bias)
+    args = (x, delta, A, B, C, D, delta_bias, bool(delta_softplus), orders, save, backend)
+    if not save and op.dispatch_free(x, delta, A, B, C, D, delta_bias, orders):
         # the checks above are the operator's (contract.check_map) but for Triton's offset limits
         y, _ = op.run_directly("vssm::selective_scan_map_fwd", op.map_forward, *args, backend != "triton")
     else:
