@@ -7,6 +7,7 @@ import vssm
 from vssm.models.fractal_mamba import FractalSS2D, pool_runs
 from vssm.scans.hilbert import curve_steps, hilbert_curve, hilbert_orders
 
+from ..recording import OpRecorder
 from .helpers import scan_dominated
 from .reference_fractal_mamba import hilbert_positions, reference_forward_fractal
 
@@ -53,6 +54,29 @@ def test_fractal_fusion_in_map_order_is_the_sequence_context_reordered(levels):
     with torch.no_grad():
         in_sequence = mixer.fractal_fusion(seq)
         torch.testing.assert_close(mixer.fractal_fusion(seq, steps), in_sequence[:, steps])
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("H,W", [(8, 8), (7, 5)])  # 7 x 5: L = 35, a partial last run at both levels
+def test_inference_pathway_pools_from_the_map_and_adds_in_place(levels, H, W):
+    """CPU inference pools each run straight from the map (one embedding_bag, no gathered Hilbert sequence, no mean
+    over it) and adds the context into the scan's output; the same values as the general path (taken with a
+    gradient), per image."""
+    torch.manual_seed(0)
+    mixer = FractalSS2D(8, ffp_levels=levels).eval()
+    x = torch.randn(3, H, W, 16)
+    with torch.no_grad():
+        mixer.mix(x)  # builds and caches the tables
+        with OpRecorder() as recorder:
+            fast = mixer.mix(x)
+    ops = recorder.ops
+    assert sum(op.startswith("aten._embedding_bag") for op in ops) == levels
+    assert ops.count("aten.index_select.default") == ops.count("aten.add_.Tensor") == levels  # context, in place
+    assert not any(op.startswith(("aten.mean", "aten.sum", "aten.add.")) for op in ops)
+    general = mixer.mix(x.clone().requires_grad_())
+    torch.testing.assert_close(fast, general.detach(), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer.mix(x[1:2]), fast[1:2], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("directions,levels", [(2, 0), (2, 2), (4, 1)])

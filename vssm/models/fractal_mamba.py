@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..scans import inverse_orders
 from ..scans.hilbert import hilbert_orders
 from ..scans.orders import order_cache
+from . import fused
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
 from .blocks import SS2D, DirectionalScan
 from .staged import DenseBackbone
@@ -61,6 +62,22 @@ def _map_steps(orders: torch.Tensor) -> torch.Tensor:
     return inverse_orders(orders[:1])[0]
 
 
+@order_cache
+def _coarse_tokens(orders: torch.Tensor, run: int) -> torch.Tensor:
+    """(K, L) orders -> (L,): the pooled token (run of ``run`` steps of the first order) of each map position."""
+    return _map_steps(orders) // run
+
+
+@order_cache
+def _run_bags(orders: torch.Tensor, run: int, batch: int) -> tuple:
+    """The runs of ``run`` steps of the first order as ``F.embedding_bag`` bags over ``batch`` maps' (batch * L, D)
+    tokens: (indices (batch * L,), offsets (batch * ceil(L / run),)); an image's last bag ends with its map."""
+    L = orders.shape[-1]
+    starts = torch.arange(batch, device=orders.device)[:, None] * L
+    return (orders[0][None] + starts).reshape(-1), (torch.arange(0, L, run, device=orders.device)[None]
+                                                    + starts).reshape(-1)
+
+
 class FractalSS2D(SS2D):
     """SS2D reading Hilbert-curve orders, plus the Fractal Fusion Pathway (see the module docstring)."""
 
@@ -78,11 +95,27 @@ class FractalSS2D(SS2D):
         batch, H, W, D = x.shape
         orders = hilbert_orders(H, W, self.variants, x.device)
         y = self.scan_map(x, orders)
+        if len(self.ffp) and fused.eager_inference(x, self):
+            return self._add_fractal_fusion(x, y, orders)
         if len(self.ffp):  # the pathway's context joins the first direction's outputs at their positions
             first = orders[:1]
             seq = x.reshape(batch, H * W, D).index_select(1, first[0])
             steps = inverse_orders(first)[0] if torch.compiler.is_compiling() else _map_steps(orders)
             y = y + self.fractal_fusion(seq, steps).view(batch, H, W, D)
+        return y
+
+    def _add_fractal_fusion(self, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+        """CPU inference: ``y + fractal_fusion(...)`` with fewer passes over the map. Each level's runs are pooled
+        straight from the map by one ``embedding_bag`` (mean of each run's tokens: no gathered Hilbert sequence),
+        and its context is added into ``y`` (the scan's own fresh output) in place. (batch, H, W, D) -> same."""
+        batch, H, W, D = x.shape
+        tokens = x.reshape(batch * H * W, D)
+        flat_y = y.view(batch, H * W, D)
+        for level, scan in enumerate(self.ffp, start=1):
+            run = 4 ** level
+            index, offsets = _run_bags(orders, run, batch)
+            pooled = F.embedding_bag(index, tokens, offsets, mode="mean").view(batch, -1, D)
+            flat_y.add_(scan.scan_both_ways(pooled).index_select(1, _coarse_tokens(orders, run)))
         return y
 
     def fractal_fusion(self, seq: torch.Tensor, steps: torch.Tensor = None) -> torch.Tensor:
