@@ -276,6 +276,11 @@ FAULTS = [
           "tests/models/test_fractal_mamba.py -k test_inference_pathway_pools_from_the_map_and_adds_in_place",
           "FractalMamba's inference pathway adds each coarse token's context at the sequence's steps, not at the "
           "map positions it pooled"),
+    Fault("models_spatial_gated_fusion_unnamed", "models", "vssm/models/spatial_mamba.py",
+          'return run_directly("vssm::state_fusion_fwd", ext.state_fusion_gated_fwd,',
+          'return run_directly("state_fusion_gated_fwd", ext.state_fusion_gated_fwd,',
+          "tests/models/test_spatial_mamba.py -k test_state_fusion_kernels_are_named_in_profiles",
+          "Spatial-Mamba's gated state fusion is missing from profiles under its name (breakdowns lose it)"),
     Fault("models_stem_convolution_writes_nchw", "models", "vssm/models/fused.py",
           "        return x.contiguous(memory_format=torch.channels_last)\n", "        return x\n",
           "tests/models/test_fused.py -k test_a_convolution_permuted_next_writes_channels_last",

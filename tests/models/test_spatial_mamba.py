@@ -216,6 +216,25 @@ def test_mixer_gate_in_the_kernel_only_where_nothing_observes_the_norm():
     assert calls == [1]
 
 
+@pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_gated_fwd"),
+                    reason="the compiled CPU extension (with the gated state fusion kernel) is not built")
+@pytest.mark.parametrize("train", [True, False])
+def test_state_fusion_kernels_are_named_in_profiles(train):
+    """The compiled state fusion is a pybind call, not an operator: under the profiler it is a range of its name
+    (the gated inference kernel, the training forward and backward), so breakdowns count it as the state fusion."""
+    from torch.profiler import profile
+    torch.manual_seed(0)
+    mixer = StructureAwareSSM(32).train(train)
+    x = torch.randn(2, 6, 5, 32, requires_grad=train)
+    with profile() as prof, torch.set_grad_enabled(train):
+        out = mixer(x)
+        if train:
+            out.sum().backward()
+    names = {e.name for e in prof.events()}
+    assert "vssm::state_fusion_fwd" in names
+    assert ("vssm::state_fusion_bwd" in names) == train
+
+
 @pytest.mark.parametrize("d,size", [(1, (5, 7)), (5, (3, 4)), (3, (1, 1))])
 def test_replicate_padding_by_index_equals_replicate_padding(d, size):
     """The compiled state fusion pads by index: the same values and gradients as F.pad(mode="replicate")."""

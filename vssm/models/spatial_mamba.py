@@ -34,6 +34,7 @@ from timm.layers import DropPath, register_notrace_module
 
 from ..ops import selective_scan
 from ..ops.selective_scan.cpu import load_extension
+from ..ops.selective_scan.op import run_directly
 from . import fused
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
 from .blocks import Mlp, mlp_residual, refuse_torchscript, to_nchw, to_nhwc
@@ -61,15 +62,14 @@ class FusedObservation(torch.autograd.Function):
     def forward(ctx, h, weights, offsets, C, x, D):
         weights = weights.contiguous()
         ctx.save_for_backward(h, weights, offsets, C, x, D)
-        with torch.profiler.record_function("vssm::state_fusion_fwd"):
-            return load_extension().state_fusion_fwd(h, weights, offsets, C, x, D)
+        return run_directly("vssm::state_fusion_fwd", load_extension().state_fusion_fwd, h, weights, offsets, C, x, D)
 
     @staticmethod
     def backward(ctx, dy):
         h, weights, offsets, C, x, D = ctx.saved_tensors
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-        with torch.profiler.record_function("vssm::state_fusion_bwd"):
-            dh, dweights, dC = load_extension().state_fusion_bwd(h, weights, offsets, C, dy)
+        dh, dweights, dC = run_directly("vssm::state_fusion_bwd", load_extension().state_fusion_bwd, h, weights,
+                                        offsets, C, dy)
         return dh, dweights, None, dC, dy * D, (dy * x).sum((0, 1, 2))
 
 
@@ -160,18 +160,23 @@ class StateFusion(nn.Module):
             y = self.observe(h.float(), C.float(), x.float(), D.float(), gate)
             return None if y is None else y.to(dtype)
         params = self._kernels() + (self.alpha,)
-        with torch.autocast("cpu", enabled=False):  # the taps in fp32 under autocast too (and so kept)
-            if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
+            with torch.autocast("cpu", enabled=False):  # the taps in fp32 under autocast too
                 offsets, weights = self.taps()
-                y = FusedObservation.apply(h, weights, offsets, C, x, D)
+            y = FusedObservation.apply(h, weights, offsets, C, x, D)
+        else:
+            if torch.is_autocast_enabled("cpu"):  # the taps in fp32 (and so kept)
+                with torch.autocast("cpu", enabled=False):
+                    weights = self._kept("_tap_weights", lambda: self.taps()[1]).float()
             else:
-                offsets, weights = self.tap_offsets, self._kept("_tap_weights", lambda: self.taps()[1]).float()
-                with torch.profiler.record_function("vssm::state_fusion_fwd"):  # named in profiles (a pybind call)
-                    if gate is not None and self._gate_compiled(ext, *gate):
-                        z, norm = gate
-                        return ext.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z, norm.weight, norm.bias,
-                                                          norm.eps)
-                    y = ext.state_fusion_fwd(h, weights, offsets, C, x, D)
+                weights = self._kept("_tap_weights", lambda: self.taps()[1]).float()
+            offsets = self.tap_offsets
+            # a pybind call: a profiler range names it in profiles (only while profiling: a range costs ~20 us)
+            if gate is not None and self._gate_compiled(ext, *gate):
+                z, norm = gate
+                return run_directly("vssm::state_fusion_fwd", ext.state_fusion_gated_fwd, h, weights, offsets, C,
+                                    x, D, z, norm.weight, norm.bias, norm.eps)
+            y = run_directly("vssm::state_fusion_fwd", ext.state_fusion_fwd, h, weights, offsets, C, x, D)
         return y if gate is None else gate[1](y) * F.silu(gate[0])
 
     @staticmethod
