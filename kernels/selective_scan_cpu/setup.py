@@ -30,7 +30,8 @@ def main():
         description="Compiled CPU selective-scan kernels for vssm (optional)",
         ext_modules=[CppExtension(name="vssm_selective_scan_cpu",
                                   sources=["csrc/scan_cpu.cpp", "csrc/scan_cpu_fp32.cpp", "csrc/scan_cpu_fp16.cpp",
-                                           "csrc/scan_cpu_bf16.cpp", "csrc/state_fusion_cpu.cpp"],
+                                           "csrc/scan_cpu_bf16.cpp", "csrc/state_fusion_cpu.cpp",
+                                           "csrc/depthwise_cpu.cpp"],
                                   extra_compile_args=flags, extra_link_args=["-fopenmp"])],
         cmdclass={"build_ext": BuildExtension},
     )

@@ -231,8 +231,10 @@ def test_a_model_with_packed_weights_still_copies_and_saves(name, tmp_path):
 
 
 def test_residual_conv2d_is_x_plus_the_convolution():
+    """oneDNN's convolution with the sum as its post-op (a grouped, not depthwise, one: the compiled depthwise kernel
+    computes those, below)."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=4)
     x = torch.randn(2, 16, 9, 7).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out, n = fused_calls(fused.residual_conv2d, x, conv)
@@ -241,6 +243,58 @@ def test_residual_conv2d_is_x_plus_the_convolution():
     x.requires_grad_(True)
     out = fused.residual_conv2d(x, conv)  # gradients wanted: the modules
     assert out.grad_fn is not None and rel(out.detach(), (x + conv(x)).detach()) < 1e-6
+
+
+class CountingExtension:
+    """The compiled CPU module, counting its depthwise kernel's calls."""
+
+    def __init__(self, ext):
+        self.ext, self.calls = ext, 0
+
+    def depthwise3x3_fwd(self, *args):
+        self.calls += 1
+        return self.ext.depthwise3x3_fwd(*args)
+
+
+def depthwise_kernel():
+    ext = fused.load_extension()
+    return ext if ext is not None and hasattr(ext, "depthwise3x3_fwd") else None
+
+
+@pytest.mark.skipif(depthwise_kernel() is None, reason="the compiled CPU extension (depthwise kernel) is not built")
+@pytest.mark.parametrize("channels", [5, 16, 20, 99])  # fewer than a vector, one, a vector and a tail, chunks + tail
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5)])
+@pytest.mark.parametrize("kind", ["silu", "plain, no bias", "residual"])
+def test_depthwise_convolutions_run_in_the_compiled_kernel(channels, size, kind, monkeypatch):
+    """A 3 x 3 depthwise convolution (padding 1, stride 1) on channels-last memory runs in the compiled kernel,
+    with its SiLU or its residual sum: the modules' values to float32 rounding, channels-last output, no oneDNN
+    call; NCHW memory and other geometries keep oneDNN's."""
+    torch.manual_seed(0)
+    counting = CountingExtension(depthwise_kernel())
+    monkeypatch.setattr(fused, "load_extension", lambda: counting)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=kind != "plain, no bias")
+    x = torch.randn(2, channels, *size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        if kind == "residual":
+            out, n = fused_calls(fused.residual_conv2d, x, conv)
+            want = x + conv(x)
+        else:
+            act = nn.SiLU() if kind == "silu" else None
+            out, n = fused_calls(fused.conv2d, x, conv, act)
+            want = conv(x) if act is None else torch.nn.functional.silu(conv(x))
+    assert counting.calls == 1 and n == 0
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.shape == want.shape
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        nchw = torch.randn(2, channels, 7, 5)  # (a 1 x 1 map's memory is both layouts)
+        for other, conv_other in ((nchw, conv),  # NCHW memory
+                                  (x, nn.Conv2d(channels, channels, 3, padding=1, dilation=2, groups=channels)),
+                                  (x, nn.Conv2d(channels, channels, 3, padding=1, stride=2, groups=channels)),
+                                  (x, nn.Conv2d(channels, channels, 3, padding=2, groups=channels))):
+            if min(other.shape[2:]) > 2:  # (a 3 x 3 kernel of dilation 2, padding 1, needs a map of 3 x 3)
+                torch.testing.assert_close(fused.conv2d(other, conv_other, nn.SiLU()),
+                                           torch.nn.functional.silu(conv_other(other)), rtol=1e-5, atol=1e-6)
+    assert counting.calls == 1
 
 
 def test_fused_sequential_is_the_sequential():

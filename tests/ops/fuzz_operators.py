@@ -139,6 +139,9 @@ class CpuExtensionTarget:
     def fusion_grad(self, a):
         return self.m.state_fusion_bwd(a["h"], a["weight"], a["offsets"], a["C"], a["dy"])
 
+    def depthwise(self, a):  # the blocks' depthwise 3 x 3 convolution (depthwise_cpu.cpp)
+        return self.m.depthwise3x3_fwd(a["x"], a["weight"], a["bias"], a["silu"], a["residual"])
+
     def map_bwd(self, a):
         return self.m.cross_bwd(a["x"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["delta_bias"], True,
                                 a["orders"], a["residuals"][0] if a["residuals"] else torch.empty(0), a["dy"])
@@ -408,6 +411,32 @@ def _fusion_cases():
     ]
 
 
+def _depthwise_inputs():
+    g = torch.Generator().manual_seed(0)
+    b, H, W, C = 2, 5, 3, 20
+    return dict(x=torch.randn(b, H, W, C, generator=g), weight=torch.randn(C, 1, 3, 3, generator=g),
+                bias=torch.randn(C, generator=g), silu=True, residual=True)
+
+
+def _depthwise_cases():
+    return [
+        Case("depthwise: x is 3-D", "depthwise", _apply("x", lambda t: t[0]), needle=about("x")),
+        Case("depthwise: x is float64", "depthwise", _apply("x", lambda t: t.double()), needle=about("x")),
+        Case("depthwise: x with strided channels", "depthwise", _apply("x", gapped), needle="contiguous channels"),
+        Case("depthwise: weight of another C", "depthwise", _apply("weight", lambda t: t[:-1]), needle=about("weight")),
+        Case("depthwise: a 5 x 5 weight", "depthwise", _apply("weight", lambda t: t.repeat(1, 1, 2, 2)[..., :5, :5]),
+             needle=about("weight")),
+        Case("depthwise: weight is float16", "depthwise", _apply("weight", lambda t: t.half()),
+             needle=about("weight")),
+        Case("depthwise: bias of length 19", "depthwise", _apply("bias", lambda t: t[:-1]), needle=about("bias")),
+        Case("depthwise: bias on the meta device", "depthwise", _apply("bias", lambda t: t.to("meta")),
+             needle="meta"),
+        Case("depthwise: no bias", "depthwise", _set(bias=None), "ok"),
+        Case("depthwise: rows, weight and bias strided", "depthwise",
+             lambda a: a.update(x=_rows_gapped(a["x"]), weight=gapped(a["weight"]), bias=gapped(a["bias"])), "same"),
+    ]
+
+
 def _poke(orders, value):
     o = orders.clone()
     o[1, 3] = value
@@ -445,7 +474,8 @@ def _compile_cases():
 
 def _all_cases() -> dict:
     cases = {}
-    for c in _seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _fusion_cases() + _orders_cases() + _compile_cases():
+    for c in (_seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _fusion_cases() + _depthwise_cases()
+              + _orders_cases() + _compile_cases()):
         name = c.name + (" [backward]" if c.entry.endswith("bwd") and "backward" not in c.name else "")
         assert name not in cases, f"two fuzz cases named {name!r}"
         cases[name] = c
@@ -463,7 +493,7 @@ def applies(case: Case, target: str) -> bool:
         return target == "op:torch"
     if case.entry == "compile":
         return target == "op:cpu"
-    if case.entry.startswith("fusion"):
+    if case.entry.startswith(("fusion", "depthwise")):
         return target == "ext:cpu"  # a function of the compiled CPU module only
     if target == "ext:emulator" and case.entry.startswith("map"):
         return False  # the CUDA binding has the sequence entry only (the map entry gathers for it)
@@ -515,6 +545,8 @@ def _contiguous(v):
 def _valid_args(entry):
     if entry.startswith("fusion"):
         return _fusion_inputs()
+    if entry == "depthwise":
+        return _depthwise_inputs()
     if entry.startswith("seq"):
         a = _seq_inputs()
         if entry == "seq_bwd":

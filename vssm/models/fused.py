@@ -12,7 +12,9 @@ module calls (CPU float32 tensors, no gradient wanted, no hooks on the modules, 
 under autocast), they run ``torch.ops.mkldnn._linear_pointwise`` / ``_convolution_pointwise``: oneDNN's product with
 the activation applied to its output while it is still in cache, instead of MKL's GEMM and a second pass over memory
 (``python scripts/bench_models.py --variants eager eager-unfused`` measures the models with and without it, side by
-side).
+side). A 3 x 3 depthwise convolution (padding 1, stride 1) on channels-last memory, the blocks' own, runs instead in
+vssm's compiled CPU kernel where it is built (``depthwise3x3_fwd``, with its SiLU or residual sum; oneDNN's general
+convolution spends most of such a small one's time around the arithmetic).
 
 Everything else (training, ``torch.compile``, ONNX export, FLOP counting by tracing, forward hooks, bf16
 autocast, GPUs) takes the modules' own calls, so results there are unchanged. The fused kernels agree with
@@ -28,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch.nn.modules.utils import _pair
+
+from ..ops.selective_scan.cpu import load_extension
 
 __all__ = ["linear", "mlp", "in_slices", "eager_inference", "hookless", "linear_chunks", "directional_product",
            "conv2d", "conv_bn_act", "residual_conv2d", "sequential", "Sequential", "observer", "set_enabled",
@@ -216,10 +220,33 @@ def _conv_fusable(x: torch.Tensor, conv, act=None) -> bool:
             and _fusable(x, conv, act))
 
 
+def _depthwise3x3(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module = None, residual: bool = False):
+    """``act(conv(x))`` (plus ``x`` when ``residual``) by the compiled depthwise kernel, for a 3 x 3 depthwise
+    ``conv`` (padding 1, stride 1) on channels-last ``x``, with no activation or a SiLU; None where it does not apply
+    (or the compiled extension is not built). The caller has checked that the fused path may run. Output in
+    channels-last memory, as the input."""
+    if not (_DEPTHWISE_KERNEL and x.dim() == 4 and conv.kernel_size == (3, 3) and conv.groups == conv.in_channels
+            == conv.out_channels and _pair(conv.stride) == (1, 1) and _pair(conv.padding) == (1, 1)
+            and _pair(conv.dilation) == (1, 1) and (act is None or type(act) is nn.SiLU)
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    ext = load_extension()
+    if ext is None or not hasattr(ext, "depthwise3x3_fwd"):
+        return None
+    return ext.depthwise3x3_fwd(x.permute(0, 2, 3, 1), conv.weight, conv.bias, act is not None,
+                                residual).permute(0, 3, 1, 2)
+
+
+_DEPTHWISE_KERNEL = True  # the compiled depthwise kernel where it applies (a switch for side-by-side timing)
+
+
 def residual_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``x + conv(x)`` on (batch, C, H, W) (a conditional position encoding); fused, the sum is the convolution's
-    post-op, written while its output is in cache."""
+    post-op, written while its output is in cache (3 x 3 depthwise: the compiled kernel's, with the sum)."""
     if _conv_fusable(x, conv):
+        y = _depthwise3x3(x, conv, None, residual=True)
+        if y is not None:
+            return y
         weight, bias = _conv_weights(x, conv, None)
         y = torch.ops.mkldnn._convolution_pointwise.binary(x, x, weight, bias, *_geometry(conv), "add", None, None,
                                                            [], None)
@@ -237,6 +264,9 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: n
                                 and _no_hooks(norm) and not (torch.is_grad_enabled()
                                                              and any(p.requires_grad for p in norm.parameters())))
     if attr is not None and foldable and _conv_fusable(x, conv, act):
+        y = _depthwise3x3(x, conv, act) if norm is None else None
+        if y is not None:
+            return y
         weight, bias = _conv_weights(x, conv, norm)
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), *attr)
     x = conv(x)

@@ -291,6 +291,7 @@ class StructureAwareSSM(nn.Module):
         return y if gate is None else self.out_norm(y) * F.silu(gate)
 
 
+@register_notrace_module  # an fx leaf: traced feature extractors run its position encodings' fused kernels too
 class SpatialMambaBlock(nn.Module):
     """x += CPE1(x); x += DropPath(SSM(LN(x))); x += CPE2(x); x += DropPath(MLP(LN(x))), on (batch, H, W, C)."""
 

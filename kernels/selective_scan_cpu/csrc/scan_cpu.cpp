@@ -11,6 +11,7 @@
 //   state_fusion_fwd(h, weight, offsets, C, x, D) -> y   (Spatial-Mamba's state fusion, state_fusion_cpu.cpp)
 //   state_fusion_gated_fwd(h, weight, offsets, C, x, D, z, norm_weight, norm_bias, eps) -> LayerNorm(y) * silu(z)
 //   state_fusion_bwd(h, weight, offsets, C, dy) -> [dh, dweight, dC]
+//   depthwise3x3_fwd(x, weight, bias, silu, residual) -> y   (the blocks' depthwise convolutions, depthwise_cpu.cpp)
 //
 // Layouts are those of vssm.ops.selective_scan (u: (batch, channels, L), B/C: (batch, G, N, L) or (batch, N, L))
 // and of its cross-scan entry (x: (batch, L, D) map tokens, delta: (batch, L, K, D), B/C: (batch, L, K, N),
@@ -33,6 +34,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "depthwise_cpu.h"
 #include "scan_cpu_problem.h"
 #include "state_fusion_cpu.h"
 
@@ -565,6 +567,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the state fusion and observation, then the mixer's norm and gate: LayerNorm(y) * silu(z) (inference)");
   m.def("state_fusion_bwd", &vssm_cpu::state_fusion_bwd,
         "gradients of the state fusion and observation but the skip: [dh, dweight, dC]");
+  m.def("depthwise3x3_fwd", &vssm_cpu::depthwise3x3_fwd,
+        "depthwise 3x3 convolution of a channels-last map (zero padding 1, stride 1), SiLU and residual optional");
   m.def("fresh_buffer", [](int64_t n) { return fresh(at::empty({n}, at::kFloat)); },
         "n uninitialised float32 values allocated as the entry points allocate their outputs (NaN under "
         "VSSM_CPU_POISON=1): for the tests of the poisoning");
