@@ -1,6 +1,7 @@
 // Depthwise 3 x 3 convolution on channels-last maps, for inference (zero padding 1, stride 1, dilation 1):
 //
-//   y[b, i, j, c] = act(bias[c] + sum_{di, dj in -1..1} w[c, di + 1, dj + 1] * x[b, i + di, j + dj, c]) (+ x[b, i, j, c])
+//   y[b, i, j, c] = act(bias[c] + sum_{di, dj in -1..1} w[c, di + 1, dj + 1] * x[b, i + di, j + dj, c])
+//                   (+ x[b, i, j, c] with a residual)
 //
 // x: (batch, H, W, C) with contiguous channels (an NCHW tensor in channels-last memory, permuted); weight
 // (C, 1, 3, 3), any strides; bias (C,) or None; act: silu or none; residual: x added after the activation (a
@@ -8,11 +9,10 @@
 //
 // One task per (image, row); a chunk of channels (two vectors with AVX-512) keeps its nine tap weights in
 // registers along the row, and each position accumulates its (up to) nine neighbours, applying the activation and
-// the residual before the single store. The blocks' depthwise convolutions are small and memory-light (a VMamba-T stage-1 one at
-// batch 1 is 2.7 M multiply-adds): what oneDNN's general convolution spends around them is most of their time.
+// the residual before the single store. The blocks' depthwise convolutions are small and memory-light (a VMamba-T
+// stage-1 one at batch 1 is 2.7 M multiply-adds): what oneDNN's general convolution spends around them is most of
+// their time.
 #include <torch/extension.h>
-
-#include <vector>
 
 #include "depthwise_cpu.h"
 #include "simd.h"
