@@ -95,14 +95,15 @@ class FractalSS2D(SS2D):
         batch, H, W, D = x.shape
         orders = hilbert_orders(H, W, self.variants, x.device)
         y = self.scan_map(x, orders)
-        if len(self.ffp) and fused.eager_inference(x, self):
+        if not len(self.ffp):
+            return y
+        if fused.eager_inference(x, self):
             return self._add_fractal_fusion(x, y, orders)
-        if len(self.ffp):  # the pathway's context joins the first direction's outputs at their positions
-            first = orders[:1]
-            seq = x.reshape(batch, H * W, D).index_select(1, first[0])
-            steps = inverse_orders(first)[0] if torch.compiler.is_compiling() else _map_steps(orders)
-            y = y + self.fractal_fusion(seq, steps).view(batch, H, W, D)
-        return y
+        # the pathway's context joins the first direction's outputs at their positions
+        first = orders[:1]
+        seq = x.reshape(batch, H * W, D).index_select(1, first[0])
+        steps = inverse_orders(first)[0] if torch.compiler.is_compiling() else _map_steps(orders)
+        return y + self.fractal_fusion(seq, steps).view(batch, H, W, D)
 
     def _add_fractal_fusion(self, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
         """CPU inference: ``y + fractal_fusion(...)`` with fewer passes over the map. Each level's runs are pooled

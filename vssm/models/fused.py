@@ -225,7 +225,7 @@ def _depthwise3x3(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module = None, resid
     ``conv`` (padding 1, stride 1) on channels-last ``x``, with no activation or a SiLU; None where it does not apply
     (or the compiled extension is not built). The caller has checked that the fused path may run. Output in
     channels-last memory, as the input."""
-    if not (_DEPTHWISE_KERNEL and x.dim() == 4 and conv.kernel_size == (3, 3) and conv.groups == conv.in_channels
+    if not (x.dim() == 4 and conv.kernel_size == (3, 3) and conv.groups == conv.in_channels
             == conv.out_channels and _pair(conv.stride) == (1, 1) and _pair(conv.padding) == (1, 1)
             and _pair(conv.dilation) == (1, 1) and (act is None or type(act) is nn.SiLU)
             and x.is_contiguous(memory_format=torch.channels_last)):
@@ -235,9 +235,6 @@ def _depthwise3x3(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module = None, resid
         return None
     return ext.depthwise3x3_fwd(x.permute(0, 2, 3, 1), conv.weight, conv.bias, act is not None,
                                 residual).permute(0, 3, 1, 2)
-
-
-_DEPTHWISE_KERNEL = True  # the compiled depthwise kernel where it applies (a switch for side-by-side timing)
 
 
 def residual_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

@@ -26,6 +26,7 @@ Differences from the original code:
 - any input size works; activations are channels-last inside the network.
 """
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -165,10 +166,8 @@ class StateFusion(nn.Module):
                 offsets, weights = self.taps()
             y = FusedObservation.apply(h, weights, offsets, C, x, D)
         else:
-            if torch.is_autocast_enabled("cpu"):  # the taps in fp32 (and so kept)
-                with torch.autocast("cpu", enabled=False):
-                    weights = self._kept("_tap_weights", lambda: self.taps()[1]).float()
-            else:
+            # the taps in fp32 under autocast too (and so kept); autocast is toggled only when it is on
+            with torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext():
                 weights = self._kept("_tap_weights", lambda: self.taps()[1]).float()
             offsets = self.tap_offsets
             # a pybind call: a profiler range names it in profiles (only while profiling: a range costs ~20 us)
