@@ -262,7 +262,9 @@ def depthwise_kernel():
 
 
 @pytest.mark.skipif(depthwise_kernel() is None, reason="the compiled CPU extension (depthwise kernel) is not built")
-@pytest.mark.parametrize("channels", [5, 16, 20, 99])  # fewer than a vector, one, a vector and a tail, chunks + tail
+# one (a channels-last map whose channel stride is arbitrary), fewer than a vector, one vector, a vector and a tail,
+# chunks and a tail
+@pytest.mark.parametrize("channels", [1, 5, 16, 20, 99])
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5)])
 @pytest.mark.parametrize("kind", ["silu", "plain, no bias", "residual"])
 def test_depthwise_convolutions_run_in_the_compiled_kernel(channels, size, kind, monkeypatch):
@@ -286,11 +288,11 @@ def test_depthwise_convolutions_run_in_the_compiled_kernel(channels, size, kind,
     assert out.is_contiguous(memory_format=torch.channels_last) and out.shape == want.shape
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        nchw = torch.randn(2, channels, 7, 5)  # (a 1 x 1 map's memory is both layouts)
-        for other, conv_other in ((nchw, conv),  # NCHW memory
-                                  (x, nn.Conv2d(channels, channels, 3, padding=1, dilation=2, groups=channels)),
-                                  (x, nn.Conv2d(channels, channels, 3, padding=1, stride=2, groups=channels)),
-                                  (x, nn.Conv2d(channels, channels, 3, padding=2, groups=channels))):
+        # NCHW memory (a 1 x 1 map's or one channel's is both layouts, as PyTorch says)
+        nchw = [(torch.randn(2, channels, 7, 5), conv)] if channels > 1 else []
+        for other, conv_other in nchw + [(x, nn.Conv2d(channels, channels, 3, padding=1, dilation=2, groups=channels)),
+                                         (x, nn.Conv2d(channels, channels, 3, padding=1, stride=2, groups=channels)),
+                                         (x, nn.Conv2d(channels, channels, 3, padding=2, groups=channels))]:
             if min(other.shape[2:]) > 2:  # (a 3 x 3 kernel of dilation 2, padding 1, needs a map of 3 x 3)
                 torch.testing.assert_close(fused.conv2d(other, conv_other, nn.SiLU()),
                                            torch.nn.functional.silu(conv_other(other)), rtol=1e-5, atol=1e-6)

@@ -88,8 +88,9 @@ at::Tensor depthwise3x3_fwd(const at::Tensor& x, const at::Tensor& weight, const
                             bool silu, bool residual) {
   check_float_cpu(x, "x");
   check_float_cpu(weight, "weight");
-  TORCH_CHECK_VALUE(x.dim() == 4 && x.stride(3) == 1, "depthwise3x3 cpu: x must be (batch, H, W, C) with contiguous "
-                    "channels, got ", x.sizes(), " strides ", x.strides());
+  // (a single channel's stride is never used: PyTorch calls such a map channels-last whatever its stride)
+  TORCH_CHECK_VALUE(x.dim() == 4 && (x.stride(3) == 1 || x.size(3) == 1), "depthwise3x3 cpu: x must be (batch, H, "
+                    "W, C) with contiguous channels, got ", x.sizes(), " strides ", x.strides());
   const int64_t batch = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 && weight.size(2) == 3 &&
                         weight.size(3) == 3,
