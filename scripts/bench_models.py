@@ -8,7 +8,8 @@
 
 Measures, at 224 x 224 with 2 threads and the ``auto`` scan backend: inference at batch 8 (``infer8``) and
 batch 1 (``infer1``) and a training step at batch 8 (``train8``: forward, backward, AdamW step), for each
-variant: ``eager`` and ``compiled`` (torch.compile, inductor) in fp32, and both under
+variant: ``eager`` and ``compiled`` (torch.compile, inductor; in inference with inductor's freezing, as it recommends
+for CPU inference, unless ``--no-freezing``) in fp32, and both under
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (``eager-bf16``, ``compiled-bf16``) where the CPU has bf16
 arithmetic (AVX512-BF16 or AMX, as oneDNN reports; elsewhere those variants are skipped and said so).
 ``eager-unfused`` is ``eager`` with ``vssm.models.fused``'s inference path off (``VSSM_FUSED_INFERENCE=0``):
@@ -77,6 +78,9 @@ def worker(args):
     x = torch.randn(batch, 3, args.size, args.size)
     options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[args.adamw]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, **options) if train else None
+    if compiled and not train and args.freezing:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True  # weights as constants, packed for oneDNN: inductor's CPU inference setting
     run = torch.compile(model) if compiled else model
 
     step = training_or_inference_step(run, x, optimizer, bf16)
@@ -109,7 +113,7 @@ class Worker:
     def __init__(self, model, mode, variant, args):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, "--mode", mode, "--variant", variant,
                "--threads", str(args.threads), "--size", str(args.size), "--warmup", str(args.warmup),
-               "--adamw", args.adamw, "--clock", args.clock]
+               "--adamw", args.adamw, "--clock", args.clock] + ([] if args.freezing else ["--no-freezing"])
         self.model, self.error = model, None
         self.log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a worker's warnings must never block it
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
@@ -302,6 +306,10 @@ def parse_args(argv=None):
                         "does not inflate by descheduling (meaningful with --threads 1)")
     p.add_argument("--adamw", choices=["fused", "foreach", "loop"], default="fused",
                    help="AdamW implementation of the training step (default: fused, PyTorch's CPU kernel)")
+    p.add_argument("--freezing", action=argparse.BooleanOptionalAction, default=True,
+                   help="compiled inference with inductor's freezing (default; the weights become constants packed "
+                        "for oneDNN, as inductor recommends for CPU inference and as eager's fused path packs "
+                        "them); --no-freezing compiles without it. Training never freezes")
     p.add_argument("--json", help="also write every figure to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -340,6 +348,7 @@ def main(argv=None):
         variants = [v for v in variants if not v.endswith("bf16")]
     print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, {args.size} x {args.size}, "
           f"{args.rounds} interleaved rounds (medians, {args.clock} clock), AdamW {args.adamw}, "
+          f"compiled inference {'with' if args.freezing else 'without'} inductor's freezing, "
           f"models {', '.join(models)}", flush=True)
     flops = gflops(models, args.size)
     results = {v: {m: {} for m in models} for v in variants}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vssm
+from vssm.ops.selective_scan.cpu import load_extension
 
 NANO = ["vmamba_nano", "spatialmamba_nano", "quadmamba_nano", "fractalmamba_nano"]
 
@@ -49,10 +50,10 @@ def test_fullgraph_training_step_matches_eager(name):
         run(x).square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     assert grads[0].keys() == grads[1].keys()
-    # eager Spatial-Mamba runs its state fusion in the compiled CPU kernels, the graph in PyTorch's convolutions
-    # (another order of the same sums, amplified back to the stem): differences are judged against the largest
-    # gradient entry of the model (entries) and each tensor's norm (over four inputs at most 2.3e-5 and 2.8e-5;
-    # a wrong gradient formula is off by order 1)
+    # without the compiled CPU extension, eager Spatial-Mamba runs its state fusion in PyTorch's convolutions and
+    # the graph too, but inductor's fusions reorder the sums (amplified back to the stem): differences are judged
+    # against the largest gradient entry of the model (entries) and each tensor's norm (over four inputs at most
+    # 2.3e-5 and 2.8e-5; a wrong gradient formula is off by order 1)
     scale = max(float(g.abs().max()) for g in grads[0].values())
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=5e-5 * scale, msg=lambda m: f"{n}: {m}")
@@ -83,6 +84,46 @@ def test_quadmamba_training_compiles_as_one_graph():
         assert grads[1][n] is not None, n
         scale = float(grads[0][n].abs().max())  # the predictor's gradients are ~1e-7 .. 1e-5
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_bwd"),
+                    reason="the compiled CPU extension (with the state fusion kernels) is not built")
+@pytest.mark.parametrize("train", [False, True])
+def test_spatial_mamba_graph_calls_the_state_fusion_kernels(train):
+    """Compiled, Spatial-Mamba's state fusion is the operator ``vssm::state_fusion_fwd`` (its backward
+    ``vssm::state_fusion_bwd``; in inference ``vssm::state_fusion_gated_fwd``, with the mixer's out_norm and
+    SiLU gate), one call per block, as in eager mode: not three dilated convolutions of replicate
+    padded states in their place, which made compiled training several times slower than eager (the kernels
+    take 141 ms of a Spatial-Mamba-T training step at batch 8, the convolutions 662 ms). Values and gradients:
+    the tests above."""
+    from torch._dynamo.backends.common import aot_autograd
+    graphs = {"forward": [], "backward": []}
+
+    def recorder(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind].extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+            return gm.forward
+        return compiler
+
+    model = _model("spatialmamba_nano", train=train)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.set_grad_enabled(train):
+        out = torch.compile(model, fullgraph=True,
+                            backend=aot_autograd(fw_compiler=recorder("forward"), bw_compiler=recorder("backward")))(x)
+        if train:
+            out.sum().backward()
+    blocks = sum(len(stage.blocks) for stage in model.layers)
+    # in inference the kernel that also applies the mixer's out_norm and gate
+    forward = "vssm.state_fusion_fwd.default" if train else "vssm.state_fusion_gated_fwd.default"
+    assert graphs["forward"].count(forward) == blocks
+    # LayerNorms: each block's two and the head's, and in training each mixer's out_norm
+    norms = sum("layer_norm" in op for op in graphs["forward"])
+    assert norms == 2 * blocks + 1 + (blocks if train else 0)
+    assert graphs["backward"].count("vssm.state_fusion_bwd.default") == (blocks if train else 0)
+    # the convolutions left: the stem's, the downsamplings' and the blocks' two position encodings and depthwise
+    # one (each once more in the backward: input and weight gradients in one convolution_backward)
+    convolutions = sum("convolution" in op for op in graphs["forward"])
+    assert convolutions == 5 + 3 * (len(model.layers) - 1) + 3 * blocks
 
 
 def test_inductor_training_step_matches_eager():

@@ -220,8 +220,9 @@ def test_mixer_gate_in_the_kernel_only_where_nothing_observes_the_norm():
                     reason="the compiled CPU extension (with the gated state fusion kernel) is not built")
 @pytest.mark.parametrize("train", [True, False])
 def test_state_fusion_kernels_are_named_in_profiles(train):
-    """The compiled state fusion is a pybind call, not an operator: under the profiler it is a range of its name
-    (the gated inference kernel, the training forward and backward), so breakdowns count it as the state fusion."""
+    """In inference the compiled state fusion is a pybind call (the operator's kernel without the dispatcher):
+    under the profiler it is a range of the operator's name; in training it is the operators ``vssm::state_fusion_
+    fwd`` and ``_bwd`` themselves. Either way breakdowns count it as the state fusion."""
     from torch.profiler import profile
     torch.manual_seed(0)
     mixer = StructureAwareSSM(32).train(train)

@@ -16,8 +16,9 @@ Differences from the original code:
 - no custom CUDA kernels: the states come from ``vssm.ops.selective_scan(..., C=None, return_states=True)``
   (any backend, CPU included) and the fusion is PyTorch convolutions, except on a CPU with the compiled
   extension (scan backend ``auto`` or ``cpu``), where the fusion and ``y = C h' + D x`` run in one compiled
-  pass over the states, forward and backward (``FusedObservation``: the fold's 25 distinct taps, the replicate
-  padding as clamped indices; in inference the same pass also applies the mixer's out_norm and SiLU gate);
+  pass over the states, forward and backward (the operator ``vssm::state_fusion_fwd`` with its autograd, which
+  torch.compile keeps whole: the fold's 25 distinct taps, the replicate padding as clamped indices; in eager
+  inference the same pass also applies the mixer's out_norm and SiLU gate);
 - at inference the three dilated kernels are folded into one 11x11 depthwise kernel (exact: replicate
   padding reads the same values whatever its width). The authors build the folded kernel once and never
   refresh it, so evaluation during training, EMA teachers and reloaded weights silently use stale
@@ -32,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module
+from torch import Tensor
 
 from ..ops import selective_scan
 from ..ops.selective_scan.cpu import load_extension
@@ -55,23 +57,75 @@ def _replicate_pad_by_index(h: torch.Tensor, d: int) -> torch.Tensor:
     return torch.cat([h[..., :1].expand(-1, -1, -1, d), h, h[..., -1:].expand(-1, -1, -1, d)], dim=3)
 
 
-class FusedObservation(torch.autograd.Function):
-    """``C * fuse(h) + D * x`` by the compiled CPU kernels (``state_fusion_fwd`` / ``_bwd``); see
-    :meth:`StateFusion.observe`. Gradients for h, the tap weights (T, E), C, x and D."""
+# ---- the compiled state fusion as operators --------------------------------------------------------------------
+# ``vssm::state_fusion_fwd`` (with its autograd: ``vssm::state_fusion_bwd``) is what training and torch.compile
+# call: inductor's graph keeps it as one kernel, as it keeps the scan. Eager inference calls the kernels (the gated
+# one too) without the dispatcher (:func:`run_directly`, as the scan's forwards do).
 
-    @staticmethod
-    def forward(ctx, h, weights, offsets, C, x, D):
-        weights = weights.contiguous()
-        ctx.save_for_backward(h, weights, offsets, C, x, D)
-        return run_directly("vssm::state_fusion_fwd", load_extension().state_fusion_fwd, h, weights, offsets, C, x, D)
+def _fusion_kernels():
+    ext = load_extension()
+    if ext is None or not hasattr(ext, "state_fusion_bwd"):
+        raise RuntimeError("vssm::state_fusion: the compiled CPU extension with the state fusion kernels is not "
+                           "built (kernels/selective_scan_cpu)")
+    return ext
 
-    @staticmethod
-    def backward(ctx, dy):
-        h, weights, offsets, C, x, D = ctx.saved_tensors
-        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-        dh, dweights, dC = run_directly("vssm::state_fusion_bwd", load_extension().state_fusion_bwd, h, weights,
-                                        offsets, C, dy)
-        return dh, dweights, None, dC, dy * D, (dy * x).sum((0, 1, 2))
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` with contiguous channels (its last axis), as the kernels read it."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("vssm::state_fusion_fwd", mutates_args=(), device_types="cpu")
+def state_fusion_fwd(h: Tensor, weights: Tensor, offsets: Tensor, C: Tensor, x: Tensor, D: Tensor) -> Tensor:
+    """``C * fuse(h) + D * x``: h, x (batch, H, W, E), weights (T, E) at offsets (T, 2) int64, C (batch, H, W),
+    D (E,) -> (batch, H, W, E) contiguous (see :meth:`StateFusion.observe`)."""
+    return _fusion_kernels().state_fusion_fwd(_rows(h), weights.contiguous(), offsets, C, _rows(x), D)
+
+
+@state_fusion_fwd.register_fake
+def _(h, weights, offsets, C, x, D):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("vssm::state_fusion_bwd", mutates_args=(), device_types="cpu")
+def state_fusion_bwd(h: Tensor, weights: Tensor, offsets: Tensor, C: Tensor,
+                     dy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``C * fuse(h)`` for dy (batch, H, W, E): (dh (batch, H, W, E), dweights (T, E), dC (batch, H, W)),
+    each contiguous."""
+    dh, dweights, dC = _fusion_kernels().state_fusion_bwd(_rows(h), weights.contiguous(), offsets, C, _rows(dy))
+    return dh, dweights, dC
+
+
+@state_fusion_bwd.register_fake
+def _(h, weights, offsets, C, dy):
+    return h.new_empty(h.shape), weights.new_empty(weights.shape), C.new_empty(C.shape)
+
+
+def _setup_fusion(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward_fusion(ctx, dy):
+    h, weights, offsets, C, x, D = ctx.saved_tensors
+    dh, dweights, dC = torch.ops.vssm.state_fusion_bwd(h, weights, offsets, C, dy)
+    return dh, dweights, None, dC, dy * D, (dy * x).sum((0, 1, 2))
+
+
+torch.library.register_autograd("vssm::state_fusion_fwd", _backward_fusion, setup_context=_setup_fusion)
+
+
+@torch.library.custom_op("vssm::state_fusion_gated_fwd", mutates_args=(), device_types="cpu")
+def state_fusion_gated_fwd(h: Tensor, weights: Tensor, offsets: Tensor, C: Tensor, x: Tensor, D: Tensor, z: Tensor,
+                           norm_weight: Tensor, norm_bias: Tensor, eps: float) -> Tensor:
+    """``LayerNorm(C * fuse(h) + D * x) * silu(z)``, inference only (no autograd): the norm over E with its
+    weight and bias (E,), z (batch, H, W, E) like x -> (batch, H, W, E) contiguous."""
+    return _fusion_kernels().state_fusion_gated_fwd(_rows(h), weights.contiguous(), offsets, C, _rows(x), D, _rows(z),
+                                                     norm_weight, norm_bias, eps)
+
+
+@state_fusion_gated_fwd.register_fake
+def _(h, weights, offsets, C, x, D, z, norm_weight, norm_bias, eps):
+    return x.new_empty(x.shape)
 
 
 class StateFusion(nn.Module):
@@ -145,32 +199,41 @@ class StateFusion(nn.Module):
     def observe(self, h: torch.Tensor, C: torch.Tensor, x: torch.Tensor, D: torch.Tensor, gate: tuple = None):
         """``C * fuse(h) + D * x`` through the compiled CPU kernels (one pass over the states, forward and
         backward): h, x (batch, H, W, E) with contiguous channels, C (batch, H, W), D (E,) -> (batch, H, W, E).
-        None where they cannot run (no compiled extension, another device or dtype, traced or compiled).
+        None where they cannot run (no compiled extension, another device or dtype, traced or exported).
         ``gate``: (z, norm), an inference-only request for ``norm(y) * silu(z)`` instead, computed while each
         position's row is in cache (z like x, norm an affine nn.LayerNorm over E). bf16 or fp16 inputs (autocast)
         are computed in fp32 and the result returned in x's dtype: the kernels' fp32 pass over them is faster
-        than the convolutions' fallback in those dtypes (Spatial-Mamba-T under bf16 autocast: 1.2-1.3x)."""
+        than the convolutions' fallback in those dtypes (Spatial-Mamba-T under bf16 autocast: 1.2-1.3x).
+        In training and under torch.compile the kernels run as the operator ``vssm::state_fusion_fwd`` (its
+        autograd calls ``vssm::state_fusion_bwd``): one call in inductor's graph, which applies a gate itself."""
         ext = load_extension()
         if (ext is None or not hasattr(ext, "state_fusion_bwd") or torch.jit.is_tracing()
-                or torch.compiler.is_compiling() or type(h) is not torch.Tensor or h.device.type != "cpu"
+                or torch.compiler.is_exporting() or h.device.type != "cpu"
                 or any(t.dtype not in self.compiled_dtypes for t in (h, C, x, D)) or h.stride(-1) != 1
                 or x.stride(-1) != 1):
+            return None
+        compiling = torch.compiler.is_compiling()
+        if not compiling and type(h) is not torch.Tensor:  # a tensor subclass or a mode's: the modules' own path
             return None
         dtype = x.dtype
         if not h.dtype == x.dtype == C.dtype == D.dtype == torch.float32:  # e.g. bf16 autocast: fp32 arithmetic
             y = self.observe(h.float(), C.float(), x.float(), D.float(), gate)
             return None if y is None else y.to(dtype)
+        offsets = self.tap_offsets
         params = self._kernels() + (self.alpha,)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
+        if compiling or torch.is_grad_enabled() and any(t.requires_grad for t in (h, C, x, D) + params):
             with torch.autocast("cpu", enabled=False):  # the taps in fp32 under autocast too
-                offsets, weights = self.taps()
-            y = FusedObservation.apply(h, weights, offsets, C, x, D)
+                weights = self.taps()[1]
+            if gate is not None and not torch.is_grad_enabled() and self._gate_compiled(ext, *gate):
+                z, norm = gate
+                return torch.ops.vssm.state_fusion_gated_fwd(h, weights, offsets, C, x, D, z, norm.weight, norm.bias,
+                                                             norm.eps)
+            y = torch.ops.vssm.state_fusion_fwd(h, weights, offsets, C, x, D)
         else:
             # the taps in fp32 under autocast too (and so kept); autocast is toggled only when it is on
             with torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else nullcontext():
                 weights = self._kept("_tap_weights", lambda: self.taps()[1]).float()
-            offsets = self.tap_offsets
-            # a pybind call: a profiler range names it in profiles (only while profiling: a range costs ~20 us)
+            # the operators' kernels without the dispatcher (a profiler range names them only while profiling)
             if gate is not None and self._gate_compiled(ext, *gate):
                 z, norm = gate
                 return run_directly("vssm::state_fusion_fwd", ext.state_fusion_gated_fwd, h, weights, offsets, C,
@@ -250,12 +313,17 @@ class StructureAwareSSM(nn.Module):
 
     def _gate_fusable(self, x: torch.Tensor) -> bool:
         """Whether the mixer may compute ``out_norm(mix(x)) * silu(z)`` in one call of the state fusion kernel:
-        fused inference, this class's own ``mix`` (not one a subclass or an analysis put in its place), a plain
-        affine LayerNorm without hooks."""
+        inference (eager on the fused path, or compiled without gradients on a CPU), this class's own ``mix`` (not
+        one a subclass or an analysis put in its place), a plain affine LayerNorm without hooks."""
         norm = self.out_norm
         return (type(self).mix is StructureAwareSSM.mix and "mix" not in vars(self) and not self.linearized
                 and type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None
-                and len(norm.normalized_shape) == 1 and fused.eager_inference(x, self) and fused.hookless(norm))
+                and len(norm.normalized_shape) == 1 and self._inference(x) and fused.hookless(norm))
+
+    def _inference(self, x: torch.Tensor) -> bool:
+        if torch.compiler.is_compiling():  # torch.compile's graph (not torch.export's: ONNX has no such kernel)
+            return not (torch.is_grad_enabled() or torch.compiler.is_exporting()) and x.device.type == "cpu"
+        return fused.eager_inference(x, self)
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """Raster scan of the states, state fusion, y = C h' + D x: (batch, H, W, E) -> (batch, H, W, E)."""

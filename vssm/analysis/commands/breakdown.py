@@ -48,7 +48,7 @@ MODULE = "module::"
 BACKWARD = "autograd::engine::evaluate_function: "
 OPTIMIZER = "Optimizer."
 KINDS = [  # (kind, pattern on the outermost operator's name), first match wins
-    ("conv", r"vssm::state_fusion|FusedObservation"),  # Spatial-Mamba's state fusion kernels: a depthwise convolution
+    ("conv", r"vssm::state_fusion"),  # Spatial-Mamba's state fusion kernels: a depthwise convolution
     ("scan", r"vssm::|selective_scan"),
     ("compiled (inductor)", r"^inductor |Torch-Compiled|CompiledFunction|cpp_kernel"),
     ("optimizer", r"^Optimizer\.|_foreach|adam"),
