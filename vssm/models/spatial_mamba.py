@@ -59,8 +59,9 @@ def _replicate_pad_by_index(h: torch.Tensor, d: int) -> torch.Tensor:
 
 # ---- the compiled state fusion as operators --------------------------------------------------------------------
 # ``vssm::state_fusion_fwd`` (with its autograd: ``vssm::state_fusion_bwd``) is what training and torch.compile
-# call: inductor's graph keeps it as one kernel, as it keeps the scan. Eager inference calls the kernels (the gated
-# one too) without the dispatcher (:func:`run_directly`, as the scan's forwards do).
+# call, and ``vssm::state_fusion_gated_fwd`` what compiled inference calls: inductor's graph keeps each as one
+# kernel, as it keeps the scan. Eager inference calls the same kernels without the dispatcher (:func:`run_directly`,
+# as the scan's forwards do).
 
 def _fusion_kernels():
     ext = load_extension()
@@ -204,8 +205,9 @@ class StateFusion(nn.Module):
         position's row is in cache (z like x, norm an affine nn.LayerNorm over E). bf16 or fp16 inputs (autocast)
         are computed in fp32 and the result returned in x's dtype: the kernels' fp32 pass over them is faster
         than the convolutions' fallback in those dtypes (Spatial-Mamba-T under bf16 autocast: 1.2-1.3x).
-        In training and under torch.compile the kernels run as the operator ``vssm::state_fusion_fwd`` (its
-        autograd calls ``vssm::state_fusion_bwd``): one call in inductor's graph, which applies a gate itself."""
+        In training and under torch.compile the kernels run as the operators ``vssm::state_fusion_fwd`` (its
+        autograd calls ``vssm::state_fusion_bwd``) and, compiled without gradients, ``vssm::state_fusion_gated_fwd``:
+        one call each in inductor's graph."""
         ext = load_extension()
         if (ext is None or not hasattr(ext, "state_fusion_bwd") or torch.jit.is_tracing()
                 or torch.compiler.is_exporting() or h.device.type != "cpu"
