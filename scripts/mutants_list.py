@@ -199,9 +199,9 @@ FAULTS = [
           "tests/models/test_vmamba.py -k 'test_logits_match_literal_channel_first_forward and nano'",
           "the block's MLP reads the first LayerNorm instead of norm2"),
     Fault("models_scan_map_drops_dt_bias", "models", "vssm/models/blocks.py",
-          "proj[..., R + N:], orders, D=None if self.linearized else self.Ds.float(),\n"
+          "D=None if self.linearized else self.Ds.float(),\n"
           "                               delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,",
-          "proj[..., R + N:], orders, D=None if self.linearized else self.Ds.float(),\n"
+          "D=None if self.linearized else self.Ds.float(),\n"
           "                               delta_bias=None, delta_softplus=True,",
           "tests/models/test_vmamba.py -k 'test_logits_match_literal_channel_first_forward and nano'",
           "the map scan forgets the step-size bias dt_projs_bias"),
@@ -210,6 +210,20 @@ FAULTS = [
           "y = torch.roll(y, shifts=(self.shift[0] * (H // 8), self.shift[1] * (W // 8)), dims=(1, 2))",
           "tests/models/test_quadmamba.py -k test_mixer_matches_the_reference",
           "QuadMamba's shifted blocks roll the output back the wrong way"),
+    Fault("models_quad_choice_gradient_unsigned", "models", "vssm/scans/quadtree.py",
+          "dm = torch.where(chosen, -dm, dm)", "dm = -dm",
+          "tests/models/test_quadmamba.py -k permutation_with_the_mask",
+          "QuadMamba's training choice gradient forgets that the other quadrants' mask is 1 - m"),
+    Fault("models_quad_choice_gradient_other_steps_swapped", "models", "vssm/scans/quadtree.py",
+          "other_if_chosen, other_if_not = fine[coarse_inverse], coarse[fine_inverse]",
+          "other_if_chosen, other_if_not = coarse[fine_inverse], fine[coarse_inverse]",
+          "tests/models/test_quadmamba.py -k permutation_with_the_mask",
+          "QuadMamba's training choice gradient compares each token with the wrong other step"),
+    Fault("models_fractal_run_context_backward_means", "models", "vssm/models/fractal_mamba.py",
+          'summed = F.embedding_bag(index, grad.reshape(batch * L, D), offsets, mode="sum")',
+          'summed = F.embedding_bag(index, grad.reshape(batch * L, D), offsets, mode="mean")',
+          "tests/models/test_fractal_mamba.py -k training_pathway",
+          "FractalMamba's training pathway averages each run's gradients instead of summing them"),
     Fault("models_both_ways_reads_forward_twice", "models", "vssm/models/blocks.py",
           "orders = cross_orders(1, L, seq.device)[0::2]", "orders = cross_orders(1, L, seq.device)[0:2]",
           "tests/models/test_quadmamba.py -k test_training_path_matches_the_reference_for_the_same_choice",

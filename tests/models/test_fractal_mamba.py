@@ -5,6 +5,7 @@ import torch
 
 import vssm
 from vssm.models.fractal_mamba import FractalSS2D, pool_runs
+from vssm.scans import inverse_orders
 from vssm.scans.hilbert import curve_steps, hilbert_curve, hilbert_orders
 
 from ..recording import OpRecorder
@@ -77,6 +78,41 @@ def test_inference_pathway_pools_from_the_map_and_adds_in_place(levels, H, W):
     torch.testing.assert_close(fast, general.detach(), rtol=1e-6, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(mixer.mix(x[1:2]), fast[1:2], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("H,W", [(8, 8), (7, 5)])
+def test_training_pathway_pools_from_the_map_with_the_sequence_forms_gradients(levels, H, W):
+    """Eager training pools runs from the map too (embedding_bag) and sums each run's gradient with one more
+    embedding_bag; outputs and every gradient are the ones of the Hilbert sequence form that traced graphs run."""
+    torch.manual_seed(0)
+    mixer = FractalSS2D(8, ffp_levels=levels).train()
+    x = torch.randn(3, H, W, 16, requires_grad=True)
+    upstream = torch.randn(3, H, W, 16)
+
+    def sequence_form(x):
+        orders = hilbert_orders(H, W, mixer.variants, x.device)
+        seq = x.reshape(3, H * W, 16).index_select(1, orders[0])
+        context = mixer.fractal_fusion(seq, inverse_orders(orders[:1])[0]).view(3, H, W, 16)
+        return mixer.scan_map(x, orders) + context
+
+    results = []
+    for mix in (mixer.mix, sequence_form):
+        mixer.zero_grad()
+        x.grad = None
+        with OpRecorder() as recorder:
+            y = mix(x)
+        (y * upstream).sum().backward()
+        results.append((recorder.ops, y.detach(), x.grad, {n: p.grad for n, p in mixer.named_parameters()
+                                                           if p.grad is not None}))
+    (ops, ours, ours_dx, ours_grads), (_, expected, expected_dx, expected_grads) = results
+    assert sum(op.startswith("aten._embedding_bag") for op in ops) == levels
+    assert not any(op.startswith("aten.mean") for op in ops)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_dx, expected_dx, rtol=1e-5, atol=1e-5)
+    assert ours_grads.keys() == expected_grads.keys() and any(n.startswith("ffp.") for n in expected_grads)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(ours_grads[name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max(), msg=name)
 
 
 @pytest.mark.parametrize("directions,levels", [(2, 0), (2, 2), (4, 1)])

@@ -1,5 +1,6 @@
-"""QuadMamba: published sizes, deterministic evaluation, gradients to the predictor, loud options, and logits equal to an
-independent reference forward (tests/models/reference_quadmamba.py)."""
+"""QuadMamba: published sizes, deterministic evaluation, gradients to the predictor (training's permutation read against
+the mask form), loud options, and logits equal to an independent reference forward
+(tests/models/reference_quadmamba.py)."""
 import pytest
 import torch
 
@@ -65,6 +66,46 @@ def test_gradients_reach_the_predictor_in_training():
         predictor = model.layers[stage].blocks[0].op.score_predictor
         for name, p in predictor.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"stage {stage} {name}"
+
+
+def _masked_mix(op: QuadSS2D, x: torch.Tensor) -> torch.Tensor:
+    """The published training path: roll, the mask form of the quadtree read (quadtree_gather / quadtree_merge),
+    roll back."""
+    H, W = x.shape[1:3]
+    score = op.score_predictor(x)[..., 0]
+    shifts = (0, 0) if op.shift is None else (op.shift[0] * (H // 8), op.shift[1] * (W // 8))
+    y = op._scan_masked(torch.roll(x, shifts, dims=(1, 2)), op.choose_quadrants(score, H, W))
+    return torch.roll(y, (-shifts[0], -shifts[1]), dims=(1, 2))
+
+
+@pytest.mark.parametrize("shift", [None, (1, 1), (-1, 1), (1, -1)])
+@pytest.mark.parametrize("size", [(16, 24), (12, 20)])
+def test_training_reads_a_permutation_with_the_mask_forms_gradients(shift, size):
+    """Training reads the map through the composed permutation (no masked copies, no rolls); the outputs and every
+    gradient (the input's, the scan's and the quadrant predictor's, which reaches it through the straight-through
+    choice) are the mask form's, for the same Gumbel draws."""
+    torch.manual_seed(0)
+    op = QuadSS2D(16, shift=shift).train()
+    x = torch.randn(4, *size, 32, requires_grad=True)
+    upstream = torch.randn(4, *size, 32)
+    results = []
+    for mix in (QuadSS2D.mix, _masked_mix):
+        torch.manual_seed(1)
+        op.zero_grad()
+        x.grad = None
+        y = mix(op, x)
+        (y * upstream).sum().backward()
+        results.append((y.detach(), x.grad, {n: p.grad for n, p in op.named_parameters() if p.grad is not None}))
+    (ours, ours_dx, ours_grads), (masked, masked_dx, masked_grads) = results
+    torch.testing.assert_close(ours, masked, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_dx, masked_dx, rtol=1e-4, atol=1e-6)
+    assert ours_grads.keys() == masked_grads.keys() and len(masked_grads) > 10  # (mix: no in_proj / out_proj)
+    for name, grad in masked_grads.items():
+        # float32 rounding: the choice's gradient sums products over whole quadrants (up to 7e-5 of the largest)
+        scale = grad.abs().max()
+        torch.testing.assert_close(ours_grads[name] / scale, grad / scale, rtol=0, atol=3e-4, msg=name)
+    predictor = ours_grads["score_predictor.in_conv.1.weight"]
+    assert predictor.abs().max() > 1e-3  # the choice's gradient reaches the predictor
 
 
 def test_odd_blocks_shift_with_the_published_cycle():

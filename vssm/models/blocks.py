@@ -53,6 +53,19 @@ class Mlp(nn.Module):
         return y if residual is None else residual + y
 
 
+def add_dropped_path(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(y)``, a residual sum with stochastic depth. In training, timm's :class:`DropPath` (same draw:
+    a per-sample Bernoulli keep mask, scaled by 1 / keep probability) is applied inside the sum, one ``addcmul``
+    instead of a masked copy of ``y`` and a sum (a pass over the block's output saved)."""
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0 and fused.hookless(drop_path):
+        keep = 1 - drop_path.drop_prob
+        mask = x.new_empty((y.shape[0],) + (1,) * (y.dim() - 1)).bernoulli_(keep)
+        if drop_path.scale_by_keep:
+            mask.div_(keep)
+        return torch.addcmul(x, y, mask)
+    return x + drop_path(y)
+
+
 def mlp_residual(block: nn.Module, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
     """``x + block.drop_path(block.mlp(normed))``, the MLP half of a pre-norm block; with no stochastic depth
     at work and an :class:`Mlp` whose output nothing observes (no hooks but observers), the residual is added
@@ -60,7 +73,7 @@ def mlp_residual(block: nn.Module, x: torch.Tensor, normed: torch.Tensor) -> tor
     if ((isinstance(block.drop_path, nn.Identity) or not block.training) and type(block.mlp) is Mlp
             and fused.hookless(block.mlp)):
         return block.mlp(normed, residual=x)
-    return x + block.drop_path(block.mlp(normed))
+    return add_dropped_path(x, block.mlp(normed), block.drop_path)
 
 
 def to_nchw(x: torch.Tensor) -> torch.Tensor:
@@ -145,8 +158,9 @@ class DirectionalScan(nn.Module):
         """
         batch, L, K, D = us.shape
         R, N = self.dt_rank, self.d_state
-        dts = fused.directional_product(proj[..., :R], self.dt_projs_weight).reshape(batch, L, K * D)
-        Bs, Cs = proj[..., R:R + N].permute(0, 2, 3, 1), proj[..., R + N:].permute(0, 2, 3, 1)  # (batch, K, N, L)
+        codes, Bs, Cs = proj.split([R, N, N], dim=-1)  # (a split's backward is one concatenation)
+        dts = fused.directional_product(codes, self.dt_projs_weight).reshape(batch, L, K * D)
+        Bs, Cs = Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1)  # (batch, K, N, L)
         ys = selective_scan(us.reshape(batch, L, K * D).transpose(1, 2), dts.transpose(1, 2),
                             -torch.exp(self.A_logs.float()), Bs, Cs, None if self.linearized else self.Ds.float(),
                             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
@@ -187,9 +201,10 @@ class DirectionalScan(nn.Module):
         batch, H, W, D = x.shape
         L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
         proj = self.project(x).reshape(batch, L, K, R + 2 * N)
-        dts = fused.directional_product(proj[..., :R], self.dt_projs_weight)
-        y = selective_scan_map(x.reshape(batch, L, D), dts, -torch.exp(self.A_logs.float()), proj[..., R:R + N],
-                               proj[..., R + N:], orders, D=None if self.linearized else self.Ds.float(),
+        codes, Bs, Cs = proj.split([R, N, N], dim=-1)  # (a split's backward is one concatenation)
+        dts = fused.directional_product(codes, self.dt_projs_weight)
+        y = selective_scan_map(x.reshape(batch, L, D), dts, -torch.exp(self.A_logs.float()), Bs, Cs, orders,
+                               D=None if self.linearized else self.Ds.float(),
                                delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
                                backend=self.scan_backend)
         return y.view(batch, H, W, D)
@@ -265,5 +280,5 @@ class VSSBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.op(self.norm(x)))
+        x = add_dropped_path(x, self.op(self.norm(x)), self.drop_path)
         return mlp_residual(self, x, self.norm2(x))

@@ -78,6 +78,24 @@ def _run_bags(orders: torch.Tensor, run: int, batch: int) -> tuple:
                                                     + starts).reshape(-1)
 
 
+class _RunContext(torch.autograd.Function):
+    """Each map position's run token: (batch, R, D) -> (batch, L, D), ``coarse.index_select(1, tokens)``. Its
+    backward sums the gradients of each run's positions with one ``embedding_bag`` over the runs' bags
+    (``index``, ``offsets`` of :func:`_run_bags`), where index_select's backward adds them in one at a time."""
+
+    @staticmethod
+    def forward(ctx, coarse, tokens, index, offsets):
+        ctx.save_for_backward(index, offsets)
+        return coarse.index_select(1, tokens)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, offsets = ctx.saved_tensors
+        batch, L, D = grad.shape
+        summed = F.embedding_bag(index, grad.reshape(batch * L, D), offsets, mode="sum")
+        return summed.view(batch, -1, D), None, None, None
+
+
 class FractalSS2D(SS2D):
     """SS2D reading Hilbert-curve orders, plus the Fractal Fusion Pathway (see the module docstring)."""
 
@@ -98,17 +116,21 @@ class FractalSS2D(SS2D):
         if not len(self.ffp):
             return y
         if fused.eager_inference(x, self):
-            return self._add_fractal_fusion(x, y, orders)
-        # the pathway's context joins the first direction's outputs at their positions
+            return self._add_fractal_fusion(x, y, orders, in_place=True)
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            return self._add_fractal_fusion(x, y, orders, in_place=False)
+        # traced graphs: the pathway's context joins the first direction's outputs at their positions
         first = orders[:1]
         seq = x.reshape(batch, H * W, D).index_select(1, first[0])
         steps = inverse_orders(first)[0] if torch.compiler.is_compiling() else _map_steps(orders)
         return y + self.fractal_fusion(seq, steps).view(batch, H, W, D)
 
-    def _add_fractal_fusion(self, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
-        """CPU inference: ``y + fractal_fusion(...)`` with fewer passes over the map. Each level's runs are pooled
-        straight from the map by one ``embedding_bag`` (mean of each run's tokens: no gathered Hilbert sequence),
-        and its context is added into ``y`` (the scan's own fresh output) in place. (batch, H, W, D) -> same."""
+    def _add_fractal_fusion(self, x: torch.Tensor, y: torch.Tensor, orders: torch.Tensor, in_place: bool):
+        """Eager ``y + fractal_fusion(...)`` with fewer passes over the map. Each level's runs are pooled straight
+        from the map by one ``embedding_bag`` (mean of each run's tokens: no gathered Hilbert sequence); their
+        context is added into ``y`` (the scan's own fresh output) in place in inference (``in_place``), else
+        through :class:`_RunContext`, whose backward sums each run's gradients with one more ``embedding_bag``.
+        (batch, H, W, D) -> same."""
         batch, H, W, D = x.shape
         tokens = x.reshape(batch * H * W, D)
         flat_y = y.view(batch, H * W, D)
@@ -116,8 +138,12 @@ class FractalSS2D(SS2D):
             run = 4 ** level
             index, offsets = _run_bags(orders, run, batch)
             pooled = F.embedding_bag(index, tokens, offsets, mode="mean").view(batch, -1, D)
-            flat_y.add_(scan.scan_both_ways(pooled).index_select(1, _coarse_tokens(orders, run)))
-        return y
+            coarse = scan.scan_both_ways(pooled)
+            if in_place:
+                flat_y.add_(coarse.index_select(1, _coarse_tokens(orders, run)))
+            else:
+                flat_y = flat_y + _RunContext.apply(coarse, _coarse_tokens(orders, run), index, offsets)
+        return flat_y.view(batch, H, W, D)
 
     def fractal_fusion(self, seq: torch.Tensor, steps: torch.Tensor = None) -> torch.Tensor:
         """(batch, L, D) Hilbert sequence -> (batch, L, D) coarse-scale context for each token.

@@ -27,7 +27,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..scans.quadtree import QUAD_ORDERS, quadrant_mask, quadtree_gather, quadtree_merge, quadtree_permutation
+from ..scans.quadtree import (
+    QUAD_ORDERS,
+    choice_gradient_tables,
+    quadrant_mask,
+    quadtree_gather,
+    quadtree_merge,
+    quadtree_permutation,
+    with_choice_gradient,
+)
 from . import fused
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
 from .blocks import SS2D, to_nchw, to_nhwc
@@ -55,14 +63,14 @@ class LocalityPredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = fused.sequential(x, self.in_conv)
         H, W, D = x.shape[1:]
-        local, glob = x[..., :D // 2], x[..., D // 2:]
+        local, glob = x.split(D // 2, dim=-1)  # (a split's backward is one concatenation)
         # out_conv's first Linear of the concatenation [local, upsampled pooled glob] is its local half's product
         # plus its glob half's; the pooled glob is one vector per quadrant, so that half is computed on the 2 x 2
         # pooled map and upsampled (the same sum, without the concatenation and 1/4 of the products)
         first = self.out_conv[0]
         pooled = to_nhwc(F.adaptive_avg_pool2d(to_nchw(glob), (2, 2)))  # (batch, 2, 2, D/2)
-        h = add_quadrants(F.linear(local, first.weight[:, :D // 2], first.bias),
-                          F.linear(pooled, first.weight[:, D // 2:]))
+        local_weight, glob_weight = first.weight.split(D // 2, dim=1)
+        h = add_quadrants(F.linear(local, local_weight, first.bias), F.linear(pooled, glob_weight))
         return fused.sequential(h, list(self.out_conv)[1:])
 
 
@@ -121,20 +129,27 @@ class QuadSS2D(SS2D):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         batch, H, W, D = x.shape
         score = self.score_predictor(x)[..., 0]  # from the unshifted map, as published
-        if not self.training and self.quad_order == "nested" and H % 4 == 0 and W % 4 == 0:
-            # a hard choice without gradients: the order is a permutation per image, and so is the roll; the
-            # scan reads the unrolled map through the composed order and writes its outputs back in place
-            order = quadtree_permutation(self.choose_quadrants(score, H, W), H, W)
-            if self.shift is not None:
-                order = rolled_positions(H, W, self.shift, x.device)[order]
-            return self._scan_permutation(x, order)
+        if self.quad_order == "nested" and H % 4 == 0 and W % 4 == 0:
+            # a hard choice: the order is a permutation per image, and so is the roll; the scan reads the unrolled
+            # map through the composed order and writes its outputs back in place. In training the choice's
+            # straight-through gradient is the mask form's (quadtree_gather / quadtree_merge), given in backward
+            choice = self.choose_quadrants(score, H, W)
+            order = quadtree_permutation(choice, H, W)
+            positions = None if self.shift is None else rolled_positions(H, W, self.shift, x.device)
+            if positions is not None:
+                order = positions[order]
+            if not choice.requires_grad:
+                return self._scan_permutation(x, order)
+            tables = choice_gradient_tables(H, W, positions, x.device)
+            y = self._scan_permutation(with_choice_gradient(x, choice, tables, read=True), order)
+            return with_choice_gradient(y, choice, tables, read=False)
         if self.shift is not None:
             x = torch.roll(x, shifts=(self.shift[0] * (H // 8), self.shift[1] * (W // 8)), dims=(1, 2))
         Hp, Wp = -(-H // 4) * 4, -(-W // 4) * 4
         if (Hp, Wp) != (H, W):  # (a zero pad still copies the map, and puts a Pad node in exported graphs)
             x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
         choice = self.choose_quadrants(score, Hp, Wp)
-        if self.training or self.quad_order != "nested":
+        if choice.requires_grad or self.quad_order != "nested":
             y = self._scan_masked(x, choice)
         else:  # a hard choice without gradients (a map padded to whole windows): a permutation, read in place
             y = self._scan_permutation(x, quadtree_permutation(choice, Hp, Wp))
@@ -148,8 +163,9 @@ class QuadSS2D(SS2D):
         return self.scan_map(x, torch.stack([order, order.flip(-1)], dim=1))
 
     def _scan_masked(self, x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """The quadtree scan as mask arithmetic (training: straight-through gradients reach the quadrant
-        predictor through the mask; the legacy layout is not a permutation): (batch, Hp, Wp, D) -> same."""
+        """The quadtree scan as mask arithmetic (the legacy layout, which is not a permutation, and training on maps
+        padded to whole windows: straight-through gradients reach the quadrant predictor through the mask):
+        (batch, Hp, Wp, D) -> same."""
         batch, Hp, Wp, D = x.shape
         mask = quadrant_mask(choice, Hp, Wp).to(x.dtype)
         seq = quadtree_gather(x, mask, self.quad_order)  # (batch, L, D)

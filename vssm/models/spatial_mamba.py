@@ -40,7 +40,7 @@ from ..ops.selective_scan.cpu import load_extension
 from ..ops.selective_scan.op import run_directly
 from . import fused
 from ._registry import ExportPolicy, Family, pretrained_cfg, register_family
-from .blocks import Mlp, mlp_residual, refuse_torchscript, to_nchw, to_nhwc
+from .blocks import Mlp, add_dropped_path, mlp_residual, refuse_torchscript, to_nchw, to_nhwc
 from .staged import DenseBackbone, StagedModel, check_head
 
 __all__ = ["SpatialMamba", "SpatialMambaBackbone", "StateFusion", "StructureAwareSSM", "SpatialMambaBlock", "FAMILY"]
@@ -337,8 +337,8 @@ class StructureAwareSSM(nn.Module):
         batch, H, W, E = x.shape
         R, N, L = self.dt_rank, self.d_state, H * W
         proj = F.linear(x.detach() if self.linearized else x, self.x_proj_weight)  # (batch, H, W, R + 2N)
-        dts = F.linear(proj[..., :R], self.dt_projs_weight)  # (batch, H, W, E)
-        Bs, Cs = proj[..., R:R + N], proj[..., R + N:]
+        codes, Bs, Cs = proj.split([R, N, N], dim=-1)  # (a split's backward is one concatenation)
+        dts = F.linear(codes, self.dt_projs_weight)  # (batch, H, W, E)
         states = selective_scan(x.reshape(batch, L, E).transpose(1, 2), dts.reshape(batch, L, E).transpose(1, 2),
                                 -torch.exp(self.A_logs.float()), Bs.reshape(batch, L, N).transpose(1, 2), None,
                                 delta_bias=self.dt_projs_bias.float(), delta_softplus=True, return_states=True,
@@ -376,7 +376,7 @@ class SpatialMambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_nhwc(fused.residual_conv2d(to_nchw(x), self.cpe1))
-        x = x + self.drop_path(self.self_attention(self.ln_1(x)))
+        x = add_dropped_path(x, self.self_attention(self.ln_1(x)), self.drop_path)
         x = to_nhwc(fused.residual_conv2d(to_nchw(x), self.cpe2))
         return mlp_residual(self, x, self.ln_2(x))
 

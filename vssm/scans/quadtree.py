@@ -96,3 +96,71 @@ def quadtree_permutation(choice: torch.Tensor, H: int, W: int) -> torch.Tensor:
     slot = torch.arange(L, device=choice.device) // (L // 4)  # the quadrant each step belongs to
     chosen = choice.argmax(dim=-1)[:, None]  # (batch, 1)
     return torch.where(slot[None] == chosen, fine[None], coarse[None])
+
+
+def choice_gradient_tables(H: int, W: int, positions: torch.Tensor = None, device=None) -> tuple:
+    """What the straight-through gradient of a nested quadtree read as a permutation needs, per map position p:
+    (other_if_chosen, other_if_not, quadrant), (H*W,) LongTensors.
+
+    When a quadrant is read as a permutation (:func:`quadtree_permutation`), each token is read at one step
+    (its fine step in the chosen quadrant, its coarse step elsewhere); the mask form
+    (:func:`quadtree_gather`) also weighs the step the other table gives it, with weight 0. That step reads
+    another position of the same quadrant: ``other_if_chosen[p]`` when p's quadrant is the chosen one,
+    ``other_if_not[p]`` otherwise. ``quadrant[p]`` is p's quadrant (0-3, raster order). ``positions``: the map
+    position at each grid position the quadtree reads (QuadMamba's roll composed into the order), or None.
+    """
+    fine, coarse, fine_inverse, coarse_inverse = quadtree_orders(H, W, "nested", device)
+    rows = torch.arange(H, device=fine.device) // (H // 2)
+    cols = torch.arange(W, device=fine.device) // (W // 2)
+    quadrant = (rows[:, None] * 2 + cols[None, :]).reshape(-1)
+    other_if_chosen, other_if_not = fine[coarse_inverse], coarse[fine_inverse]  # grid positions
+    if positions is None:
+        return other_if_chosen, other_if_not, quadrant
+    grid_of = torch.argsort(positions)  # map position -> grid position
+    return positions[other_if_chosen[grid_of]], positions[other_if_not[grid_of]], quadrant[grid_of]
+
+
+class _ChoiceGradient(torch.autograd.Function):
+    """Identity on a (batch, H, W, C) map; its backward also gives the quadrant choice the gradient the mask form
+    would (see :func:`with_choice_gradient`)."""
+
+    @staticmethod
+    def forward(ctx, t, choice, tables, read):
+        ctx.read = read
+        ctx.save_for_backward(t, choice, *tables)
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, choice, other_if_chosen, other_if_not, quadrant = ctx.saved_tensors
+        grad_choice = None
+        if ctx.needs_input_grad[1]:
+            batch, L = t.shape[0], quadrant.shape[0]
+            chosen = quadrant[None] == choice.argmax(dim=-1)[:, None]  # (batch, L)
+            other = torch.where(chosen, other_if_chosen, other_if_not)
+            other = (other + torch.arange(batch, device=other.device)[:, None] * L).reshape(-1)
+            flat_t, flat_grad = t.reshape(batch, L, -1), grad.reshape(batch, L, -1)
+            # the scan's input: d/dm = <grad[p] - grad[other p], t[p]>; its output: <grad[p], t[p] - t[other p]>;
+            # both as -<gathered - own, multiplier> in the gathered copy (one new tensor)
+            own, multiplier = (flat_grad, flat_t) if ctx.read else (flat_t, flat_grad)
+            gathered = own.reshape(batch * L, -1).index_select(0, other).view_as(own)
+            dm = gathered.sub_(own).mul_(multiplier).sum(-1, dtype=torch.float32)
+            dm = torch.where(chosen, -dm, dm)  # the mask is m on the chosen quadrant, 1 - m on the others
+            grad_choice = (dm @ torch.nn.functional.one_hot(quadrant, 4).to(dm.dtype)).to(choice.dtype)
+        return grad, grad_choice, None, None
+
+
+def with_choice_gradient(t: torch.Tensor, choice: torch.Tensor, tables: tuple, read: bool) -> torch.Tensor:
+    """``t`` unchanged, through which a nested quadtree read as a permutation gives its one-hot ``choice``
+    (batch, 4) the straight-through gradient that the mask form gives it (``quadtree_gather`` of the scan's
+    input when ``read``, ``quadtree_merge`` of its output otherwise).
+
+    t: (batch, H, W, C) the scan's input (read) or output, in map positions; tables: :func:`choice_gradient_tables`.
+    The mask form's forward multiplies and sums by m = the choice's value at a token's quadrant; at a hard (one-hot)
+    choice it is the permutation, and its derivative by m at a token p is the difference its other step would
+    make: <dL/dy[p], y[p] - y[other p]> at the output, <dL/dx[p] - dL/dx[other p], x[p]> at the input (the
+    gradient being the one the permutation's scan gives x), negated outside the chosen quadrant. Summed over
+    each quadrant's tokens, that is the choice's gradient: two gathers and a product per map, where the mask form
+    makes masked copies, four gathers and four scatters.
+    """
+    return _ChoiceGradient.apply(t, choice, tables, read)
