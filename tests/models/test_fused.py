@@ -299,6 +299,58 @@ def test_depthwise_convolutions_run_in_the_compiled_kernel(channels, size, kind,
     assert counting.calls == 1
 
 
+class CountingTrainingExtension(CountingExtension):
+    """The compiled CPU module, counting its depthwise kernels' calls, the weight gradient's too."""
+
+    def __init__(self, ext):
+        super().__init__(ext)
+        self.weight_calls = 0
+
+    def depthwise3x3_bwd_weight(self, *args):
+        self.weight_calls += 1
+        return self.ext.depthwise3x3_bwd_weight(*args)
+
+
+@pytest.mark.skipif(depthwise_kernel() is None or not hasattr(depthwise_kernel(), "depthwise3x3_bwd_weight"),
+                    reason="the compiled CPU extension (depthwise kernels) is not built")
+@pytest.mark.parametrize("channels", [1, 5, 20, 99])
+@pytest.mark.parametrize("size", [(2, 3), (7, 5)])
+@pytest.mark.parametrize("kind", ["silu", "plain, no bias", "residual", "a slice of channels"])
+def test_depthwise_convolutions_train_in_the_compiled_kernels(channels, size, kind, monkeypatch):
+    """With gradients wanted, a 3 x 3 depthwise convolution of a map with contiguous channels (channels-last, or half
+    of the channels of one, as Spatial-Mamba's mixer convolves) runs forward and backward in the compiled kernels:
+    the output and the input's, weight's and bias's gradients are the module's to float32 rounding. Under autocast
+    the module runs."""
+    torch.manual_seed(0)
+    counting = CountingTrainingExtension(depthwise_kernel())
+    monkeypatch.setattr(fused, "load_extension", lambda: counting)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=kind != "plain, no bias")
+    width = 2 * channels if kind == "a slice of channels" else channels
+    source = torch.randn(2, *size, width, requires_grad=True)
+    upstream = torch.randn(2, channels, *size)
+
+    def run(fast: bool):
+        x = source[..., :channels].permute(0, 3, 1, 2)  # (batch, C, H, W) with contiguous channels
+        if kind == "residual":
+            return fused.residual_conv2d(x, conv) if fast else x + conv(x)
+        act = nn.SiLU() if kind == "silu" else None
+        return fused.conv2d(x, conv, act) if fast else conv(x) if act is None else torch.nn.functional.silu(conv(x))
+
+    results = []
+    for fast in (True, False):
+        source.grad = None
+        conv.zero_grad()
+        out = run(fast)
+        out.backward(upstream)
+        results.append([out.detach(), source.grad] + [p.grad for p in conv.parameters()])
+    assert counting.calls == 2 and counting.weight_calls == 1  # forward, the input's gradient; the weight's
+    for ours, want in zip(*results):
+        torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run(True).float().sum().backward()
+    assert counting.calls == 2 and counting.weight_calls == 1
+
+
 def test_fused_sequential_is_the_sequential():
     """fused.Sequential keeps nn.Sequential's parameter names and results, its convolutions fused."""
     from vssm.models.blocks import Permute

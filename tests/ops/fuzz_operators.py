@@ -142,6 +142,9 @@ class CpuExtensionTarget:
     def depthwise(self, a):  # the blocks' depthwise 3 x 3 convolution (depthwise_cpu.cpp)
         return self.m.depthwise3x3_fwd(a["x"], a["weight"], a["bias"], a["silu"], a["residual"])
 
+    def depthwise_grad(self, a):  # its weight and bias gradients in training
+        return self.m.depthwise3x3_bwd_weight(a["x"], a["grad"])
+
     def map_bwd(self, a):
         return self.m.cross_bwd(a["x"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["delta_bias"], True,
                                 a["orders"], a["residuals"][0] if a["residuals"] else torch.empty(0), a["dy"])
@@ -434,6 +437,17 @@ def _depthwise_cases():
         Case("depthwise: no bias", "depthwise", _set(bias=None), "ok"),
         Case("depthwise: rows, weight and bias strided", "depthwise",
              lambda a: a.update(x=_rows_gapped(a["x"]), weight=gapped(a["weight"]), bias=gapped(a["bias"])), "same"),
+        Case("depthwise gradients: x is 3-D", "depthwise_grad", _apply("x", lambda t: t[0]), needle=about("x")),
+        Case("depthwise gradients: grad is float64", "depthwise_grad", _apply("grad", lambda t: t.double()),
+             needle=about("grad")),
+        Case("depthwise gradients: grad of another shape", "depthwise_grad", _apply("grad", lambda t: t[:, :-1]),
+             needle="grad must be x's shape"),
+        Case("depthwise gradients: grad with strided channels", "depthwise_grad", _apply("grad", gapped),
+             needle="contiguous channels"),
+        Case("depthwise gradients: grad on the meta device", "depthwise_grad", _apply("grad", lambda t: t.to("meta")),
+             needle="meta"),
+        Case("depthwise gradients: rows of x and grad strided", "depthwise_grad",
+             lambda a: a.update(x=_rows_gapped(a["x"]), grad=_rows_gapped(a["grad"])), "same"),
     ]
 
 
@@ -547,6 +561,9 @@ def _valid_args(entry):
         return _fusion_inputs()
     if entry == "depthwise":
         return _depthwise_inputs()
+    if entry == "depthwise_grad":
+        a = _depthwise_inputs()
+        return dict(x=a["x"], grad=torch.randn(a["x"].shape, generator=torch.Generator().manual_seed(7)))
     if entry.startswith("seq"):
         a = _seq_inputs()
         if entry == "seq_bwd":

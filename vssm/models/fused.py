@@ -225,16 +225,66 @@ def _depthwise3x3(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module = None, resid
     ``conv`` (padding 1, stride 1) on channels-last ``x``, with no activation or a SiLU; None where it does not apply
     (or the compiled extension is not built). The caller has checked that the fused path may run. Output in
     channels-last memory, as the input."""
-    if not (x.dim() == 4 and conv.kernel_size == (3, 3) and conv.groups == conv.in_channels
-            == conv.out_channels and _pair(conv.stride) == (1, 1) and _pair(conv.padding) == (1, 1)
-            and _pair(conv.dilation) == (1, 1) and (act is None or type(act) is nn.SiLU)
-            and x.is_contiguous(memory_format=torch.channels_last)):
+    if not (_is_depthwise3x3(x, conv) and (act is None or type(act) is nn.SiLU)):
         return None
     ext = load_extension()
     if ext is None or not hasattr(ext, "depthwise3x3_fwd"):
         return None
     return ext.depthwise3x3_fwd(x.permute(0, 2, 3, 1), conv.weight, conv.bias, act is not None,
                                 residual).permute(0, 3, 1, 2)
+
+
+def _is_depthwise3x3(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` is a 3 x 3 depthwise convolution (zero padding 1, stride 1) of the map ``x`` (batch, C, H, W)
+    with contiguous channels (channels-last memory, or a slice of channels of it: the kernels take any other
+    strides)."""
+    return (x.dim() == 4 and type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and conv.kernel_size == (3, 3)
+            and conv.groups == conv.in_channels == conv.out_channels and _pair(conv.stride) == (1, 1)
+            and _pair(conv.padding) == (1, 1) and _pair(conv.dilation) == (1, 1)
+            and (x.stride(1) == 1 or x.shape[1] == 1))
+
+
+class _Depthwise3x3(torch.autograd.Function):
+    """A 3 x 3 depthwise convolution of a (batch, H, W, C) map with contiguous channels by the compiled kernels, with
+    its gradients: the input's is the forward kernel with the taps rotated by 180 degrees, the weight's and bias's
+    one pass of ``depthwise3x3_bwd_weight`` (PyTorch's CPU backward of this convolution is several times its
+    forward)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return load_extension().depthwise3x3_fwd(x, weight, bias, False, False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        ext = load_extension()
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
+        dx = ext.depthwise3x3_fwd(grad, weight.flip(2, 3), None, False, False) if ctx.needs_input_grad[0] else None
+        dweight = dbias = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dweight, dbias = ext.depthwise3x3_bwd_weight(x, grad)
+        return dx, dweight, dbias if ctx.has_bias else None
+
+
+def _depthwise3x3_training(x: torch.Tensor, conv: nn.Conv2d):
+    """``conv(x)`` through :class:`_Depthwise3x3` where a gradient is wanted (training) and it applies: eager (no
+    tracing, compiling or autocast), float32 on the CPU, a 3 x 3 depthwise ``conv`` without hooks on ``x`` with
+    contiguous channels, the compiled extension built; else None. Output in channels-last memory."""
+    if not (torch.is_grad_enabled() and type(x) is torch.Tensor and x.device.type == "cpu"
+            and x.dtype == torch.float32 and _is_depthwise3x3(x, conv) and conv.weight.dtype == torch.float32
+            and (x.requires_grad or any(p.requires_grad for p in conv.parameters())) and _no_hooks(conv)):
+        return None
+    if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.is_autocast_enabled("cpu")):
+        return None
+    ext = load_extension()
+    if ext is None or not hasattr(ext, "depthwise3x3_bwd_weight"):
+        return None
+    return _Depthwise3x3.apply(x.permute(0, 2, 3, 1), conv.weight, conv.bias).permute(0, 3, 1, 2)
 
 
 def residual_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -249,7 +299,8 @@ def residual_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
                                                            [], None)
         if y.shape == x.shape:
             return y
-    return x + conv(x)
+    y = _depthwise3x3_training(x, conv)
+    return x + (conv(x) if y is None else y)
 
 
 def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: nn.Module = None) -> torch.Tensor:
@@ -266,7 +317,8 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: n
             return y
         weight, bias = _conv_weights(x, conv, norm)
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *_geometry(conv), *attr)
-    x = conv(x)
+    y = _depthwise3x3_training(x, conv) if norm is None else None
+    x = conv(x) if y is None else y
     if norm is not None:
         x = norm(x)
     return x if act is None else act(x)

@@ -132,3 +132,108 @@ at::Tensor depthwise3x3_fwd(const at::Tensor& x, const at::Tensor& weight, const
 }
 
 }  // namespace vssm_cpu
+
+// ---- the weight and bias gradients (training) ----
+//
+//   dw[c, di + 1, dj + 1] = sum_{b, i, j} g[b, i, j, c] * x[b, i + di, j + dj, c]   (zero outside the map)
+//   dbias[c] = sum_{b, i, j} g[b, i, j, c]
+//
+// (The input's gradient is the forward convolution of g with the taps rotated by 180 degrees: depthwise3x3_fwd.)
+// The rows (image, row) are split into blocks; a block's chunk of channels keeps its ten sums in registers along
+// each row and adds them into the block's partial sums, which are added up at the end (in a fixed order: the
+// result does not depend on the threads).
+
+namespace vssm_cpu {
+
+namespace {
+
+template <int V, bool FULL>
+inline void row_chunk_grad(const float* const* rows, int64_t sj, const float* grad, int64_t sgj, int64_t W, int64_t e,
+                           int tail, float* sums, int64_t C) {
+  auto load = [&](const float* p, int v) {
+    return FULL || v < V - 1 ? simd::load(p + v * kLanes) : simd::load(p + v * kLanes, tail);
+  };
+  Vec acc[10][V];
+#pragma GCC unroll 10
+  for (int t = 0; t < 10; ++t) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[t][v] = simd::zero();
+  }
+  for (int64_t j = 0; j < W; ++j) {
+    Vec g[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      g[v] = load(grad + j * sgj + e, v);
+      acc[9][v] = acc[9][v] + g[v];
+    }
+#pragma GCC unroll 3
+    for (int di = 0; di < 3; ++di) {
+      if (rows[di] == nullptr) continue;
+#pragma GCC unroll 3
+      for (int dj = 0; dj < 3; ++dj) {
+        const int64_t col = j + dj - 1;
+        if (col < 0 || col >= W) continue;
+        const float* src = rows[di] + col * sj + e;
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[di * 3 + dj][v] = simd::fma(g[v], load(src, v), acc[di * 3 + dj][v]);
+      }
+    }
+  }
+#pragma GCC unroll 10
+  for (int t = 0; t < 10; ++t) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      float* dst = sums + t * C + e + v * kLanes;
+      if (FULL || v < V - 1)
+        simd::store(dst, simd::load(dst) + acc[t][v]);
+      else
+        simd::store(dst, simd::load(dst, tail) + acc[t][v], tail);
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> depthwise3x3_bwd_weight(const at::Tensor& x, const at::Tensor& grad) {
+  check_float_cpu(x, "x");
+  check_float_cpu(grad, "grad");
+  TORCH_CHECK_VALUE(x.dim() == 4 && (x.stride(3) == 1 || x.size(3) == 1), "depthwise3x3 cpu: x must be (batch, H, "
+                    "W, C) with contiguous channels, got ", x.sizes(), " strides ", x.strides());
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes() && (grad.stride(3) == 1 || grad.size(3) == 1),
+                    "depthwise3x3 cpu: grad must be x's shape ", x.sizes(), " with contiguous channels, got ",
+                    grad.sizes(), " strides ", grad.strides());
+  const int64_t batch = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const int64_t rows_total = batch * H;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(rows_total, 4 * at::get_num_threads()));
+  at::Tensor partial = at::zeros({blocks, 10, C}, x.options());  // (block, tap or bias, C)
+  const float* xp = x.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  float* pp = partial.data_ptr<float>();
+  const int64_t sb = x.stride(0), si = x.stride(1), sj = x.stride(2);
+  const int64_t gb = grad.stride(0), gi = grad.stride(1), gj = grad.stride(2);
+
+  at::parallel_for(0, blocks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t block = lo; block < hi; ++block) {
+      float* sums = pp + block * 10 * C;
+      for (int64_t task = block * rows_total / blocks; task < (block + 1) * rows_total / blocks; ++task) {
+        const int64_t n = task / H, i = task % H;
+        const float* rows[3];
+        for (int di = 0; di < 3; ++di) {
+          const int64_t r = i + di - 1;
+          rows[di] = r < 0 || r >= H ? nullptr : xp + n * sb + r * si;
+        }
+        const float* g = gp + n * gb + i * gi;
+        int64_t e = 0;
+        for (; e + kVecs * kLanes <= C; e += kVecs * kLanes)
+          row_chunk_grad<kVecs, true>(rows, sj, g, gj, W, e, kLanes, sums, C);
+        for (; e + kLanes <= C; e += kLanes) row_chunk_grad<1, true>(rows, sj, g, gj, W, e, kLanes, sums, C);
+        if (e < C) row_chunk_grad<1, false>(rows, sj, g, gj, W, e, static_cast<int>(C - e), sums, C);
+      }
+    }
+  });
+  at::Tensor total = partial.sum(0);  // (10, C), blocks added in order
+  at::Tensor dweight = total.narrow(0, 0, 9).t().reshape({C, 1, 3, 3}).contiguous();
+  return {dweight, total[9].contiguous()};
+}
+
+}  // namespace vssm_cpu

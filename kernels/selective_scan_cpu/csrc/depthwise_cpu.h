@@ -10,4 +10,8 @@ namespace vssm_cpu {
 at::Tensor depthwise3x3_fwd(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                             bool silu, bool residual);
 
+// x (batch, H, W, C) and the output's gradient grad (the same shape), contiguous channels -> (dweight (C, 1, 3, 3),
+// dbias (C,)) of that convolution (the input's gradient is depthwise3x3_fwd of grad with the taps rotated 180 deg).
+std::tuple<at::Tensor, at::Tensor> depthwise3x3_bwd_weight(const at::Tensor& x, const at::Tensor& grad);
+
 }  // namespace vssm_cpu

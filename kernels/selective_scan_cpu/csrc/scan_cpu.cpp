@@ -12,6 +12,7 @@
 //   state_fusion_gated_fwd(h, weight, offsets, C, x, D, z, norm_weight, norm_bias, eps) -> LayerNorm(y) * silu(z)
 //   state_fusion_bwd(h, weight, offsets, C, dy) -> [dh, dweight, dC]
 //   depthwise3x3_fwd(x, weight, bias, silu, residual) -> y   (the blocks' depthwise convolutions, depthwise_cpu.cpp)
+//   depthwise3x3_bwd_weight(x, grad) -> (dweight, dbias)      (their weight and bias gradients in training)
 //
 // Layouts are those of vssm.ops.selective_scan (u: (batch, channels, L), B/C: (batch, G, N, L) or (batch, N, L))
 // and of its cross-scan entry (x: (batch, L, D) map tokens, delta: (batch, L, K, D), B/C: (batch, L, K, N),
@@ -569,6 +570,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "gradients of the state fusion and observation but the skip: [dh, dweight, dC]");
   m.def("depthwise3x3_fwd", &vssm_cpu::depthwise3x3_fwd,
         "depthwise 3x3 convolution of a channels-last map (zero padding 1, stride 1), SiLU and residual optional");
+  m.def("depthwise3x3_bwd_weight", &vssm_cpu::depthwise3x3_bwd_weight,
+        "weight and bias gradients of depthwise3x3_fwd's convolution: (x, grad) -> (dweight, dbias)");
   m.def("fresh_buffer", [](int64_t n) { return fresh(at::empty({n}, at::kFloat)); },
         "n uninitialised float32 values allocated as the entry points allocate their outputs (NaN under "
         "VSSM_CPU_POISON=1): for the tests of the poisoning");
