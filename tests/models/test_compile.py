@@ -83,7 +83,13 @@ def test_quadmamba_training_compiles_as_one_graph():
     for n in grads[0]:
         assert grads[1][n] is not None, n
         scale = float(grads[0][n].abs().max())  # the predictor's gradients are ~1e-7 .. 1e-5
-        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f"{n}: {m}")
+        atol = 1e-4 * scale
+        if ".score_predictor." in n:  # its last biases' gradients nearly cancel (~1e-8 against its weights' ~1e-6):
+            # float32 rounding (eager's depthwise kernels, compiled's convolutions) reaches 6e-4 of the predictor's
+            # largest gradient there; a wrong gradient is off by the bias's own size, 2e-2 of it
+            predictor = n.split(".score_predictor.")[0] + ".score_predictor."
+            atol = 2e-3 * max(float(grads[0][m].abs().max()) for m in grads[0] if m.startswith(predictor))
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=atol, msg=lambda m: f"{n}: {m}")
 
 
 @pytest.mark.skipif(not hasattr(load_extension() or object(), "state_fusion_bwd"),

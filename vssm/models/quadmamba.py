@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..scans.orders import on_device, order_cache
 from ..scans.quadtree import (
     QUAD_ORDERS,
     choice_gradient_tables,
@@ -83,6 +84,17 @@ def rolled_positions(H: int, W: int, shift, device=None) -> torch.Tensor:
     return (rows[:, None] * W + cols[None, :]).reshape(-1)
 
 
+@order_cache
+def scan_orders(H: int, W: int, shift) -> torch.Tensor:
+    """(4, 2, H*W) CPU table: for each chosen quadrant (raster order), the nested quadtree order over the unrolled
+    map (the roll by ``shift`` composed in, as :meth:`QuadSS2D.mix` reads it) and its reverse, the scan's two orders.
+    """
+    order = quadtree_permutation(torch.eye(4), H, W)  # (4, H*W)
+    if shift is not None:
+        order = rolled_positions(H, W, shift)[order]
+    return torch.stack([order, order.flip(-1)], dim=1)
+
+
 def add_quadrants(x: torch.Tensor, per_quadrant: torch.Tensor) -> torch.Tensor:
     """x + per_quadrant upsampled to x's size by nearest neighbours: (batch, H, W, C) + (batch, 2, 2, C)."""
     batch, H, W, C = x.shape
@@ -134,6 +146,9 @@ class QuadSS2D(SS2D):
             # map through the composed order and writes its outputs back in place. In training the choice's
             # straight-through gradient is the mask form's (quadtree_gather / quadtree_merge), given in backward
             choice = self.choose_quadrants(score, H, W)
+            if not (choice.requires_grad or torch.compiler.is_compiling()):  # one cached table per quadrant
+                orders = scan_orders(H, W, None if self.shift is None else tuple(self.shift))
+                return self.scan_map(x, on_device(orders, x.device)[choice.argmax(dim=-1)])
             order = quadtree_permutation(choice, H, W)
             positions = None if self.shift is None else rolled_positions(H, W, self.shift, x.device)
             if positions is not None:
