@@ -238,7 +238,7 @@ FAULTS = [
           "orders = cross_orders(1, L, seq.device)[0::2]", "orders = cross_orders(1, L, seq.device)[0:2]",
           "tests/models/test_quadmamba.py -k test_training_path_matches_the_reference_for_the_same_choice",
           "the bidirectional sequence scan reads the sequence forward in both directions (QuadMamba's training "
-          "path; DirectionalScan.scan_both_ways, which FractalMamba's pathway shares)"),
+          "path on padded maps; DirectionalScan.scan_both_ways, which FractalMamba's pathway shares)"),
     Fault("models_fractal_partial_run_count", "models", "vssm/models/fractal_mamba.py",
           "counts[-1] = run - pad", "counts[-1] = run",
           "tests/models/test_fractal_mamba.py -k 'pool_runs or test_logits_match_an_independent_reference'",
@@ -292,12 +292,12 @@ FAULTS = [
     Fault("models_fractal_bags_ignore_images", "models", "vssm/models/fractal_mamba.py",
           "    starts = torch.arange(batch, device=orders.device)[:, None] * L\n",
           "    starts = torch.zeros(batch, 1, dtype=torch.long, device=orders.device)\n",
-          "tests/models/test_fractal_mamba.py -k test_inference_pathway_pools_from_the_map_and_adds_in_place",
+          "tests/models/test_fractal_mamba.py -k 'inference_pathway_pools or training_pathway_pools'",
           "FractalMamba's inference pathway pools every image's runs from the first image's map"),
     Fault("models_fractal_context_in_sequence_order", "models", "vssm/models/fractal_mamba.py",
           "    return _map_steps(orders) // run\n",
           "    return torch.arange(orders.shape[-1], device=orders.device) // run\n",
-          "tests/models/test_fractal_mamba.py -k test_inference_pathway_pools_from_the_map_and_adds_in_place",
+          "tests/models/test_fractal_mamba.py -k 'inference_pathway_pools or training_pathway_pools'",
           "FractalMamba's inference pathway adds each coarse token's context at the sequence's steps, not at the "
           "map positions it pooled"),
     Fault("models_spatial_gated_fusion_unnamed", "models", "vssm/models/spatial_mamba.py",
