@@ -625,3 +625,29 @@ def test_a_mixer_runs_in_slices_of_images_unless_it_combines_them(small_slices, 
                 expected = without_fused_path(mixer, x)
         assert (8 in widths) == sliced_whole, (cls.__name__, widths)
         assert rel(out, expected) < 1e-5
+
+
+@pytest.mark.parametrize("name", [family.nano for family in families()])
+def test_map_scans_sum_their_step_sizes_in_the_kernel(name, monkeypatch):
+    """In CPU inference every map scan of rank <= STEP_SIZES_IN_KERNEL_RANK hands the cpu backend its step-size
+    codes (the product summed in the kernel); with gradients wanted, or the fused path off, none does. (That the
+    results agree with the modules' is test_every_family_runs_fused_and_agrees_with_the_modules.)"""
+    from vssm.models.blocks import STEP_SIZES_IN_KERNEL_RANK, DirectionalScan
+    from vssm.ops.selective_scan import cpu
+    if not cpu.has_map_forward_from_codes():
+        pytest.skip("the compiled CPU extension (with the scan from step-size codes) is not built")
+    calls = []
+    kernel = cpu.map_forward_from_codes
+    monkeypatch.setattr(cpu, "map_forward_from_codes", lambda *a: calls.append(a[1].shape[-1]) or kernel(*a))
+    torch.manual_seed(0)
+    model = vssm.create_model(name, num_classes=10).eval()
+    scans = [m for m in model.modules() if isinstance(m, DirectionalScan) and m.dt_rank <= STEP_SIZES_IN_KERNEL_RANK]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    assert (len(calls) > 0) == (len(scans) > 0) and all(r <= STEP_SIZES_IN_KERNEL_RANK for r in calls)
+    calls.clear()
+    model(x).sum().backward()
+    with torch.no_grad():
+        without_fused_path(model, x)
+    assert calls == []

@@ -129,6 +129,10 @@ class CpuExtensionTarget:
     def map_residuals(self, a):
         return [self.map_fwd(a)[1]]
 
+    def map_codes(self, a):  # the map entry's inference forward from rank-R step-size codes
+        return self.m.cross_fwd_lowrank(a["x"], a["codes"], a["dt_weight"], a["A"], a["B"], a["C"], a["D"],
+                                        a["delta_bias"], True, a["orders"])
+
     def fusion_fwd(self, a):  # Spatial-Mamba's state fusion and observation (state_fusion_cpu.cpp)
         return self.m.state_fusion_fwd(a["h"], a["weight"], a["offsets"], a["C"], a["x"], a["D"])
 
@@ -451,6 +455,43 @@ def _depthwise_cases():
     ]
 
 
+def _codes_inputs(N=1):  # the kernels that sum the codes (N = 3 below: the product first)
+    a = _map_inputs(N)
+    g = torch.Generator().manual_seed(3)
+    b, L, K, _ = a.pop("delta").shape
+    R = 3
+    return dict(a, codes=torch.randn(b, L, K, R, generator=g), dt_weight=torch.randn(K, MAP["D"], R, generator=g))
+
+
+def _codes_cases():
+    return [
+        Case("step-size codes: codes are 3-D", "map_codes", _apply("codes", lambda t: t[0]), needle=about("codes")),
+        Case("step-size codes: codes of another length", "map_codes", _apply("codes", lambda t: t[:, :-1]),
+             needle=about("codes")),
+        Case("step-size codes: codes are float64", "map_codes", _apply("codes", lambda t: t.double()),
+             needle=about("codes")),
+        Case("step-size codes: no ranks", "map_codes",
+             lambda a: a.update(codes=a["codes"][..., :0], dt_weight=a["dt_weight"][..., :0]), needle=about("codes")),
+        Case("step-size codes: dt_weight of another rank", "map_codes", _apply("dt_weight", lambda t: t[..., :-1]),
+             needle=about("dt_weight")),
+        Case("step-size codes: dt_weight of another D", "map_codes", _apply("dt_weight", lambda t: t[:, :-1]),
+             needle=about("dt_weight")),
+        Case("step-size codes: dt_weight is int64", "map_codes", _apply("dt_weight", lambda t: t.long()),
+             needle=about("dt_weight")),
+        Case("step-size codes: dt_weight on the meta device", "map_codes", _apply("dt_weight", lambda t: t.to("meta")),
+             needle="meta"),
+        Case("step-size codes: orders read a position twice", "map_codes", _apply("orders", lambda t: _poke(t, 0)),
+             needle="permutation"),
+        Case("step-size codes: x, codes and dt_weight strided", "map_codes",
+             lambda a: a.update(x=gapped(a["x"]), codes=gapped(a["codes"]), dt_weight=gapped(a["dt_weight"])),
+             "same"),
+        Case("step-size codes: dt_weight float64", "map_codes", _apply("dt_weight", lambda t: t.double()), "same",
+             reference="base"),
+        Case("step-size codes: N = 3 (the product computed first)", "map_codes",
+             lambda a: a.update(_codes_inputs(N=3)), "ok"),
+    ]
+
+
 def _poke(orders, value):
     o = orders.clone()
     o[1, 3] = value
@@ -488,8 +529,8 @@ def _compile_cases():
 
 def _all_cases() -> dict:
     cases = {}
-    for c in (_seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _fusion_cases() + _depthwise_cases()
-              + _orders_cases() + _compile_cases()):
+    for c in (_seq_fwd_cases() + _seq_bwd_cases() + _map_cases() + _codes_cases() + _fusion_cases()
+              + _depthwise_cases() + _orders_cases() + _compile_cases()):
         name = c.name + (" [backward]" if c.entry.endswith("bwd") and "backward" not in c.name else "")
         assert name not in cases, f"two fuzz cases named {name!r}"
         cases[name] = c
@@ -507,7 +548,7 @@ def applies(case: Case, target: str) -> bool:
         return target == "op:torch"
     if case.entry == "compile":
         return target == "op:cpu"
-    if case.entry.startswith(("fusion", "depthwise")):
+    if case.entry.startswith(("fusion", "depthwise", "map_codes")):
         return target == "ext:cpu"  # a function of the compiled CPU module only
     if target == "ext:emulator" and case.entry.startswith("map"):
         return False  # the CUDA binding has the sequence entry only (the map entry gathers for it)
@@ -561,6 +602,8 @@ def _valid_args(entry):
         return _fusion_inputs()
     if entry == "depthwise":
         return _depthwise_inputs()
+    if entry == "map_codes":
+        return _codes_inputs()
     if entry == "depthwise_grad":
         a = _depthwise_inputs()
         return dict(x=a["x"], grad=torch.randn(a["x"].shape, generator=torch.Generator().manual_seed(7)))

@@ -213,3 +213,76 @@ def test_mixed_dtypes_from_autocast(backend):
         torch.rand(1, 8, 9), -torch.rand(8, 1), torch.randn(1, 1, 9), torch.randn(1, 1, 9))),
         backend=backend if backend != "triton" else "torch")
     assert y.dtype == torch.bfloat16, "y comes back in u's dtype"
+
+
+# delta_weight: the step sizes as rank-R codes times their weight (VMamba's dt_projs). (H, W, orders, N, D, R): D = 70
+# is four full vectors of 16 and a partial one (the kernels' tiles of up to 4 vectors and the masked rest); N = 4
+# has the product computed first; 56 x 56 is VMamba-T's stage 1.
+CODES_CASES = [(3, 5, "cross", 1, 70, 3), (7, 7, "hilbert", 1, 5, 24), (4, 6, "per_image", 1, 17, 1),
+               (5, 9, "cross", 4, 6, 2), (56, 56, "cross", 1, 20, 6)]
+
+
+def _codes_case(H, W, kind, N, D, R, seed=0):
+    inputs = make_map(2, H, W, D, N, orders_for(kind, H, W), seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    K = inputs["orders"].shape[-2]
+    codes = torch.randn(2, H * W, K, R, generator=g)
+    weight = torch.randn(K, D, R, generator=g) * R ** -0.5
+    return inputs, codes, weight
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("H,W,kind,N,D,R", CODES_CASES)
+def test_step_sizes_from_codes_are_their_products(backend, H, W, kind, N, D, R, monkeypatch):
+    """With delta_weight, the scan of the codes equals the scan of their products; the cpu backend's inference
+    forward (N = 1) sums them inside its kernel, at 1 and 2 threads, and never calls the plain entry."""
+    require(backend)
+    if backend == "triton" and not GPU and H * W > 64:
+        pytest.skip("long maps are slow in Triton's interpreter")
+    inputs, codes, weight = _codes_case(H, W, kind, N, D, R, seed=H * W + N)
+    dev = device_of(backend)
+    moved = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    codes, weight = codes.to(dev), weight.to(dev)
+    from vssm.ops.selective_scan import cpu
+    calls = []
+    if backend == "cpu" and cpu.has_map_forward_from_codes():
+        kernel = cpu.map_forward_from_codes
+        monkeypatch.setattr(cpu, "map_forward_from_codes", lambda *a: calls.append(1) or kernel(*a))
+    with torch.no_grad():
+        expected = selective_scan_map(**dict(moved, delta=torch.einsum("blkr,kdr->blkd", codes, weight)),
+                                      delta_softplus=True, backend=backend)
+        for n in (1, 2):
+            with threads(n):
+                got = selective_scan_map(**dict(moved, delta=codes), delta_softplus=True, backend=backend,
+                                         delta_weight=weight)
+            torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5 * expected.abs().max().item())
+    in_kernel = backend == "cpu" and N == 1
+    if in_kernel and not cpu.has_map_forward_from_codes():
+        pytest.fail("the compiled cpu backend predates the step sizes from codes: rebuild it (scripts/setup_env.sh)")
+    assert len(calls) == (2 if in_kernel else 0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_step_sizes_from_codes_carry_gradients(backend):
+    """Where a gradient is wanted the products are computed first, and the codes and weight get theirs."""
+    require(backend)
+    inputs, codes, weight = _codes_case(5, 6, "cross", 1, 12, 4)
+    leaves = [codes.clone().requires_grad_(), weight.clone().requires_grad_(),
+              codes.clone().requires_grad_(), weight.clone().requires_grad_()]
+    y = selective_scan_map(**dict(inputs, delta=leaves[0]), delta_weight=leaves[1], delta_softplus=True,
+                           backend=backend)
+    y_ref = selective_scan_map(**dict(inputs, delta=torch.einsum("blkr,kdr->blkd", leaves[2], leaves[3])),
+                               delta_softplus=True, backend=backend)
+    grad = torch.randn_like(y)
+    torch.autograd.backward([y, y_ref], [grad, grad])
+    torch.testing.assert_close(y, y_ref)
+    for got, want in ((leaves[0], leaves[2]), (leaves[1], leaves[3])):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-5 * want.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("codes_shape,weight_shape", [((2, 20, 4, 3), (4, 5, 2)), ((2, 20, 4, 3), (3, 5, 3)),
+                                                      ((2, 19, 4, 3), (4, 5, 3)), ((2, 20, 4, 0), (4, 5, 0))])
+def test_bad_codes_are_named(codes_shape, weight_shape):
+    inputs = make_map(2, 4, 5, 5, 1, cross_orders(4, 5))
+    with pytest.raises(ValueError, match="delta must be the codes"):
+        selective_scan_map(**dict(inputs, delta=torch.randn(codes_shape)), delta_weight=torch.randn(weight_shape))

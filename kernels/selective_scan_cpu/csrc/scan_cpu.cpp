@@ -8,6 +8,8 @@
 //   cross_fwd(x, delta, A, B, C, D, delta_bias, softplus, orders, save) -> [y, segment_states]
 //   cross_bwd(x, delta, A, B, C, D, delta_bias, softplus, orders, segment_states, dy)
 //       -> [dx, ddelta, dA, dB, dC, dD, ddelta_bias]
+//   cross_fwd_lowrank(x, codes, dt_weight, A, B, C, D, delta_bias, softplus, orders) -> y   (inference; step
+//       sizes codes (batch, L, K, R) times dt_weight (K, D, R), summed in the kernel)
 //   state_fusion_fwd(h, weight, offsets, C, x, D) -> y   (Spatial-Mamba's state fusion, state_fusion_cpu.cpp)
 //   state_fusion_gated_fwd(h, weight, offsets, C, x, D, z, norm_weight, norm_bias, eps) -> LayerNorm(y) * silu(z)
 //   state_fusion_bwd(h, weight, offsets, C, dy) -> [dh, dweight, dC]
@@ -429,11 +431,25 @@ std::vector<Tensor> bwd(const Tensor& u, const Tensor& delta, const Tensor& A, c
 struct Cross {
   Problem p;
   Constants c;
-  Tensor orders;
+  Tensor orders, dt_weight;
 };
 
+// Step-size codes (batch, L, K, R) of the map x (batch, L, D), R >= 1, x's dtype, and their weight (K, D, R).
+void check_codes(const Tensor& x, const Tensor& codes, const Tensor& dt_weight) {
+  check_dims(codes, "codes", "(batch, L, K, R)", 4);
+  TORCH_CHECK_VALUE(codes.size(0) == x.size(0) && codes.size(1) == x.size(1) && codes.size(2) > 0 &&
+                        codes.size(3) > 0,
+                    kName, ": codes must be (batch, L, K, R) = [", x.size(0), ", ", x.size(1),
+                    ", K, R] with K, R >= 1, got ", codes.sizes());
+  check_dtype(codes, "codes", x.scalar_type(), "x's");
+  check_shape(dt_weight, "dt_weight", "(K, D, R)", {codes.size(2), x.size(2), codes.size(3)});
+  check_floating(dt_weight, "dt_weight");
+}
+
+// With dt_weight (K, D, R), `delta` holds the rank-R codes (batch, L, K, R) of the step sizes instead.
 Cross describe_cross(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-                     const optional<Tensor>& D, const optional<Tensor>& bias, bool softplus, const Tensor& orders) {
+                     const optional<Tensor>& D, const optional<Tensor>& bias, bool softplus, const Tensor& orders,
+                     const optional<Tensor>& dt_weight = c10::nullopt) {
   check_dims(x, "x", "(batch, L, D)", 3);
   TORCH_CHECK_VALUE(x.numel() > 0, kName, ": x must be a non-empty (batch, L, D) map, got ", x.sizes());
   check_input_dtype(x, "x");
@@ -442,12 +458,21 @@ Cross describe_cross(const Tensor& x, const Tensor& delta, const Tensor& A, cons
   p.batch = x.size(0);
   p.length = x.size(1);
   p.dim = x.size(2);
-  check_dims(delta, "delta", "(batch, L, K, D)", 4);
-  TORCH_CHECK_VALUE(delta.size(0) == p.batch && delta.size(1) == p.length && delta.size(3) == p.dim &&
-                        delta.size(2) > 0,
-                    kName, ": delta must be (batch, L, K, D) = [", p.batch, ", ", p.length, ", K, ", p.dim,
-                    "] with K >= 1, got ", delta.sizes());
-  check_dtype(delta, "delta", x.scalar_type(), "x's");
+  if (present(dt_weight)) {
+    check_codes(x, delta, *dt_weight);
+    s.dt_weight = dt_weight->to(at::kFloat).transpose(1, 2).contiguous();  // (K, R, D): a row per rank
+    p.codes = delta.data_ptr();
+    p.scodes = {delta.stride(0), delta.stride(1), delta.stride(2), delta.stride(3)};
+    p.dt_weight = s.dt_weight.data_ptr<float>();
+    p.rank = delta.size(3);
+  } else {
+    check_dims(delta, "delta", "(batch, L, K, D)", 4);
+    TORCH_CHECK_VALUE(delta.size(0) == p.batch && delta.size(1) == p.length && delta.size(3) == p.dim &&
+                          delta.size(2) > 0,
+                      kName, ": delta must be (batch, L, K, D) = [", p.batch, ", ", p.length, ", K, ", p.dim,
+                      "] with K >= 1, got ", delta.sizes());
+    check_dtype(delta, "delta", x.scalar_type(), "x's");
+  }
   p.groups = delta.size(2);
   check_dims(A, "A", "(K*D, N)", 2);
   TORCH_CHECK_VALUE(A.size(0) == p.groups * p.dim, kName, ": A must be (K*D, N) = (", p.groups * p.dim,
@@ -476,8 +501,10 @@ Cross describe_cross(const Tensor& x, const Tensor& delta, const Tensor& A, cons
   p.index_k = p.length;
   p.u = x.data_ptr();
   p.su = {x.stride(0), x.stride(1), 0, x.stride(2)};
-  p.delta = delta.data_ptr();
-  p.sdt = {delta.stride(0), delta.stride(1), delta.stride(2), delta.stride(3)};
+  if (!present(dt_weight)) {
+    p.delta = delta.data_ptr();
+    p.sdt = {delta.stride(0), delta.stride(1), delta.stride(2), delta.stride(3)};
+  }
   p.B = B.data_ptr();
   p.sB = {B.stride(0), B.stride(1), B.stride(2), B.stride(3)};
   p.C = C.data_ptr();
@@ -507,6 +534,33 @@ std::vector<Tensor> cross_fwd(const Tensor& x, const Tensor& delta, const Tensor
     vssm_cpu::run_forward<typename decltype(in_tag)::type, typename decltype(w_tag)::type, decltype(ns)::value>(p, o);
   });
   return {y, seg};
+}
+
+// The map entry's inference forward with the step sizes computed in the kernel from rank-R codes:
+// delta[b, p, k, d] = sum_r codes[b, p, k, r] * dt_weight[k, d, r] (VMamba's dt_projs), never written out.
+// N = 1 kernels only; other N (or a generic build) get the product computed first and the plain entry.
+Tensor cross_fwd_lowrank(const Tensor& x_in, const Tensor& codes, const Tensor& dt_weight, const Tensor& A,
+                         const Tensor& B, const Tensor& C, const optional<Tensor>& D, const optional<Tensor>& bias,
+                         bool softplus, const Tensor& orders) {
+  check_dims(x_in, "x", "(batch, L, D)", 3);
+  check_input_dtype(x_in, "x");
+  check_codes(x_in, codes, dt_weight);
+  check_dims(A, "A", "(K*D, N)", 2);
+  if (A.size(1) != 1) {  // the kernels that take codes are the N = 1 ones
+    const Tensor delta = at::einsum("blkr,kdr->blkd", {codes, dt_weight.to(codes.scalar_type())});
+    return cross_fwd(x_in, delta, A, B, C, D, bias, softplus, orders, false)[0];
+  }
+  const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();  // the N = 1 kernels' layout
+  Cross s = describe_cross(x, codes, A, B, C, D, bias, softplus, orders, dt_weight);
+  Problem& p = s.p;
+  Tensor y = at::zeros({p.batch, p.length, p.dim}, x.options().dtype(at::kFloat));
+  vssm_cpu::ForwardOut o;
+  o.y = y.data_ptr();
+  o.sy = map_strides(y);
+  dispatch(x.scalar_type(), B.scalar_type(), p.n_state, [&](auto in_tag, auto w_tag, auto ns) {
+    vssm_cpu::run_forward<typename decltype(in_tag)::type, typename decltype(w_tag)::type, decltype(ns)::value>(p, o);
+  });
+  return y;
 }
 
 std::vector<Tensor> cross_bwd(const Tensor& x, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
@@ -562,6 +616,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bwd", &bwd, "selective scan backward");
   m.def("cross_fwd", &cross_fwd, "fused cross-scan forward");
   m.def("cross_bwd", &cross_bwd, "fused cross-scan backward");
+  m.def("cross_fwd_lowrank", &cross_fwd_lowrank,
+        "fused cross-scan forward (inference) with the step sizes computed from rank-R codes and dt_weight");
   m.def("state_fusion_fwd", &vssm_cpu::state_fusion_fwd,
         "Spatial-Mamba's state fusion and observation, y = C * taps(h) + D * x");
   m.def("state_fusion_gated_fwd", &vssm_cpu::state_fusion_gated_fwd,

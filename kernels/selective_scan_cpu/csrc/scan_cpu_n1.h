@@ -50,11 +50,12 @@ constexpr int64_t kAhead = 8;  // steps between a row's prefetch and its use
 inline bool unit(int64_t stride) { return stride == 1; }
 
 inline bool forward_supported(const Problem& p, const ForwardOut& o) {
-  return p.n_state == 1 && unit(p.su.d) && unit(p.sdt.d) && (!p.z || unit(p.sz.d)) && (!o.y || unit(o.sy.d));
+  return p.n_state == 1 && unit(p.su.d) && (p.rank > 0 || unit(p.sdt.d)) && (!p.z || unit(p.sz.d)) &&
+         (!o.y || unit(o.sy.d));
 }
 
 inline bool backward_supported(const Problem& p, const BackwardIn& in, const BackwardOut& o) {
-  return p.n_state == 1 && unit(p.su.d) && unit(p.sdt.d) && (!p.z || (unit(p.sz.d) && unit(o.sdz.d))) &&
+  return p.n_state == 1 && p.rank == 0 && unit(p.su.d) && unit(p.sdt.d) && (!p.z || (unit(p.sz.d) && unit(o.sdz.d))) &&
          (!in.dy || unit(in.sdy.d)) && unit(o.sdu.d) && unit(o.sddt.d);
 }
 
@@ -107,7 +108,9 @@ inline float scalar(const T* p) {
 
 // ---- forward ----------------------------------------------------------------------------------------------
 
-template <typename scalar_t, typename weight_t, int V, bool FULL, bool SP>
+// LR: the step sizes are the products of rank-R codes and dt_weight (Problem::rank), summed here per step; the
+// tile's R weight rows stay in L1.
+template <typename scalar_t, typename weight_t, int V, bool FULL, bool SP, bool LR>
 void forward_tile(const Problem& p, const ForwardOut& o, const Block& s, const Tile<V, FULL>& tile) {
   const int64_t C_all = p.channels(), L = p.length, T = p.seg_len;
   const int64_t d0 = s.d0 + tile.first, c0 = s.c0 + tile.first;
@@ -119,7 +122,10 @@ void forward_tile(const Problem& p, const ForwardOut& o, const Block& s, const T
     h[v] = simd::zero();
   }
   const scalar_t* u = at<scalar_t>(p.u, s.b * p.su.b + s.k * p.su.k + d0);
-  const scalar_t* delta = at<scalar_t>(p.delta, s.b * p.sdt.b + s.k * p.sdt.k + d0);
+  const scalar_t* delta = LR ? nullptr : at<scalar_t>(p.delta, s.b * p.sdt.b + s.k * p.sdt.k + d0);
+  const scalar_t* codes = LR ? at<scalar_t>(p.codes, s.b * p.scodes.b + s.k * p.scodes.k) : nullptr;
+  const float* dt_w = LR ? p.dt_weight + s.k * p.rank * p.dim + d0 : nullptr;  // row r at dt_w + r * p.dim
+  const int64_t R = p.rank;
   const scalar_t* z = p.z ? at<scalar_t>(p.z, s.b * p.sz.b + s.k * p.sz.k + d0) : nullptr;
   const weight_t* Bp = at<weight_t>(p.B, s.b * p.sB.b + (s.k / p.B_div) * p.sB.k);
   const weight_t* Cp = p.C ? at<weight_t>(p.C, s.b * p.sC.b + (s.k / p.C_div) * p.sC.k) : nullptr;
@@ -133,7 +139,10 @@ void forward_tile(const Problem& p, const ForwardOut& o, const Block& s, const T
     if (t + kAhead < L) {
       const int64_t ahead = s.pos(t + kAhead);
       tile.prefetch(u + ahead * p.su.p);
-      tile.prefetch(delta + ahead * p.sdt.p);
+      if constexpr (LR)
+        simd::prefetch(reinterpret_cast<const char*>(codes + ahead * p.scodes.p));
+      else
+        tile.prefetch(delta + ahead * p.sdt.p);
       if (z) tile.prefetch(z + ahead * p.sz.p);
       if (y_sum) tile.prefetch(y_sum + ahead * o.sy.p);
     }
@@ -145,11 +154,35 @@ void forward_tile(const Problem& p, const ForwardOut& o, const Block& s, const T
     const Vec bn = simd::bcast(scalar(Bp + pos * p.sB.p));
     const Vec cn = simd::bcast(Cp ? scalar(Cp + pos * p.sC.p) : 0.0f);
     const scalar_t* ur = u + pos * p.su.p;
-    const scalar_t* dr = delta + pos * p.sdt.p;
+    Vec raw[V];
+    if constexpr (LR) {  // two sums per vector (even and odd ranks): twice the chains in flight
+      const scalar_t* cr = codes + pos * p.scodes.p;
+      Vec odd[V];
+      VSSM_UNROLL for (int v = 0; v < V; ++v) {
+        raw[v] = bias[v];
+        odd[v] = simd::zero();
+      }
+      int64_t r = 0;
+      for (; r + 1 < R; r += 2) {
+        const Vec c0 = simd::bcast(scalar(cr + r * p.scodes.d)), c1 = simd::bcast(scalar(cr + (r + 1) * p.scodes.d));
+        const float* w0 = dt_w + r * p.dim;
+        VSSM_UNROLL for (int v = 0; v < V; ++v) {
+          raw[v] = simd::fma(c0, tile.load(w0, v), raw[v]);
+          odd[v] = simd::fma(c1, tile.load(w0 + p.dim, v), odd[v]);
+        }
+      }
+      if (r < R) {
+        const Vec c0 = simd::bcast(scalar(cr + r * p.scodes.d));
+        VSSM_UNROLL for (int v = 0; v < V; ++v) raw[v] = simd::fma(c0, tile.load(dt_w + r * p.dim, v), raw[v]);
+      }
+      VSSM_UNROLL for (int v = 0; v < V; ++v) raw[v] = raw[v] + odd[v];
+    } else {
+      const scalar_t* dr = delta + pos * p.sdt.p;
+      VSSM_UNROLL for (int v = 0; v < V; ++v) raw[v] = tile.load(dr, v) + bias[v];
+    }
     VSSM_UNROLL for (int v = 0; v < V; ++v) {
       const Vec x = tile.load(ur, v);
-      const Vec raw = tile.load(dr, v) + bias[v];
-      const Vec dt = SP ? simd::softplus(raw) : raw;
+      const Vec dt = SP ? simd::softplus(raw[v]) : raw[v];
       h[v] = simd::fma(simd::exp2(dt * A2[v]), h[v], dt * (x * bn));
       if (states) tile.store(states + t * C_all, v, h[v]);
       if (!Cp) continue;
@@ -196,10 +229,16 @@ template <typename scalar_t, typename weight_t>
 void forward_block(const Problem& p, const ForwardOut& o, const Block& s) {
   for_each_tile<kForwardTile>(s.w, [&](auto tile) {
     using Tl = decltype(tile);
-    if (p.softplus)
-      forward_tile<scalar_t, weight_t, Tl::kV, Tl::kFull, true>(p, o, s, tile);
-    else
-      forward_tile<scalar_t, weight_t, Tl::kV, Tl::kFull, false>(p, o, s, tile);
+    if (p.rank > 0) {
+      if (p.softplus)
+        forward_tile<scalar_t, weight_t, Tl::kV, Tl::kFull, true, true>(p, o, s, tile);
+      else
+        forward_tile<scalar_t, weight_t, Tl::kV, Tl::kFull, false, true>(p, o, s, tile);
+    } else if (p.softplus) {
+      forward_tile<scalar_t, weight_t, Tl::kV, Tl::kFull, true, false>(p, o, s, tile);
+    } else {
+      forward_tile<scalar_t, weight_t, Tl::kV, Tl::kFull, false, false>(p, o, s, tile);
+    }
   });
 }
 

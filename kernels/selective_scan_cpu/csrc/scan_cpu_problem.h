@@ -49,6 +49,12 @@ struct Problem {
   const float* A = nullptr;  // (groups * dim, N) contiguous
   const float* D = nullptr;  // (groups * dim)
   const float* bias = nullptr;
+  // Step sizes from rank-R codes (the map entry's inference form, N = 1 kernels only): with rank > 0, delta is
+  // unused and the step size of group k, channel d at a position is sum_r codes[r] * dt_weight[k][r][d].
+  const void* codes = nullptr;    // scalar_t [b][p][k][r] at scodes (r at .d)
+  Strides scodes;
+  const float* dt_weight = nullptr;  // (groups, rank, dim) contiguous float32
+  int64_t rank = 0;
   bool softplus = false;
   bool sum_groups = false;   // every group adds onto one output (y, du are float accumulators over [b][p][d])
   int64_t seg_len = 1;

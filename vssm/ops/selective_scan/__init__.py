@@ -224,7 +224,8 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_softplus=False, backend="auto"):
+def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_softplus=False, backend="auto",
+                       delta_weight=None):
     """Selective scans of a token map along K scan orders, their outputs added back onto the map.
 
     Direction k reads position ``orders[k, t]`` at step t: its input is ``x`` there, with that position's step
@@ -234,7 +235,8 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
 
     Args:
         x: (batch, L, D) tokens in map order (position p = h * W + w of a channels-last map).
-        delta: (batch, L, K, D) step sizes of every position for every direction.
+        delta: (batch, L, K, D) step sizes of every position for every direction; with ``delta_weight``, their
+            (batch, L, K, R) rank-R codes.
         A: (K*D, N) state matrix (direction k's channels are rows [k*D, (k+1)*D)).
         B, C: (batch, L, K, N) of every position for every direction.
         orders: (K, L) int64, or (batch, K, L) for orders that differ per image; each row a permutation of
@@ -242,6 +244,9 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
         D, delta_bias: (K*D,) optional skip and step-size bias.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         backend: as for :func:`selective_scan`.
+        delta_weight: optional (K, D, R): the step sizes are ``einsum("blkr,kdr->blkd", delta, delta_weight)``
+            (VMamba's dt_projs). The ``cpu`` backend's inference forward (N = 1, no gradient wanted, eager) sums
+            them inside its kernel and never writes them out; elsewhere they are computed first.
 
     Returns:
         (batch, L, D) float32: at each position, the sum over directions of their outputs there.
@@ -251,7 +256,14 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
     if batch == 0 or L == 0 or Dm == 0:
         raise ValueError(f"selective_scan_map: x must be a non-empty (batch, L, D) tensor, got {tuple(x.shape)}")
     _check("delta", delta, (4,))
-    if delta.shape[:2] != x.shape[:2] or delta.shape[3] != Dm or delta.shape[2] == 0:
+    if delta_weight is not None:
+        _check("delta_weight", delta_weight, (3,))
+        if (delta.shape[:2] != x.shape[:2] or delta.shape[2] == 0 or delta.shape[3] == 0
+                or tuple(delta_weight.shape) != (delta.shape[2], Dm, delta.shape[3])):
+            raise ValueError(f"selective_scan_map: with delta_weight (K, D, R), delta must be the codes "
+                             f"(batch, L, K, R) and delta_weight (K, {Dm}, R), got delta {tuple(delta.shape)} and "
+                             f"delta_weight {tuple(delta_weight.shape)}")
+    elif delta.shape[:2] != x.shape[:2] or delta.shape[3] != Dm or delta.shape[2] == 0:
         raise ValueError(f"selective_scan_map: delta must be (batch, L, K, D) = ({batch}, {L}, K, {Dm}), "
                          f"got {tuple(delta.shape)}")
     K = delta.shape[2]
@@ -268,12 +280,21 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
             orders.shape[-2] != K or orders.shape[-1] != L or (orders.dim() == 3 and orders.shape[0] != batch):
         raise ValueError(f"selective_scan_map: orders must be an int64 (K, L) = ({K}, {L}) or (batch, K, L) tensor, "
                          f"got {getattr(orders, 'dtype', type(orders).__name__)} {tuple(getattr(orders, 'shape', ()))}")
-    tensors = {"x": x, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias, "orders": orders}
+    tensors = {"x": x, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias, "orders": orders,
+               "delta_weight": delta_weight}
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         raise ValueError("selective_scan_map: all tensors must be on one device, got "
                          + ", ".join(f"{k} on {v}" for k, v in devices.items()))
     backend = _concrete(backend, x.device, (N, L, x.dtype))
+    if delta_weight is not None:
+        if (backend == "cpu" and N == 1 and cpu.has_map_forward_from_codes() and delta.dtype == x.dtype
+                and C.dtype == B.dtype and B.dtype in (x.dtype, torch.float32)
+                and not _needs_grad(x, delta, delta_weight, A, B, C, D, delta_bias)
+                and op.dispatch_free(x, delta, delta_weight, A, B, C, D, delta_bias, orders)):
+            return op.run_directly("vssm::selective_scan_map_fwd", cpu.map_forward_from_codes, x, delta, delta_weight,
+                                   A, B, C, D, delta_bias, bool(delta_softplus), orders)
+        delta = torch.einsum("blkr,kdr->blkd", delta, delta_weight.to(delta.dtype))
     if backend == "naive":
         contract.check_orders(orders, L)
         u, dl, Bs, Cs = gather_map(x, delta, B, C, orders)

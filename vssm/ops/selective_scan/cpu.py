@@ -7,7 +7,8 @@ float at a time in a portable build): tiles of channels walk the sequence with t
 in registers. Other N and strided channels use kernels the compiler vectorises. The forward saves the state
 entering every segment of ``segment_length(N)`` steps; the backward recomputes each segment's states from it.
 The map entry reads the K sequences straight from the (batch, L, D) map through the order tables and adds the
-K outputs onto the map, with no gathered copies.
+K outputs onto the map, with no gathered copies; its inference forward also takes the step sizes as rank-R codes
+and their weight, summed in the kernel (``map_forward_from_codes``).
 
 ``scripts/setup_env.sh`` builds it; without it ``auto`` uses the ``torch`` backend and says so once.
 """
@@ -84,3 +85,16 @@ def map_backward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, resid
         x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals[0], dy)
     return dx, ddelta, dA, dB, dC, (dD if dD.numel() else None), (dbias if dbias.numel() else None)
 
+
+
+def has_map_forward_from_codes() -> bool:
+    """Whether the built extension has the map entry's forward from rank-R step-size codes (an older build has not:
+    the step sizes are then computed first)."""
+    return hasattr(load_extension(), "cross_fwd_lowrank")
+
+
+def map_forward_from_codes(x, codes, delta_weight, A, B, C, D, delta_bias, delta_softplus, orders):
+    """The map entry's inference forward, (batch, L, D) float32, with the step sizes ``codes (batch, L, K, R)``
+    times ``delta_weight (K, D, R)`` summed inside the kernel (the N = 1 kernels; other N compute them first)."""
+    return require_extension().cross_fwd_lowrank(x, codes, delta_weight, A, B, C, D, delta_bias, delta_softplus,
+                                                 orders)
