@@ -37,6 +37,39 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "depthwise3x3 cpu: ", name, " must be on the CPU, got ", t.device());
 }
 
+// x: a float32 CPU (batch, H, W, C) map with contiguous channels (a single channel's stride is never used:
+// PyTorch calls such a map channels-last whatever its stride).
+void check_map(const at::Tensor& x) {
+  check_float_cpu(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 4 && (x.stride(3) == 1 || x.size(3) == 1), "depthwise3x3 cpu: x must be (batch, H, "
+                    "W, C) with contiguous channels, got ", x.sizes(), " strides ", x.strides());
+}
+
+// rows[di]: the input row i - 1 + di of image n (nullptr outside the map), at strides sb (image) and si (row).
+inline void neighbour_rows(const float* xp, int64_t n, int64_t i, int64_t H, int64_t sb, int64_t si,
+                           const float* rows[3]) {
+  for (int di = 0; di < 3; ++di) {
+    const int64_t r = i + di - 1;
+    rows[di] = r < 0 || r >= H ? nullptr : xp + n * sb + r * si;
+  }
+}
+
+// fn(Chunk<V, FULL>{}, e, tail) over the channels [0, C): chunks of kVecs full vectors, then single vectors, then
+// the partial last vector (tail lanes).
+template <int V, bool FULL>
+struct Chunk {
+  static constexpr int kV = V;
+  static constexpr bool kFull = FULL;
+};
+
+template <typename F>
+inline void for_each_chunk(int64_t C, F&& fn) {
+  int64_t e = 0;
+  for (; e + kVecs * kLanes <= C; e += kVecs * kLanes) fn(Chunk<kVecs, true>{}, e, kLanes);
+  for (; e + kLanes <= C; e += kLanes) fn(Chunk<1, true>{}, e, kLanes);
+  if (e < C) fn(Chunk<1, false>{}, e, static_cast<int>(C - e));
+}
+
 // One output row's channels [e, e + V * kLanes) (the last vector holding `tail` lanes unless FULL): the chunk's nine
 // tap weights and bias stay in registers while the row's positions are computed. rows[di]: the input row i - 1 + di
 // (nullptr outside the map), res: the input row i (the residual) or nullptr, out: the output row.
@@ -86,11 +119,8 @@ inline void row_chunk(const float* const* rows, int64_t sj, int64_t W, const flo
 
 at::Tensor depthwise3x3_fwd(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                             bool silu, bool residual) {
-  check_float_cpu(x, "x");
+  check_map(x);
   check_float_cpu(weight, "weight");
-  // (a single channel's stride is never used: PyTorch calls such a map channels-last whatever its stride)
-  TORCH_CHECK_VALUE(x.dim() == 4 && (x.stride(3) == 1 || x.size(3) == 1), "depthwise3x3 cpu: x must be (batch, H, "
-                    "W, C) with contiguous channels, got ", x.sizes(), " strides ", x.strides());
   const int64_t batch = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 && weight.size(2) == 3 &&
                         weight.size(3) == 3,
@@ -115,17 +145,13 @@ at::Tensor depthwise3x3_fwd(const at::Tensor& x, const at::Tensor& weight, const
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t n = task / H, i = task % H;
       const float* rows[3];
-      for (int di = 0; di < 3; ++di) {
-        const int64_t r = i + di - 1;
-        rows[di] = r < 0 || r >= H ? nullptr : xp + n * sb + r * si;
-      }
+      neighbour_rows(xp, n, i, H, sb, si, rows);
       const float* res = residual ? rows[1] : nullptr;
       float* out = yp + (n * H + i) * W * C;
-      int64_t e = 0;
-      for (; e + kVecs * kLanes <= C; e += kVecs * kLanes)
-        row_chunk<kVecs, true>(rows, sj, W, tp, C, bp, e, kLanes, silu, res, out);
-      for (; e + kLanes <= C; e += kLanes) row_chunk<1, true>(rows, sj, W, tp, C, bp, e, kLanes, silu, res, out);
-      if (e < C) row_chunk<1, false>(rows, sj, W, tp, C, bp, e, static_cast<int>(C - e), silu, res, out);
+      for_each_chunk(C, [&](auto chunk, int64_t e, int tail) {
+        using Ck = decltype(chunk);
+        row_chunk<Ck::kV, Ck::kFull>(rows, sj, W, tp, C, bp, e, tail, silu, res, out);
+      });
     }
   });
   return y;
@@ -195,10 +221,8 @@ inline void row_chunk_grad(const float* const* rows, int64_t sj, const float* gr
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> depthwise3x3_bwd_weight(const at::Tensor& x, const at::Tensor& grad) {
-  check_float_cpu(x, "x");
+  check_map(x);
   check_float_cpu(grad, "grad");
-  TORCH_CHECK_VALUE(x.dim() == 4 && (x.stride(3) == 1 || x.size(3) == 1), "depthwise3x3 cpu: x must be (batch, H, "
-                    "W, C) with contiguous channels, got ", x.sizes(), " strides ", x.strides());
   TORCH_CHECK_VALUE(grad.sizes() == x.sizes() && (grad.stride(3) == 1 || grad.size(3) == 1),
                     "depthwise3x3 cpu: grad must be x's shape ", x.sizes(), " with contiguous channels, got ",
                     grad.sizes(), " strides ", grad.strides());
@@ -218,16 +242,12 @@ std::tuple<at::Tensor, at::Tensor> depthwise3x3_bwd_weight(const at::Tensor& x, 
       for (int64_t task = block * rows_total / blocks; task < (block + 1) * rows_total / blocks; ++task) {
         const int64_t n = task / H, i = task % H;
         const float* rows[3];
-        for (int di = 0; di < 3; ++di) {
-          const int64_t r = i + di - 1;
-          rows[di] = r < 0 || r >= H ? nullptr : xp + n * sb + r * si;
-        }
+        neighbour_rows(xp, n, i, H, sb, si, rows);
         const float* g = gp + n * gb + i * gi;
-        int64_t e = 0;
-        for (; e + kVecs * kLanes <= C; e += kVecs * kLanes)
-          row_chunk_grad<kVecs, true>(rows, sj, g, gj, W, e, kLanes, sums, C);
-        for (; e + kLanes <= C; e += kLanes) row_chunk_grad<1, true>(rows, sj, g, gj, W, e, kLanes, sums, C);
-        if (e < C) row_chunk_grad<1, false>(rows, sj, g, gj, W, e, static_cast<int>(C - e), sums, C);
+        for_each_chunk(C, [&](auto chunk, int64_t e, int tail) {
+          using Ck = decltype(chunk);
+          row_chunk_grad<Ck::kV, Ck::kFull>(rows, sj, g, gj, W, e, tail, sums, C);
+        });
       }
     }
   });
