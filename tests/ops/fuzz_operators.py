@@ -463,6 +463,13 @@ def _codes_inputs(N=1):  # the kernels that sum the codes (N = 3 below: the prod
     return dict(a, codes=torch.randn(b, L, K, R, generator=g), dt_weight=torch.randn(K, MAP["D"], R, generator=g))
 
 
+def _channel_strided(x):
+    """A (batch, L, 1) map as a transposed view: its one channel's stride is L (PyTorch calls it contiguous)."""
+    out = x.new_empty(x.shape[0], 1, x.shape[1]).copy_(x.transpose(1, 2)).transpose(1, 2)
+    assert out.stride(2) == x.shape[1] > 1
+    return out
+
+
 def _codes_cases():
     return [
         Case("step-size codes: codes are 3-D", "map_codes", _apply("codes", lambda t: t[0]), needle=about("codes")),
@@ -485,6 +492,11 @@ def _codes_cases():
         Case("step-size codes: x, codes and dt_weight strided", "map_codes",
              lambda a: a.update(x=gapped(a["x"]), codes=gapped(a["codes"]), dt_weight=gapped(a["dt_weight"])),
              "same"),
+        Case("step-size codes: one channel, x's channel stride not 1", "map_codes",
+             lambda a: a.update(x=_channel_strided(a["x"][..., :1]),
+                                dt_weight=a["dt_weight"][:, :1], D=a["D"].view(4, -1)[:, 0].contiguous(),
+                                delta_bias=a["delta_bias"].view(4, -1)[:, 0].contiguous(),
+                                A=a["A"].view(4, -1)[:, :1].contiguous()), "same"),
         Case("step-size codes: dt_weight float64", "map_codes", _apply("dt_weight", lambda t: t.double()), "same",
              reference="base"),
         Case("step-size codes: N = 3 (the product computed first)", "map_codes",

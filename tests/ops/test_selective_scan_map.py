@@ -286,3 +286,22 @@ def test_bad_codes_are_named(codes_shape, weight_shape):
     inputs = make_map(2, 4, 5, 5, 1, cross_orders(4, 5))
     with pytest.raises(ValueError, match="delta must be the codes"):
         selective_scan_map(**dict(inputs, delta=torch.randn(codes_shape)), delta_weight=torch.randn(weight_shape))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_sizes_from_codes_of_a_one_channel_map_with_any_stride(backend):
+    """A (batch, L, 1) map whose one channel has a stride other than 1 (a transposed view: PyTorch calls it
+    contiguous): the codes' scan equals the products' (it once reached a kernel that does not take codes)."""
+    require(backend)
+    inputs, codes, weight = _codes_case(3, 4, "cross", 1, 1, 2)
+    x = inputs["x"].new_empty(2, 1, 12).copy_(inputs["x"].transpose(1, 2)).transpose(1, 2)  # strides (12, 1, 12)
+    assert x.stride(2) != 1
+    dev = device_of(backend)
+    moved = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in dict(inputs, x=x).items()}
+    codes, weight = codes.to(dev), weight.to(dev)
+    with torch.no_grad():
+        expected = selective_scan_map(**dict(moved, delta=torch.einsum("blkr,kdr->blkd", codes, weight)),
+                                      delta_softplus=True, backend=backend)
+        got = selective_scan_map(**dict(moved, delta=codes), delta_softplus=True, backend=backend,
+                                 delta_weight=weight)
+    torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5 * expected.abs().max().item())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module
 
 from ..ops import selective_scan, selective_scan_map
+from ..ops.selective_scan import map_step_sizes_in_kernel
 from ..scans import cross_orders
 from . import fused
 
@@ -202,7 +203,8 @@ class DirectionalScan(nn.Module):
         L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
         proj = self.project(x).reshape(batch, L, K, R + 2 * N)
         codes, Bs, Cs = proj.split([R, N, N], dim=-1)  # (a split's backward is one concatenation)
-        in_kernel = R <= STEP_SIZES_IN_KERNEL_RANK and fused.eager_inference(x, self)
+        in_kernel = (R <= STEP_SIZES_IN_KERNEL_RANK and fused.eager_inference(x, self)
+                     and map_step_sizes_in_kernel(x, L, N, self.scan_backend))
         y = selective_scan_map(x.reshape(batch, L, D),
                                codes if in_kernel else fused.directional_product(codes, self.dt_projs_weight),
                                -torch.exp(self.A_logs.float()), Bs, Cs, orders,

@@ -550,7 +550,8 @@ Tensor cross_fwd_lowrank(const Tensor& x_in, const Tensor& codes, const Tensor& 
     const Tensor delta = at::einsum("blkr,kdr->blkd", {codes, dt_weight.to(codes.scalar_type())});
     return cross_fwd(x_in, delta, A, B, C, D, bias, softplus, orders, false)[0];
   }
-  const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();  // the N = 1 kernels' layout
+  // the N = 1 kernels' layout, contiguous channels (a clone: contiguous() keeps a single channel's stride)
+  const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.clone(at::MemoryFormat::Contiguous);
   Cross s = describe_cross(x, codes, A, B, C, D, bias, softplus, orders, dt_weight);
   Problem& p = s.p;
   Tensor y = at::zeros({p.batch, p.length, p.dim}, x.options().dtype(at::kFloat));

@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
 #include <type_traits>
@@ -552,6 +553,7 @@ void run_forward(const Problem& p, const ForwardOut& o) {
       return;
     }
   }
+  TORCH_CHECK(p.rank == 0, "selective_scan cpu: step sizes from codes need the N = 1 kernels and contiguous channels");
   for_each_block(p, [&](const Block& s, int64_t) { forward_block<scalar_t, weight_t, NS>(p, o, s); });
 }
 

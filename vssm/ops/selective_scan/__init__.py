@@ -224,6 +224,14 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def map_step_sizes_in_kernel(x: torch.Tensor, L: int, N: int, backend: str = "auto") -> bool:
+    """Whether :func:`selective_scan_map` given ``delta_weight`` would sum the step sizes inside its kernel for a map
+    of L tokens on ``x``'s device and dtype with N states (the ``cpu`` backend's N = 1 kernels, built with that
+    entry), rather than compute the product first: callers with a faster product of their own use it otherwise."""
+    return (N == 1 and x.device.type == "cpu" and cpu.has_map_forward_from_codes()
+            and _concrete(backend, x.device, (N, L, x.dtype)) == "cpu")
+
+
 def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_softplus=False, backend="auto",
                        delta_weight=None):
     """Selective scans of a token map along K scan orders, their outputs added back onto the map.
