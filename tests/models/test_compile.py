@@ -132,6 +132,37 @@ def test_spatial_mamba_graph_calls_the_state_fusion_kernels(train):
     assert convolutions == 5 + 3 * (len(model.layers) - 1) + 3 * blocks
 
 
+@pytest.mark.skipif(not hasattr(load_extension() or object(), "cross_fwd_lowrank"),
+                    reason="the compiled CPU extension (with the scan from step-size codes) is not built")
+@pytest.mark.parametrize("name", ["vmamba_nano", "quadmamba_nano", "fractalmamba_nano"])
+def test_compiled_inference_sums_the_step_sizes_in_the_scan(name):
+    """Compiled inference scans from the step-size codes (``vssm::selective_scan_map_codes_fwd``, the kernel eager
+    inference calls), not a product and the plain map entry; a training graph, or an export, keeps those."""
+    from torch._dynamo.backends.common import aot_autograd
+    ops = []
+
+    def compiler(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    model = _model(name)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        got = torch.compile(model, fullgraph=True, backend=aot_autograd(fw_compiler=compiler))(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert "vssm.selective_scan_map_codes_fwd.default" in ops and "vssm.selective_scan_map_fwd.default" not in ops
+    ops.clear()
+    torch._dynamo.reset()
+    model.train()(x).sum()  # eager training, then its compiled graph
+    torch.compile(model, fullgraph=True, backend=aot_autograd(fw_compiler=compiler))(x).sum().backward()
+    assert "vssm.selective_scan_map_codes_fwd.default" not in ops and "vssm.selective_scan_map_fwd.default" in ops
+    with torch.no_grad():  # (with gradients wanted, the models do not hand over codes)
+        program = torch.export.export(model.eval(), (x,))
+    exported = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert "vssm.selective_scan_map_codes_fwd.default" not in exported
+
+
 def test_inductor_training_step_matches_eager():
     """Inductor's code and stride rules, not only dynamo's trace: Spatial-Mamba's state fusion (replicate
     padding of channels-last states) once failed a stride check in the compiled backward."""

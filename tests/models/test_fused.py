@@ -630,8 +630,9 @@ def test_a_mixer_runs_in_slices_of_images_unless_it_combines_them(small_slices, 
 @pytest.mark.parametrize("name", [family.nano for family in families()])
 def test_map_scans_sum_their_step_sizes_in_the_kernel(name, monkeypatch):
     """In CPU inference every map scan of rank <= STEP_SIZES_IN_KERNEL_RANK hands the cpu backend its step-size
-    codes (the product summed in the kernel); with gradients wanted, or the fused path off, none does. (That the
-    results agree with the modules' is test_every_family_runs_fused_and_agrees_with_the_modules.)"""
+    codes (the product summed in the kernel), the fused products on or off; with gradients wanted, or on the torch
+    backend, none does. (That the results agree with the modules' is
+    test_every_family_runs_fused_and_agrees_with_the_modules.)"""
     from vssm.models.blocks import STEP_SIZES_IN_KERNEL_RANK, DirectionalScan
     from vssm.ops.selective_scan import cpu
     if not cpu.has_map_forward_from_codes():
@@ -646,9 +647,12 @@ def test_map_scans_sum_their_step_sizes_in_the_kernel(name, monkeypatch):
     with torch.no_grad():
         model(x)
     assert (len(calls) > 0) == (len(scans) > 0) and all(r <= STEP_SIZES_IN_KERNEL_RANK for r in calls)
+    with torch.no_grad():
+        with_codes = len(calls)
+        without_fused_path(model, x)
+    assert len(calls) == 2 * with_codes
     calls.clear()
     model(x).sum().backward()
     with torch.no_grad():
-        without_fused_path(model, x)
         vssm.create_model(name, num_classes=10, scan_backend="torch").eval()(x)  # computes its products itself
     assert calls == []

@@ -81,6 +81,54 @@ def test_opcheck_map(backend, case):
                           (*args[:9], residuals, torch.randn_like(y), backend))
 
 
+@pytest.mark.parametrize("case", MAP_CASES)
+def test_opcheck_map_from_codes(case):
+    """``vssm::selective_scan_map_codes_fwd`` (the cpu backend's inference forward from step-size codes, what a
+    compiled graph calls): schema, fake kernel, dynamic shapes; its results those of the map entry on the codes'
+    products. No autograd formula: only called where no gradient is wanted."""
+    require("cpu")
+    x, delta, A, B, C, D, delta_bias, _, orders, _, _ = _map_args(*case, "cpu", requires_grad=False)
+    g = torch.Generator().manual_seed(1)
+    K, R = delta.shape[2], 3
+    codes, weight = torch.randn(*delta.shape[:3], R, generator=g), torch.randn(K, x.shape[2], R, generator=g)
+    args = (x, codes, weight, A, B, C, D, delta_bias, True, orders)
+    torch.library.opcheck(torch.ops.vssm.selective_scan_map_codes_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    expected, _ = torch.ops.vssm.selective_scan_map_fwd(x, torch.einsum("blkr,kdr->blkd", codes, weight), A, B, C, D,
+                                                        delta_bias, True, orders, False, "cpu")
+    torch.testing.assert_close(torch.ops.vssm.selective_scan_map_codes_fwd(*args), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_map_from_codes_is_compiled_but_not_exported():
+    """selective_scan_map(delta_weight=...) without gradients: a compiled graph calls the codes operator; an exported
+    one (whose runtimes have no such operator) computes the step sizes and calls the map entry."""
+    require("cpu")
+    x, delta, A, B, C, D, delta_bias, _, orders, _, _ = _map_args(2, 3, 4, 2, 1, "cross", "cpu", requires_grad=False)
+    codes, weight = torch.randn(*delta.shape[:3], 3), torch.randn(delta.shape[2], x.shape[2], 3)
+
+    class Scan(torch.nn.Module):
+        def forward(self, x, codes, weight):
+            return selective_scan_map(x, codes, A, B, C, orders, D=D, delta_bias=delta_bias, delta_softplus=True,
+                                      backend="cpu", delta_weight=weight)
+
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    with torch.no_grad():
+        torch._dynamo.reset()
+        compiled = torch.compile(Scan(), fullgraph=True, backend=backend)(x, codes, weight)
+        program = torch.export.export(Scan(), (x, codes, weight))
+    exported = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    codes_op = "vssm.selective_scan_map_codes_fwd"
+    assert any(op.startswith(codes_op) for op in seen)  # dynamo's graph names the packet, AOT's the overload
+    assert not any(op.startswith(codes_op) for op in exported)
+    assert "vssm.selective_scan_map_fwd.default" in exported
+    torch.testing.assert_close(program.module()(x, codes, weight), compiled, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("kind,option", [("cross", ""), ("hilbert", "hilbert,reversed"), ("quadtree", "nested")])
 def test_opcheck_scan_orders(kind, option):
     torch.library.opcheck(torch.ops.vssm.scan_orders.default, (kind, 8, 12, option, torch.device("cpu")))

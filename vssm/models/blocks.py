@@ -203,7 +203,7 @@ class DirectionalScan(nn.Module):
         L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
         proj = self.project(x).reshape(batch, L, K, R + 2 * N)
         codes, Bs, Cs = proj.split([R, N, N], dim=-1)  # (a split's backward is one concatenation)
-        in_kernel = (R <= STEP_SIZES_IN_KERNEL_RANK and fused.eager_inference(x, self)
+        in_kernel = (R <= STEP_SIZES_IN_KERNEL_RANK and not _gradient_wanted(x, self)
                      and map_step_sizes_in_kernel(x, L, N, self.scan_backend))
         y = selective_scan_map(x.reshape(batch, L, D),
                                codes if in_kernel else fused.directional_product(codes, self.dt_projs_weight),
@@ -214,10 +214,15 @@ class DirectionalScan(nn.Module):
         return y.view(batch, H, W, D)
 
 
-# In CPU inference the map scan's step sizes (the codes' product with dt_projs_weight) are summed inside the scan
-# kernel up to this rank R: there they cost the scan fewer cycles than a product writing (batch, L, K, D) and the
-# scan reading it back; at rank 48 the in-kernel sums cost what the product does. Per call with cold caches (as in
-# a model), the product and scan against the scan from codes, ms, 2 threads, at batch 8 / batch 1:
+def _gradient_wanted(x: torch.Tensor, module: nn.Module) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
+# In CPU inference (eager or compiled) the map scan's step sizes (the codes' product with dt_projs_weight) are
+# summed inside the scan kernel up to this rank R: there they cost the scan fewer cycles than a product writing
+# (batch, L, K, D) and the scan reading it back; at rank 48 the in-kernel sums cost what the product does. Per
+# call with cold caches (as in a model), the product and scan against the scan from codes, ms, 2 threads, at
+# batch 8 / batch 1:
 # VMamba-T's stages (R = 6, 12, 24, 48): 10.5 -> 4.9 / 1.83 -> 0.85, 3.7 -> 2.8 / 0.58 -> 0.41,
 # 2.0 -> 1.6 / 0.35 -> 0.29, 1.30 -> 1.24 / 0.29 -> 0.26; QuadMamba-T's (twice the channels): 22.0 -> 9.8,
 # 7.3 -> 5.2, 3.8 -> 3.2, 2.7 -> 2.9 / 2.6 -> 1.2, 1.07 -> 0.77, 0.60 -> 0.50, 0.47 -> 0.55.

@@ -224,12 +224,22 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _codes_context(x) -> bool:
+    """Whether the step sizes may be summed in the kernel here: an eager call without tracing, dispatch or function
+    modes (op.dispatch_free), or a torch.compile graph (as ``vssm::selective_scan_map_codes_fwd``), not an export
+    (ONNX has no such operator) nor a FLOP count (which counts the product)."""
+    if torch.compiler.is_compiling():
+        return not torch.compiler.is_exporting()
+    return op.dispatch_free(x)
+
+
 def map_step_sizes_in_kernel(x: torch.Tensor, L: int, N: int, backend: str = "auto") -> bool:
-    """Whether :func:`selective_scan_map` given ``delta_weight`` would sum the step sizes inside its kernel for a map
-    of L tokens on ``x``'s device and dtype with N states (the ``cpu`` backend's N = 1 kernels, built with that
-    entry), rather than compute the product first: callers with a faster product of their own use it otherwise."""
-    return (N == 1 and x.device.type == "cpu" and cpu.has_map_forward_from_codes()
-            and _concrete(backend, x.device, (N, L, x.dtype)) == "cpu")
+    """Whether :func:`selective_scan_map` given ``delta_weight`` and no gradient to compute would sum the step
+    sizes inside its kernel for a map of L tokens like ``x`` (its device, dtype, and the context: eager or
+    compiled, not exported or traced) with N states (the ``cpu`` backend's N = 1 kernels, built with that entry),
+    rather than compute the product first: callers with a faster product of their own use it otherwise."""
+    return (isinstance(x, torch.Tensor) and N == 1 and x.device.type == "cpu" and cpu.has_map_forward_from_codes()
+            and _codes_context(x) and _concrete(backend, x.device, (N, L, x.dtype)) == "cpu")
 
 
 def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta_softplus=False, backend="auto",
@@ -298,10 +308,12 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
     if delta_weight is not None:
         if (backend == "cpu" and N == 1 and cpu.has_map_forward_from_codes() and delta.dtype == x.dtype
                 and C.dtype == B.dtype and B.dtype in (x.dtype, torch.float32)
-                and not _needs_grad(x, delta, delta_weight, A, B, C, D, delta_bias)
-                and op.dispatch_free(x, delta, delta_weight, A, B, C, D, delta_bias, orders)):
-            return op.run_directly("vssm::selective_scan_map_fwd", cpu.map_forward_from_codes, x, delta, delta_weight,
-                                   A, B, C, D, delta_bias, bool(delta_softplus), orders)
+                and not _needs_grad(x, delta, delta_weight, A, B, C, D, delta_bias)):
+            args = (x, delta, delta_weight, A, B, C, D, delta_bias, bool(delta_softplus), orders)
+            if op.dispatch_free(x, delta, delta_weight, A, B, C, D, delta_bias, orders):
+                return op.run_directly("vssm::selective_scan_map_fwd", cpu.map_forward_from_codes, *args)
+            if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+                return torch.ops.vssm.selective_scan_map_codes_fwd(*args)
         delta = torch.einsum("blkr,kdr->blkd", delta, delta_weight.to(delta.dtype))
     if backend == "naive":
         contract.check_orders(orders, L)

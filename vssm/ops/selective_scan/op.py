@@ -9,6 +9,8 @@ keeps its fast backends inside a traced graph.
         -> (y, residuals)
     torch.ops.vssm.selective_scan_map_bwd(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, residuals, dy,
                                           backend) -> (dx, ddelta, dA, dB, dC, dD, ddelta_bias)
+    torch.ops.vssm.selective_scan_map_codes_fwd(x, codes, delta_weight, A, B, C, D, delta_bias, delta_softplus,
+                                                orders) -> y   (cpu, inference: step sizes from rank-R codes)
 
 Each has a fake (meta) kernel giving its outputs' shapes and strides, the forward ops a registered autograd
 formula that calls the backward op, and real kernels registered for the CPU and CUDA dispatch keys that run
@@ -297,3 +299,28 @@ def _backward_map(ctx, dy, dresiduals):
 
 
 torch.library.register_autograd("vssm::selective_scan_map_fwd", _backward_map, setup_context=_setup_map)
+
+
+# ---- the map entry's inference forward from step-size codes (cpu backend) ---------------------------------------
+
+@torch.library.custom_op("vssm::selective_scan_map_codes_fwd", mutates_args=(), device_types=("cpu",))
+def selective_scan_map_codes_fwd(x: Tensor, codes: Tensor, delta_weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                                 D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                                 orders: Tensor) -> Tensor:
+    """``selective_scan_map(x, codes, ..., delta_weight=...)`` on the cpu backend, inference only (no autograd
+    formula: the public function computes the step sizes first where a gradient is wanted): the operator a
+    compiled graph calls, so that it sums the step sizes in the kernel as eager inference does."""
+    from . import cpu
+    return cpu.map_forward_from_codes(x, codes, delta_weight, A, B, C, D, delta_bias, delta_softplus,
+                                      orders).contiguous()
+
+
+@selective_scan_map_codes_fwd.register_fake
+def _(x, codes, delta_weight, A, B, C, D, delta_bias, delta_softplus, orders):
+    if (x.dim() != 3 or codes.dim() != 4 or delta_weight.dim() != 3 or codes.shape[:2] != x.shape[:2]
+            or tuple(delta_weight.shape) != (codes.shape[2], x.shape[2], codes.shape[3])):
+        raise ValueError(f"selective_scan_map_codes_fwd: x (batch, L, D), codes (batch, L, K, R) and delta_weight "
+                         f"(K, D, R) do not fit: {tuple(x.shape)}, {tuple(codes.shape)}, {tuple(delta_weight.shape)}")
+    contract.check_map(x, codes.new_empty((*codes.shape[:3], x.shape[2])), A, B, C, D, delta_bias, orders, "cpu",
+                       "selective_scan_map_codes_fwd")
+    return x.new_empty(x.shape, dtype=torch.float32)
