@@ -203,7 +203,7 @@ class DirectionalScan(nn.Module):
         L, K, R, N = H * W, self.directions, self.dt_rank, self.d_state
         proj = self.project(x).reshape(batch, L, K, R + 2 * N)
         codes, Bs, Cs = proj.split([R, N, N], dim=-1)  # (a split's backward is one concatenation)
-        in_kernel = (R <= STEP_SIZES_IN_KERNEL_RANK and not _gradient_wanted(x, self)
+        in_kernel = (R <= STEP_SIZES_IN_KERNEL_RANK and not fused.gradient_wanted(x, self)
                      and map_step_sizes_in_kernel(x, L, N, self.scan_backend))
         y = selective_scan_map(x.reshape(batch, L, D),
                                codes if in_kernel else fused.directional_product(codes, self.dt_projs_weight),
@@ -212,10 +212,6 @@ class DirectionalScan(nn.Module):
                                delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
                                backend=self.scan_backend, delta_weight=self.dt_projs_weight if in_kernel else None)
         return y.view(batch, H, W, D)
-
-
-def _gradient_wanted(x: torch.Tensor, module: nn.Module) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
 
 
 # In CPU inference (eager or compiled) the map scan's step sizes (the codes' product with dt_projs_weight) are

@@ -33,9 +33,9 @@ from torch.nn.modules.utils import _pair
 
 from ..ops.selective_scan.cpu import load_extension
 
-__all__ = ["linear", "mlp", "in_slices", "eager_inference", "hookless", "linear_chunks", "directional_product",
-           "conv2d", "conv_bn_act", "residual_conv2d", "sequential", "Sequential", "observer", "set_enabled",
-           "is_enabled", "pack_weights", "is_packed"]
+__all__ = ["linear", "mlp", "in_slices", "eager_inference", "gradient_wanted", "hookless", "linear_chunks",
+           "directional_product", "conv2d", "conv_bn_act", "residual_conv2d", "sequential", "Sequential", "observer",
+           "set_enabled", "is_enabled", "pack_weights", "is_packed"]
 
 _enabled = os.environ.get("VSSM_FUSED_INFERENCE", "1").strip().lower() not in ("0", "false", "no", "off")
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -107,15 +107,19 @@ def eager_inference(x: torch.Tensor, layer=None) -> bool:
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
-    if torch.is_autocast_enabled("cpu"):
+    if torch.is_autocast_enabled("cpu") or gradient_wanted(x, layer):
         return False
-    if torch.is_grad_enabled():
-        params = [] if layer is None else [layer] if isinstance(layer, torch.Tensor) else layer.parameters()
-        if x.requires_grad or any(p.requires_grad for p in params):
-            return False
     module_hooks = nn.modules.module
     return not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
                 or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks)
+
+
+def gradient_wanted(x: torch.Tensor, layer=None) -> bool:
+    """Whether autograd records a gradient for ``x`` or ``layer`` (a module's parameters, or a tensor) now."""
+    if not torch.is_grad_enabled():
+        return False
+    params = [] if layer is None else [layer] if isinstance(layer, torch.Tensor) else layer.parameters()
+    return x.requires_grad or any(p.requires_grad for p in params)
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module = None) -> torch.Tensor:
@@ -274,9 +278,9 @@ def _depthwise3x3_training(x: torch.Tensor, conv: nn.Conv2d):
     """``conv(x)`` through :class:`_Depthwise3x3` where a gradient is wanted (training) and it applies: eager (no
     tracing, compiling or autocast), float32 on the CPU, a 3 x 3 depthwise ``conv`` without hooks on ``x`` with
     contiguous channels, the compiled extension built; else None. Output in channels-last memory."""
-    if not (torch.is_grad_enabled() and type(x) is torch.Tensor and x.device.type == "cpu"
-            and x.dtype == torch.float32 and _is_depthwise3x3(x, conv) and conv.weight.dtype == torch.float32
-            and (x.requires_grad or any(p.requires_grad for p in conv.parameters())) and _no_hooks(conv)):
+    if not (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32
+            and _is_depthwise3x3(x, conv) and conv.weight.dtype == torch.float32 and gradient_wanted(x, conv)
+            and _no_hooks(conv)):
         return None
     if (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
             or torch.compiler.is_exporting() or torch.is_autocast_enabled("cpu")):

@@ -70,15 +70,35 @@ inline void for_each_chunk(int64_t C, F&& fn) {
   if (e < C) fn(Chunk<1, false>{}, e, static_cast<int>(C - e));
 }
 
+// Vector v of a chunk of V vectors at p, the last holding `tail` lanes unless FULL.
+template <int V, bool FULL>
+inline Vec load_chunk(const float* p, int v, int tail) {
+  return FULL || v < V - 1 ? simd::load(p + v * kLanes) : simd::load(p + v * kLanes, tail);
+}
+
+// fn(t, src) for each tap t = di * 3 + dj of output column j that reads inside the map: src, the input there at the
+// chunk's first channel e (rows: neighbour_rows', sj: the column stride).
+template <typename F>
+inline void for_each_tap(const float* const* rows, int64_t sj, int64_t j, int64_t W, int64_t e, F&& fn) {
+#pragma GCC unroll 3
+  for (int di = 0; di < 3; ++di) {
+    if (rows[di] == nullptr) continue;
+#pragma GCC unroll 3
+    for (int dj = 0; dj < 3; ++dj) {
+      const int64_t col = j + dj - 1;
+      if (col < 0 || col >= W) continue;
+      fn(di * 3 + dj, rows[di] + col * sj + e);
+    }
+  }
+}
+
 // One output row's channels [e, e + V * kLanes) (the last vector holding `tail` lanes unless FULL): the chunk's nine
 // tap weights and bias stay in registers while the row's positions are computed. rows[di]: the input row i - 1 + di
 // (nullptr outside the map), res: the input row i (the residual) or nullptr, out: the output row.
 template <int V, bool FULL>
 inline void row_chunk(const float* const* rows, int64_t sj, int64_t W, const float* taps, int64_t C,
                       const float* bias, int64_t e, int tail, bool silu, const float* res, float* out) {
-  auto load = [&](const float* p, int v) {
-    return FULL || v < V - 1 ? simd::load(p + v * kLanes) : simd::load(p + v * kLanes, tail);
-  };
+  auto load = [&](const float* p, int v) { return load_chunk<V, FULL>(p, v, tail); };
   Vec w[9][V], b[V];
 #pragma GCC unroll 9
   for (int t = 0; t < 9; ++t) {
@@ -91,18 +111,10 @@ inline void row_chunk(const float* const* rows, int64_t sj, int64_t W, const flo
     Vec acc[V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[v] = b[v];
-#pragma GCC unroll 3
-    for (int di = 0; di < 3; ++di) {
-      if (rows[di] == nullptr) continue;
-#pragma GCC unroll 3
-      for (int dj = 0; dj < 3; ++dj) {
-        const int64_t col = j + dj - 1;
-        if (col < 0 || col >= W) continue;
-        const float* src = rows[di] + col * sj + e;
+    for_each_tap(rows, sj, j, W, e, [&](int t, const float* src) {
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[v] = simd::fma(w[di * 3 + dj][v], load(src, v), acc[v]);
-      }
-    }
+      for (int v = 0; v < V; ++v) acc[v] = simd::fma(w[t][v], load(src, v), acc[v]);
+    });
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
       Vec y = silu ? acc[v] * simd::sigmoid(acc[v]) : acc[v];
@@ -176,9 +188,7 @@ namespace {
 template <int V, bool FULL>
 inline void row_chunk_grad(const float* const* rows, int64_t sj, const float* grad, int64_t sgj, int64_t W, int64_t e,
                            int tail, float* sums, int64_t C) {
-  auto load = [&](const float* p, int v) {
-    return FULL || v < V - 1 ? simd::load(p + v * kLanes) : simd::load(p + v * kLanes, tail);
-  };
+  auto load = [&](const float* p, int v) { return load_chunk<V, FULL>(p, v, tail); };
   Vec acc[10][V];
 #pragma GCC unroll 10
   for (int t = 0; t < 10; ++t) {
@@ -192,18 +202,10 @@ inline void row_chunk_grad(const float* const* rows, int64_t sj, const float* gr
       g[v] = load(grad + j * sgj + e, v);
       acc[9][v] = acc[9][v] + g[v];
     }
-#pragma GCC unroll 3
-    for (int di = 0; di < 3; ++di) {
-      if (rows[di] == nullptr) continue;
-#pragma GCC unroll 3
-      for (int dj = 0; dj < 3; ++dj) {
-        const int64_t col = j + dj - 1;
-        if (col < 0 || col >= W) continue;
-        const float* src = rows[di] + col * sj + e;
+    for_each_tap(rows, sj, j, W, e, [&](int t, const float* src) {
 #pragma GCC unroll 4
-        for (int v = 0; v < V; ++v) acc[di * 3 + dj][v] = simd::fma(g[v], load(src, v), acc[di * 3 + dj][v]);
-      }
-    }
+      for (int v = 0; v < V; ++v) acc[t][v] = simd::fma(g[v], load(src, v), acc[t][v]);
+    });
   }
 #pragma GCC unroll 10
   for (int t = 0; t < 10; ++t) {

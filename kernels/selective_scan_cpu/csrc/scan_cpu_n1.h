@@ -55,8 +55,8 @@ inline bool forward_supported(const Problem& p, const ForwardOut& o) {
 }
 
 inline bool backward_supported(const Problem& p, const BackwardIn& in, const BackwardOut& o) {
-  return p.n_state == 1 && p.rank == 0 && unit(p.su.d) && unit(p.sdt.d) && (!p.z || (unit(p.sz.d) && unit(o.sdz.d))) &&
-         (!in.dy || unit(in.sdy.d)) && unit(o.sdu.d) && unit(o.sddt.d);
+  return p.n_state == 1 && p.rank == 0 && unit(p.su.d) && unit(p.sdt.d) &&
+         (!p.z || (unit(p.sz.d) && unit(o.sdz.d))) && (!in.dy || unit(in.sdy.d)) && unit(o.sdu.d) && unit(o.sddt.d);
 }
 
 // The channels [first, first + V * kLanes) of a block, the last vector holding `tail` of them; FULL: tail ==

@@ -203,11 +203,17 @@ def _concrete(backend: str, device, shape) -> str:
     return resolve_backend(backend, device, shape)
 
 
+def _as_kernels_read(u, delta, z, B, C) -> bool:
+    """Whether the inputs already have one dtype for the sequences (u, delta, z) and one for B and C (theirs, or
+    float32), as the kernels read them."""
+    return (delta.dtype == u.dtype and (z is None or z.dtype == u.dtype) and B.dtype in (u.dtype, torch.float32)
+            and (C is None or C.dtype == B.dtype))
+
+
 def _common_dtypes(u, delta, z, B, C):
     """One dtype for the sequences (u, delta, z: the widest of theirs) and one for B and C (theirs, or float32),
     as the kernels read them; mixed inputs come from autocast, e.g. bf16 tokens with fp32 step sizes."""
-    if (delta.dtype == u.dtype and (z is None or z.dtype == u.dtype) and B.dtype in (u.dtype, torch.float32)
-            and (C is None or C.dtype == B.dtype)):
+    if _as_kernels_read(u, delta, z, B, C):
         return u, delta, z, B, C  # already so (the usual case): nothing to convert
     seq = [t for t in (u, delta, z) if t is not None]
     dtype = seq[0].dtype
@@ -306,8 +312,7 @@ def selective_scan_map(x, delta, A, B, C, orders, D=None, delta_bias=None, delta
                          + ", ".join(f"{k} on {v}" for k, v in devices.items()))
     backend = _concrete(backend, x.device, (N, L, x.dtype))
     if delta_weight is not None:
-        if (backend == "cpu" and N == 1 and cpu.has_map_forward_from_codes() and delta.dtype == x.dtype
-                and C.dtype == B.dtype and B.dtype in (x.dtype, torch.float32)
+        if (backend == "cpu" and N == 1 and cpu.has_map_forward_from_codes() and _as_kernels_read(x, delta, None, B, C)
                 and not _needs_grad(x, delta, delta_weight, A, B, C, D, delta_bias)):
             args = (x, delta, delta_weight, A, B, C, D, delta_bias, bool(delta_softplus), orders)
             if op.dispatch_free(x, delta, delta_weight, A, B, C, D, delta_bias, orders):

@@ -86,7 +86,6 @@ def map_backward(x, delta, A, B, C, D, delta_bias, delta_softplus, orders, resid
     return dx, ddelta, dA, dB, dC, (dD if dD.numel() else None), (dbias if dbias.numel() else None)
 
 
-
 def has_map_forward_from_codes() -> bool:
     """Whether the built extension has the map entry's forward from rank-R step-size codes (an older build has not:
     the step sizes are then computed first)."""
