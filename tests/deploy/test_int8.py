@@ -104,6 +104,20 @@ def test_every_family_quantizes_and_runs(family, runtime, tmp_path):
     a = quantize.predictions(open_session(fp32, runtime), images)
     b = quantize.predictions(open_session(int8, runtime), images)
     assert np.abs(a - b).max() <= 0.2 * np.abs(a).max(), (np.abs(a - b).max(), np.abs(a).max())
+    assert not float_readers_of_quantized_constants(int8)
+
+
+def float_readers_of_quantized_constants(path: str) -> list:
+    """Names of the nodes computing in float (their first input not dequantized) that read a dequantized constant:
+    a weight or bias quantized for an int8 product and shared with them (a float convolution reading one is no
+    longer a constant-weight convolution to ONNX Runtime, and runs several times slower)."""
+    import onnx
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and n.input and n.input[0] not in dequantized
+            and any(dequantized.get(name) in constants for name in n.input[1:])]
 
 
 def test_products_after_a_pad_or_a_spatial_concat_stay_float():
