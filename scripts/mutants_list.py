@@ -104,6 +104,10 @@ FAULTS = [
           "std::sqrt(squares / static_cast<float>(E - 1) + g.eps)",
           "tests/models/test_spatial_mamba.py -k test_compiled_gate_equals_norm_then_gate",
           "Spatial-Mamba's gated state fusion kernel normalises by the unbiased variance (LayerNorm uses the biased)"),
+    Fault("cpu_state_fusion_gate_sigmoid_not_silu", "cpu", "kernels/selective_scan_cpu/csrc/state_fusion_cpu.cpp",
+          "simd::store(y + e, normed * (zv * simd::sigmoid(zv)));", "simd::store(y + e, normed * simd::sigmoid(zv));",
+          "tests/models/test_spatial_mamba.py -k test_compiled_gate_equals_norm_then_gate",
+          "the gated state fusion's whole vectors multiply by sigmoid(z) instead of silu(z) (the tail stays right)"),
     # ---- Triton kernels (interpreted) ---------------------------------------------------------------------------
     Fault("triton_combine_swapped_operands", "triton", TRITON,
           "return a_prev * a_next, a_next * x_prev + x_next", "return a_prev * a_next, a_prev * x_prev + x_next",

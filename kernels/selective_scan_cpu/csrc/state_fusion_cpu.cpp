@@ -90,18 +90,31 @@ struct Gate {
 };
 
 // out = LayerNorm(y) * silu(z) on one position's E channels, in place (y in cache); the mean and variance in two
-// passes over the row, as PyTorch's LayerNorm (biased variance).
+// passes over the row, as PyTorch's LayerNorm (biased variance). Whole vectors, then the last E % kLanes channels.
 inline void norm_and_gate(float* y, const float* z, const Gate& g, int64_t E) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t e = 0; e < E; ++e) sum += y[e];
+  const int64_t whole = E - E % kLanes;
+  Vec sums = simd::zero();
+  for (int64_t e = 0; e < whole; e += kLanes) sums = sums + simd::load(y + e);
+  float sum = simd::sum(sums);
+  for (int64_t e = whole; e < E; ++e) sum += y[e];
   const float mean = sum / static_cast<float>(E);
-  float squares = 0.f;
-#pragma omp simd reduction(+ : squares)
-  for (int64_t e = 0; e < E; ++e) squares += (y[e] - mean) * (y[e] - mean);
+  const Vec mean_vec = simd::bcast(mean);
+  Vec squares_vec = simd::zero();
+  for (int64_t e = 0; e < whole; e += kLanes) {
+    const Vec d = simd::load(y + e) - mean_vec;
+    squares_vec = simd::fma(d, d, squares_vec);
+  }
+  float squares = simd::sum(squares_vec);
+  for (int64_t e = whole; e < E; ++e) squares += (y[e] - mean) * (y[e] - mean);
   const float rstd = 1.f / std::sqrt(squares / static_cast<float>(E) + g.eps);
-#pragma omp simd
-  for (int64_t e = 0; e < E; ++e) {
+  const Vec rstd_vec = simd::bcast(rstd);
+  for (int64_t e = 0; e < whole; e += kLanes) {
+    const Vec zv = simd::load(z + e);
+    const Vec normed = simd::fma((simd::load(y + e) - mean_vec) * rstd_vec, simd::load(g.weight + e),
+                                 simd::load(g.bias + e));
+    simd::store(y + e, normed * (zv * simd::sigmoid(zv)));
+  }
+  for (int64_t e = whole; e < E; ++e) {
     const float silu = z[e] / (1.f + fast_exp(-z[e]));
     y[e] = ((y[e] - mean) * rstd * g.weight[e] + g.bias[e]) * silu;
   }
