@@ -402,6 +402,10 @@ FAULTS = [
           "    private_constants(source_model, kept_float)\n", "",
           'tests/deploy/test_int8.py -k "every_family and onnxruntime and spatialmamba"',
           "a constant a product shares with float operators is quantized where it is stored: they read it dequantized"),
+    Fault("int8_computed_weights_quantized_per_run", "export", "vssm/deploy/quantize.py",
+          "    fold_weight_layouts(source_model)\n", "",
+          'tests/deploy/test_int8.py -k "every_family and onnxruntime and quadmamba"',
+          "a weight the graph lays out from a stored one is quantized per tensor at every run, as an activation"),
     # ---- the trainers' resume -----------------------------------------------------------------------------------
     Fault("engine_resume_does_not_reseed_epochs", "engine", "vssm/engine/trainer.py",
           "            seed_everything(c.SEED + 7919 * epoch + self.rank)", "            pass",

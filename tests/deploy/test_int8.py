@@ -105,6 +105,7 @@ def test_every_family_quantizes_and_runs(family, runtime, tmp_path):
     b = quantize.predictions(open_session(int8, runtime), images)
     assert np.abs(a - b).max() <= 0.2 * np.abs(a).max(), (np.abs(a - b).max(), np.abs(a).max())
     assert not float_readers_of_quantized_constants(int8)
+    assert not weights_quantized_at_run_time(int8)
 
 
 def float_readers_of_quantized_constants(path: str) -> list:
@@ -139,3 +140,19 @@ def test_products_after_a_pad_or_a_spatial_concat_stay_float():
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "yrcz"],
                               [weight, wide, pads])
     assert quantize.float_products(helper.make_model(graph), "x") == ["after_pad", "after_roll"]
+
+
+def weights_quantized_at_run_time(path: str) -> list:
+    """Names of the int8 products (MatMul, Gemm, Conv) whose weight is quantized by a QuantizeLinear node at every run
+    (a weight the graph computes from a stored one, quantized per tensor like an activation) instead of being a
+    stored int8 constant quantized per output channel."""
+    import onnx
+    graph = onnx.load(path, load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    found = []
+    for node in graph.node:
+        if node.op_type in quantize.QUANTIZED_OPS and len(node.input) > 1:
+            dq = producer.get(node.input[1])
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer:
+                found.append(node.name)
+    return found

@@ -7,6 +7,9 @@ the weights of every convolution and of every matrix product with a constant wei
 int8 per output channel, their input activations int8 with a scale and zero point calibrated (min / max) on
 images read as the trainer reads them (:func:`calibration_batches`: ``vssm.data.images.read_image`` and the
 evaluation transform of the checkpoint's data config). ONNX Runtime and OpenVINO run those products in int8.
+Before quantizing, weights the graph computes from stored ones by layout operators are stored as computed
+(:func:`fold_weight_layouts`), so that they are quantized as weights too, and each int8 product gets its own copy of
+the constants it shares with other operators (:func:`private_constants`), so that those keep reading them in float.
 
 What stays in float, and why: the stem's first convolution, which reads the images (3 input channels, a small share
 of the work; OpenVINO's CPU plugin computes it wrongly when the network input itself is quantized: 66% top-1
@@ -160,6 +163,7 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
     say(f"quantizing {os.path.basename(fp32_path)} to int8 ({', '.join(QUANTIZED_OPS)}; calibrating on "
         f"{sum(len(b) for b in batches)} images) ...")
     source_model = onnx.load(fp32_path)
+    fold_weight_layouts(source_model)
     kept_float = float_products(source_model, input_name)
     private_constants(source_model, kept_float)
     try:
@@ -187,6 +191,44 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
         if os.path.exists(data):
             os.remove(data)
     say(f"wrote {int8_path} ({os.path.getsize(int8_path) / 2**20:.1f} MiB)")
+
+
+# operators that only lay out or cut their inputs' values (VMamba's x_proj weight (K, R + 2N, D) is reshaped to
+# (K (R + 2N), D) and transposed in the graph before its product; QuadMamba's locality predictor splits a weight)
+LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "Split", "Slice",
+              "Concat")
+
+
+def fold_weight_layouts(model) -> int:
+    """Replace each :data:`LAYOUT_OPS` node whose inputs are all initializers by an initializer of its result, in
+    graph order (so chains fold whole). A product's weight computed so in the graph is then a constant to the
+    quantization tools, which quantize it per output channel like every stored weight; otherwise they quantize it
+    as an activation, per tensor, at every run (VMamba-T's x_proj products, 12 of them, and OpenVINO then computes
+    those in float). ``model``: an onnx ModelProto, edited in place. Returns how many nodes were folded."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    initializers = {t.name: t for t in model.graph.initializer}
+    graph_outputs = {o.name for o in model.graph.output}
+    folded = []
+    for node in model.graph.node:
+        if (node.op_type not in LAYOUT_OPS or node.domain not in ("", "ai.onnx") or not node.input
+                or not all(name in initializers for name in node.input if name)
+                or any(name in graph_outputs for name in node.output)):
+            continue
+        inputs = [name for name in node.input if name]
+        graph = helper.make_graph([node], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in node.output],
+                                  [initializers[name] for name in inputs])
+        single = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+        for name, value in zip(node.output, ReferenceEvaluator(single).run(None, {})):
+            initializers[name] = numpy_helper.from_array(value, name)
+            model.graph.initializer.append(initializers[name])
+        folded.append(node)
+    for node in folded:
+        model.graph.node.remove(node)
+    used = set(_inputs_everywhere(model.graph)) | graph_outputs | {i.name for i in model.graph.input}
+    for tensor in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(tensor)
+    return len(folded)
 
 
 def _inputs_everywhere(graph):
