@@ -273,6 +273,15 @@ FAULTS = [
           "tests/models/test_fused.py -k test_packed_convolution_weights_follow_every_change",
           "the packed convolution weights are not rebuilt after an in-place change of the weights or statistics, or "
           "new data"),
+    Fault("models_fused_packed_linear_weights_kept_stale", "models", "vssm/models/fused.py",
+          "if kept is None or kept[0] is not weight or kept[1] != state:", "if kept is None:",
+          "tests/models/test_fused.py -k test_packed_linear_weights_give_the_same_products_and_follow_every_change",
+          "the packed linear weights are kept after the weights change in place, are replaced or reloaded: the model "
+          "computes with its old weights"),
+    Fault("models_fused_linear_chunks_share_one_packed_weight", "models", "vssm/models/fused.py",
+          "packed = kept[3].get((chunk, chunks))", "packed = kept[3].get((0, chunks))",
+          "tests/models/test_fused.py -k test_packed_linear_weights_give_the_same_products_and_follow_every_change",
+          "every chunk of a packed in_proj reads the first chunk's weight"),
     Fault("models_spatial_tap_mixing_transposed", "models", "vssm/models/spatial_mamba.py",
           "torch.tensor([(a * d, b * d) for d in dilations for a in (-1, 0, 1)",
           "torch.tensor([(b * d, a * d) for d in dilations for a in (-1, 0, 1)",

@@ -3,6 +3,7 @@ nothing needs those calls, and actually taken where it should be."""
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.profiler import profile
 
 import vssm
@@ -177,6 +178,67 @@ def test_packed_convolution_weights_follow_every_change():
     check(torch.randn(1, 8, 7, 13))  # NCHW input: the plain weights
 
 
+def test_packed_linear_weights_give_the_same_products_and_follow_every_change():
+    """Under pack_weights the fused products read their weights in oneDNN's blocked layout, packed once and kept:
+    the same results as the plain weights, to float32 rounding (linear with an activation, the MLP with its
+    residual inside fc2's kernel, the chunks of in_proj), at any row count, rebuilt whenever a weight changes in
+    place, is replaced, reloaded or gets new data, and dropped by a new pack_weights."""
+    torch.manual_seed(0)
+    fc1, fc2, proj = nn.Linear(16, 48), nn.Linear(48, 16), nn.Linear(16, 32, bias=False)
+    modules = nn.ModuleList([fc1, fc2, proj])
+    x, res = torch.randn(3, 5, 16), torch.randn(3, 5, 16)
+
+    def run(inputs=x, residual=res):
+        with torch.no_grad():
+            return (fused.linear(inputs, fc1, nn.GELU()), fused.mlp(inputs, fc1, nn.GELU(), fc2, residual),
+                    *fused.linear_chunks(inputs, proj, 2))
+
+    def check(inputs=x, residual=res):
+        packed = run(inputs, residual)
+        kept = fused._packed_linears[fc1][3][0, 1]
+        fused.pack_weights(modules, False)
+        plain = run(inputs, residual)
+        assert not fused._packed_linears.get(fc1)
+        fused.pack_weights(modules)
+        for a, b in zip(packed, plain):
+            assert rel(a, b) < 1e-6  # (oneDNN may pick another kernel for a packed weight: float32 rounding)
+        with torch.no_grad():  # and the modules' own arithmetic, to rounding
+            expected = (F.gelu(fc1(inputs)), residual + fc2(F.gelu(fc1(inputs))), *proj(inputs).chunk(2, -1))
+        for a, b in zip(packed, expected):
+            assert rel(a, b) < 1e-5
+        run(inputs, residual)  # packed again (pack_weights dropped what was kept)
+        return kept
+
+    fused.pack_weights(modules)
+    check()
+    first = fused._packed_linears[fc1][3][0, 1]
+    assert first.is_mkldnn and set(fused._packed_linears[proj][3]) == {(0, 2), (1, 2)}
+    run()
+    run(torch.randn(200, 16), torch.randn(200, 16))  # another row count reads the same packed weight
+    assert fused._packed_linears[fc1][3][0, 1] is first  # packed once, then reused
+    check(torch.randn(200, 16), torch.randn(200, 16))
+    with torch.no_grad():
+        fc1.weight.mul_(-2.0)  # an optimizer step or an in-place edit
+        proj.weight.add_(1.0)
+    run()
+    assert fused._packed_linears[fc1][3][0, 1] is not first
+    check()
+    fc2.weight = nn.Parameter(torch.randn_like(fc2.weight))  # replaced
+    check()
+    fc1.weight.data = torch.randn_like(fc1.weight)  # new data: the version counter does not move
+    proj.weight.data = torch.randn_like(proj.weight)
+    check()
+    modules.load_state_dict(nn.ModuleList([nn.Linear(16, 48), nn.Linear(48, 16),
+                                           nn.Linear(16, 32, bias=False)]).state_dict())
+    check()
+    fc1.weight.data.mul_(3.0)  # through .data: not seen (the documented contract) until pack_weights again
+    fused.pack_weights(modules)
+    check()
+    fused.pack_weights(modules, False)
+    run()
+    assert fc1 not in fused._packed_linears
+
+
 def test_weights_are_packed_only_where_asked_and_data_edits_need_a_new_pack():
     conv, norm = _conv_bn()
     x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
@@ -224,10 +286,11 @@ def test_a_model_with_packed_weights_still_copies_and_saves(name, tmp_path):
     with torch.no_grad():
         expected = model(x)
         assert any(module in fused._packed_convs for module in model.modules())
+        assert any(module in fused._packed_linears for module in model.modules())
         clone = copy.deepcopy(model)
         torch.save(clone, tmp_path / "model.pt")
         assert set(clone.state_dict()) == set(model.state_dict())
-        assert torch.equal(clone(x), expected)
+        assert rel(clone(x), expected) < 1e-5  # the copy's weights are not packed: float32 rounding
 
 
 def test_residual_conv2d_is_x_plus_the_convolution():
