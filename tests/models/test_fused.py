@@ -199,7 +199,7 @@ def test_packed_linear_weights_give_the_same_products_and_follow_every_change():
         fused.pack_weights(modules, False)
         plain = run(inputs, residual)
         assert not fused._packed_linears.get(fc1)
-        fused.pack_weights(modules)
+        fused.pack_weights(modules, linears=True)
         for a, b in zip(packed, plain):
             assert rel(a, b) < 1e-6  # (oneDNN may pick another kernel for a packed weight: float32 rounding)
         with torch.no_grad():  # and the modules' own arithmetic, to rounding
@@ -209,7 +209,7 @@ def test_packed_linear_weights_give_the_same_products_and_follow_every_change():
         run(inputs, residual)  # packed again (pack_weights dropped what was kept)
         return kept
 
-    fused.pack_weights(modules)
+    fused.pack_weights(modules, linears=True)
     check()
     first = fused._packed_linears[fc1][3][0, 1]
     assert first.is_mkldnn and set(fused._packed_linears[proj][3]) == {(0, 2), (1, 2)}
@@ -232,11 +232,39 @@ def test_packed_linear_weights_give_the_same_products_and_follow_every_change():
                                            nn.Linear(16, 32, bias=False)]).state_dict())
     check()
     fc1.weight.data.mul_(3.0)  # through .data: not seen (the documented contract) until pack_weights again
-    fused.pack_weights(modules)
+    fused.pack_weights(modules, linears=True)
     check()
     fused.pack_weights(modules, False)
     run()
     assert fc1 not in fused._packed_linears
+
+
+def test_linear_weights_are_packed_only_where_asked(monkeypatch):
+    """Packed linear weights are opt-in (their memory): pack_weights(linears=True) or VSSM_PACK_LINEAR=1;
+    convolutions are packed either way."""
+    layer, conv = nn.Linear(8, 8), nn.Conv2d(8, 8, 1)
+    x = torch.randn(4, 8)
+    image = torch.randn(1, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+
+    def packed_after_a_call():
+        with torch.no_grad():
+            fused.linear(x, layer), fused.conv2d(image, conv)
+        return layer in fused._packed_linears, conv in fused._packed_convs
+
+    assert packed_after_a_call() == (False, False)
+    fused.pack_weights(nn.ModuleList([layer, conv]), linears=False)
+    assert packed_after_a_call() == (False, True)
+    monkeypatch.delenv("VSSM_PACK_LINEAR", raising=False)
+    fused.pack_weights(nn.ModuleList([layer, conv]))
+    assert packed_after_a_call() == (False, True)
+    monkeypatch.setenv("VSSM_PACK_LINEAR", "1")
+    fused.pack_weights(nn.ModuleList([layer, conv]))
+    assert packed_after_a_call() == (True, True)
+    fused.pack_weights(nn.ModuleList([layer, conv]), linears=False)
+    assert packed_after_a_call() == (False, True)
+    fused.pack_weights(nn.ModuleList([layer, conv]), linears=True)
+    monkeypatch.setenv("VSSM_PACK_LINEAR", "0")
+    assert packed_after_a_call() == (True, True)  # decided when packing
 
 
 def test_weights_are_packed_only_where_asked_and_data_edits_need_a_new_pack():
@@ -281,7 +309,7 @@ def test_a_model_with_packed_weights_still_copies_and_saves(name, tmp_path):
     """The packed weights live beside the model, not in it: deepcopy (an EMA copy), state dicts and pickles of an
     evaluated model are as before, and the copy computes the same."""
     import copy
-    model = fused.pack_weights(vssm.create_model(name).eval())
+    model = fused.pack_weights(vssm.create_model(name).eval(), linears=True)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)

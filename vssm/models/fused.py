@@ -134,14 +134,14 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module = None) -> torch.Te
 def linear_weight(x: torch.Tensor, layer: nn.Module, chunk: int = 0, chunks: int = 1) -> torch.Tensor:
     """The weight that the fused product of ``x`` with ``layer`` reads: ``layer.weight`` (out_features,
     in_features), or its ``chunk``-th of ``chunks`` equal blocks of rows (:func:`linear_chunks`); for a module
-    under :func:`pack_weights`, a copy in oneDNN's blocked layout, packed once (for the row count of the first
-    call; any count reads it) and kept until the weight changes (the rules of :func:`_conv_weights`). The
+    under :func:`pack_weights` with ``linears``, a copy in oneDNN's blocked layout, packed once (for the row count
+    of the first call; any count reads it) and kept until the weight changes (the rules of :func:`_conv_weights`). The
     products agree to float32 rounding (oneDNN may sum in another order); unpacked, oneDNN reorders the weight at
     every call, up to a fifth of a product's time (VMamba-T's stage-4 fc1 at batch 1, 49 tokens x 768 -> 3072:
     1.07 ms, 0.89 packed; whole models 1-2.5% faster at batch 1, 3-4% at batch 8)."""
     weight = layer.weight
     part = weight if chunks == 1 else weight.chunk(chunks)[chunk]
-    if layer not in _frozen or weight.dim() != 2:
+    if layer not in _linears_packed or weight.dim() != 2:
         return part
     state = tensor_state((weight,))
     if state is None:
@@ -357,15 +357,18 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module = None, act: n
 # pointers, the storages' anchors, input shape and settings, packed weight, bias, norm); weak, so that copies and
 # pickles of a model never carry them and a freed module frees its entry
 _frozen = weakref.WeakSet()
+_linears_packed = weakref.WeakSet()  # those of them whose linear weights may be kept packed too
 _packed_convs = weakref.WeakKeyDictionary()
 _packed_linears = weakref.WeakKeyDictionary()  # module -> (weight, its state, anchors, {(chunk, chunks): packed})
 
 
-def pack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Let ``model``'s modules keep derived weights between inference calls: convolution and linear weights packed
-    in oneDNN's layouts (with an evaluating BatchNorm folded in; :func:`linear_weight`), Spatial-Mamba's folded
-    state-fusion kernel. At batch 1 this can save more than the convolutions cost (a 2048 -> 512 1x1 on 7x7:
-    2.2 ms, 0.5 packed). The packed copies take about the memory of the weights they copy.
+def pack_weights(model: nn.Module, enabled: bool = True, linears: bool = None) -> nn.Module:
+    """Let ``model``'s modules keep derived weights between inference calls: convolution weights packed in oneDNN's
+    layout (with an evaluating BatchNorm folded in), Spatial-Mamba's folded state-fusion kernel, and, with
+    ``linears`` (default: the environment's ``VSSM_PACK_LINEAR=1``; off without it), linear weights
+    (:func:`linear_weight`). At batch 1 this can save more than the convolutions cost (a 2048 -> 512 1x1 on 7x7:
+    2.2 ms, 0.5 packed). Packed linear weights are opt-in because they cost their size in memory (the tiny models:
+    about 90-110 MB more resident, for 1-2.5% more images/s at batch 1 and 3-4% at batch 8).
 
     The contract, as for ``torch.jit.freeze`` or inductor's freezing: the weights change only in ways PyTorch
     records, and any of those rebuilds what was kept: an optimizer step, ``load_state_dict``, ``copy_`` and other
@@ -373,6 +376,8 @@ def pack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
     ``.data``. In-place edits *through* ``.data`` (``p.data.mul_(2)``) leave no trace, so they are not seen: after
     such edits call ``pack_weights(model)`` again (it drops what was kept), or ``pack_weights(model, False)``
     first. Returns ``model``. The command-line tools (prediction, benchmarks) call it on the models they load."""
+    if linears is None:
+        linears = os.environ.get("VSSM_PACK_LINEAR", "0").strip().lower() in ("1", "true", "yes", "on")
     for module in model.modules():
         _packed_convs.pop(module, None)
         _packed_linears.pop(module, None)
@@ -382,6 +387,10 @@ def pack_weights(model: nn.Module, enabled: bool = True) -> nn.Module:
             _frozen.add(module)
         else:
             _frozen.discard(module)
+        if enabled and linears:
+            _linears_packed.add(module)
+        else:
+            _linears_packed.discard(module)
     return model
 
 
