@@ -14,6 +14,8 @@ for CPU inference, unless ``--no-freezing``) in fp32, and both under
 arithmetic (AVX512-BF16 or AMX, as oneDNN reports; elsewhere those variants are skipped and said so).
 ``eager-unfused`` is ``eager`` with ``vssm.models.fused``'s inference path off (``VSSM_FUSED_INFERENCE=0``):
 the modules' own calls instead of oneDNN products with their activations fused (training is the same in both).
+Inference models are run as the command-line tools run them, under ``fused.pack_weights``; with
+``VSSM_PACK_LINEAR=1`` in the environment their Linear weights are kept packed too (faster, more memory).
 
 The training step's AdamW is PyTorch's fused CPU implementation (``--adamw fused``, the default; ``loop`` is
 ``torch.optim.AdamW``'s default on a CPU, several times slower for these models' 200-300 parameter tensors).
