@@ -164,6 +164,17 @@ def test_command_line_export(name, in_chans, tmp_path, capsys):
         torch.testing.assert_close(got, trained.eval()(images), rtol=1e-4, atol=1e-5)
 
 
+def test_command_line_export_without_a_checkpoint(tmp_path, capsys):
+    """Random weights: the memory estimate's forward on the meta device runs first, and the scan-order tables it
+    builds are CPU tables (QuadMamba's were meta tensors, and the check after the export failed)."""
+    from vssm.scans.orders import clear_order_caches
+    clear_order_caches()  # so that the estimate's forward is the first to build them
+    out = str(tmp_path / "random.onnx")
+    assert export.main(["--model", "quadmamba_nano", "--size", "64", "64", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "RANDOM weights" in err and err.count(" ok\n") == 2
+
+
 def test_dense_backbone_export(tmp_path, capsys):
     """The backbone's stage outputs as named outputs, from a classification checkpoint (output norms left
     initialised, reported), dynamic in batch, H and W."""

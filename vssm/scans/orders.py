@@ -11,16 +11,28 @@ import torch
 def order_cache(fn):
     """lru_cache for order and index tables, bypassed while tracing (FLOP counting): a tensor made inside
     a trace cannot be reused later in it, so traced runs rebuild their tables. Tables are built outside
-    inference mode, so a table first made under ``torch.inference_mode()`` still serves training later."""
+    inference mode, so a table first made under ``torch.inference_mode()`` still serves training later, and on
+    the CPU whatever the default device: a table first made under ``torch.device("meta")`` (the command-line
+    tools' memory estimate runs a meta model's forward so) was a meta tensor that every later forward read."""
     def build(*args):
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), torch.device("cpu"):
             return fn(*args)
     cached = functools.lru_cache(maxsize=256)(build)
+    _ORDER_CACHES.append(cached)
 
     @functools.wraps(fn)
     def wrapper(*args):
         return fn(*args) if torch.jit.is_tracing() else cached(*args)
     return wrapper
+
+
+_ORDER_CACHES = []
+
+
+def clear_order_caches():
+    """Forget every table :func:`order_cache` keeps (they are rebuilt on demand)."""
+    for cached in _ORDER_CACHES:
+        cached.cache_clear()
 
 
 _TABLES = {}  # kind -> (rows(option), build(H, W, option) -> (rows, H*W) CPU LongTensor, check(H, W, option))
