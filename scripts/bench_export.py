@@ -7,11 +7,12 @@
 Each model (random weights: speed does not depend on them) is exported with ``vssm.export`` twice: static (H x W
 fixed, the scan in plain operators, no Scan loops) and dynamic (the family's default dynamic graph, with the
 scan's Scan loops; for the fixed-size families QuadMamba and FractalMamba the same loops at their fixed size),
-and the static file is quantized to int8 (``vssm.deploy.quantize``; calibrated on ``--calibration`` images, else on
-random images: the speed does not depend on them, the int8 parity column then means little). Then, on the same
-inputs, side by side: PyTorch eager under ``torch.inference_mode`` with the ``auto`` scan backend; ONNX Runtime
-(CPU execution provider) on the static, dynamic and int8 files; OpenVINO's CPU plugin on the static file at f32
-and bf16 (where the CPU has bf16; the precision hint is set explicitly) and on the int8 file. All with
+and the static file is quantized to int8 twice, encoded for each runtime (``vssm.deploy.quantize``: uint8
+activations for ONNX Runtime, symmetric int8 for OpenVINO; calibrated on ``--calibration`` images, else on random
+images: the speed does not depend on them, the int8 parity column then means little). Then, on the same inputs,
+side by side: PyTorch eager under ``torch.inference_mode`` with the ``auto`` scan backend; ONNX Runtime (CPU
+execution provider) on the static, dynamic and int8 files; OpenVINO's CPU plugin on the static file at f32 and
+bf16 (where the CPU has bf16; the precision hint is set explicitly) and on its int8 file. All with
 ``--threads`` intra-op threads. Timings are interleaved: ``--rounds`` rounds, each timing every variant for
 ``--iters`` runs after ``--warmup``; a variant's figure is its best run over all rounds (on a CPU the least
 disturbed by other load). Ratios compare figures of the same row. Run it on an otherwise idle machine with at
@@ -60,7 +61,7 @@ def node_counts(path: str) -> dict:
 
 def export_variants(name, model, size, folder, calibration, say, reuse=False) -> dict:
     """{variant: path}: the static, dynamic and int8 files of one model (``reuse``: those already in ``folder``)."""
-    paths = {kind: os.path.join(folder, f"{name}.{kind}.onnx") for kind in ("static", "dynamic", "int8")}
+    paths = {kind: os.path.join(folder, f"{name}.{kind}.onnx") for kind in ("static", "dynamic", "int8", "int8_ov")}
     if reuse and all(os.path.exists(p) for p in paths.values()):
         say(f"{name}: reusing {', '.join(paths.values())}")
         return paths
@@ -79,7 +80,8 @@ def export_variants(name, model, size, folder, calibration, say, reuse=False) ->
         g = np.random.default_rng(0)
         batches = [g.standard_normal((4, 3, *size), dtype=np.float32) for _ in range(2)]
     quantize.quantize_int8(paths["static"], paths["int8"], batches)
-    say(f"{name}: int8 quantization in {time.time() - started:.0f}s")
+    quantize.quantize_int8(paths["static"], paths["int8_ov"], batches, runtime="openvino")
+    say(f"{name}: int8 quantization (for ONNX Runtime and for OpenVINO) in {time.time() - started:.0f}s")
     return paths
 
 
@@ -89,7 +91,7 @@ def bench_model(name, batches, size, args, folder, say) -> tuple:
     paths = export_variants(name, model, size, folder, args.calibration, say, args.reuse)
     wanted = {"ort_static": (paths["static"], "onnxruntime", "f32"),
               "ort_dynamic": (paths["dynamic"], "onnxruntime", "f32"), "ov_f32": (paths["static"], "openvino", "f32"),
-              "int8_ort": (paths["int8"], "onnxruntime", "f32"), "int8_ov": (paths["int8"], "openvino", "f32")}
+              "int8_ort": (paths["int8"], "onnxruntime", "f32"), "int8_ov": (paths["int8_ov"], "openvino", "f32")}
     if args.bf16:
         wanted["ov_bf16"] = (paths["static"], "openvino", "bf16")
     sessions, failed = {}, {}
@@ -139,12 +141,12 @@ def markdown(rows, graphs) -> str:
         return "-" if a is None or b is None else f"{a / b:.2f}"
     lines = ["| model | batch | PyTorch | ORT static | ORT dynamic | OpenVINO f32 | OpenVINO bf16 | int8 ORT | "
              "int8 OpenVINO | ORT static / PyTorch | ORT dynamic / PyTorch | OV f32 / PyTorch | OV bf16 / OV f32 | "
-             "int8 / fp32 (ORT) | int8 / fp32 (OV) | max rel diff: ORT static, dynamic, OV f32 / bf16 / int8 ORT |",
+             "int8 / fp32 (ORT) | int8 / fp32 (OV) | max rel diff: ORT static, dynamic, OV f32 / bf16 / int8 ORT, OV |",
              "|" + "---|" * 16]
     for r in rows:
         ips, err = r["images_per_s"], r["max_rel"]
         get = ips.get
-        diffs = [err.get(k) for k in ("ort_static", "ort_dynamic", "ov_f32", "ov_bf16", "int8_ort")]
+        diffs = [err.get(k) for k in ("ort_static", "ort_dynamic", "ov_f32", "ov_bf16", "int8_ort", "int8_ov")]
         diffs = ["-" if d is None else f"{d:.1e}" for d in diffs]
         lines.append(
             f"| {r['model']} | {r['batch']} | {f(get('torch'))} | {f(get('ort_static'))} | {f(get('ort_dynamic'))} | "
@@ -152,7 +154,7 @@ def markdown(rows, graphs) -> str:
             f"{ratio(get('ort_static'), get('torch'))} | {ratio(get('ort_dynamic'), get('torch'))} | "
             f"{ratio(get('ov_f32'), get('torch'))} | {ratio(get('ov_bf16'), get('ov_f32'))} | "
             f"{ratio(get('int8_ort'), get('ort_static'))} | {ratio(get('int8_ov'), get('ov_f32'))} | "
-            f"{diffs[0]}, {diffs[1]}, {diffs[2]} / {diffs[3]} / {diffs[4]} |")
+            f"{diffs[0]}, {diffs[1]}, {diffs[2]} / {diffs[3]} / {diffs[4]}, {diffs[5]} |")
     failures = sorted({f"{r['model']} {k}: {why}" for r in rows for k, why in r.get("failed", {}).items()})
     lines += [f"\n{len(failures)} variant(s) could not run (shown as -):"] + [f"- {x}" for x in failures] if failures \
         else []

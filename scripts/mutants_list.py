@@ -278,6 +278,12 @@ FAULTS = [
           "tests/models/test_meta_forward.py",
           "an order table first built under torch.device('meta') (the command-line tools' memory estimate) is "
           "cached as a meta tensor: every later forward of QuadMamba fails"),
+    Fault("export_int8_for_openvino_keeps_zero_points", "export", "vssm/deploy/quantize.py",
+          'INT8_ACTIVATIONS = {"onnxruntime": ("QUInt8", False), "openvino": ("QInt8", True)}',
+          'INT8_ACTIVATIONS = {"onnxruntime": ("QUInt8", False), "openvino": ("QUInt8", False)}',
+          "tests/deploy/test_int8.py -k test_int8_for_openvino_agrees_with_fp32_on_held_out_digits",
+          "--int8-runtime openvino writes uint8 activations with zero points: OpenVINO subtracts them before every "
+          "product (10-15% slower)"),
     Fault("models_fused_packed_linear_weights_kept_stale", "models", "vssm/models/fused.py",
           "if kept is None or kept[0] is not weight or kept[1] != state:", "if kept is None:",
           "tests/models/test_fused.py -k test_packed_linear_weights_give_the_same_products_and_follow_every_change",

@@ -99,13 +99,59 @@ def test_every_family_quantizes_and_runs(family, runtime, tmp_path):
     fp32, int8 = str(tmp_path / "m.onnx"), str(tmp_path / "m.int8.onnx")
     export.export_onnx(model, fp32, (64, 64), False, unrolled_scan=True)
     g = np.random.default_rng(0)
-    quantize.quantize_int8(fp32, int8, [g.standard_normal((4, 3, 64, 64), dtype=np.float32) for _ in range(2)])
+    quantize.quantize_int8(fp32, int8, [g.standard_normal((4, 3, 64, 64), dtype=np.float32) for _ in range(2)],
+                           runtime=runtime)  # the encoding for that runtime
+    assert activation_encodings(int8) == ({"int8 symmetric"} if runtime == "openvino" else {"uint8"})
     images = [g.standard_normal((2, 3, 64, 64), dtype=np.float32)]
     a = quantize.predictions(open_session(fp32, runtime), images)
     b = quantize.predictions(open_session(int8, runtime), images)
     assert np.abs(a - b).max() <= 0.2 * np.abs(a).max(), (np.abs(a - b).max(), np.abs(a).max())
     assert not float_readers_of_quantized_constants(int8)
     assert not weights_quantized_at_run_time(int8)
+
+
+def activation_encodings(path: str) -> set:
+    """How the file's activations are quantized: "uint8" (a zero point), "int8 symmetric" (zero points all 0) or
+    "int8" (others), over the QuantizeLinear nodes of computed tensors (not of stored weights)."""
+    import onnx
+    from onnx import numpy_helper
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    found = set()
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            zero = constants[node.input[2]]
+            found.add("uint8" if zero.dtype == np.uint8 else "int8 symmetric" if not zero.any() else "int8")
+    return found
+
+
+def test_int8_for_openvino_agrees_with_fp32_on_held_out_digits(quantized, digits, tmp_path):
+    """--int8-runtime openvino: symmetric int8 activations (no zero point for OpenVINO to subtract), the same
+    agreement on the trained digits classifier, in OpenVINO and in ONNX Runtime."""
+    _, fp32, val, labels, _ = quantized
+    out = str(tmp_path / "digits.openvino.int8.onnx")
+    config = dict(quantize.file_data_config(fp32), input_size=(3, 32, 32))
+    quantize.quantize_int8(fp32, out, quantize.calibration_batches(os.path.join(digits, "train"), config, 32),
+                           runtime="openvino")
+    assert activation_encodings(out) == {"int8 symmetric"}
+    assert activation_encodings(quantized[0]) == {"uint8"}  # the default, for ONNX Runtime
+    for runtime in ("openvino", "onnxruntime"):
+        if runtime == "openvino" and __import__("importlib").util.find_spec("openvino") is None:
+            continue
+        a = quantize.predictions(open_session(fp32, runtime), val).argmax(-1)
+        b = quantize.predictions(open_session(out, runtime), val).argmax(-1)
+        assert (a == b).mean() >= 0.97, f"{runtime}: int8 agrees with fp32 on {(a == b).mean():.1%} of the digits"
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(out, load_external_data=False).metadata_props}
+    assert "for openvino" in meta["vssm.int8"] and "symmetric int8 activations" in meta["vssm.int8"]
+
+
+def test_int8_runtime_is_checked(tmp_path, capsys):
+    assert export.main(["--model", "vmamba_nano", "--int8-runtime", "openvino", "--out",
+                        str(tmp_path / "m.onnx")]) == 2
+    assert "--int8-runtime is for --int8" in capsys.readouterr().err
+    with pytest.raises(quantize.QuantizationError, match="one of onnxruntime, openvino"):
+        quantize.quantize_int8("in.onnx", "out.onnx", [], runtime="tensorrt")
 
 
 def float_readers_of_quantized_constants(path: str) -> list:

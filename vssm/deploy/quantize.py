@@ -4,9 +4,10 @@
 
 :func:`quantize_int8` writes a QDQ model (``QuantizeLinear`` / ``DequantizeLinear`` around int8 operands):
 the weights of every convolution and of every matrix product with a constant weight (the linear layers) are
-int8 per output channel, their input activations int8 with a scale and zero point calibrated (min / max) on
-images read as the trainer reads them (:func:`calibration_batches`: ``vssm.data.images.read_image`` and the
-evaluation transform of the checkpoint's data config). ONNX Runtime and OpenVINO run those products in int8.
+int8 per output channel, their input activations 8-bit with a scale calibrated (min / max) on images read as the
+trainer reads them (:func:`calibration_batches`: ``vssm.data.images.read_image`` and the evaluation transform of
+the checkpoint's data config): uint8 with a zero point for ONNX Runtime, symmetric int8 for OpenVINO
+(``--int8-runtime openvino``, :data:`INT8_ACTIVATIONS`). ONNX Runtime and OpenVINO run those products in int8.
 Before quantizing, weights the graph computes from stored ones by layout operators are stored as computed
 (:func:`fold_weight_layouts`), so that they are quantized as weights too, and each int8 product gets its own copy of
 the constants it shares with other operators (:func:`private_constants`), so that those keep reading them in float.
@@ -141,13 +142,27 @@ def float_products(model, input_name: str = "images") -> list:
     return kept
 
 
-def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str = "images", progress=None):
-    """Write ``int8_path``: ``fp32_path`` statically quantized (QDQ, int8 weights per channel and uint8
-    activations, min / max calibration on ``batches``) in its convolutions and constant-weight matrix products
-    (:data:`QUANTIZED_OPS`) except :func:`float_products`, the matrix products with a float output
-    (:data:`FLOAT_OUTPUT_OPS`); everything else, the scan included, stays float, reading float constants
-    (:func:`private_constants`). Written to ``<int8_path>.tmp<PID>`` and renamed; the metadata of the fp32 file is
-    kept, with ``vssm.int8`` added."""
+# the activations' int8 encoding per target runtime: (ONNX's type, symmetric). ONNX Runtime's integer products
+# are fastest with uint8 activations and a zero point; OpenVINO's CPU plugin keeps a zero point as a
+# DequantizationSubtract before each product (118 of them, 5.75 ms of VMamba-T's 66 ms at batch 1), so for it the
+# activations are int8 around zero. int8 / f32 in OpenVINO, batch 1 / 8, uint8 -> symmetric int8 (one run,
+# interleaved): VMamba-T 1.36 / 1.35 -> 1.50 / 1.51, Spatial-Mamba-T 1.17 / 1.14 -> 1.30 / 1.31, QuadMamba-T
+# 1.31 / 1.28 -> 1.38 / 1.37, FractalMamba-T 1.33 / 1.42 -> 1.41 / 1.59; the same files in ONNX Runtime: VMamba-T
+# 1.31 / 1.38 -> 1.27 / 1.27 (so each runtime gets its own file)
+INT8_ACTIVATIONS = {"onnxruntime": ("QUInt8", False), "openvino": ("QInt8", True)}
+
+
+def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str = "images", progress=None,
+                  runtime: str = "onnxruntime"):
+    """Write ``int8_path``: ``fp32_path`` statically quantized (QDQ, int8 weights per channel, min / max
+    calibration on ``batches``) in its convolutions and constant-weight matrix products (:data:`QUANTIZED_OPS`)
+    except :func:`float_products`, the matrix products with a float output (:data:`FLOAT_OUTPUT_OPS`);
+    everything else, the scan included, stays float, reading float constants (:func:`private_constants`). The
+    activations are encoded for ``runtime`` (:data:`INT8_ACTIVATIONS`: uint8 with a zero point for ONNX Runtime,
+    symmetric int8 for OpenVINO); either runtime runs either file. Written to ``<int8_path>.tmp<PID>`` and
+    renamed; the metadata of the fp32 file is kept, with ``vssm.int8`` added."""
+    if runtime not in INT8_ACTIVATIONS:
+        raise QuantizationError(f"int8 for runtime {runtime!r}: one of {', '.join(INT8_ACTIVATIONS)}")
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -160,8 +175,9 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
     say = progress or (lambda message: None)
     reader = type("CalibrationReader", (_Reader, CalibrationDataReader), {})(input_name, batches)
     tmp = f"{int8_path}.tmp{os.getpid()}"
-    say(f"quantizing {os.path.basename(fp32_path)} to int8 ({', '.join(QUANTIZED_OPS)}; calibrating on "
-        f"{sum(len(b) for b in batches)} images) ...")
+    activation_type, symmetric = INT8_ACTIVATIONS[runtime]
+    say(f"quantizing {os.path.basename(fp32_path)} to int8 for {runtime} ({', '.join(QUANTIZED_OPS)}; calibrating "
+        f"on {sum(len(b) for b in batches)} images) ...")
     source_model = onnx.load(fp32_path)
     fold_weight_layouts(source_model)
     kept_float = float_products(source_model, input_name)
@@ -169,16 +185,17 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
     try:
         quantize_static(source_model, tmp, reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept_float,
-                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": symmetric,
                                        "WeightSymmetric": True,
                                        "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)})
         model = onnx.load(tmp)
         float_consumers_read_float(model, kept_float)
         source = {p.key: p.value for p in source_model.metadata_props}
-        source["vssm.int8"] = ("QDQ static: int8 weights (per channel) and uint8 activations in "
-                               f"{', '.join(QUANTIZED_OPS)}; the scan and the rest in float")
+        activations = "symmetric int8" if symmetric else "uint8"
+        source["vssm.int8"] = (f"QDQ static for {runtime}: int8 weights (per channel) and {activations} activations "
+                               f"in {', '.join(QUANTIZED_OPS)}; the scan and the rest in float")
         del model.metadata_props[:]
         for key, value in source.items():
             model.metadata_props.add(key=key, value=value)
