@@ -1,6 +1,7 @@
 """python -m vssm.export --int8: a classifier trained briefly on the embedded digits, quantized on training images
 read as the trainer reads them, agrees with its fp32 file on the held-out digits in ONNX Runtime and OpenVINO;
 the products are int8, the scan stays float."""
+import importlib.util
 import os
 
 import numpy as np
@@ -136,7 +137,7 @@ def test_int8_for_openvino_agrees_with_fp32_on_held_out_digits(quantized, digits
     assert activation_encodings(out) == {"int8 symmetric"}
     assert activation_encodings(quantized[0]) == {"uint8"}  # the default, for ONNX Runtime
     for runtime in ("openvino", "onnxruntime"):
-        if runtime == "openvino" and __import__("importlib").util.find_spec("openvino") is None:
+        if runtime == "openvino" and importlib.util.find_spec("openvino") is None:
             continue
         a = quantize.predictions(open_session(fp32, runtime), val).argmax(-1)
         b = quantize.predictions(open_session(out, runtime), val).argmax(-1)

@@ -37,7 +37,14 @@ __all__ = ["linear", "mlp", "in_slices", "eager_inference", "gradient_wanted", "
            "directional_product", "conv2d", "conv_bn_act", "residual_conv2d", "sequential", "Sequential", "observer",
            "set_enabled", "is_enabled", "pack_weights", "is_packed"]
 
-_enabled = os.environ.get("VSSM_FUSED_INFERENCE", "1").strip().lower() not in ("0", "false", "no", "off")
+def _env_flag(name: str, default: bool) -> bool:
+    """The environment's switch ``name``: off for 0 / false / no / off, on for 1 / true / yes / on, else
+    ``default``."""
+    value = os.environ.get(name, "").strip().lower()
+    return False if value in ("0", "false", "no", "off") else True if value in ("1", "true", "yes", "on") else default
+
+
+_enabled = _env_flag("VSSM_FUSED_INFERENCE", True)
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -377,7 +384,7 @@ def pack_weights(model: nn.Module, enabled: bool = True, linears: bool = None) -
     such edits call ``pack_weights(model)`` again (it drops what was kept), or ``pack_weights(model, False)``
     first. Returns ``model``. The command-line tools (prediction, benchmarks) call it on the models they load."""
     if linears is None:
-        linears = os.environ.get("VSSM_PACK_LINEAR", "0").strip().lower() in ("1", "true", "yes", "on")
+        linears = _env_flag("VSSM_PACK_LINEAR", False)
     for module in model.modules():
         _packed_convs.pop(module, None)
         _packed_linears.pop(module, None)

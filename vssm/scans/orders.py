@@ -7,6 +7,8 @@ import functools
 
 import torch
 
+_ORDER_CACHES = []  # every order_cache's lru_cache (clear_order_caches)
+
 
 def order_cache(fn):
     """lru_cache for order and index tables, bypassed while tracing (FLOP counting): a tensor made inside
@@ -24,9 +26,6 @@ def order_cache(fn):
     def wrapper(*args):
         return fn(*args) if torch.jit.is_tracing() else cached(*args)
     return wrapper
-
-
-_ORDER_CACHES = []
 
 
 def clear_order_caches():
