@@ -350,7 +350,7 @@ def parse_args(argv=None):
     p.add_argument("--int8", action="store_true",
                    help="write a post-training statically quantized int8 model to --out (the fp32 file is kept "
                         "beside it as OUT.fp32.onnx); needs --calibration")
-    p.add_argument("--int8-runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+    p.add_argument("--int8-runtime", choices=("onnxruntime", "openvino"),
                    help="the runtime the --int8 file is encoded for (either runs it): onnxruntime, uint8 activations "
                         "with a zero point (default); openvino, symmetric int8 activations (1.05-1.15x faster there, "
                         "slower in ONNX Runtime)")
@@ -389,12 +389,12 @@ def _check_arguments(args):
         raise ExportError("--int8 needs --calibration FOLDER: images to calibrate the int8 activations on")
     if args.calibration and not args.int8:
         raise ExportError("--calibration is for --int8")
-    if args.int8_runtime != "onnxruntime" and not args.int8:
+    if args.int8_runtime is not None and not args.int8:
         raise ExportError("--int8-runtime is for --int8")
     if args.int8 and args.backbone:
         raise ExportError("--int8 quantizes classifiers (its check compares their top-1 classes); export the "
                           "backbone in fp32")
-    if args.openvino or (args.int8 and args.int8_runtime == "openvino"):
+    if args.openvino or args.int8_runtime == "openvino":
         from .deploy.runtimes import RuntimeMissing, require
         try:
             require("openvino")
@@ -490,7 +490,7 @@ def run(args) -> int:
     if args.int8:
         from .deploy.quantize import quantize_int8, top1_agreement
         from .deploy.runtimes import open_session
-        runtime = args.int8_runtime
+        runtime = args.int8_runtime or "onnxruntime"
         quantize_int8(path, args.out, calibration, INPUT_NAME, progress=say, runtime=runtime)
         agreement, difference = top1_agreement(open_session(path, runtime), open_session(args.out, runtime),
                                                calibration)

@@ -161,7 +161,7 @@ def quantize_int8(fp32_path: str, int8_path: str, batches: list, input_name: str
     activations are encoded for ``runtime`` (:data:`INT8_ACTIVATIONS`: uint8 with a zero point for ONNX Runtime,
     symmetric int8 for OpenVINO); either runtime runs either file. Written to ``<int8_path>.tmp<PID>`` and
     renamed; the metadata of the fp32 file is kept, with ``vssm.int8`` added."""
-    if runtime not in INT8_ACTIVATIONS:
+    if not isinstance(runtime, str) or runtime not in INT8_ACTIVATIONS:
         raise QuantizationError(f"int8 for runtime {runtime!r}: one of {', '.join(INT8_ACTIVATIONS)}")
     import onnx
     from onnxruntime.quantization import (
