@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -261,7 +262,7 @@ def test_throughput_exits_non_zero_when_a_measurement_failed(tmp_path, capsys, m
 def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert tool("breakdown").main(["--model", "quadmamba_nano", "--train", "--batch-size", "1", "--size", "64",
-                                   "--iters", "1", "--warmup", "1", "--json", str(out),
+                                   "--iters", "1", "--warmup", "1", "--json", str(out), "--products",
                                    "--threads", "1", "--out", str(tmp_path / "b.png")]) == 0
     text = capsys.readouterr().out
     assert_png(tmp_path / "b.png", min_side=300)
@@ -276,6 +277,52 @@ def test_breakdown_attributes_time_to_kinds_operators_and_blocks(tmp_path, capsy
         k.startswith("optimizer/") for k in training["kind"]), training["kind"]
     total = sum(inference["kind"].values())
     assert total > 0 and abs(sum(inference["operator"].values()) - total) < 0.05 * total
+    assert "| product | phase | calls/step | ms | GFLOP/s |" in text
+    # inference: the fused products (oneDNN's linear with its activation); training: autograd's mm and addmm
+    for figure, phases, product in ((inference, {"forward"}, "linear"), (training, {"forward", "backward"}, "mm")):
+        products = figure["products"]
+        assert {k.split("/")[0] for k in products} == phases, products
+        for phase in phases:
+            assert any(k.startswith(f"{phase}/{product} ") for k in products), products
+            assert any(k.startswith(f"{phase}/conv ") for k in products), products
+        assert all(v["calls"] > 0 and v["ms"] > 0 and v["gflop"] > 0 for v in products.values()), products
+
+
+def test_breakdown_products_count_the_flops_of_each_shape():
+    """The products table's FLOPs and labels, from kernels of known size: a fused linear with its GELU, one with
+    a residual added in the kernel, a strided grouped convolution, and the mm / addmm / bmm of autograd's path."""
+    from torch.profiler import profile
+
+    from vssm.analysis.commands.breakdown import product_rates, product_table
+    from vssm.models import fused
+    torch.manual_seed(0)
+    fc, conv = torch.nn.Linear(16, 32), torch.nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=2)
+    x, image = torch.randn(2, 5, 16), torch.randn(3, 8, 9, 9)
+    with profile(record_shapes=True) as prof:
+        with torch.no_grad():
+            fused.linear(x, fc, torch.nn.GELU())  # fused: 10 rows x 16 -> 32
+            fused.mlp(x, fc, torch.nn.GELU(), torch.nn.Linear(32, 16), residual=torch.randn(2, 5, 16))
+            fused.conv2d(image, conv)
+        a = torch.randn(4, 6, requires_grad=True)
+        (a @ torch.randn(6, 7)).sum().backward()  # mm forward, one in the backward (a's gradient)
+        torch.bmm(torch.randn(2, 3, 4), torch.randn(2, 4, 5))
+        image.requires_grad_()
+        conv(image).sum().backward()  # aten::convolution, whichever kernel; its backward: two products
+    rates = product_rates(prof.events(), steps=1)
+    flops = {key: round(v[2] * 1e9) for key, v in rates.items()}
+    with torch.no_grad():
+        fusable = fused.eager_inference(x, fc)  # oneDNN's fused kernels ran (the CPU build has them)
+    if fusable:
+        assert flops[("forward", "linear 10x16 -> 32")] == 2 * 2 * 10 * 16 * 32  # and the mlp's fc1
+        assert flops[("forward", "linear 10x32 -> 16 + residual")] == 2 * 10 * 32 * 16  # fc2
+    conv_flops = 2 * 3 * 12 * 5 * 5 * 4 * 9
+    assert flops[("forward", "mm 4x6 @ 6x7")] == 2 * 4 * 6 * 7
+    assert flops[("backward", "conv 3x8x9x9 3x3/2 g2 -> 12")] == 2 * conv_flops
+    assert sum(v for (phase, _), v in flops.items() if phase == "backward") == 2 * 4 * 6 * 7 + 2 * conv_flops
+    assert flops[("forward", "conv 3x8x9x9 3x3/2 g2 -> 12")] == conv_flops * 2  # fused and autograd's
+    assert flops[("forward", "bmm 2x3x4 @ 4x5")] == 2 * 2 * 3 * 4 * 5
+    text = product_table(rates)
+    assert "| mm 4x6 @ 6x7 | forward | 1 |" in text and text.splitlines()[-1].startswith("| (all) |")
 
 
 @pytest.mark.parametrize("name,argv,default", [

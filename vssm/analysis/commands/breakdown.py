@@ -4,6 +4,7 @@
     python analyze/breakdown.py --model quadmamba_tiny --train --batch-size 1 # also a training step
     python analyze/breakdown.py --model fractalmamba_tiny --amp               # under bf16 autocast (CPU)
     python analyze/breakdown.py --model vmamba_tiny_s1l8 --compile --train    # torch.compile'd (operator tables only)
+    python analyze/breakdown.py --model spatialmamba_tiny --products          # also each product's GFLOP/s
 
 Runs warm-up steps, then profiles ``--iters`` steps with torch.profiler and prints, per step (ms and share of
 the profiled time; self times, so nothing is counted twice):
@@ -17,6 +18,11 @@ the profiled time; self times, so nothing is counted twice):
   operators as ``(scan)``; backward time goes to the block whose forward operator created the backward node.
   The family-specific parts show up here: QuadMamba's ``score_predictor`` (and its masks and gathers in the
   mixer's own operators), FractalMamba's ``ffp`` (Fractal Fusion Pathway), Spatial-Mamba's ``state_fusion``.
+
+- by product (``--products``): every matrix product and convolution by its shapes (``linear 6272x192 -> 768``,
+  ``conv 8x32x112x112 3x3/2 -> 256``), with its calls, time and achieved GFLOP/s per step, so that a
+  product far below the machine's rate (one layer's shape, a layout the library handles badly) stands out among
+  those that are not; the shapes are recorded for this (a little more profiler overhead).
 
 A training step is forward, backward and an AdamW step; its tables split forward, backward and optimizer.
 A bar chart of the time by kind (ms per step, stacked by phase, one panel per model and mode) goes to --out
@@ -172,6 +178,93 @@ def attribute(events, steps: int):
     return by_kind, by_op, by_block, calls
 
 
+# The operators that do a product's or a convolution's arithmetic, counted where they are outermost among these
+# (aten::linear reaches mm or addmm; aten::conv2d reaches aten::convolution, whatever kernel that picks, which may
+# itself call mm). A convolution's (padding, stride, groups) argument positions; dilation is the sixth for all.
+PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise"}
+CONVOLUTIONS = {"mkldnn::_convolution_pointwise": (3, 4, 6), "aten::convolution": (4, 3, 8),
+                "aten::convolution_backward": (5, 4, 9)}
+
+
+def _pair(value) -> list:
+    return [value] * 2 if isinstance(value, int) else list(value)
+
+
+def _product(e):
+    """(label, FLOPs) of a product or convolution event recorded with its input shapes, else None."""
+    shapes, values = e.input_shapes, list(getattr(e, "concrete_inputs", None) or [])
+    try:
+        if e.name in ("aten::mm", "aten::addmm"):
+            a, b = shapes[-2:]
+            (M, K), N = a, b[1]
+            return f"mm {M}x{K} @ {K}x{N}", 2 * M * K * N
+        if e.name == "aten::bmm":
+            (B, M, K), N = shapes[0], shapes[1][2]
+            return f"bmm {B}x{M}x{K} @ {K}x{N}", 2 * B * M * K * N
+        if e.name == "mkldnn::_linear_pointwise":
+            binary = len(shapes) == 5  # (x, other, weight, bias, op): the residual added in the kernel
+            x, w = shapes[0], shapes[2 if binary else 1]
+            rows = 1
+            for d in x[:-1]:
+                rows *= d
+            K, N = x[-1], w[0]
+            return f"linear {rows}x{K} -> {N}" + (" + residual" if binary else ""), 2 * rows * K * N
+        if e.name in CONVOLUTIONS:
+            at_pad, at_stride, at_groups = CONVOLUTIONS[e.name]
+            backward = e.name == "aten::convolution_backward"  # (grad_output, input, weight, ...)
+            (B, C, H, W), (out, Cg, kh, kw) = shapes[1 if backward else 0][:4], shapes[2 if backward else 1][:4]
+            pad, stride, dilation = _pair(values[at_pad]), _pair(values[at_stride]), _pair(values[5])
+            groups = values[at_groups] if isinstance(values[at_groups], int) else 1
+            Ho = (H + 2 * pad[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+            Wo = (W + 2 * pad[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+            flops = 2 * B * out * Ho * Wo * Cg * kh * kw
+            if backward:  # one such product per gradient asked for (input's, weight's)
+                flops *= sum(bool(m) for m in (values[10] if len(values) > 10 else [True, True])[:2])
+            label = f"conv {B}x{C}x{H}x{W} {kh}x{kw}/{stride[0]}" + (f" g{groups}" if groups > 1 else "") + f" -> {out}"
+            return label, flops
+    except (IndexError, TypeError, ValueError):
+        return None
+    return None
+
+
+def product_rates(events, steps: int) -> dict:
+    """(phase, label) -> [calls, ms, GFLOP] per step for the product and convolution kernels (:func:`_product`);
+    the phase is backward inside an autograd node, else forward."""
+    rates = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+    for e in events:
+        if e.name not in PRODUCTS and e.name not in CONVOLUTIONS:
+            continue
+        parent, phase, nested = e.cpu_parent, "forward", False
+        while parent is not None:
+            nested = nested or parent.name in PRODUCTS or parent.name in CONVOLUTIONS
+            if parent.name.startswith(BACKWARD):
+                phase = "backward"
+            parent = parent.cpu_parent
+        described = None if nested else _product(e)
+        if described is None:
+            continue
+        row = rates[(phase, described[0])]
+        row[0] += 1 / steps
+        row[1] += e.cpu_time_total / 1e3 / steps
+        row[2] += described[1] / 1e9 / steps
+    return dict(rates)
+
+
+def product_table(rates: dict, top=None) -> str:
+    """The products by time, with their calls, ms and achieved GFLOP/s per step."""
+    ordered = sorted(rates.items(), key=lambda kv: -kv[1][1])
+    lines = ["| product | phase | calls/step | ms | GFLOP/s |", "|---|---|---|---|---|"]
+    for (phase, label), (calls, ms, gflop) in ordered[:top] if top else ordered:
+        lines.append(f"| {label} | {phase} | {calls:.0f} | {ms:.2f} | {gflop / ms * 1e3 if ms else 0:.1f} |")
+    if top and len(ordered) > top:
+        ms = sum(v[1] for _, v in ordered[top:])
+        gflop = sum(v[2] for _, v in ordered[top:])
+        lines.append(f"| ({len(ordered) - top} more) | | | {ms:.2f} | {gflop / ms * 1e3 if ms else 0:.1f} |")
+    ms, gflop = sum(v[1] for v in rates.values()), sum(v[2] for v in rates.values())
+    lines.append(f"| (all) | | | {ms:.2f} | {gflop / ms * 1e3 if ms else 0:.1f} |")
+    return "\n".join(lines)
+
+
 def table(title, counter, calls=None, top=None, total=None):
     phases = sorted({p for p, _ in counter}, key=["forward", "backward", "optimizer"].index)
     total = total or sum(counter.values())
@@ -196,7 +289,7 @@ def table(title, counter, calls=None, top=None, total=None):
     return "\n".join(lines)
 
 
-def profile_steps(model, batch, size, train, amp, iters, warmup, compiled):
+def profile_steps(model, batch, size, train, amp, iters, warmup, compiled, shapes=False):
     x = torch.randn(batch, getattr(model, "in_chans", 3), *size)
     model.train(train)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
@@ -209,7 +302,7 @@ def profile_steps(model, batch, size, train, amp, iters, warmup, compiled):
     for _ in range(warmup):
         step()
     ranges = None if compiled else ModuleRanges(model)
-    prof = profile(activities=[ProfilerActivity.CPU])
+    prof = profile(activities=[ProfilerActivity.CPU], record_shapes=shapes)
     try:
         with quiet_stderr():  # the profiler library logs its start and stop there
             prof.__enter__()
@@ -250,6 +343,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=at_least(1), default=2, help="steps before profiling")
     p.add_argument("--iters", type=positive, default=3, help="profiled steps")
     p.add_argument("--top", type=positive, default=25, help="rows of the operator and block tables")
+    p.add_argument("--products", action="store_true",
+                   help="also a table of the matrix products and convolutions by shape, with achieved GFLOP/s")
     p.add_argument("--json", help="also write the tables' figures to this JSON file")
     p.add_argument("--out", default=os.path.join("output", "breakdown.png"),
                    help="bar chart PNG of the time by kind (default: output/breakdown.png)")
@@ -276,7 +371,7 @@ def main(argv=None):
                 fused.pack_weights(model)  # as the command-line tools run inference
             try:
                 events, wall = profile_steps(model, args.batch_size, (args.size, args.size), train, args.amp,
-                                             args.iters, args.warmup, args.compile)
+                                             args.iters, args.warmup, args.compile, args.products)
             except RuntimeError as error:
                 raise InputError(f"{name} failed to run: {str(error).strip().splitlines()[-1]}") from None
             by_kind, by_op, by_block, calls = attribute(events, args.iters)
@@ -287,12 +382,17 @@ def main(argv=None):
             print(table("operator", by_op, calls, top=args.top, total=total) + "\n")
             if not args.compile:
                 print(table("block", by_block, top=args.top, total=total) + "\n")
+            rates = product_rates(events, args.iters) if args.products else {}
+            if args.products:
+                print(product_table(rates, top=args.top) + "\n")
             figures.append({"model": name, "mode": mode, "batch": args.batch_size, "size": args.size,
                             "threads": args.threads, "amp": args.amp, "compiled": args.compile,
                             "ms_per_step": wall * 1e3,
                             "kind": {f"{p}/{k}": v for (p, k), v in by_kind.items()},
                             "operator": {f"{p}/{k}": v for (p, k), v in by_op.items()},
-                            "block": {f"{p}/{k}": v for (p, k), v in by_block.items()}})
+                            "block": {f"{p}/{k}": v for (p, k), v in by_block.items()},
+                            "products": {f"{p}/{k}": {"calls": c, "ms": ms, "gflop": g}
+                                         for (p, k), (c, ms, g) in rates.items()}})
             del model
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
