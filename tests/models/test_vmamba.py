@@ -95,6 +95,45 @@ def test_mismatch_lists_missing_unexpected_and_shapes():
     assert "classifier.head.weight" in text and "(10, 256)" in text
 
 
+@pytest.mark.parametrize("name", ["vmamba_nano", "quadmamba_nano", "fractalmamba_nano"])
+def test_a_transposed_tensor_is_a_shape_mismatch_not_a_reshape(name):
+    """Before: any tensor with the model's element count was reshaped into its shape, so a transposed head
+    (256, 10) for (10, 256) or a (D, K) step-size bias for (K, D) loaded silently, scrambled. Only the authors'
+    layouts (1x1 convolutions, grouped projections) are reshaped now; the others are named."""
+    state = vssm.create_model(name, num_classes=10).state_dict()
+    head = next(k for k in state if k.endswith("head.weight"))
+    bias = next(k for k in state if k.endswith("dt_projs_bias") and state[k].shape[0] != state[k].shape[1])
+    state[head], state[bias] = state[head].t().contiguous(), state[bias].t().contiguous()
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_checkpoint(vssm.create_model(name, num_classes=10), state)
+    assert "shape mismatch" in str(err.value)
+    assert f"'{head}', {tuple(state[head].shape)}" in str(err.value) and f"'{bias}'" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.bool, torch.complex64])
+def test_weights_of_another_kind_of_dtype_are_refused(dtype):
+    """Before: integer, boolean or complex tensors were cast into the float weights without a word (an int8
+    export's raw codes loaded as weights). They are named as a dtype mismatch, and not loaded without strict."""
+    source = vssm.create_model("vmamba_nano", num_classes=10).state_dict()
+    state = {k: (v * 100).to(dtype) if v.is_floating_point() else v for k, v in source.items()}
+    with pytest.raises(CheckpointMismatchError, match=r"dtype mismatch \(key, checkpoint, model\).*'patch_embed"):
+        load_checkpoint(vssm.create_model("vmamba_nano", num_classes=10), state)
+    model = vssm.create_model("vmamba_nano", num_classes=10)
+    before = model.patch_embed[0].weight.detach().clone()
+    report = load_checkpoint(model, state, strict=False)  # logs the report as a warning
+    assert not report.ok and len(report.mistyped) == sum(v.is_floating_point() for v in source.values())
+    torch.testing.assert_close(model.patch_embed[0].weight.detach(), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_weights_in_another_float_dtype_load(dtype):
+    source = vssm.create_model("vmamba_nano", num_classes=10).state_dict()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.items()}
+    model = vssm.create_model("vmamba_nano", num_classes=10)
+    assert load_checkpoint(model, state).ok
+    torch.testing.assert_close(model.state_dict(), {k: v.to(dtype).to(v.dtype) for k, v in source.items()})
+
+
 def test_non_strict_load_reports_and_loads_the_rest():
     source = vssm.create_model("vmamba_nano")
     state = source.state_dict()

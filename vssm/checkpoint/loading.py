@@ -29,6 +29,7 @@ class LoadReport:
     missing: list = field(default_factory=list)
     unexpected: list = field(default_factory=list)
     mismatched: list = field(default_factory=list)  # (key, checkpoint shape, model shape)
+    mistyped: list = field(default_factory=list)  # (key, checkpoint dtype, model dtype): not castable without loss
     initialized: list = field(default_factory=list)  # new layers left as initialised (outnorm of a backbone)
     skipped: list = field(default_factory=list)  # keys dropped on request
     adapted: list = field(default_factory=list)  # converted to fit: "patch_embed.0.weight: 3 -> 1 channels"
@@ -37,7 +38,7 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched)
+        return not (self.missing or self.unexpected or self.mismatched or self.mistyped)
 
     def describe(self, limit: int = 20) -> str:
         def listing(name, items):
@@ -47,6 +48,7 @@ class LoadReport:
         parts = [f"checkpoint {self.source}" if self.source else "checkpoint"]
         for name, items in (("missing in checkpoint", self.missing), ("unexpected in checkpoint", self.unexpected),
                             ("shape mismatch (key, checkpoint, model)", self.mismatched),
+                            ("dtype mismatch (key, checkpoint, model)", self.mistyped),
                             ("left initialised", self.initialized), ("skipped", self.skipped),
                             ("adapted", self.adapted)):
             if items:
@@ -139,7 +141,20 @@ def compare_state_dict(own: dict, state: dict, source: str = "") -> LoadReport:
     report.unexpected = sorted(str(k) for k in state if k not in own)
     report.mismatched = [(k, _shape(v), _shape(own[k])) for k, v in state.items()
                          if k in own and _shape(v) != _shape(own[k])]
+    report.mistyped = [(k, str(v.dtype).replace("torch.", ""), str(own[k].dtype).replace("torch.", ""))
+                       for k, v in state.items() if k in own and not _castable(v.dtype, own[k].dtype)]
     return report
+
+
+def _castable(have: torch.dtype, want: torch.dtype) -> bool:
+    """Whether a checkpoint tensor of dtype ``have`` may be loaded into a model tensor of dtype ``want``: any
+    real floating dtype into a floating one (fp16 / bf16 / fp64 checkpoints are common), integers into integers
+    and booleans into booleans (buffers such as counters and masks). Integers, booleans or complex numbers loaded into
+    floating weights (or floats into integer buffers) would be cast silently into other values."""
+    def kind(dtype):
+        return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else \
+            "bool" if dtype == torch.bool else "int"
+    return kind(have) == kind(want)
 
 
 def prepare_state(model: torch.nn.Module, checkpoint, key: str = None, skip=(), trust_checkpoint: bool = False,
@@ -187,8 +202,8 @@ def prepare_state(model: torch.nn.Module, checkpoint, key: str = None, skip=(), 
             report.initialized.append(k)
         else:
             report.missing.append(k)
-    report.unexpected, report.mismatched = keys.unexpected, keys.mismatched
-    bad = {k for k, *_ in report.mismatched}
+    report.unexpected, report.mismatched, report.mistyped = keys.unexpected, keys.mismatched, keys.mistyped
+    bad = {k for k, *_ in report.mismatched + report.mistyped}
     return {k: v for k, v in state.items() if k in own and k not in bad}, report
 
 

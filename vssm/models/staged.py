@@ -195,7 +195,7 @@ class StagedModel(nn.Module):
         if cfg.get("classifier") and self.num_classes != cfg.get("num_classes", self.num_classes):
             head = cfg["classifier"] + "."
             _, report = prepare_state(self, checkpoint, source=source)
-            wrong = report.missing + report.unexpected + [k for k, *_ in report.mismatched]
+            wrong = report.missing + report.unexpected + [k for k, *_ in report.mismatched + report.mistyped]
             if wrong and all(k.startswith(head) for k in wrong):
                 skip = (head,)
         report = load_checkpoint(self, checkpoint, skip=skip, source=source)

@@ -163,7 +163,14 @@ def convert_vss_checkpoint(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _fit(value: torch.Tensor, target) -> torch.Tensor:
-    """``value`` in the model's shape when only the layout differs (1x1 convolution vs linear weights)."""
-    if target is not None and value.shape != target.shape and value.numel() == target.numel():
+    """``value`` in the model's shape when only the layout differs: 1x1 convolution vs linear weights (size-1
+    axes), grouped 1x1 convolutions vs per-direction stacks (the leading axis split into directions:
+    ``(K*D, R, 1)`` -> ``(K, D, R)``). Any other difference (a transposed or otherwise reordered tensor with the
+    same number of elements) is left for the loader to report as a shape mismatch, never reshaped."""
+    if target is None or value.shape == target.shape or value.numel() != target.numel():
+        return value
+    have = [d for d in value.shape if d != 1]
+    want = [d for d in target.shape if d != 1]
+    if have == want or (len(want) == len(have) + 1 and want[2:] == have[1:] and want[0] * want[1] == have[0]):
         return value.reshape(target.shape)
     return value
