@@ -5,7 +5,9 @@ errors of :data:`HANDLED` (each names the problem) and the command's own. Anythi
 traceback.
 """
 import argparse
+import os
 import sys
+import tempfile
 
 import torch.distributed as dist
 
@@ -57,3 +59,40 @@ def at_least(minimum: int):
 
 
 positive = at_least(1)
+
+
+def unwritable(path: str, suffixes: tuple = ()) -> str:
+    """Why a file cannot be written at ``path``, or "" when it can: checked before any work, so that a long
+    computation does not end in a traceback. Empty; a folder; a name without one of ``suffixes`` (the format
+    is chosen by it); a folder that cannot be made (a file is in the way) or that refuses new files (no write
+    permission, a read-only or virtual file system: a probe file is created and removed)."""
+    if not path:
+        return "no file named (an empty path)"
+    if os.path.isdir(path):
+        return f"{path} is a folder; name the file to write in it"
+    if suffixes and not path.lower().endswith(tuple(s.lower() for s in suffixes)):
+        return f"{path}: the file name must end in {' or '.join(suffixes)}"
+    folder = os.path.dirname(os.path.abspath(path))
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{path}: {parent} is a file, so the folder {folder} cannot be made"
+    if not os.access(parent, os.W_OK):
+        return f"{path}: the folder {parent} is not writable"
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".vssm-probe-"):
+            pass
+    except OSError as e:
+        return f"{path}: cannot create files in {parent} ({e.strerror or e})"
+    return ""
+
+
+def output_file(*suffixes: str):
+    """argparse type: a file that can be written (:func:`unwritable`), with one of ``suffixes`` if given."""
+    def file(text):
+        problem = unwritable(text, suffixes)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+    return file

@@ -34,7 +34,7 @@ import warnings
 import torch
 
 from .checkpoint import CheckpointMismatchError, read_checkpoint
-from .cli import UsageError
+from .cli import UsageError, unwritable
 from .models import ExportPolicy, family_of
 
 TOLERANCE = 1e-4  # max |onnxruntime - torch| / max |torch|, per output
@@ -128,19 +128,34 @@ def check_size(size, dynamic: bool, source: str = None):
                           f"any size, smaller ones included (give --size); --static exports a file of this fixed size")
 
 
-def check_output(path: str):
-    """``--out`` must name a file whose folder exists or can be made, before any work is done."""
+def check_output(path: str, inputs=(), also=()):
+    """``--out`` must name a file whose folder exists or can be made and takes new files, before any work is done;
+    neither it nor the other files the export writes (``also``, e.g. the fp32 file beside an int8 one) may be one
+    of the ``inputs`` (the checkpoint: a file, or a hub folder's files), which the export would replace."""
+    if not path:
+        raise ExportError("--out is empty; name the ONNX file to write, e.g. model.onnx")
     if os.path.isdir(path):
         raise ExportError(f"--out {path} is a folder; name the ONNX file to write, e.g. "
                           f"{os.path.join(path, 'model.onnx')}")
-    folder = os.path.dirname(os.path.abspath(path))
-    parent = folder
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ExportError(f"--out {path}: {parent} is a file, so the folder {folder} cannot be made")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"--out {path}: the folder {parent} is not writable")
+    for written in (path, *also):
+        for given in inputs:
+            if given and _same_or_inside(written, given):
+                raise ExportError(f"--out {path}: the export would write {written}, which is "
+                                  f"{'in ' if os.path.isdir(given) else ''}the checkpoint {given} it reads; "
+                                  f"choose another --out")
+    problem = unwritable(path)
+    if problem:
+        raise ExportError(f"--out {problem}")
+
+
+def _same_or_inside(written: str, given: str) -> bool:
+    """Whether writing the file ``written`` would replace ``given`` (the same file) or a file of the folder
+    ``given``. The file is written by renaming onto its path, so a link there is replaced, not followed."""
+    target = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(written))), os.path.basename(written))
+    source = os.path.realpath(given)
+    if os.path.isdir(source):
+        return os.path.dirname(target) == source and os.path.exists(target)
+    return target == source
 
 
 def to_onnx(module: torch.nn.Module, args: tuple, dynamic_shapes=None, input_names=None, output_names=None,
@@ -425,7 +440,7 @@ def run(args) -> int:
 
     require_packages()
     _check_arguments(args)
-    check_output(args.out)
+    check_output(args.out, inputs=[args.checkpoint], also=[fp32_path(args.out)] if args.int8 else [])
     if args.model is None and args.checkpoint is None:
         raise ExportError("--model is needed without --checkpoint")
     if args.size:

@@ -34,12 +34,14 @@ def parse_args(argv=None):
 def run(args) -> int:
     """Write the hub folder of parsed arguments."""
     out = os.path.abspath(args.out)
+    source, target = os.path.realpath(args.checkpoint), os.path.realpath(out)
+    if source == target or source.startswith(target.rstrip(os.sep) + os.sep):
+        raise CheckpointError(f"--out {args.out} is or holds the checkpoint {args.checkpoint}: writing the hub folder "
+                              f"replaces --out and would delete the weights it reads; choose another --out")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CheckpointError(f"--out {args.out} is a file; name a folder to write")
     if os.path.isdir(out) and os.listdir(out) and not args.force:
         raise CheckpointError(f"--out {args.out} exists and is not empty (--force replaces it)")
-    if os.path.isdir(args.checkpoint) and os.path.abspath(args.checkpoint) == out:
-        raise CheckpointError("--out must differ from --checkpoint")
     folder, report = export_hub_folder(args.checkpoint, out, args.model, args.trust_checkpoint, overwrite=True)
     print(f"loaded {report.describe()}", file=sys.stderr, flush=True)
     print(f"wrote {args.out}: {', '.join(sorted(os.listdir(folder)))}\n"

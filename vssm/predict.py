@@ -234,14 +234,23 @@ def predict(model, files, config: dict, names: list, device, batch_size: int = 1
         if images is not None:
             images = images.to(device)
             with torch.no_grad():
-                probs = model(images).float().softmax(dim=-1)
+                logits = model(images).float()
+            probs = logits.softmax(dim=-1)
             top_p, top_i = probs.topk(k, dim=-1)
+            # a NaN or infinite input or weight makes the ranking meaningless: an error for that image, not a top-k
+            finite_inputs = torch.isfinite(images.flatten(1)).all(1).tolist()
+            finite_logits = torch.isfinite(logits).all(1).tolist()
             maps = None
-            if cam_dir is not None:
+            if cam_dir is not None and all(finite_logits):
                 from .deploy.cam import class_activation_maps, displayable, map_size, save_cam_figure
                 maps = class_activation_maps(model, images, top_i[:, 0].tolist(), cam_method, cam_stage)
                 stage, cells = cam_stage % len(model.layers), map_size(model, images.shape[-2:], cam_stage)
             for row, i in enumerate(indices):
+                if not finite_logits[row]:
+                    results[i] = {"image": files[i], "error": "the image holds NaN or infinite values" if not
+                                  finite_inputs[row] else "the model's outputs are not finite (NaN or infinite): its "
+                                  "weights hold NaN or infinite values, or overflow on this image"}
+                    continue
                 top = [(float(p), int(c), names[int(c)]) for p, c in zip(top_p[row].tolist(), top_i[row].tolist())]
                 results[i] = {"image": files[i], "top": top}
                 if maps is not None:
@@ -303,7 +312,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> int:
-    """Classify the images of parsed arguments: 0, or 1 when some image could not be read."""
+    """Classify the images of parsed arguments: 0, or 1 when some image could not be read or classified."""
     from .runtime import retain_freed_memory
     retain_freed_memory()
 
@@ -365,14 +374,14 @@ def run(args) -> int:
     if args.checkpoint is None:
         say(RANDOM_WEIGHTS_WARNING)
     if failed:
-        say(f"error: {failed} of {len(files)} image(s) could not be read (listed above)")
+        say(f"error: {failed} of {len(files)} image(s) could not be read or classified (listed above)")
         return 1
     return 0
 
 
 def main(argv=None) -> int:
-    """Run the command line; exit status 0, 1 when some image could not be read, 2 on unusable arguments (one
-    ``error:`` line, :func:`vssm.cli.run_command`)."""
+    """Run the command line; exit status 0, 1 when some image could not be read or classified, 2 on unusable
+    arguments (one ``error:`` line, :func:`vssm.cli.run_command`)."""
     from .cli import run_command
     return run_command(lambda argv: run(parse_args(argv)), argv, errors=(PredictError, InsufficientMemoryError))
 

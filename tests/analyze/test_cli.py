@@ -325,6 +325,30 @@ def test_breakdown_products_count_the_flops_of_each_shape():
     assert "| mm 4x6 @ 6x7 | forward | 1 |" in text and text.splitlines()[-1].startswith("| (all) |")
 
 
+@pytest.mark.parametrize("name,argv", [("erf", ["--model", "vmamba_nano"]), ("attnmap", ["--model", "vmamba_nano"]),
+                                       ("throughput", ["--model", "vmamba_nano"]), ("flops", []),
+                                       ("breakdown", ["--model", "vmamba_nano"])])
+@pytest.mark.parametrize("out,problem", [("", "no file named"), ("FOLDER", "is a folder"),
+                                         ("maps.txt", "must end in .png"),
+                                         ("FILE/sub/x.png", "is a file, so the folder")])
+def test_pictures_that_cannot_be_written_are_refused_before_any_work(name, argv, out, problem, tmp_path, capsys):
+    """Before: erf wrote FOLDER.png while saying it wrote FOLDER, and a .txt name or a folder for --save-maps ended
+    in a traceback after the whole computation."""
+    (tmp_path / "FILE").write_text("x")
+    out = out.replace("FOLDER", str(tmp_path)).replace("FILE", str(tmp_path / "FILE"))
+    if out and not os.path.isabs(out):
+        out = str(tmp_path / out)
+    module = importlib.import_module(f"vssm.analysis.commands.{name}")
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args(argv + ["--out", out])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --out" in err and problem in err, err
+    if name == "erf":
+        with pytest.raises(SystemExit):
+            module.parse_args(argv + ["--save-maps", str(tmp_path)])
+        assert "argument --save-maps" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name,argv,default", [
     ("erf", ["--model", "vmamba_nano"], "erf.png"),
     ("attnmap", ["--model", "vmamba_nano"], "attention.png"),

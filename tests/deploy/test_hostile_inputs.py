@@ -107,7 +107,7 @@ def test_predict_names_unreadable_images_and_classifies_the_others(tmp_path, pho
     bomb_npy(tmp_path / "bomb.npy")
     code, out, err = run(capsys, "--checkpoint", checkpoint, photos["coffee"], tmp_path / "bomb.png",
                          tmp_path / "bomb.npy", photos["chelsea"], "--batch-size", "4")
-    assert code == 1 and "2 of 4 image(s) could not be read" in err
+    assert code == 1 and "2 of 4 image(s) could not be read or classified" in err
     assert out.count("%") == 2 * 5  # top-5 of each readable photograph
     assert "bomb.png\n  error:" in out and "decompression bomb" in out and "bomb.npy\n  error:" in out
 
@@ -202,6 +202,90 @@ def test_export_refuses_an_output_folder_before_exporting(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert export.main(["--model", "vmamba_nano", "--out", str(tmp_path / "file" / "m.onnx")]) == 2
     assert "is a file, so the folder" in capsys.readouterr().err
+
+
+def _digest(path):
+    import hashlib
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("case", ["same file", "through a folder link", "int8's fp32 file", "in a hub folder"])
+def test_export_refuses_to_write_over_its_checkpoint(case, tmp_path, capsys):
+    """Before: --out naming the --checkpoint file itself replaced the weights with the ONNX file (exit 0)."""
+    from vssm import export
+    from vssm.hub import main as hub
+    checkpoint = tmp_path / "best.pth"
+    trainer_checkpoint(checkpoint, "vmamba_nano")
+    given, out, extra = checkpoint, checkpoint, []
+    if case == "through a folder link":
+        os.symlink(tmp_path, tmp_path / "again")
+        out = tmp_path / "again" / "best.pth"
+    elif case == "int8's fp32 file":  # --int8 also writes OUT.fp32.onnx beside OUT
+        given = out = tmp_path / "m.fp32.onnx"
+        os.replace(checkpoint, given)
+        out, extra = tmp_path / "m.onnx", ["--int8", "--calibration", str(tmp_path)]
+    elif case == "in a hub folder":
+        assert hub(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "hub")]) == 0
+        given, out = tmp_path / "hub", tmp_path / "hub" / "model.safetensors"
+        capsys.readouterr()
+    digest = _digest(out if case != "int8's fp32 file" else given)
+    code = export.main(["--checkpoint", str(given), "--out", str(out), "--size", "64", "64", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "the checkpoint" in err and "choose another --out" in err, err
+    assert _digest(out if case != "int8's fp32 file" else given) == digest
+
+
+@pytest.mark.parametrize("out", ["", "/proc/vssm.onnx"])
+def test_export_refuses_an_output_it_cannot_create_before_exporting(out, capsys):
+    """Before: an empty --out, or a folder that passes the access check but takes no files, failed with a
+    traceback after the whole export."""
+    from vssm import export
+    if out and not os.path.isdir("/proc"):
+        pytest.skip("no /proc here")
+    assert export.main(["--model", "vmamba_nano", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and ("empty" in err if not out else "cannot create files in /proc" in err)
+
+
+def test_hub_refuses_an_output_folder_that_holds_its_checkpoint(tmp_path, capsys):
+    """Before: --out naming the run folder of --checkpoint with --force deleted the run (weights and log)."""
+    from vssm.hub import main as hub
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    trainer_checkpoint(run_folder / "best.pth", "vmamba_nano")
+    (run_folder / "log.txt").write_text("epoch 1")
+    for out in (run_folder, run_folder / "best.pth"):
+        assert hub(["--checkpoint", str(run_folder / "best.pth"), "--out", str(out), "--force"]) == 2
+        assert "would delete the weights it reads" in capsys.readouterr().err
+    assert sorted(os.listdir(run_folder)) == ["best.pth", "log.txt"]
+
+
+def test_predict_reports_non_finite_inputs_and_outputs(tmp_path, photos, capsys):
+    """Before: NaN probabilities were printed as a top-5 (exit 0)."""
+    checkpoint = tmp_path / "best.pth"
+    trainer_checkpoint(checkpoint, "vmamba_nano")
+    image = np.full((32, 32, 3), 0.5, dtype=np.float32)
+    image[3, 4, 1] = np.nan
+    np.save(tmp_path / "nan.npy", image)
+    code, out, err = run(capsys, "--checkpoint", checkpoint, tmp_path / "nan.npy", photos["coffee"])
+    assert code == 1 and "nan.npy\n  error: the image holds NaN or infinite values" in out and out.count("%") == 5
+    state = torch.load(checkpoint, weights_only=False)
+    state["model"] = {k: torch.full_like(v, float("nan")) if k.endswith("head.weight") else v
+                      for k, v in state["model"].items()}
+    torch.save(state, checkpoint)
+    code, out, err = run(capsys, "--checkpoint", checkpoint, photos["coffee"])
+    assert code == 1 and "error: the model's outputs are not finite" in out and "%" not in out
+    assert "1 of 1 image(s) could not be read or classified" in err
+
+
+def test_an_onnx_file_given_as_checkpoint_is_named(tmp_path):
+    """Before: 'Unsupported operand 8 ... use --trust-checkpoint', and with it 'invalid load key'."""
+    from vssm.checkpoint import CheckpointError, read_checkpoint
+    from vssm.export import main as export
+    assert export(["--model", "vmamba_nano", "--size", "64", "64", "--out", str(tmp_path / "m.onnx")]) == 0
+    for trust in (False, True):
+        with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint: it is an ONNX model"):
+            read_checkpoint(tmp_path / "m.onnx", trust_checkpoint=trust)
 
 
 # ---- model arguments ------------------------------------------------------------------------------------------

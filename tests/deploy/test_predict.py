@@ -152,7 +152,7 @@ def test_errors(photos, tmp_path, capsys):
     code, out, err = run(capsys, "--model", "vmamba_nano", "--checkpoint", checkpoint, broken, photos["coffee"])
     assert code == 1
     assert f"{broken}\n  error: cannot read image {broken}" in out and out.count("  1. ") == 1
-    assert "1 of 2 image(s) could not be read" in err
+    assert "1 of 2 image(s) could not be read or classified" in err
     # a checkpoint of another model, a missing path, an unknown model, a corrupt checkpoint, no CUDA
     code, _, err = run(capsys, "--model", "spatialmamba_nano", "--checkpoint", checkpoint, photos["coffee"])
     assert code == 2 and "does not fit --model spatialmamba_nano (it was trained as vmamba_nano" in err

@@ -3,7 +3,7 @@ names checked up front, and errors that end in one ``error:`` line and exit stat
 import argparse
 import functools
 
-from ..cli import UsageError, at_least, positive, run_command  # noqa: F401 (the tools' argument types)
+from ..cli import UsageError, at_least, output_file, positive, run_command  # noqa: F401 (the tools' argument types)
 
 
 class InputError(UsageError):

@@ -44,6 +44,13 @@ _FORMATS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"G
             (b"%PDF", "a PDF document"))
 
 
+def _is_onnx(head: bytes) -> bool:
+    """Whether a file's first bytes are an ONNX ModelProto's: field 1 (ir_version, a small varint: 1 to 30), then a
+    length-delimited field (producer name or version, domain, doc string, graph or opset imports)."""
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in (0x12, 0x1A, 0x22, 0x32, 0x3A,
+                                                                                       0x42, 0x72)
+
+
 def _size(n: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
@@ -112,6 +119,10 @@ def _check_format(path: str):
     for magic, kind in _FORMATS:
         if head.startswith(magic):
             raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind}")
+    if _is_onnx(head):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is an ONNX model (an export); give the "
+                              f".pth or .safetensors weights it was exported from, or run the ONNX file in ONNX "
+                              f"Runtime / OpenVINO (vssm.deploy.runtimes.open_session)")
     text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head)
     if "\ufffd" not in text and all(c.isprintable() or c.isspace() for c in text):
         first = text.strip().splitlines()[0][:40] if text.strip() else ""

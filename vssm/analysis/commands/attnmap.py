@@ -20,7 +20,7 @@ import torch
 
 from vssm.analysis import (analysis_model, attention_matrix, attention_rows, denormalise, grid_position, load_images,
                            mixer_map, token_mixers)
-from vssm.analysis.cli import InputError, check_models, command, positive
+from vssm.analysis.cli import InputError, check_models, command, output_file, positive
 
 
 def parse_args(argv=None):
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--linear", action="store_true", help="linear colour scale (default: log10 relative to the peak)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join("output", "attention.png"),
+    p.add_argument("--out", type=output_file(".png"), default=os.path.join("output", "attention.png"),
                    help="PNG to write (default: output/attention.png; the matrices go to <out>_matrix.png)")
     args = p.parse_args(argv)
     if len(args.size) not in (1, 2):

@@ -43,7 +43,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from vssm.analysis.cli import InputError, at_least, check_models, command, positive
+from vssm.analysis.cli import InputError, at_least, check_models, command, output_file, positive
 from vssm.analysis.models import analysis_model
 from vssm.devtools.benchmark import training_or_inference_step
 from vssm.models import fused
@@ -346,7 +346,7 @@ def parse_args(argv=None):
     p.add_argument("--products", action="store_true",
                    help="also a table of the matrix products and convolutions by shape, with achieved GFLOP/s")
     p.add_argument("--json", help="also write the tables' figures to this JSON file")
-    p.add_argument("--out", default=os.path.join("output", "breakdown.png"),
+    p.add_argument("--out", type=output_file(".png"), default=os.path.join("output", "breakdown.png"),
                    help="bar chart PNG of the time by kind (default: output/breakdown.png)")
     args = p.parse_args(argv)
     check_models(p, args.model)

@@ -20,7 +20,7 @@ import time
 import torch
 
 from vssm.analysis import analysis_model, contribution_area_ratios, effective_receptive_field, load_images, mean_distance
-from vssm.analysis.cli import check_models, command, positive
+from vssm.analysis.cli import check_models, command, output_file, positive
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -36,8 +36,10 @@ def parse_args(argv=None):
     p.add_argument("--random", action="store_true", help="noise images instead of the digits")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join("output", "erf.png"), help="PNG to write (default: output/erf.png)")
-    p.add_argument("--save-maps", help="also save the raw maps ({model: (H, W) tensor}) to this .pt file")
+    p.add_argument("--out", type=output_file(".png"), default=os.path.join("output", "erf.png"),
+                   help="PNG to write (default: output/erf.png)")
+    p.add_argument("--save-maps", type=output_file(".pt", ".pth"),
+                   help="also save the raw maps ({model: (H, W) tensor}) to this .pt file")
     args = p.parse_args(argv)
     if args.checkpoint and len(args.checkpoint) != len(args.model):
         p.error(f"--checkpoint needs one file per model ({len(args.model)}), got {len(args.checkpoint)}")

@@ -23,7 +23,7 @@ import warnings
 
 import vssm
 from vssm.analysis import analysis_model
-from vssm.analysis.cli import InputError, check_models, command, positive
+from vssm.analysis.cli import InputError, check_models, command, output_file, positive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 TASKS = {  # task: (config folder, file pattern for a size, default (H, W))
@@ -59,8 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--size", type=positive, nargs="+", help="input S or H W (default: 224; det 800 1280; seg 512 2048)")
     p.add_argument("--task", choices=sorted(TASKS), help="count the detector / segmentor instead of the classifier")
     p.add_argument("--config", nargs="+", help="mmdet / mmseg configs (with --task; default: from --model)")
-    p.add_argument("--out", help="bar chart PNG of GFLOPs and parameters (default: output/flops.png, "
-                                 "output/flops_<task>.png with --task)")
+    p.add_argument("--out", type=output_file(".png"),
+                   help="bar chart PNG of GFLOPs and parameters (default: output/flops.png, "
+                        "output/flops_<task>.png with --task)")
     args = p.parse_args(argv)
     args.out = args.out or os.path.join("output", f"flops_{args.task}.png" if args.task else "flops.png")
     if args.size and len(args.size) not in (1, 2):

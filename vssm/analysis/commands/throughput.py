@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from vssm.analysis.cli import at_least, check_models, command, positive
+from vssm.analysis.cli import at_least, check_models, command, output_file, positive
 from vssm.devtools.benchmark import measure_isolated
 
 
@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=at_least(0), default=2)
     p.add_argument("--iters", type=positive, default=5)
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--out", default=os.path.join("output", "throughput.png"),
+    p.add_argument("--out", type=output_file(".png"), default=os.path.join("output", "throughput.png"),
                    help="bar chart PNG of images/s and peak memory (default: output/throughput.png)")
     args = p.parse_args(argv)
     check_models(p, args.model + ([] if args.reference.lower() == "none" else [args.reference]))
