@@ -73,8 +73,13 @@ def test_erf_loads_a_checkpoint_strictly(tmp_path, capsys):
     assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path),
                              "--out", str(tmp_path / "e.png")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: VMamba does not match the checkpoint")
+    assert err.startswith("error: VMamba (vmamba_nano) does not match the checkpoint")
     assert "unexpected in checkpoint (1): stray" in err
+    # the quickstart's digits: 10 classes (before: refused for the 1000-class head the ERF does not use)
+    torch.save({"model": vssm.create_model("vmamba_nano", num_classes=10).state_dict()}, path)
+    assert tool("erf").main(["--model", "vmamba_nano", "--checkpoint", str(path), "--images", "1", "--size", "32",
+                             "--random", "--out", str(tmp_path / "e.png")]) == 0
+    assert f"loaded checkpoint {path}" in capsys.readouterr().out
 
 
 def test_attnmap(tmp_path, capsys):
