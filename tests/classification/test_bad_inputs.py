@@ -239,3 +239,37 @@ def test_decompression_bombs_in_training_are_unreadable_images(tmp_path, data, c
     assert code == 0, err
     assert read_log(tmp_path / "out" / "vmamba_nano" / "default")[0]["skipped_images"] == 2
     assert "bomb.png (" in out and "decompression bomb" in out and "bomb.npy (" in out
+
+
+def test_randaugment_posterize_to_zero_bits_gives_a_black_image():
+    """Before: the ImageNet recipe's RandAugment (rand-m9-mstd0.5-inc1) asked Pillow 13 to posterize to 0 bits at
+    magnitude 10 (PosterizeIncreasing), which it refuses: every such run stopped in its first epoch."""
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp
+
+    from vssm.classification.config import get_config
+    from vssm.classification.data import build_transforms
+    config = get_config(os.path.join(os.path.dirname(NANO_CFG), "..", "vmamba", "vmamba_tiny_s1l8.yaml"))
+    assert config.AUG.AUTO_AUGMENT.startswith("rand-")
+    build_transforms(config, train=True)
+    image = Image.new("RGB", (8, 8), (120, 60, 200))
+    black = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10, hparams={"magnitude_std": 0})(image)
+    assert black.size == image.size and black.getextrema() == ((0, 0),) * 3
+    kept = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5, hparams={"magnitude_std": 0})(image)
+    assert kept.getpixel((0, 0)) == (64, 0, 192)  # 2 bits kept (of 120, 60, 200): as Pillow posterizes
+
+
+def test_an_output_folder_with_glob_characters_resumes(tmp_path, data, capsys):
+    """Before: a [ in --tag or --output made the folder's checkpoints invisible (glob patterns): the same command
+    started again at epoch 0 over them, dropped the log and kept every checkpoint."""
+    args = ["--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "runs[1]"), "--tag", "lr[2e-3]",
+            "--opts", "TRAIN.EPOCHS", "1", *FAST]
+    assert cli(args) == 0
+    folder = tmp_path / "runs[1]" / "vmamba_nano" / "lr[2e-3]"
+    assert sorted(p.name for p in folder.glob("ckpt_epoch_*.pth")) == ["ckpt_epoch_0.pth"]
+    first = (folder / "ckpt_epoch_0.pth").read_bytes()
+    capsys.readouterr()
+    assert cli(args[:-len(FAST) - 2] + ["TRAIN.EPOCHS", "2", *FAST]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in folder.glob("ckpt_epoch_*.pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
+    assert (folder / "ckpt_epoch_0.pth").read_bytes() == first  # resumed after epoch 0, not trained again

@@ -155,9 +155,35 @@ class Loader:
             yield batch
 
 
+def _posterize(img, bits_to_keep, **_):
+    """timm's posterize, with 0 bits kept giving the black image Pillow gave before version 13 (which refuses 0):
+    RandAugment's PosterizeIncreasing asks for 0 bits at magnitude 10, which the ImageNet recipe
+    (rand-m9-mstd0.5-inc1) reaches, so without this every such run stopped in its first epoch."""
+    from PIL import Image, ImageOps
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _pillow_refuses_zero_bits() -> bool:
+    from PIL import Image, ImageOps
+    try:
+        ImageOps.posterize(Image.new("L", (1, 1)), 0)
+    except ValueError:
+        return True
+    return False
+
+
 def build_transforms(config, train: bool):
     if train:
         aa = None if config.AUG.AUTO_AUGMENT in ("", "none", None) else config.AUG.AUTO_AUGMENT
+        if aa and _pillow_refuses_zero_bits():
+            from timm.data import auto_augment
+            for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+                if name in auto_augment.NAME_TO_OP:
+                    auto_augment.NAME_TO_OP[name] = _posterize
         return create_transform(
             config.DATA.IMG_SIZE, is_training=True, scale=tuple(config.AUG.SCALE), hflip=config.AUG.HFLIP,
             color_jitter=config.AUG.COLOR_JITTER if config.AUG.COLOR_JITTER > 0 else None, auto_augment=aa,

@@ -51,7 +51,7 @@ def save_atomic(obj, path: str):
 def epoch_checkpoints(folder: str):
     """(epoch, path) of the epoch checkpoints in ``folder``, oldest first."""
     found = []
-    for path in glob.glob(os.path.join(folder, "ckpt_epoch_*.pth")):
+    for path in glob.glob(os.path.join(glob.escape(folder), "ckpt_epoch_*.pth")):  # a [ in the folder name is literal
         m = PATTERN.search(path)
         if m:
             found.append((int(m.group(1)), path))
