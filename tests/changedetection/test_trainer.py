@@ -185,3 +185,24 @@ def test_change_map_is_readable_and_titled(tmp_path):
     empty = torch.zeros_like(labels)
     save_change_map(str(path), *image, empty, empty, (0.5,) * 3, (0.25,) * 3, name="quiet.png")
     assert png_title(path) == "quiet.png: no change, none predicted (this pair)"
+
+
+@pytest.mark.parametrize("where,message", [("a file", "is a file, so the folder"),
+                                           ("in the data", "is inside the data")])
+def test_a_maps_folder_that_would_fail_or_overwrite_the_data_is_refused_before_training(where, message, tmp_path,
+                                                                                        data, capsys):
+    """Before: a file as --save-maps failed with a traceback after the whole training (the last epoch's checkpoint
+    unwritten); a folder inside the data replaced its images with the pictures (named after the pairs)."""
+    maps = os.path.join(data, "test", "A") if where == "in the data" else str(tmp_path / "file")
+    if where == "a file":
+        open(maps, "w").write("x")
+    before = sorted(os.listdir(os.path.join(data, "test", "A")))
+    code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "out"),
+                           "--save-maps", maps, "--opts", *FAST)
+    assert code == 2 and message in err and not (tmp_path / "out").exists(), err
+    assert sorted(os.listdir(os.path.join(data, "test", "A"))) == before
+
+
+def test_map_names_of_pairs_in_sub_folders_are_flat():
+    from vssm.changedetection.task import map_file_names
+    assert map_file_names(["sub/x.png", "y.png"]) == ["sub__x.png", "y.png"]

@@ -85,6 +85,14 @@ def test_unreadable_image_with_mixup_trains_and_resumes_exactly(tmp_path, data, 
     (["DATA.BATCH_SIZE", "5", "AUG.MIXUP", "0.0", "AUG.CUTMIX", "0.0", "AUG.CUTMIX_MINMAX", "[0.2, 0.8]"],
      "must be even"),
     (["DATA.NUM_WORKERS", "-1"], "DATA.NUM_WORKERS must be 0 (load in the training process) or more, got -1"),
+    # before: tracebacks from timm's Mixup, RandAugment and RandomErasing, or at the first batch
+    (["AUG.CUTMIX_MINMAX", "abc"], "AUG.CUTMIX_MINMAX must be None or two numbers 0 < min < max <= 1"),
+    (["AUG.CUTMIX_MINMAX", "[0.9, 0.1]"], "AUG.CUTMIX_MINMAX must be None or two numbers"),
+    (["DATA.MEAN", "[0.5, 'a', 0.5]"], "DATA.MEAN must be numbers, one per channel"),
+    (["AUG.AUTO_AUGMENT", "garbage"], "AUG.AUTO_AUGMENT 'garbage' is not a timm augmentation policy"),
+    (["AUG.REMODE", "bogus", "AUG.REPROB", "0.25"], "AUG.REMODE must be one of const, rand, pixel"),
+    # before: silently ignored
+    (["TRAIN.EMA_DISTILL.ENABLE", "True", "TRAIN.EMA.ENABLE", "False"], "it needs TRAIN.EMA.ENABLE True"),
 ])
 def test_options_the_loader_cannot_use_are_named(tmp_path, data, capsys, opts, message):
     code, _, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path), "--opts",
@@ -273,3 +281,42 @@ def test_an_output_folder_with_glob_characters_resumes(tmp_path, data, capsys):
     capsys.readouterr()
     assert sorted(p.name for p in folder.glob("ckpt_epoch_*.pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
     assert (folder / "ckpt_epoch_0.pth").read_bytes() == first  # resumed after epoch 0, not trained again
+
+
+def test_resuming_an_earlier_epoch_moves_the_later_run_aside(tmp_path, data, capsys):
+    """Before: the rotation kept the highest epochs, the other run's, so each new checkpoint was deleted right
+    after it was written, and a restart after a kill resumed from the other run's last epoch."""
+    out = tmp_path / "out"
+    common = ["--cfg", NANO_CFG, "--data-path", data, "--output", str(out), "--opts", "TRAIN.EPOCHS", "3", *FAST]
+    assert cli(common) == 0
+    folder = out / "vmamba_nano" / "default"
+    later = {name: (folder / name).read_bytes() for name in ("ckpt_epoch_1.pth", "ckpt_epoch_2.pth")}
+    capsys.readouterr()
+    assert cli(common[:-len(FAST) - 3] + ["--resume", str(folder / "ckpt_epoch_0.pth"), "--opts", "TRAIN.EPOCHS", "2",
+                                          "TRAIN.BASE_LR", "1e-2", *FAST]) == 0
+    assert "moved to" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.glob("ckpt_epoch_*.pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
+    aside = list((folder / "superseded").iterdir())
+    assert len(aside) == 1 and {n: (aside[0] / n).read_bytes() for n in later} == later
+    assert (folder / "ckpt_epoch_1.pth").read_bytes() != later["ckpt_epoch_1.pth"]  # this run's epoch 1
+
+
+def test_evaluating_pretrained_weights_evaluates_them_and_checks_their_classes(tmp_path, data, trained, capsys):
+    """Before: --eval --pretrained X into a folder holding a run evaluated the folder's newest checkpoint instead
+    (and overwrote its config.yaml), and X was never checked against the data's class names."""
+    run = os.path.dirname(trained)
+    config = open(os.path.join(run, "config.yaml")).read()
+    other = tmp_path / "other.pth"
+    torch.manual_seed(1)
+    import vssm
+    torch.save({"model": vssm.create_model("vmamba_nano", num_classes=3).state_dict()}, other)
+    output = os.path.dirname(os.path.dirname(run))
+    code, out, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", output, "--eval",
+                             "--pretrained", str(other), "--opts", *FAST)
+    assert code == 0 and f"loaded pretrained weights {other}" in out + err and "evaluating " not in out + err
+    assert open(os.path.join(run, "config.yaml")).read() == config and os.path.isfile(os.path.join(run,
+                                                                                                  "config_eval.yaml"))
+    renamed = make_folder(tmp_path / "renamed", classes=("x", "y", "z"))
+    code, out, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", renamed, "--output", str(tmp_path / "e"),
+                             "--eval", "--pretrained", trained, "--opts", *FAST)
+    assert code == 2 and "was trained on other classes than the data's" in err

@@ -222,7 +222,7 @@ def test_model_options_reach_the_constructor_and_unknown_ones_are_named(tmp_path
     code, out, err = run_cli(capsys, "--cfg", str(cfg), "--data-path", data, "--output", str(tmp_path),
                              "--eval", "--opts", "MODEL.OPTIONS.quad_order", "legacy", *FAST)
     assert code == 0, err
-    saved = (tmp_path / "quadmamba_nano" / "default" / "config.yaml").read_text()
+    saved = (tmp_path / "quadmamba_nano" / "default" / "config_eval.yaml").read_text()  # an evaluation's config
     assert "quad_order: legacy" in saved
     cfg.write_text(cfg.read_text() + "    window_shift: true\n")
     code, _, err = run_cli(capsys, "--cfg", str(cfg), "--data-path", data, "--output", str(tmp_path), "--eval",

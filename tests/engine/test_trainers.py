@@ -352,6 +352,32 @@ def test_a_second_run_into_the_same_folder_is_refused(case, data, tmp_path, caps
     assert case.cli(case.argv(data, tmp_path)) == 0
 
 
+def test_the_lock_dies_with_its_process_not_with_its_forked_workers(tmp_path):
+    """Before: the flock was shared with forked DataLoader workers, so a restart right after kill -9 was refused,
+    naming the dead run, until every worker had noticed. In one process, a folder is still locked once."""
+    import signal
+
+    from vssm.engine.process import OutputError, RunLock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time; from vssm.engine.process import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+        "worker = os.fork()\nif worker == 0:\n    time.sleep(60); os._exit(0)\n"
+        "print(worker, flush=True); time.sleep(120)"), str(tmp_path)], env=_subprocess_env(), stdout=subprocess.PIPE,
+        text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        with pytest.raises(OutputError, match="another run is using"):
+            RunLock(str(tmp_path)).acquire()
+        holder.kill()
+        holder.wait()
+        lock = RunLock(str(tmp_path)).acquire()  # its worker still holds the file open
+        with pytest.raises(OutputError, match="another run of this process"):
+            RunLock(str(tmp_path)).acquire()
+        lock.release()
+        RunLock(str(tmp_path)).acquire().release()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 def test_unusable_output_folders_are_named(case, data, tmp_path, monkeypatch, capsys):
     """Before: raw tracebacks for an output path that is a file and for a read-only file system."""
     import errno

@@ -79,6 +79,22 @@ def _validate(config: CN):
         raise ConfigError(f"MODEL.BACKBONE: unknown model {config.MODEL.BACKBONE!r}; registered: "
                           f"{', '.join(list_models())}")
     check_normalisation(config, 3, "the images are RGB (3 channels)")
+    if config.SAVE_MAPS:
+        _check_maps_folder(config.SAVE_MAPS, config.DATA.DATA_PATH)
+
+
+def _check_maps_folder(folder: str, data_path: str):
+    """SAVE_MAPS must be a folder the pictures can be written to, outside the data (its pictures are named after
+    the pairs, so inside the data they would replace the images they show), checked before any training."""
+    from ..cli import unwritable
+    problem = unwritable(os.path.join(folder, "map.png"))
+    if problem or os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"SAVE_MAPS (--save-maps) {folder}: " + (problem or "is a file, not a folder"))
+    if data_path:
+        maps, data = os.path.realpath(folder), os.path.realpath(data_path)
+        if maps == data or maps.startswith(data.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"SAVE_MAPS (--save-maps) {folder} is inside the data {data_path}: its pictures, "
+                              f"named after the pairs, would replace the dataset's images; choose a folder outside it")
 
 
 def get_config(cfg_file: str = None, opts=(), overrides: dict = None) -> CN:

@@ -131,7 +131,9 @@ class ChangeDetectionTask(Task):
 
 def map_file_names(names) -> list:
     """The picture file of each pair: its name's stem + .png, or the whole name when two pairs share a stem
-    (``dup.png`` and ``dup.bmp`` -> ``dup.png.png``, ``dup.bmp.png``), so no picture overwrites another."""
+    (``dup.png`` and ``dup.bmp`` -> ``dup.png.png``, ``dup.bmp.png``), so no picture overwrites another; a name in a
+    sub-folder (``sub/x.png`` in a list file) is flattened (``sub__x.png``), so every picture lands in the folder."""
+    names = [n.replace(os.sep, "__").replace("/", "__") for n in names]  # list-file entries in sub-folders: flat
     stems = [os.path.splitext(n)[0] for n in names]
     shared = {s for s, count in Counter(stems).items() if count > 1}
     return [f"{n}.png" if s in shared else f"{s}.png" for n, s in zip(names, stems)]

@@ -9,8 +9,14 @@ import os
 
 from yacs.config import CfgNode as CN
 
-from ..engine.config import (ConfigError, base_config, check_at_least, check_choices, check_normalisation,
-                             load_config)
+from ..engine.config import (
+    ConfigError,
+    base_config,
+    check_at_least,
+    check_choices,
+    check_normalisation,
+    load_config,
+)
 from ..models import list_models
 
 __all__ = ["get_config", "run_dir", "uses_mixup", "ConfigError"]
@@ -95,6 +101,31 @@ def _validate(config: CN):
     if isinstance(chans, bool) or not isinstance(chans, int) or chans < 1:
         raise ConfigError(f"DATA.IN_CHANS must be a positive integer, got {chans!r}")
     check_normalisation(config, chans, f"DATA.IN_CHANS is {chans}")
+    minmax = config.AUG.CUTMIX_MINMAX
+    if minmax is not None and not (isinstance(minmax, (list, tuple)) and len(minmax) == 2
+                                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in minmax)
+                                   and 0 < minmax[0] < minmax[1] <= 1):
+        raise ConfigError(f"AUG.CUTMIX_MINMAX must be None or two numbers 0 < min < max <= 1 (the cut box's share of "
+                          f"the image side), got {minmax!r}")
+    if config.AUG.REPROB > 0:
+        check_choices(config, {"AUG.REMODE": ("const", "rand", "pixel")})
+    policy = config.AUG.AUTO_AUGMENT
+    if policy not in ("", "none", None):
+        try:
+            from timm.data.auto_augment import (
+                augment_and_mix_transform,
+                auto_augment_transform,
+                rand_augment_transform,
+            )
+            build = {"rand": rand_augment_transform, "augmix": augment_and_mix_transform}.get(
+                str(policy).split("-")[0], auto_augment_transform)
+            build(str(policy), {"translate_const": 100, "img_mean": (124, 116, 104)})
+        except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise ConfigError(f"AUG.AUTO_AUGMENT {policy!r} is not a timm augmentation policy (e.g. "
+                              f"rand-m9-mstd0.5-inc1, augmix-m5-w3, original, v0; '' for none): "
+                              f"{type(e).__name__} {e}".rstrip()) from None
+    if config.TRAIN.EMA_DISTILL.ENABLE and not config.TRAIN.EMA.ENABLE:
+        raise ConfigError("TRAIN.EMA_DISTILL.ENABLE distils from the EMA weights: it needs TRAIN.EMA.ENABLE True")
     if uses_mixup(config) and config.DATA.BATCH_SIZE % 2:
         raise ConfigError(f"DATA.BATCH_SIZE (--batch-size) must be even with mixup/cutmix, which mixes each image "
                           f"with another of its batch; got {config.DATA.BATCH_SIZE} (AUG.MIXUP {config.AUG.MIXUP}, "

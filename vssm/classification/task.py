@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from .. import load_checkpoint
-from ..checkpoint import CheckpointMismatchError, export_hub_folder
+from ..checkpoint import CheckpointMismatchError, export_hub_folder, read_checkpoint
 from ..engine.checkpoints import BEST
 from ..engine.data import DataError
 from ..engine.trainer import Step, Task
@@ -86,8 +86,12 @@ class ClassificationTask(Task):
     def load_pretrained(self, model, trust_checkpoint: bool):
         c = self.config
         skip = ("classifier.head", "head.") if c.MODEL.RESET_HEAD else ()
+        saved = read_checkpoint(c.MODEL.PRETRAINED, trust_checkpoint=trust_checkpoint)
+        if c.EVAL_MODE and not skip and isinstance(saved, dict):
+            # its classifier scores the data's classes only if they are the ones it was trained on, in its order
+            check_classes(saved, self.classes, f"--pretrained {c.MODEL.PRETRAINED}")
         try:
-            report = load_checkpoint(model, c.MODEL.PRETRAINED, skip=skip, trust_checkpoint=trust_checkpoint)
+            report = load_checkpoint(model, saved, skip=skip, source=c.MODEL.PRETRAINED)
         except CheckpointMismatchError as e:
             hint = ("; to fine-tune on a different number of classes add --opts MODEL.RESET_HEAD True"
                     if "head" in str(e) and not c.MODEL.RESET_HEAD else "")

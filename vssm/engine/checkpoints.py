@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import time
 
 import torch
 
@@ -146,6 +147,25 @@ def restore_bookkeeping(folder: str, start_epoch: int, resumed: dict = None, bes
     (epochs to be trained again) and lines cut short are dropped. Returns what was repaired.
     """
     repaired = []
+    later = [(epoch, path) for epoch, path in epoch_checkpoints(folder) if epoch >= start_epoch]
+    best_path = os.path.join(folder, BEST)
+    try:
+        best_written = read_checkpoint(best_path).get("epoch", -1) if os.path.isfile(best_path) else -1
+    except CheckpointError:
+        best_written = -1
+    if later:
+        # a run that went further in this folder (an earlier --resume, or TRAIN.AUTO_RESUME False): its checkpoints
+        # from start_epoch on (and its best.pth, if of those epochs) are moved aside, not kept in the rotation (which
+        # keeps the highest epochs, so it would delete each of this run's right after writing it) and not resumed
+        # from after a kill. (Without such checkpoints, a best.pth of a later epoch is this run's, killed between
+        # checkpoints with SAVE_FREQ > 1: left alone.)
+        aside = os.path.join(folder, "superseded", time.strftime("%Y%m%d-%H%M%S"))
+        os.makedirs(aside, exist_ok=True)
+        moved = [path for _, path in later] + ([best_path] if best_written >= start_epoch else [])
+        for path in moved:
+            os.replace(path, os.path.join(aside, os.path.basename(path)))
+        repaired.append(f"{', '.join(os.path.basename(p) for p in moved)} of a run that went past epoch "
+                        f"{start_epoch - 1} moved to {aside} (this run trains those epochs again)")
     records, whole = read_records(folder)
     kept = [r for r in records if r["epoch"] < start_epoch]
     dropped = [r["epoch"] for r in records if r["epoch"] >= start_epoch]

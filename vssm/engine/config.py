@@ -171,6 +171,8 @@ def check_normalisation(config: CN, channels: int, why: str):
     """One DATA.MEAN and one positive DATA.STD per channel (``why``: where the channel count comes from)."""
     for key in ("MEAN", "STD"):
         values = config.DATA[key]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+            raise ConfigError(f"DATA.{key} must be numbers, one per channel, got {list(values)}")
         if len(values) != channels:
             example = "[" + ", ".join(["0.5"] * channels) + "]" if channels <= 8 else f"a list of {channels} numbers"
             raise ConfigError(f"DATA.{key} has {len(values)} values {list(values)} but {why}: give one per "

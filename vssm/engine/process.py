@@ -91,24 +91,35 @@ def make_run_dir(path: str) -> str:
 
 
 class RunLock:
-    """An exclusive lock on a run folder (``.lock``, an advisory ``flock`` released when the process ends, even
-    by ``kill -9``), holding who took it: a second run started into the same folder is refused, naming it."""
+    """An exclusive lock on a run folder (``.lock``, an advisory POSIX record lock released when the process ends,
+    even by ``kill -9``), holding who took it: a second run started into the same folder is refused, naming it.
+    A record lock belongs to the process that took it, not to the forked DataLoader workers that share its file
+    (an ``flock`` did: a restart right after ``kill -9`` was refused, naming the dead run, until they noticed)."""
 
     NAME = ".lock"
+    _held = set()  # the folders this process holds: its record locks do not exclude each other
 
     def __init__(self, folder: str):
         self.path = os.path.join(folder, self.NAME)
         self.file = None
 
     def acquire(self):
+        key = os.path.realpath(self.path)
+        if key in RunLock._held:
+            raise OutputError(f"another run of this process is using {os.path.dirname(self.path)}; start this one "
+                              f"with another --output or --tag")
         try:
             file = open(self.path, "a+")
         except OSError as e:
             raise OutputError(f"cannot write to the run folder {os.path.dirname(self.path)}: "
                               f"{describe_os_error(e)}") from None
         try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                file.close()
+                raise OutputError(f"cannot lock the run folder {os.path.dirname(self.path)}: "
+                                  f"{describe_os_error(e)}") from None
             file.seek(0)
             holder = file.read().strip() or "another process"
             file.close()
@@ -120,13 +131,15 @@ class RunLock:
                                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}))
         file.flush()
         self.file = file
+        RunLock._held.add(key)
         return self
 
     def release(self):
         if self.file is not None:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_UN)
+            fcntl.lockf(self.file.fileno(), fcntl.LOCK_UN)
             self.file.close()
             self.file = None
+            RunLock._held.discard(os.path.realpath(self.path))
 
 
 def lock_run_dir(folder: str, rank: int) -> RunLock:

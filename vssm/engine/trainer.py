@@ -141,7 +141,8 @@ class Trainer:
         if self.device.type == "cpu":
             retain_freed_memory()
         if self.rank == 0:
-            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
+            # an evaluation's config beside, not over, the training run's the folder may hold
+            with open(os.path.join(self.out_dir, "config_eval.yaml" if c.EVAL_MODE else "config.yaml"), "w") as f:
                 f.write(c.dump())
         log.info(f"{self.world} process(es) on {self.device}; output {self.out_dir}")
         if self.rank == 0:
@@ -176,7 +177,9 @@ class Trainer:
         self.model = model = task.build_model()
         if c.TRAIN.USE_CHECKPOINT:
             model.set_grad_checkpointing(True)
-        resume = c.MODEL.RESUME or (latest_checkpoint(self.out_dir) if c.TRAIN.AUTO_RESUME else None)
+        # an evaluation of --pretrained weights evaluates them, not the newest checkpoint the folder holds
+        auto_resume = c.TRAIN.AUTO_RESUME and not (c.EVAL_MODE and c.MODEL.PRETRAINED)
+        resume = c.MODEL.RESUME or (latest_checkpoint(self.out_dir) if auto_resume else None)
         if c.MODEL.PRETRAINED and not resume:
             task.load_pretrained(model, self.trust_checkpoint)
         model.to(self.device)
