@@ -310,6 +310,7 @@ def test_breakdown_products_count_the_flops_of_each_shape():
             fused.conv2d(image, conv)
         a = torch.randn(4, 6, requires_grad=True)
         (a @ torch.randn(6, 7)).sum().backward()  # mm forward, one in the backward (a's gradient)
+        torch.nn.functional.linear(torch.randn(2, 5, 6), torch.randn(3, 6), torch.randn(3))  # addmm, bias first
         torch.bmm(torch.randn(2, 3, 4), torch.randn(2, 4, 5))
         image.requires_grad_()
         conv(image).sum().backward()  # aten::convolution, whichever kernel; its backward: two products
@@ -326,6 +327,7 @@ def test_breakdown_products_count_the_flops_of_each_shape():
     assert sum(v for (phase, _), v in flops.items() if phase == "backward") == 2 * 4 * 6 * 7 + 2 * conv_flops
     assert flops[("forward", "conv 3x8x9x9 3x3/2 g2 -> 12")] == conv_flops * 2  # fused and autograd's
     assert flops[("forward", "bmm 2x3x4 @ 4x5")] == 2 * 2 * 3 * 4 * 5
+    assert flops[("forward", "mm 10x6 @ 6x3")] == 2 * 10 * 6 * 3
     text = product_table(rates)
     assert "| mm 4x6 @ 6x7 | forward | 1 |" in text and text.splitlines()[-1].startswith("| (all) |")
 

@@ -194,8 +194,8 @@ def _product(e):
     """(label, FLOPs) of a product or convolution event recorded with its input shapes, else None."""
     shapes, values = e.input_shapes, list(getattr(e, "concrete_inputs", None) or [])
     try:
-        if e.name in ("aten::mm", "aten::addmm"):
-            a, b = shapes[-2:]
+        if e.name in ("aten::mm", "aten::addmm"):  # (a, b) or (bias, a, b, beta, alpha)
+            a, b = shapes[:2] if e.name == "aten::mm" else shapes[1:3]
             (M, K), N = a, b[1]
             return f"mm {M}x{K} @ {K}x{N}", 2 * M * K * N
         if e.name == "aten::bmm":
