@@ -74,6 +74,14 @@ def test_train_evaluate_save_maps_and_log(tmp_path, data, capsys):
     code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(out),
                               "--opts", "TRAIN.EPOCHS", "2", *FAST)
     assert code == 0 and "finished all 2 epochs" in text and " * Precision" in text
+    # the same checkpoint as --pretrained: evaluated whole (before: its decoder was dropped, evaluated initialised)
+    code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "ev"),
+                              "--eval", "--pretrained", str(run / "best.pth"), "--opts", *FAST)
+    assert code == 0 and "(encoder and decoder)" in text and line.split(" * ", 1)[1] in text, err  # same metrics
+    # to train from it, only its encoder is taken, and the log says so
+    code, text, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", data, "--output", str(tmp_path / "ft"),
+                              "--pretrained", str(run / "best.pth"), "--opts", "TRAIN.EPOCHS", "1", *FAST)
+    assert code == 0 and "tensors outside the encoder" in text + err and "not loaded" in text + err
 
 
 def test_pretrained_encoder_weights(tmp_path, data, capsys):

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from .. import load_checkpoint
-from ..checkpoint import CheckpointMismatchError
+from ..checkpoint import CheckpointError, CheckpointMismatchError, read_checkpoint
+from ..checkpoint.loading import extract_state_dict, strip_prefix
 from ..engine.process import format_eta
 from ..engine.trainer import Step, Task
 from .config import ConfigError, run_dir
@@ -63,15 +64,30 @@ class ChangeDetectionTask(Task):
         return build_model(self.config)
 
     def load_pretrained(self, model, trust_checkpoint: bool):
-        """Classification weights into the encoder, strictly (its new output norms are reported)."""
+        """Classification weights into the encoder, strictly (its new output norms are reported). A whole
+        change-detection model's checkpoint is loaded whole, strictly, for an evaluation (its decoder is what is
+        evaluated); to train from one, only its encoder is taken, and the log says so."""
         c = self.config
+        saved = read_checkpoint(c.MODEL.PRETRAINED, trust_checkpoint=trust_checkpoint)
         try:
-            report = load_checkpoint(model.backbone, c.MODEL.PRETRAINED, trust_checkpoint=trust_checkpoint)
+            if c.EVAL_MODE and _holds_a_decoder(saved):  # as --resume loads it: the whole model, strictly
+                try:
+                    model.load_state_dict(strip_prefix(extract_state_dict(saved), "module."))
+                except RuntimeError as e:
+                    raise CheckpointMismatchError(f"{c.MODEL.PRETRAINED} holds another change-detection model "
+                                                  f"than this config's: {e}") from None
+                log.info(f"loaded the change-detection model {c.MODEL.PRETRAINED} (encoder and decoder)")
+                return
+            report = load_checkpoint(model.backbone, saved, source=c.MODEL.PRETRAINED)
         except CheckpointMismatchError as e:
             raise CheckpointMismatchError(f"--pretrained {c.MODEL.PRETRAINED} does not fit the encoder "
                                           f"{c.MODEL.BACKBONE}:\n{e}") from None
         log.info(f"loaded pretrained encoder weights {c.MODEL.PRETRAINED}"
                  + (f" ({len(report.initialized)} new output-norm tensors initialised)" if report.initialized else ""))
+        if report.skipped:
+            log.warning(f"{c.MODEL.PRETRAINED} also holds {len(report.skipped)} tensors outside the encoder (a whole "
+                        f"change-detection model's decoder): not loaded, the decoder starts from its initialisation "
+                        f"(--resume continues that model's training, --eval --pretrained evaluates it whole)")
 
     def build_criterion(self):
         return ChangeLoss(self.config.LOSS.LOVASZ_WEIGHT)
@@ -127,6 +143,15 @@ class ChangeDetectionTask(Task):
 
     def best_fields(self, record: dict) -> dict:
         return {"metrics": {k: record[f"test_{k.lower()}"] for k in METRIC_NAMES}}
+
+
+def _holds_a_decoder(saved) -> bool:
+    """Whether a checkpoint holds a whole change-detection model (decoder weights beside the encoder's)."""
+    try:
+        state = extract_state_dict(saved)
+    except CheckpointError:
+        return False
+    return any(k.startswith(("decoder.", "module.decoder.")) for k in state)
 
 
 def map_file_names(names) -> list:
