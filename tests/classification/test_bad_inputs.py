@@ -320,3 +320,18 @@ def test_evaluating_pretrained_weights_evaluates_them_and_checks_their_classes(t
     code, out, err = run_cli(capsys, "--cfg", NANO_CFG, "--data-path", renamed, "--output", str(tmp_path / "e"),
                              "--eval", "--pretrained", trained, "--opts", *FAST)
     assert code == 2 and "was trained on other classes than the data's" in err
+
+
+def test_a_folder_holding_a_run_of_other_settings_is_not_resumed_on_its_own(tmp_path, data, capsys):
+    """Before: the same --output with another --data-path (same class names) and image size resumed the finished
+    run there and printed its old weights' accuracy as this run's final result, having trained nothing."""
+    out = str(tmp_path / "out")
+    assert cli(["--cfg", NANO_CFG, "--data-path", data, "--output", out, "--opts", "TRAIN.EPOCHS", "1", *FAST]) == 0
+    other = make_folder(tmp_path / "other", seed=1)
+    capsys.readouterr()
+    argv = ["--cfg", NANO_CFG, "--data-path", other, "--output", out, "--opts", "TRAIN.EPOCHS", "2", *FAST]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of other settings than this command's (DATA.DATA_PATH:" in err and "--resume" in err, err
+    checkpoint = os.path.join(out, "vmamba_nano", "default", "ckpt_epoch_0.pth")
+    assert cli(argv[:6] + ["--resume", checkpoint] + argv[6:]) == 0  # asked for: continued on these settings

@@ -115,6 +115,38 @@ class Task:
         """After the last epoch, on rank 0: what the task publishes from the run (e.g. timm's hub folder)."""
 
 
+# what makes a run another run: a folder's checkpoint is not resumed on its own when one of these differs
+RUN_SETTINGS = ("MODEL.NAME", "MODEL.BACKBONE", "DATA.DATA_PATH", "DATA.IMG_SIZE", "DATA.CROP_SIZE", "DATA.IN_CHANS",
+                "DATA.MEAN", "DATA.STD")
+
+
+def settings_changed(saved, config) -> list:
+    """(key, the checkpoint's value, this run's) of the :data:`RUN_SETTINGS` both configs hold and that differ;
+    ``saved``: the config a checkpoint stores (YAML text; anything else: nothing to compare). Data paths are
+    compared as the folders they name."""
+    import yaml
+    try:
+        saved = yaml.safe_load(saved) if isinstance(saved, str) else None
+    except yaml.YAMLError:
+        return []
+    if not isinstance(saved, dict):
+        return []
+    changed = []
+    for key in RUN_SETTINGS:
+        section, name = key.split(".")
+        there, here = (saved.get(section) or {}), config.get(section)
+        if not isinstance(there, dict) or here is None or name not in there or name not in here:
+            continue
+        a, b = there[name], here[name]
+        if key == "DATA.DATA_PATH":
+            same = (os.path.realpath(a) if a else a) == (os.path.realpath(b) if b else b)
+        else:
+            same = (list(a) if isinstance(a, (list, tuple)) else a) == (list(b) if isinstance(b, (list, tuple)) else b)
+        if not same:
+            changed.append((key, a, b))
+    return changed
+
+
 class Trainer:
     """One run of ``task``: ``Trainer(task, args).run()`` (``args``: local_rank, trust_checkpoint)."""
 
@@ -213,6 +245,12 @@ class Trainer:
         start_epoch, best, best_ema, best_epoch, state = c.TRAIN.START_EPOCH, None, None, None, None
         if resume:
             state = self._read_state(resume, TRAINING_KEYS)
+            changed = [] if c.MODEL.RESUME else settings_changed(state.get("config"), c)
+            if changed:  # found in the folder, not asked for: a run of other settings is not continued silently
+                raise UsageError(f"{self.out_dir} holds a run of other settings than this command's ("
+                                 + "; ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in changed)
+                                 + f"): it would continue that run, not train on these; use another --output or "
+                                 f"--tag, or --resume {resume} to continue it with these settings")
             optimizer.load_state_dict(state["optimizer"])
             changed = schedule_changes(state["lr_scheduler"], scheduler.state_dict())
             if changed:  # the schedule is a function of the step and this run's settings: nothing to restore
