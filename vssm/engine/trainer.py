@@ -20,7 +20,7 @@ from ..cli import UsageError
 from ..runtime import retain_freed_memory
 from .checkpoints import (append_record, best_payload, latest_checkpoint, remove_stale_temporaries,
                           restore_bookkeeping, save_best, save_epoch_checkpoint)
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, group_size, update_index
 from .process import format_eta, lock_run_dir, make_run_dir, seed_everything, setup_distributed, setup_logging
 
 log = logging.getLogger("train")
@@ -413,11 +413,11 @@ class EpochLoop:
                     f"the loss is {step.loss.item()} at epoch {epoch} step {idx + 1}/{steps}"
                     + (f" (batch of {shown})" if samples else "") + "; lower TRAIN.BASE_LR, raise TRAIN.WARMUP_EPOCHS "
                     "or disable AMP (--disable-amp); the run resumes from its last checkpoint when started again")
-            self.scaler.scale(step.loss / accum).backward()
+            self.scaler.scale(step.loss / group_size(idx, steps, accum)).backward()
             grad_norm = None
             if (idx + 1) % accum == 0 or idx + 1 == steps:
                 grad_norm = self.optimizer_step()
-                self.scheduler.step_update((epoch * steps + idx + 1) // accum)
+                self.scheduler.step_update(update_index(epoch, idx, steps, accum))
             loss_sum += step.loss.item() * step.size
             seen += step.size
             if (idx + 1) % c.PRINT_FREQ == 0 or idx + 1 == steps:
